@@ -1,0 +1,678 @@
+//! Command-line interface: argument types and one function per subcommand.
+
+use crate::data::{self, DataSource, Preprocess, Split};
+use crate::error::{Error, Result};
+use crate::format::{self, NerpFile, Storage};
+use crate::{device, eval, npy, regen, runtime};
+use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// nerp: store a network's weights as a small predictor network.
+#[derive(Debug, Parser)]
+#[command(name = "nerp", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compress an ONNX or safetensors model into a .nerp file.
+    #[cfg(feature = "compress")]
+    Compress(CompressArgs),
+    /// Print a .nerp file's header: tensors, sections, predictor, ratios (reads no data).
+    Inspect {
+        file: PathBuf,
+        /// Print the header as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a .nerp file completely (exit 0 valid, 1 invalid, 2 usage error).
+    Verify { file: PathBuf },
+    /// Regenerate the weights and write a plain .onnx or .safetensors file.
+    Decompress {
+        file: PathBuf,
+        /// Output path; its extension (.onnx or .safetensors) picks the format.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Run the model of a .nerp file on an input array (.npy).
+    Run {
+        file: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        /// Save the first output as .npy instead of printing it.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Top-1 accuracy of the regenerated model (and the original) on a labelled dataset.
+    Eval(EvalArgs),
+    /// Compress the bundled ResNet-20 (Fashion-MNIST), reload it and evaluate it.
+    #[cfg(feature = "compress")]
+    Demo(DemoArgs),
+}
+
+#[cfg(feature = "compress")]
+#[derive(Debug, Args)]
+pub struct CompressArgs {
+    /// Input model (.onnx or .safetensors).
+    pub input: PathBuf,
+    /// Output .nerp file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Hidden width of the predictor [default: 180].
+    #[arg(long, conflicts_with = "target_ratio")]
+    pub hidden: Option<usize>,
+    /// Choose the hidden width for this ratio of represented weights to predictor parameters.
+    #[arg(long)]
+    pub target_ratio: Option<f64>,
+    /// Training steps.
+    #[arg(long, default_value_t = crate::compress::DEFAULT_STEPS)]
+    pub steps: usize,
+    /// Kernels per training step.
+    #[arg(long, default_value_t = 4096)]
+    pub batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = crate::compress::DEFAULT_LR)]
+    pub lr: f64,
+    /// Kernel ordering: none, infilter or crossfilter.
+    #[arg(long, default_value = "crossfilter", value_parser = parse_ordering)]
+    pub ordering: format::Ordering,
+    /// Positional-embedding base (frequencies π·base^k).
+    #[arg(long, default_value_t = crate::compress::DEFAULT_PE_BASE)]
+    pub pe_base: f64,
+    /// Positional-embedding levels.
+    #[arg(long, default_value_t = crate::compress::DEFAULT_PE_LEVELS)]
+    pub pe_levels: u32,
+    /// Storage precision of the predictor weights: f32, f16 or bf16.
+    #[arg(long, default_value = "f16", value_parser = parse_weight_dtype)]
+    pub predictor_dtype: format::WeightDtype,
+    /// Do not normalize each filter by its RMS before fitting.
+    #[arg(long)]
+    pub no_filter_scales: bool,
+    /// Random seed (same input, options and seed give the same bytes).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Input preprocessing stored for `nerp eval`, e.g. "mean=0.286,std=0.353".
+    #[arg(long)]
+    pub preprocess: Option<String>,
+    /// No progress bar and no per-tensor report.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    pub file: PathBuf,
+    /// The original ONNX model, to compare against.
+    #[arg(long)]
+    pub original: Option<PathBuf>,
+    /// Dataset: fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR.
+    #[arg(long, default_value = "fashion-mnist")]
+    pub data: String,
+    /// Evaluate only the first N test images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Preprocessing, e.g. "mean=0.286,std=0.353" [default: stored in the file].
+    #[arg(long)]
+    pub preprocess: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Evaluation threads.
+    #[arg(long, default_value_t = default_threads())]
+    pub threads: usize,
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[cfg(feature = "compress")]
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the .nerp and decompressed files go.
+    #[arg(long, default_value = "nerp-demo")]
+    pub out_dir: PathBuf,
+    /// Training steps.
+    #[arg(long, default_value_t = crate::compress::DEFAULT_STEPS)]
+    pub steps: usize,
+    /// Predictor hidden width.
+    #[arg(long, default_value_t = crate::compress::DEFAULT_HIDDEN)]
+    pub hidden: usize,
+    /// Evaluate only the first N test images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn parse_ordering(s: &str) -> std::result::Result<format::Ordering, String> {
+    match s {
+        "none" => Ok(format::Ordering::None),
+        "infilter" => Ok(format::Ordering::Infilter),
+        "crossfilter" => Ok(format::Ordering::Crossfilter),
+        _ => Err("expected none, infilter or crossfilter".into()),
+    }
+}
+
+fn parse_weight_dtype(s: &str) -> std::result::Result<format::WeightDtype, String> {
+    match s {
+        "f32" => Ok(format::WeightDtype::F32),
+        "f16" => Ok(format::WeightDtype::F16),
+        "bf16" => Ok(format::WeightDtype::Bf16),
+        _ => Err("expected f32, f16 or bf16".into()),
+    }
+}
+
+/// An input file that must exist (a missing one is a usage error, exit code 2).
+fn existing(path: &Path) -> Result<&Path> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::usage("input file", format!("{} does not exist or is not a file", path.display())))
+    }
+}
+
+/// Whether to draw progress bars: on a terminal and not asked to be quiet.
+fn show_progress(quiet: bool) -> bool {
+    !quiet && std::io::stderr().is_terminal()
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        #[cfg(feature = "compress")]
+        Command::Compress(a) => compress(a).map(|_| 0),
+        Command::Inspect { file, json } => inspect(existing(&file)?, json).map(|_| 0),
+        Command::Verify { file } => verify(existing(&file)?),
+        Command::Decompress { file, output, device } => {
+            decompress(existing(&file)?, &output, &device).map(|_| 0)
+        }
+        Command::Run { file, input, output, device } => {
+            run_model(existing(&file)?, existing(&input)?, output.as_deref(), &device).map(|_| 0)
+        }
+        Command::Eval(a) => eval_cmd(a).map(|_| 0),
+        #[cfg(feature = "compress")]
+        Command::Demo(a) => demo(a).map(|_| 0),
+    }
+}
+
+#[cfg(feature = "compress")]
+fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
+    use crate::compress::CompressOptions;
+    existing(&a.input)?;
+    if a.steps == 0 {
+        return Err(Error::usage("--steps", "must be at least 1"));
+    }
+    if a.batch == 0 {
+        return Err(Error::usage("--batch", "must be at least 1"));
+    }
+    if !(a.lr.is_finite() && a.lr > 0.0) {
+        return Err(Error::usage("--lr", "must be a positive number"));
+    }
+    if let Some(r) = a.target_ratio {
+        if !(r.is_finite() && r > 0.0) {
+            return Err(Error::usage("--target-ratio", "must be a positive number"));
+        }
+    }
+    if matches!(a.hidden, Some(h) if h == 0 || h > format::limits::MAX_HIDDEN as usize) {
+        return Err(Error::usage("--hidden", format!("must be in 1..={}", format::limits::MAX_HIDDEN)));
+    }
+    if !(a.pe_base.is_finite() && a.pe_base > 0.0) {
+        return Err(Error::usage("--pe-base", "must be a positive number"));
+    }
+    if a.pe_levels == 0 || a.pe_levels > format::limits::MAX_LEVELS {
+        return Err(Error::usage("--pe-levels", format!("must be in 1..={}", format::limits::MAX_LEVELS)));
+    }
+    let mut opts = CompressOptions {
+        hidden: a.hidden,
+        target_ratio: a.target_ratio,
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        ordering: a.ordering,
+        embedding: format::Embedding { base: a.pe_base, levels: a.pe_levels },
+        predictor_dtype: a.predictor_dtype,
+        filter_scales: !a.no_filter_scales,
+        seed: a.seed,
+        ..CompressOptions::default()
+    };
+    if let Some(p) = &a.preprocess {
+        let pre = Preprocess::parse(p)?;
+        opts.metadata.insert(PREPROCESS_KEY.into(), serde_json::to_string(&pre).expect("serializes"));
+    }
+    let report = compress_with_progress(&a.input, &a.output, &opts, a.quiet)?;
+    if !a.quiet {
+        print_compress_report(&report);
+    }
+    Ok(report)
+}
+
+/// Metadata key holding the JSON [`Preprocess`] for evaluation.
+pub const PREPROCESS_KEY: &str = "preprocess";
+
+#[cfg(feature = "compress")]
+fn compress_with_progress(
+    input: &Path,
+    output: &Path,
+    opts: &crate::compress::CompressOptions,
+    quiet: bool,
+) -> Result<crate::compress::CompressReport> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let bar = if show_progress(quiet) {
+        let b = ProgressBar::new(opts.steps as u64);
+        b.set_style(
+            ProgressStyle::with_template(
+                "training {bar:30} {pos}/{len} steps, loss {msg}, {per_sec}, ETA {eta}",
+            )
+            .expect("valid template"),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut progress = |step: usize, loss: f64| {
+        if step % 10 == 0 || step + 1 == opts.steps {
+            bar.set_position(step as u64 + 1);
+            bar.set_message(format!("{loss:.5}"));
+        }
+    };
+    let report = crate::compress::compress(input, output, opts, &mut progress);
+    bar.finish_and_clear();
+    report
+}
+
+#[cfg(feature = "compress")]
+fn print_compress_report(r: &crate::compress::CompressReport) {
+    println!(
+        "{:<40} {:>18} {:>9} {:>10} {:>8} {:>10} -> {:>9}",
+        "tensor", "shape", "stored", "rmse", "rel", "bytes", "bytes"
+    );
+    for t in &r.tensors {
+        let shape = format!("{:?}", t.shape);
+        let (kind, rmse, rel) = if t.predicted {
+            ("predicted", format!("{:.5}", t.rmse), format!("{:.2}%", 100.0 * t.rel_error))
+        } else {
+            ("raw", "-".into(), "-".into())
+        };
+        println!(
+            "{:<40} {:>18} {:>9} {:>10} {:>8} {:>10} -> {:>9}",
+            truncate(&t.name, 40),
+            shape,
+            kind,
+            rmse,
+            rel,
+            t.bytes_before,
+            t.bytes_after
+        );
+    }
+    println!(
+        "predictor: hidden {}, {} parameters for {} weights ({:.2}x); weight RMSE {:.5}; final loss {:.5}",
+        r.hidden,
+        r.predictor_params,
+        r.represented,
+        r.param_ratio(),
+        r.weight_rmse,
+        r.final_loss
+    );
+    println!(
+        "file: {} -> {} bytes ({:.2}x) in {:.1} s",
+        r.source_bytes,
+        r.file_bytes,
+        r.byte_ratio(),
+        r.seconds
+    );
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let tail: String = s.chars().rev().take(n - 1).collect::<Vec<_>>().into_iter().rev().collect();
+        format!("…{tail}")
+    }
+}
+
+fn inspect(path: &Path, json: bool) -> Result<()> {
+    let (h, file_len) = format::read_header(path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&h).expect("serializes"));
+        return Ok(());
+    }
+    let header_bytes = serde_json::to_vec(&h).expect("serializes").len();
+    println!("{}: nerp v{}.{}, {} bytes", path.display(), format::MAJOR, format::MINOR, file_len);
+    println!(
+        "source: {:?}, {} bytes ({:.2}x)",
+        h.source.kind,
+        h.source.file_bytes,
+        h.source.file_bytes as f64 / file_len as f64
+    );
+    println!("header: {header_bytes} bytes");
+    let mut by_kind: std::collections::BTreeMap<&str, (usize, u64)> = Default::default();
+    for s in &h.sections {
+        let e = by_kind.entry(s.kind.name()).or_default();
+        e.0 += 1;
+        e.1 += s.length;
+    }
+    for (k, (n, bytes)) in &by_kind {
+        println!("sections: {n:>5} {k:<12} {bytes:>10} bytes");
+    }
+    let predicted: u64 = h
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.storage, Storage::Predicted { .. }))
+        .map(|t| t.shape.iter().product::<u64>())
+        .sum();
+    if let Some(p) = &h.predictor {
+        let params = crate::predictor::param_count(p.hidden as usize, p.embedding.levels as usize);
+        println!(
+            "predictor: {} hidden {}, embedding base {} levels {}, {:?} weights, ordering {:?}; {} parameters for {} weights ({:.2}x)",
+            p.arch, p.hidden, p.embedding.base, p.embedding.levels, p.dtype, p.ordering, params, predicted,
+            predicted as f64 / params as f64
+        );
+    }
+    println!("{:<40} {:>6} {:>18} {:>10} {:>10}", "tensor", "dtype", "shape", "stored", "bytes");
+    for t in &h.tensors {
+        let (kind, bytes) = match t.storage {
+            Storage::Raw { section } => ("raw", h.sections[section].length),
+            Storage::Predicted { permutation, scales, .. } => {
+                ("predicted", h.sections[permutation].length + scales.map_or(0, |s| h.sections[s].length))
+            }
+        };
+        println!(
+            "{:<40} {:>6} {:>18} {:>10} {:>10}",
+            truncate(&t.name, 40),
+            format!("{:?}", t.dtype).to_lowercase(),
+            format!("{:?}", t.shape),
+            kind,
+            bytes
+        );
+    }
+    for (k, v) in &h.metadata {
+        println!("metadata: {k} = {}", truncate(v, 80));
+    }
+    Ok(())
+}
+
+fn verify(path: &Path) -> Result<i32> {
+    let check = || -> Result<NerpFile> {
+        let file = NerpFile::open(path)?;
+        for i in 0..file.header().sections.len() {
+            file.decode_section(i)?;
+        }
+        regen::layer_plans(&file)?;
+        Ok(file)
+    };
+    match check() {
+        Ok(file) => {
+            let h = file.header();
+            println!(
+                "{}: valid ({} tensors, {} sections, {} bytes)",
+                path.display(),
+                h.tensors.len(),
+                h.sections.len(),
+                file.file_len()
+            );
+            Ok(0)
+        }
+        Err(e @ Error::Format { .. }) => {
+            println!("{e}");
+            Ok(1)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn open_device(name: &str) -> Result<candle_core::Device> {
+    let d = device::open(name)?;
+    if name == "auto" {
+        eprintln!("regenerating on {}", device::describe(&d));
+    }
+    Ok(d)
+}
+
+fn decompress(path: &Path, output: &Path, device_name: &str) -> Result<()> {
+    let ext = output.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext != "onnx" && ext != "safetensors" {
+        return Err(Error::usage(
+            "--output",
+            format!("{} must end in .onnx or .safetensors", output.display()),
+        ));
+    }
+    let file = crate::open(path)?;
+    let weights = regen::regenerate(&file, &open_device(device_name)?)?;
+    if ext == "onnx" {
+        let proto = runtime::rebuild_onnx(&file, &weights)?;
+        format::write_atomic(output, &runtime::onnx_bytes(&proto))?;
+    } else {
+        runtime::write_safetensors(&file, &weights, output)?;
+    }
+    println!("wrote {}", output.display());
+    Ok(())
+}
+
+fn run_model(path: &Path, input: &Path, output: Option<&Path>, device_name: &str) -> Result<()> {
+    let model = crate::load_model(path, &open_device(device_name)?)?;
+    let x = npy::read(input)?;
+    let out = model.run(std::iter::once(x.into()).collect())?;
+    let first = out[0].cast_to::<f32>()?;
+    let plain = first.try_as_plain_ram()?;
+    let values = plain.as_slice::<f32>()?;
+    match output {
+        Some(o) => {
+            npy::write_f32(o, values, first.shape())?;
+            println!("wrote {} {:?}", o.display(), first.shape());
+        }
+        None => println!("output 0 {:?}: {:?}", first.shape(), values),
+    }
+    Ok(())
+}
+
+/// The preprocessing for evaluation: the flag, else the file's metadata.
+fn preprocess_for(file: &NerpFile, flag: Option<&str>) -> Result<Preprocess> {
+    if let Some(p) = flag {
+        return Preprocess::parse(p);
+    }
+    match file.header().metadata.get(PREPROCESS_KEY) {
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| Error::usage("--preprocess", format!("the file's stored preprocessing is invalid ({e}); pass --preprocess"))),
+        None => Err(Error::usage(
+            "--preprocess",
+            "the file stores no preprocessing; pass e.g. --preprocess mean=0.286,std=0.353 (or compress with --preprocess)",
+        )),
+    }
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<eval::EvalReport> {
+    existing(&a.file)?;
+    if let Some(o) = &a.original {
+        existing(o)?;
+    }
+    if a.threads == 0 {
+        return Err(Error::usage("--threads", "must be at least 1"));
+    }
+    let source = DataSource::parse(&a.data)?;
+    let file = crate::open(&a.file)?;
+    let pre = preprocess_for(&file, a.preprocess.as_deref())?;
+    let data = data::load(&source, Split::Test, a.limit, &pre)?;
+    let t = Instant::now();
+    let weights = regen::regenerate(&file, &open_device(&a.device)?)?;
+    let model = runtime::Model::from_proto(&runtime::rebuild_onnx(&file, &weights)?)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let original = a.original.as_deref().map(runtime::Model::from_onnx_file).transpose()?;
+    let report = run_eval(&model, original.as_ref(), &data, a.threads, a.quiet || a.json)?;
+    if a.json {
+        let mut v = serde_json::to_value(&report).expect("serializes");
+        v["load_seconds"] = load_s.into();
+        v["data"] = data.origin.display().to_string().into();
+        println!("{v}");
+    } else {
+        print_eval(&report, &data.origin);
+        println!("load (open + regenerate + build): {:.3} s", load_s);
+    }
+    Ok(report)
+}
+
+fn run_eval(
+    model: &runtime::Model,
+    original: Option<&runtime::Model>,
+    data: &data::Dataset,
+    threads: usize,
+    quiet: bool,
+) -> Result<eval::EvalReport> {
+    let passes = if original.is_some() { 2 } else { 1 };
+    let bar = if show_progress(quiet) {
+        let b = indicatif_bar((data.len() * passes) as u64);
+        Some(b)
+    } else {
+        None
+    };
+    let tick = |n: usize| {
+        if let Some(b) = &bar {
+            b.inc(n as u64)
+        }
+    };
+    let r = eval::evaluate(model, original, data, threads, &tick);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    r
+}
+
+#[cfg(feature = "compress")]
+fn indicatif_bar(len: u64) -> indicatif::ProgressBar {
+    let b = indicatif::ProgressBar::new(len);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("evaluating {bar:30} {pos}/{len} images, ETA {eta}")
+            .expect("valid template"),
+    );
+    b
+}
+
+#[cfg(not(feature = "compress"))]
+fn indicatif_bar(_len: u64) -> NoBar {
+    NoBar
+}
+
+/// Stand-in when built without indicatif.
+#[cfg(not(feature = "compress"))]
+struct NoBar;
+
+#[cfg(not(feature = "compress"))]
+impl NoBar {
+    fn inc(&self, _: u64) {}
+    fn finish_and_clear(&self) {}
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
+}
+
+fn print_eval(r: &eval::EvalReport, origin: &Path) {
+    println!("data: {} ({} images)", origin.display(), r.images);
+    println!("original accuracy:    {}", pct(r.original_accuracy));
+    println!("regenerated accuracy: {:.2}%", 100.0 * r.regenerated_accuracy);
+    if let Some(d) = r.drop_points() {
+        println!("drop:                 {d:.2} points");
+    }
+    println!("top-1 agreement:      {}", pct(r.agreement));
+    if let (Some(m), Some(a)) = (r.max_abs_logit_diff, r.mean_abs_logit_diff) {
+        println!("logit |diff|:         max {m:.4}, mean {a:.4}");
+    }
+    println!(
+        "time per image:       {:.3} ms (regenerated){}",
+        r.ms_per_image,
+        r.ms_per_image_original.map_or(String::new(), |o| format!(", {o:.3} ms (original)"))
+    );
+}
+
+/// The bundled default model of `nerp demo`.
+#[cfg(feature = "compress")]
+pub const DEMO_MODEL: &[u8] = include_bytes!("../examples/models/resnet20_fashion_mnist.onnx");
+/// Its metadata (test accuracy, preprocessing).
+#[cfg(feature = "compress")]
+pub const DEMO_MODEL_JSON: &str = include_str!("../examples/models/resnet20_fashion_mnist.json");
+
+#[cfg(feature = "compress")]
+fn demo(a: DemoArgs) -> Result<()> {
+    let dir = &a.out_dir;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "creating output folder", e))?;
+    let onnx = dir.join("resnet20_fashion_mnist.onnx");
+    format::write_atomic(&onnx, DEMO_MODEL)?;
+    let meta: serde_json::Value = serde_json::from_str(DEMO_MODEL_JSON).expect("bundled JSON is valid");
+    let (mean, std) =
+        (meta["normalize"]["mean"].as_f64().unwrap_or(0.0), meta["normalize"]["std"].as_f64().unwrap_or(1.0));
+    let pre = format!("mean={mean},std={std}");
+    let nerp_path = dir.join("resnet20_fashion_mnist.nerp");
+    let mut opts =
+        crate::compress::CompressOptions { hidden: Some(a.hidden), steps: a.steps, ..Default::default() };
+    opts.metadata
+        .insert(PREPROCESS_KEY.into(), serde_json::to_string(&Preprocess::parse(&pre)?).expect("serializes"));
+    eprintln!("compressing the bundled ResNet-20 (Fashion-MNIST) into {} ...", nerp_path.display());
+    let c = compress_with_progress(&onnx, &nerp_path, &opts, a.quiet)?;
+
+    let t = Instant::now();
+    let file = crate::open(&nerp_path)?;
+    let weights = regen::regenerate(&file, &candle_core::Device::Cpu)?;
+    let regen_s = t.elapsed().as_secs_f64();
+    let model = runtime::Model::from_proto(&runtime::rebuild_onnx(&file, &weights)?)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let original = runtime::Model::from_onnx_file(&onnx)?;
+    let orig_load_s = t.elapsed().as_secs_f64();
+
+    let location = data::resolve_fashion_mnist();
+    eprintln!("evaluating on {location} ...");
+    let data = data::load(&DataSource::FashionMnist(None), Split::Test, a.limit, &Preprocess::parse(&pre)?)?;
+    let r = run_eval(&model, Some(&original), &data, default_threads(), a.quiet)?;
+
+    println!();
+    println!("| nerp demo: ResNet-20 on Fashion-MNIST ({} test images) | |", r.images);
+    println!("|---|---|");
+    println!("| original ONNX | {} bytes |", c.source_bytes);
+    println!("| .nerp file | {} bytes ({}) |", c.file_bytes, nerp_path.display());
+    println!("| byte ratio (ONNX ÷ .nerp) | {:.2}x |", c.byte_ratio());
+    println!(
+        "| predictor | hidden {}, {} parameters for {} kernel weights |",
+        c.hidden, c.predictor_params, c.represented
+    );
+    println!("| parameter ratio | {:.2}x |", c.param_ratio());
+    println!("| weight RMSE | {:.5} |", c.weight_rmse);
+    println!("| accuracy, original | {} |", pct(r.original_accuracy));
+    println!("| accuracy, regenerated | {:.2}% |", 100.0 * r.regenerated_accuracy);
+    println!("| drop | {:.2} points |", r.drop_points().unwrap_or(f64::NAN));
+    println!("| top-1 agreement | {} |", pct(r.agreement));
+    println!("| compression time | {:.1} s ({} steps, {} threads) |", c.seconds, c.steps, default_threads());
+    println!("| load: open + regenerate | {:.3} s |", regen_s);
+    println!(
+        "| load: + build tract model | {:.3} s (original ONNX into tract: {:.3} s) |",
+        load_s, orig_load_s
+    );
+    println!(
+        "| inference per image | {:.3} ms regenerated, {} ms original |",
+        r.ms_per_image,
+        r.ms_per_image_original.map_or("-".into(), |v| format!("{v:.3}"))
+    );
+    println!("| data | {location} |");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,318 @@
+//! The compressor pipeline: ingest → plan → train → write.
+
+use crate::error::{Error, Result};
+use crate::format::{
+    self, read::pack_permutation, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, SectionKind,
+    Source, SourceKind, Storage, TensorEntry, WeightDtype,
+};
+use crate::ingest::{self, SourceModel};
+use crate::plan::{self, LayerPlan};
+use crate::predictor::{self, Predictor, OUTPUTS};
+use crate::regen;
+use crate::train::{self, Progress, TrainConfig, TrainData};
+use candle_core::Device;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// Everything `nerp compress` can be told.
+#[derive(Debug, Clone)]
+pub struct CompressOptions {
+    pub hidden: Option<usize>,
+    /// Represented weights ÷ predictor parameters; used when `hidden` is not given.
+    pub target_ratio: Option<f64>,
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub ordering: Ordering,
+    pub embedding: Embedding,
+    pub predictor_dtype: WeightDtype,
+    /// Divide each filter by its RMS before fitting (scales stored in the file).
+    pub filter_scales: bool,
+    pub seed: u64,
+    /// Stored as metadata (`preprocess`) for `nerp eval`.
+    pub metadata: BTreeMap<String, String>,
+    /// Check that tract can run the source ONNX model before compressing.
+    pub check_runnable: bool,
+}
+
+impl Default for CompressOptions {
+    fn default() -> Self {
+        CompressOptions {
+            hidden: None,
+            target_ratio: None,
+            steps: DEFAULT_STEPS,
+            batch: 4096,
+            lr: DEFAULT_LR,
+            ordering: Ordering::Crossfilter,
+            embedding: Embedding { base: DEFAULT_PE_BASE, levels: DEFAULT_PE_LEVELS },
+            predictor_dtype: WeightDtype::F16,
+            filter_scales: true,
+            seed: 0,
+            metadata: BTreeMap::new(),
+            check_runnable: true,
+        }
+    }
+}
+
+/// Default hidden width when neither `--hidden` nor `--target-ratio` is given.
+pub const DEFAULT_HIDDEN: usize = 180;
+pub const DEFAULT_STEPS: usize = 3000;
+pub const DEFAULT_LR: f64 = 2e-3;
+pub const DEFAULT_PE_BASE: f64 = 1.25;
+pub const DEFAULT_PE_LEVELS: u32 = 20;
+
+/// One line of the per-tensor report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TensorReport {
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub predicted: bool,
+    pub rmse: f64,
+    /// RMSE ÷ RMS of the original values.
+    pub rel_error: f64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// What a compression did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CompressReport {
+    pub tensors: Vec<TensorReport>,
+    pub hidden: usize,
+    pub predictor_params: usize,
+    /// Values of the predicted tensors.
+    pub represented: usize,
+    pub source_bytes: u64,
+    pub file_bytes: u64,
+    pub seconds: f64,
+    pub steps: usize,
+    pub final_loss: f64,
+    /// RMSE over all predicted weights (after storing the predictor in its dtype).
+    pub weight_rmse: f64,
+}
+
+impl CompressReport {
+    /// Represented weights ÷ predictor parameters.
+    pub fn param_ratio(&self) -> f64 {
+        self.represented as f64 / self.predictor_params.max(1) as f64
+    }
+
+    /// Source file ÷ `.nerp` file.
+    pub fn byte_ratio(&self) -> f64 {
+        self.source_bytes as f64 / self.file_bytes.max(1) as f64
+    }
+}
+
+/// Smallest hidden width whose parameter count reaches `represented / ratio`.
+pub fn hidden_for_ratio(represented: usize, ratio: f64, levels: usize) -> usize {
+    let budget = represented as f64 / ratio;
+    (1..=format::limits::MAX_HIDDEN as usize)
+        .find(|&h| predictor::param_count(h + 1, levels) as f64 > budget)
+        .unwrap_or(1)
+}
+
+/// The predicted layers of a source model (kernels, orderings, scales) and their values.
+pub fn make_plan(model: &SourceModel, opts: &CompressOptions) -> Result<(Vec<LayerPlan>, Vec<Vec<f32>>)> {
+    let mut plans = Vec::new();
+    let mut values = Vec::new();
+    for (i, t) in model.tensors.iter().enumerate() {
+        if !(t.conv_kernel && plan::is_predictable(t.dtype, &t.shape)) {
+            continue;
+        }
+        let v = format::read::to_f32(t.dtype, &t.data).expect("float");
+        if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+            return Err(Error::Training(format!(
+                "tensor {} contains {bad}; nerp cannot fit non-finite weights",
+                t.name
+            )));
+        }
+        let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        let (filters, channels) = (dims[0], dims[1]);
+        let scales = opts.filter_scales.then(|| plan::filter_scales(&v, filters));
+        let scaled: Vec<f32> = match &scales {
+            Some(s) => v.iter().enumerate().map(|(k, x)| x / s[k / (v.len() / filters)]).collect(),
+            None => v.clone(),
+        };
+        let perm = plan::order(&scaled, filters, channels, opts.ordering);
+        let layer = plans.len() as u32;
+        plans.push(LayerPlan { tensor: i, layer, filters, channels, kh: dims[2], kw: dims[3], perm, scales });
+        values.push(v);
+    }
+    Ok((plans, values))
+}
+
+/// Training data for the plans: coordinates, 3×3 targets and masks in chain order.
+pub fn train_data(plans: &[LayerPlan], values: &[Vec<f32>]) -> TrainData {
+    let layers = plans.len() as u32;
+    let mut data = TrainData { coords: Vec::new(), targets: Vec::new(), masks: Vec::new() };
+    for (p, v) in plans.iter().zip(values) {
+        data.coords.extend(plan::coordinates(p.layer, layers, p.filters, p.channels));
+        let (t, m) = plan::targets(v, p);
+        data.targets.extend(t);
+        data.masks.extend(m);
+    }
+    data
+}
+
+/// Compresses `input` into `output`. `progress` receives each training step's loss.
+pub fn compress(
+    input: &Path,
+    output: &Path,
+    opts: &CompressOptions,
+    progress: &mut dyn Progress,
+) -> Result<CompressReport> {
+    let start = Instant::now();
+    let model = ingest::load(input)?;
+    if opts.check_runnable && model.kind == SourceKind::Onnx {
+        crate::runtime::Model::from_onnx_file(input).map_err(|e| Error::Ingest {
+            path: input.to_path_buf(),
+            what: format!("the inference engine cannot run this model, so nerp will not compress it: {e}"),
+        })?;
+    }
+    let (plans, values) = make_plan(&model, opts)?;
+    let represented: usize = values.iter().map(Vec::len).sum();
+    let levels = opts.embedding.levels as usize;
+    let hidden = match (opts.hidden, opts.target_ratio) {
+        (Some(h), _) => h,
+        (None, Some(r)) => hidden_for_ratio(represented, r, levels),
+        (None, None) => DEFAULT_HIDDEN,
+    };
+    let device = Device::Cpu;
+    let mut final_loss = f64::NAN;
+    let predictor = if plans.is_empty() {
+        None
+    } else {
+        let cfg = TrainConfig {
+            hidden,
+            embedding: opts.embedding,
+            steps: opts.steps,
+            batch: opts.batch,
+            lr: opts.lr,
+            lr_min: 1e-6,
+            warmup: (opts.steps / 50).max(1),
+            betas: (0.9, 0.999),
+            weight_decay: 0.0,
+            magnitude_fraction: 0.2,
+            seed: opts.seed,
+        };
+        let data = train_data(&plans, &values);
+        let (p, losses) = train::train(&cfg, &data, None, &device, progress)?;
+        final_loss = losses.last().copied().unwrap_or(f64::NAN);
+        Some(p.rounded(opts.predictor_dtype)?)
+    };
+    let (bytes, mut tensors, weight_rmse) = build_file(&model, &plans, &values, predictor.as_ref(), opts)?;
+    format::write_atomic(output, &bytes)?;
+    let file_bytes = bytes.len() as u64;
+    // Spread the predictor's bytes over the predicted tensors by their share of the values.
+    let predictor_bytes = predictor
+        .as_ref()
+        .map_or(0, |_| predictor::param_count(hidden, levels) * opts.predictor_dtype.size())
+        as f64;
+    for (p, v) in plans.iter().zip(&values) {
+        tensors[p.tensor].bytes_after += (predictor_bytes * v.len() as f64 / represented as f64) as u64;
+    }
+    Ok(CompressReport {
+        tensors,
+        hidden,
+        predictor_params: predictor.as_ref().map_or(0, |_| predictor::param_count(hidden, levels)),
+        represented,
+        source_bytes: model.file_bytes,
+        file_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+        steps: opts.steps,
+        final_loss,
+        weight_rmse,
+    })
+}
+
+/// Lays out the file; returns its bytes, the per-tensor report (predictor share not yet
+/// added) and the RMSE over all predicted weights.
+fn build_file(
+    model: &SourceModel,
+    plans: &[LayerPlan],
+    values: &[Vec<f32>],
+    predictor: Option<&Predictor>,
+    opts: &CompressOptions,
+) -> Result<(Vec<u8>, Vec<TensorReport>, f64)> {
+    let mut b = FileBuilder::new();
+    let skeleton = model.skeleton.as_ref().map(|s| b.add(SectionKind::Skeleton, Encoding::Zstd, s));
+    let predictor_spec = match predictor {
+        Some(p) => {
+            let bytes = predictor::encode_weights(opts.predictor_dtype, &p.to_flat()?);
+            Some(PredictorSpec {
+                arch: "mlp_relu".into(),
+                hidden: p.hidden as u32,
+                embedding: p.embedding,
+                dtype: opts.predictor_dtype,
+                ordering: opts.ordering,
+                layers: plans.len() as u32,
+                section: b.add(SectionKind::Predictor, Encoding::Plain, &bytes),
+            })
+        }
+        None => None,
+    };
+    let predictions = match predictor {
+        Some(p) => regen::predict_layers(p, plans, plans.len() as u32)?,
+        None => Vec::new(),
+    };
+    let mut plan_of = vec![None; model.tensors.len()];
+    let mut at = 0;
+    for (k, p) in plans.iter().enumerate() {
+        plan_of[p.tensor] = Some((k, at));
+        at += p.kernels() * OUTPUTS;
+    }
+    let (mut se_all, mut n_all) = (0f64, 0usize);
+    let mut entries = Vec::with_capacity(model.tensors.len());
+    let mut reports = Vec::with_capacity(model.tensors.len());
+    for (i, t) in model.tensors.iter().enumerate() {
+        let before = t.data.len() as u64;
+        let (storage, report) = match plan_of[i] {
+            Some((k, at)) => {
+                let p = &plans[k];
+                let mut rebuilt = vec![0f32; values[k].len()];
+                plan::scatter(&predictions[at..at + p.kernels() * OUTPUTS], p, &mut rebuilt);
+                let se: f64 = rebuilt.iter().zip(&values[k]).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+                let ms: f64 = values[k].iter().map(|v| (*v as f64).powi(2)).sum();
+                se_all += se;
+                n_all += rebuilt.len();
+                let perm = b.add(SectionKind::Permutation, Encoding::Zstd, &pack_permutation(&p.perm));
+                let mut after = b.stored_len(perm);
+                let scales = p.scales.as_ref().map(|s| {
+                    let bytes: Vec<u8> = s.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    let idx = b.add(SectionKind::Scales, Encoding::Zstd, &bytes);
+                    after += b.stored_len(idx);
+                    idx
+                });
+                let rmse = (se / rebuilt.len() as f64).sqrt();
+                let rel = (se / ms.max(f64::MIN_POSITIVE)).sqrt();
+                let storage = Storage::Predicted { layer: p.layer, permutation: perm, scales };
+                (storage, (true, rmse, rel, after))
+            }
+            None => {
+                let encoding = match t.dtype.size() {
+                    1 => Encoding::Zstd,
+                    n => Encoding::ZstdBytegroup { element: n as u8 },
+                };
+                let section = b.add(SectionKind::Tensor, encoding, &t.data);
+                (Storage::Raw { section }, (false, 0.0, 0.0, b.stored_len(section)))
+            }
+        };
+        let (predicted, rmse, rel_error, bytes_after) = report;
+        entries.push(TensorEntry { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), storage });
+        reports.push(TensorReport {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            predicted,
+            rmse,
+            rel_error,
+            bytes_before: before,
+            bytes_after,
+        });
+    }
+    let mut metadata = model.metadata.clone();
+    metadata.extend(opts.metadata.clone());
+    let source = Source { kind: model.kind, file_bytes: model.file_bytes, skeleton };
+    let bytes = b.finish(source, predictor_spec, entries, metadata);
+    Ok((bytes, reports, (se_all / n_all.max(1) as f64).sqrt()))
+}

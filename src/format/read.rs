@@ -1,0 +1,487 @@
+//! Reading and validating `.nerp` files. Every rule of spec/nerp-v1.md "Validation" is checked
+//! here, before any count, size or offset from the file is used.
+
+use super::{
+    align_up, limits, DType, Encoding, Header, SectionKind, SourceKind, Storage, ALIGN, MAGIC, MAJOR,
+    PREAMBLE_LEN,
+};
+use crate::error::{Error, FormatError, Result};
+use crate::mmap::FileBytes;
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// An open, fully validated `.nerp` file; sections are zero-copy views of the mapping.
+pub struct NerpFile {
+    path: PathBuf,
+    bytes: FileBytes,
+    header: Header,
+    data_offset: u64,
+}
+
+/// The fixed preamble.
+struct Preamble {
+    header_len: u64,
+    header_crc: u32,
+}
+
+impl NerpFile {
+    /// Memory-maps and validates `path` completely (layout, header, checksums, padding).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, "opening", e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, "reading metadata of", e))?.len();
+        if len < PREAMBLE_LEN {
+            return Err(fmt_err(path, FormatError::TooShort { len, need: PREAMBLE_LEN }));
+        }
+        let bytes = FileBytes::map(&file).map_err(|e| Error::io(path, "memory-mapping", e))?;
+        Self::validate(path.to_path_buf(), bytes)
+    }
+
+    /// Validates an in-memory file image; `name` is used in error messages.
+    pub fn from_bytes(bytes: Vec<u8>, name: impl Into<PathBuf>) -> Result<Self> {
+        Self::validate(name.into(), FileBytes::Owned(bytes))
+    }
+
+    fn validate(path: PathBuf, bytes: FileBytes) -> Result<Self> {
+        match check_all(&bytes) {
+            Ok((header, data_offset)) => Ok(NerpFile { path, bytes, header, data_offset }),
+            Err(kind) => Err(Error::Format { path, kind }),
+        }
+    }
+
+    /// The validated header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The file's path (or the name given to [`NerpFile::from_bytes`]).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Total file length in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Offset of the data section.
+    pub fn data_offset(&self) -> u64 {
+        self.data_offset
+    }
+
+    /// The stored bytes of section `index` (zero-copy). Panics on an index not in the header.
+    pub fn section(&self, index: usize) -> &[u8] {
+        let s = &self.header.sections[index];
+        // Bounds were validated at open.
+        let start = (self.data_offset + s.offset) as usize;
+        &self.bytes[start..start + s.length as usize]
+    }
+
+    /// The decoded content of section `index`: borrowed for plain sections.
+    pub fn decode_section(&self, index: usize) -> Result<Cow<'_, [u8]>> {
+        let s = &self.header.sections[index];
+        decode(s.encoding, self.section(index), s.decoded_length)
+            .map_err(|what| self.fmt_error(FormatError::Section { index, what }))
+    }
+
+    /// Wraps a format error with this file's path.
+    pub fn fmt_error(&self, kind: FormatError) -> Error {
+        fmt_err(&self.path, kind)
+    }
+}
+
+fn fmt_err(path: &Path, kind: FormatError) -> Error {
+    Error::Format { path: path.to_path_buf(), kind }
+}
+
+/// Reads and validates only the preamble and header of `path` (no data section byte is read,
+/// no checksum of a section is verified). Returns the header and the file length.
+pub fn read_header(path: impl AsRef<Path>) -> Result<(Header, u64)> {
+    let path = path.as_ref();
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, "opening", e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, "reading metadata of", e))?.len();
+    let mut pre = [0u8; PREAMBLE_LEN as usize];
+    if file_len < PREAMBLE_LEN {
+        return Err(fmt_err(path, FormatError::TooShort { len: file_len, need: PREAMBLE_LEN }));
+    }
+    file.read_exact(&mut pre).map_err(|e| Error::io(path, "reading", e))?;
+    let p = parse_preamble(&pre, file_len).map_err(|k| fmt_err(path, k))?;
+    let mut json = vec![0u8; p.header_len as usize];
+    file.read_exact(&mut json).map_err(|e| Error::io(path, "reading header of", e))?;
+    let header = parse_header(&p, &json, file_len).map_err(|k| fmt_err(path, k))?;
+    Ok((header, file_len))
+}
+
+fn parse_preamble(b: &[u8], file_len: u64) -> Result<Preamble, FormatError> {
+    let need = PREAMBLE_LEN;
+    let pre = b.get(..need as usize).ok_or(FormatError::TooShort { len: file_len, need })?;
+    let magic: [u8; 8] = pre[0..8].try_into().expect("8 bytes");
+    if magic != MAGIC {
+        return Err(FormatError::BadMagic { found: magic });
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([pre[o], pre[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes(pre[o..o + 4].try_into().expect("4 bytes"));
+    let major = u16_at(8);
+    if major != MAJOR {
+        return Err(FormatError::UnsupportedVersion { found: major, supported: MAJOR });
+    }
+    let flags = u32_at(12);
+    let reserved = u32_at(28);
+    if flags != 0 || reserved != 0 {
+        return Err(FormatError::UnknownFlags(flags | reserved));
+    }
+    let header_len = u64::from_le_bytes(pre[16..24].try_into().expect("8 bytes"));
+    if header_len > limits::MAX_HEADER_LEN {
+        return Err(FormatError::HeaderTooLarge { len: header_len, limit: limits::MAX_HEADER_LEN });
+    }
+    if PREAMBLE_LEN + header_len > file_len {
+        return Err(FormatError::HeaderOutOfFile { offset: PREAMBLE_LEN, len: header_len, file_len });
+    }
+    Ok(Preamble { header_len, header_crc: u32_at(24) })
+}
+
+/// Parses the header JSON and checks everything that needs only the header and file length.
+fn parse_header(p: &Preamble, json: &[u8], file_len: u64) -> Result<Header, FormatError> {
+    let computed = crc32fast::hash(json);
+    if computed != p.header_crc {
+        return Err(FormatError::HeaderChecksum { stored: p.header_crc, computed });
+    }
+    let header: Header = serde_json::from_slice(json).map_err(|e| FormatError::HeaderJson(e.to_string()))?;
+    let data_offset = data_offset(p.header_len)?;
+    check_layout(&header, data_offset, file_len)?;
+    check_semantics(&header)?;
+    Ok(header)
+}
+
+fn data_offset(header_len: u64) -> Result<u64, FormatError> {
+    align_up(PREAMBLE_LEN + header_len).ok_or_else(|| FormatError::Overflow("data offset".into()))
+}
+
+/// Full validation of a file image: returns the header and the data offset.
+fn check_all(b: &[u8]) -> Result<(Header, u64), FormatError> {
+    let file_len = b.len() as u64;
+    let p = parse_preamble(b, file_len)?;
+    let header_end = (PREAMBLE_LEN + p.header_len) as usize;
+    let header = parse_header(&p, &b[PREAMBLE_LEN as usize..header_end], file_len)?;
+    let data_offset = data_offset(p.header_len)?;
+    check_zero(b, header_end as u64, data_offset)?;
+    let mut prev_end = data_offset;
+    for (index, s) in header.sections.iter().enumerate() {
+        let start = data_offset + s.offset;
+        check_zero(b, prev_end, start)?;
+        let stored = &b[start as usize..(start + s.length) as usize];
+        let computed = crc32fast::hash(stored);
+        if computed != s.crc32 {
+            let kind = s.kind.name().to_string();
+            return Err(FormatError::SectionChecksum { index, kind, stored: s.crc32, computed });
+        }
+        prev_end = start + s.length;
+    }
+    Ok((header, data_offset))
+}
+
+fn check_zero(b: &[u8], from: u64, to: u64) -> Result<(), FormatError> {
+    match b[from as usize..to as usize].iter().position(|&x| x != 0) {
+        Some(i) => Err(FormatError::NonZeroPadding { offset: from + i as u64 }),
+        None => Ok(()),
+    }
+}
+
+/// Sections follow each other in order, each at the previous end rounded up to [`ALIGN`],
+/// inside the file, and the last one ends exactly at the end of the file.
+fn check_layout(h: &Header, data_offset: u64, file_len: u64) -> Result<(), FormatError> {
+    limit("sections", h.sections.len() as u64, limits::MAX_SECTIONS as u64)?;
+    if data_offset > file_len {
+        return Err(FormatError::HeaderOutOfFile {
+            offset: PREAMBLE_LEN,
+            len: data_offset - PREAMBLE_LEN,
+            file_len,
+        });
+    }
+    let mut expected = 0u64;
+    for (index, s) in h.sections.iter().enumerate() {
+        let kind = s.kind.name().to_string();
+        if s.offset != expected {
+            return Err(FormatError::SectionOffset { index, kind, found: s.offset, expected });
+        }
+        debug_assert_eq!(expected % ALIGN, 0);
+        let end = data_offset
+            .checked_add(s.offset)
+            .and_then(|v| v.checked_add(s.length))
+            .ok_or_else(|| FormatError::Overflow(format!("end of section {index}")))?;
+        if end > file_len {
+            return Err(FormatError::SectionOutOfFile { index, kind, end, file_len });
+        }
+        expected = align_up(s.offset + s.length)
+            .ok_or_else(|| FormatError::Overflow(format!("end of section {index}")))?;
+    }
+    let last_end = match h.sections.last() {
+        Some(s) => data_offset + s.offset + s.length,
+        None => data_offset,
+    };
+    if last_end < file_len {
+        return Err(FormatError::TrailingBytes { extra: file_len - last_end });
+    }
+    Ok(())
+}
+
+fn limit(what: &str, count: u64, max: u64) -> Result<(), FormatError> {
+    if count > max {
+        return Err(FormatError::LimitExceeded { what: what.into(), count, limit: max });
+    }
+    Ok(())
+}
+
+/// Checks that every reference, count and size in the header is consistent.
+fn check_semantics(h: &Header) -> Result<(), FormatError> {
+    limit("tensors", h.tensors.len() as u64, limits::MAX_TENSORS as u64)?;
+    for (k, v) in &h.metadata {
+        limit("metadata key length", k.len() as u64, limits::MAX_NAME_LEN as u64)?;
+        limit("metadata value length", v.len() as u64, limits::MAX_HEADER_LEN)?;
+    }
+    for (index, s) in h.sections.iter().enumerate() {
+        let bad = |what: String| Err(FormatError::Section { index, what });
+        limit("decoded section length", s.decoded_length, limits::MAX_DECODED_SECTION)?;
+        match s.encoding {
+            Encoding::Plain if s.length != s.decoded_length => {
+                return bad(format!(
+                    "plain section has length {} but decoded length {}",
+                    s.length, s.decoded_length
+                ))
+            }
+            Encoding::ZstdBytegroup { element } if !(1..=8).contains(&element) => {
+                return bad(format!("byte-group element size {element} is not in 1..=8"))
+            }
+            _ => {}
+        }
+    }
+    let mut used = vec![false; h.sections.len()];
+    let mut claim = |index: usize, kind: SectionKind, owner: &str| -> Result<(), FormatError> {
+        let s = h.sections.get(index).ok_or_else(|| FormatError::Section {
+            index,
+            what: format!("referenced by {owner} but the file has {} sections", h.sections.len()),
+        })?;
+        if s.kind != kind {
+            return Err(FormatError::Section {
+                index,
+                what: format!("{owner} needs a {} section, found {}", kind.name(), s.kind.name()),
+            });
+        }
+        if std::mem::replace(&mut used[index], true) {
+            return Err(FormatError::Section { index, what: "referenced more than once".into() });
+        }
+        Ok(())
+    };
+
+    match (h.source.kind, h.source.skeleton) {
+        (SourceKind::Onnx, Some(i)) => claim(i, SectionKind::Skeleton, "source")?,
+        (SourceKind::Onnx, None) => {
+            return Err(FormatError::HeaderJson("an ONNX source needs a skeleton section".into()))
+        }
+        (SourceKind::Safetensors, Some(_)) => {
+            return Err(FormatError::HeaderJson("a safetensors source has no skeleton".into()))
+        }
+        (SourceKind::Safetensors, None) => {}
+    }
+
+    let predicted = h.tensors.iter().filter(|t| matches!(t.storage, Storage::Predicted { .. }));
+    let n_predicted = predicted.count() as u32;
+    if let Some(p) = &h.predictor {
+        let bad = |what: String| Err(FormatError::Predictor(what));
+        if p.arch != "mlp_relu" {
+            return bad(format!("unknown architecture {:?} (this reader knows mlp_relu)", p.arch));
+        }
+        if p.hidden == 0 || p.hidden > limits::MAX_HIDDEN {
+            return bad(format!("hidden width {} is not in 1..={}", p.hidden, limits::MAX_HIDDEN));
+        }
+        let e = p.embedding;
+        if e.levels == 0 || e.levels > limits::MAX_LEVELS {
+            return bad(format!("{} embedding levels, not in 1..={}", e.levels, limits::MAX_LEVELS));
+        }
+        if !(e.base.is_finite() && e.base > 0.0) {
+            return bad(format!("embedding base {} is not a positive number", e.base));
+        }
+        if p.layers != n_predicted {
+            return bad(format!("declares {} layers but {n_predicted} tensors are predicted", p.layers));
+        }
+        claim(p.section, SectionKind::Predictor, "predictor")?;
+        let s = &h.sections[p.section];
+        let need = crate::predictor::param_count(p.hidden as usize, e.levels as usize) as u64
+            * p.dtype.size() as u64;
+        if s.encoding != Encoding::Plain || s.decoded_length != need {
+            return bad(format!(
+                "weights section must be plain and {need} bytes, found {:?} of {} bytes",
+                s.encoding, s.decoded_length
+            ));
+        }
+    } else if n_predicted > 0 {
+        return Err(FormatError::Predictor(format!(
+            "{n_predicted} tensors are predicted but no predictor is stored"
+        )));
+    }
+
+    let mut names = HashSet::with_capacity(h.tensors.len());
+    let mut layers = vec![false; n_predicted as usize];
+    for t in &h.tensors {
+        let bad = |what: String| Err(FormatError::Tensor { tensor: t.name.clone(), what });
+        if t.name.is_empty() || t.name.len() > limits::MAX_NAME_LEN {
+            return bad(format!("name length {} is not in 1..={}", t.name.len(), limits::MAX_NAME_LEN));
+        }
+        if !names.insert(t.name.as_str()) {
+            return bad("name is used by more than one tensor".into());
+        }
+        limit("tensor rank", t.shape.len() as u64, limits::MAX_RANK as u64)?;
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| n <= limits::MAX_TENSOR_ELEMENTS)
+            .ok_or_else(|| FormatError::Tensor {
+                tensor: t.name.clone(),
+                what: format!("shape {:?} has more than {} elements", t.shape, limits::MAX_TENSOR_ELEMENTS),
+            })?;
+        match t.storage {
+            Storage::Raw { section } => {
+                claim(section, SectionKind::Tensor, &format!("tensor {}", t.name))?;
+                let need = numel * t.dtype.size() as u64;
+                let got = h.sections[section].decoded_length;
+                if got != need {
+                    return bad(format!("raw data is {got} bytes, shape and dtype need {need}"));
+                }
+            }
+            Storage::Predicted { layer, permutation, scales } => {
+                if !t.dtype.is_float() {
+                    return bad(format!("dtype {:?} cannot be predicted", t.dtype));
+                }
+                let [f, c, kh, kw] = t.shape[..] else {
+                    return bad(format!("predicted tensors have rank 4, found shape {:?}", t.shape));
+                };
+                if f == 0 || c == 0 || !(1..=3).contains(&kh) || !(1..=3).contains(&kw) {
+                    return bad(format!("shape {:?} is not [F≥1, C≥1, 1..3, 1..3]", t.shape));
+                }
+                match layers.get_mut(layer as usize) {
+                    Some(seen) if !*seen => *seen = true,
+                    _ => return bad(format!("layer index {layer} is out of range or repeated")),
+                }
+                claim(permutation, SectionKind::Permutation, &format!("tensor {}", t.name))?;
+                let need = packed_len(f * c);
+                let got = h.sections[permutation].decoded_length;
+                if got != need {
+                    return bad(format!("permutation is {got} bytes, {} kernels need {need}", f * c));
+                }
+                if let Some(sc) = scales {
+                    claim(sc, SectionKind::Scales, &format!("tensor {}", t.name))?;
+                    let got = h.sections[sc].decoded_length;
+                    if got != 4 * f {
+                        return bad(format!("scales are {got} bytes, {f} filters need {}", 4 * f));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(index) = used.iter().position(|u| !u) {
+        return Err(FormatError::Section { index, what: "not referenced by the header".into() });
+    }
+    Ok(())
+}
+
+/// Decodes a section body, checking the decoded length before allocating beyond it.
+pub fn decode(encoding: Encoding, stored: &[u8], decoded_length: u64) -> Result<Cow<'_, [u8]>, String> {
+    let unzstd = |data: &[u8]| -> Result<Vec<u8>, String> {
+        match zstd::zstd_safe::get_frame_content_size(data) {
+            Ok(Some(n)) if n == decoded_length => {}
+            Ok(Some(n)) => {
+                return Err(format!("zstd frame declares {n} bytes, header says {decoded_length}"))
+            }
+            _ => return Err("zstd frame has no valid content size".into()),
+        }
+        let out = zstd::bulk::decompress(data, decoded_length as usize)
+            .map_err(|e| format!("zstd data is corrupt: {e}"))?;
+        if out.len() as u64 != decoded_length {
+            return Err(format!("decoded {} bytes, header says {decoded_length}", out.len()));
+        }
+        Ok(out)
+    };
+    match encoding {
+        Encoding::Plain => Ok(Cow::Borrowed(stored)),
+        Encoding::Zstd => unzstd(stored).map(Cow::Owned),
+        Encoding::ZstdBytegroup { element } => {
+            unzstd(stored).map(|v| Cow::Owned(super::write::ungroup(&v, element as usize)))
+        }
+    }
+}
+
+/// Bits per entry of a packed permutation of `n` items.
+pub fn perm_bits(n: u64) -> u32 {
+    (64 - n.saturating_sub(1).leading_zeros()).max(1)
+}
+
+/// Bytes of a packed permutation of `n` items.
+pub fn packed_len(n: u64) -> u64 {
+    (n * perm_bits(n) as u64).div_ceil(8)
+}
+
+/// Packs a permutation, `perm_bits(n)` bits per entry, least significant bit first.
+pub fn pack_permutation(perm: &[u32]) -> Vec<u8> {
+    let bits = perm_bits(perm.len() as u64);
+    let mut out = vec![0u8; packed_len(perm.len() as u64) as usize];
+    for (i, &v) in perm.iter().enumerate() {
+        let pos = i as u64 * bits as u64;
+        for b in 0..bits as u64 {
+            if (v >> b) & 1 == 1 {
+                let bit = pos + b;
+                out[(bit / 8) as usize] |= 1 << (bit % 8);
+            }
+        }
+    }
+    out
+}
+
+/// Unpacks and checks a permutation of `n` items (each index below `n`, each exactly once).
+pub fn unpack_permutation(bytes: &[u8], n: usize) -> Result<Vec<u32>, String> {
+    if bytes.len() as u64 != packed_len(n as u64) {
+        return Err(format!("{} bytes, expected {}", bytes.len(), packed_len(n as u64)));
+    }
+    let bits = perm_bits(n as u64) as u64;
+    let mut seen = vec![false; n];
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let mut v = 0u64;
+        for b in 0..bits {
+            let bit = i * bits + b;
+            v |= (((bytes[(bit / 8) as usize] >> (bit % 8)) & 1) as u64) << b;
+        }
+        match seen.get_mut(v as usize) {
+            Some(s) if !*s => *s = true,
+            _ => return Err(format!("entry {i} ({v}) is out of range or repeated: not a permutation")),
+        }
+        out.push(v as u32);
+    }
+    Ok(out)
+}
+
+/// Converts little-endian bytes of `dtype` to f32 values.
+pub fn to_f32(dtype: DType, bytes: &[u8]) -> Option<Vec<f32>> {
+    let n = dtype.size();
+    let chunks = bytes.chunks_exact(n);
+    Some(match dtype {
+        DType::F32 => chunks.map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect(),
+        DType::F16 => chunks.map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DType::Bf16 => chunks.map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DType::F64 => chunks.map(|c| f64::from_le_bytes(c.try_into().expect("8")) as f32).collect(),
+        _ => return None,
+    })
+}
+
+/// Converts f32 values to little-endian bytes of a float `dtype`.
+pub fn from_f32(dtype: DType, values: &[f32]) -> Option<Vec<u8>> {
+    Some(match dtype {
+        DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+        DType::Bf16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+        DType::F64 => values.iter().flat_map(|&v| (v as f64).to_le_bytes()).collect(),
+        _ => return None,
+    })
+}

@@ -1,0 +1,53 @@
+//! Reading a source model (ONNX or safetensors) into one ordered list of named tensors plus
+//! what is needed to rebuild the model.
+
+pub mod onnx;
+pub mod safetensors;
+
+use crate::error::{Error, Result};
+use crate::format::{DType, SourceKind};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One tensor of the source model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceTensor {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    /// Little-endian values, row-major.
+    pub data: Vec<u8>,
+    /// Whether the model uses it as a convolution kernel (ONNX `Conv` input 1; for
+    /// safetensors, any rank-4 tensor).
+    pub conv_kernel: bool,
+}
+
+/// A source model, ready to plan.
+#[derive(Debug, Clone)]
+pub struct SourceModel {
+    pub kind: SourceKind,
+    pub file_bytes: u64,
+    pub tensors: Vec<SourceTensor>,
+    /// ONNX only: the `ModelProto` bytes with the extracted tensors' data removed.
+    pub skeleton: Option<Vec<u8>>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Reads a model, choosing the reader by the file's first bytes (safetensors starts with an
+/// 8-byte header length followed by `{`), else by extension.
+pub fn load(path: &Path) -> Result<SourceModel> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, "opening model", e))?;
+    let bytes = crate::mmap::FileBytes::map(&file).map_err(|e| Error::io(path, "memory-mapping model", e))?;
+    let looks_safetensors = bytes.len() > 9 && bytes[8] == b'{';
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    if ext == "safetensors" || (ext != "onnx" && looks_safetensors) {
+        safetensors::load(path, &bytes)
+    } else if ext == "onnx" || !looks_safetensors {
+        onnx::load(path, &bytes)
+    } else {
+        Err(Error::Ingest {
+            path: path.to_path_buf(),
+            what: "unknown model format: expected a .onnx or .safetensors file".into(),
+        })
+    }
+}

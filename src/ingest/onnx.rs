@@ -1,0 +1,160 @@
+//! ONNX: tensors come from graph initializers and `Constant` nodes (their `value` attribute),
+//! in that order; the rest of the protobuf is kept as the skeleton.
+
+use super::{SourceModel, SourceTensor};
+use crate::error::{Error, Result};
+use crate::format::{DType, SourceKind};
+use prost::Message;
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use tract_onnx::pb::{GraphProto, ModelProto, TensorProto};
+
+/// `data_location` value for external data.
+const EXTERNAL: i32 = 1;
+
+/// The tensors nerp extracts from a graph, in a fixed order: initializers, then the `value`
+/// tensor of each `Constant` node. Each comes with its name (for a Constant, its output).
+/// Ingest and rebuild both walk this order, so the i-th stored tensor patches the i-th slot.
+pub fn tensor_slots(graph: &mut GraphProto) -> Vec<(String, &mut TensorProto)> {
+    let mut slots: Vec<(String, &mut TensorProto)> =
+        graph.initializer.iter_mut().map(|t| (t.name.clone(), t)).collect();
+    for node in graph.node.iter_mut().filter(|n| n.op_type == "Constant" && n.domain.is_empty()) {
+        let name = node.output.first().cloned().unwrap_or_default();
+        if let Some(t) = node.attribute.iter_mut().find(|a| a.name == "value").and_then(|a| a.t.as_mut()) {
+            slots.push((name, t));
+        }
+    }
+    slots.retain(|(_, t)| dtype_of(t.data_type).is_some());
+    slots
+}
+
+/// Maps an ONNX data type code to a stored dtype (`None`: left in the skeleton as is).
+pub fn dtype_of(code: i32) -> Option<DType> {
+    Some(match code {
+        1 => DType::F32,
+        2 => DType::U8,
+        3 => DType::I8,
+        4 => DType::U16,
+        5 => DType::I16,
+        6 => DType::I32,
+        7 => DType::I64,
+        9 => DType::Bool,
+        10 => DType::F16,
+        11 => DType::F64,
+        12 => DType::U32,
+        13 => DType::U64,
+        16 => DType::Bf16,
+        _ => return None,
+    })
+}
+
+/// Decodes an ONNX model protobuf.
+pub fn decode_model(bytes: &[u8]) -> std::result::Result<ModelProto, prost::DecodeError> {
+    ModelProto::decode(bytes)
+}
+
+/// Reads an ONNX file; external data files are resolved relative to its directory.
+pub fn load(path: &Path, bytes: &[u8]) -> Result<SourceModel> {
+    let err = |what: String| Error::Ingest { path: path.to_path_buf(), what };
+    let mut model = decode_model(bytes).map_err(|e| err(format!("not a valid ONNX protobuf: {e}")))?;
+    let graph = model.graph.as_mut().ok_or_else(|| err("ONNX model has no graph".into()))?;
+    let conv_weights: HashSet<String> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Conv" && n.domain.is_empty())
+        .filter_map(|n| n.input.get(1).cloned())
+        .collect();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tensors = Vec::new();
+    let mut names = HashSet::new();
+    for (name, t) in tensor_slots(graph) {
+        if !names.insert(name.clone()) {
+            return Err(err(format!("tensor name {name:?} is used twice; nerp needs unique names")));
+        }
+        let dtype = dtype_of(t.data_type).expect("slots have known dtypes");
+        let shape = t
+            .dims
+            .iter()
+            .map(|&d| u64::try_from(d).map_err(|_| err(format!("tensor {name}: negative dimension {d}"))))
+            .collect::<Result<Vec<u64>>>()?;
+        let data = take_data(t, dtype, &shape, dir).map_err(|e| err(format!("tensor {name}: {e}")))?;
+        let conv_kernel = conv_weights.contains(&name);
+        tensors.push(SourceTensor { name, dtype, shape, data, conv_kernel });
+    }
+    let mut skeleton = Vec::with_capacity(model.encoded_len());
+    model.encode(&mut skeleton).map_err(|e| err(format!("re-encoding the graph: {e}")))?;
+    Ok(SourceModel {
+        kind: SourceKind::Onnx,
+        file_bytes: bytes.len() as u64,
+        tensors,
+        skeleton: Some(skeleton),
+        metadata: BTreeMap::new(),
+    })
+}
+
+/// Moves a tensor's values out of the proto as little-endian bytes, leaving only its
+/// name, type and dims.
+fn take_data(
+    t: &mut TensorProto,
+    dtype: DType,
+    shape: &[u64],
+    dir: &Path,
+) -> std::result::Result<Vec<u8>, String> {
+    let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or("element count overflows")?;
+    let need = numel.checked_mul(dtype.size() as u64).ok_or("byte size overflows")?;
+    let data = if t.data_location == Some(EXTERNAL) {
+        read_external(t, dir, need)?
+    } else if !t.raw_data.is_empty() {
+        std::mem::take(&mut t.raw_data)
+    } else {
+        typed_data(t, dtype)
+    };
+    if data.len() as u64 != need {
+        return Err(format!("has {} bytes of data, its shape {shape:?} needs {need}", data.len()));
+    }
+    t.float_data.clear();
+    t.int32_data.clear();
+    t.int64_data.clear();
+    t.double_data.clear();
+    t.uint64_data.clear();
+    t.external_data.clear();
+    t.data_location = None;
+    Ok(data)
+}
+
+fn typed_data(t: &TensorProto, dtype: DType) -> Vec<u8> {
+    match dtype {
+        DType::F32 => t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F64 => t.double_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::I64 => t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::U32 => t.uint64_data.iter().flat_map(|&v| (v as u32).to_le_bytes()).collect(),
+        DType::U64 => t.uint64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::I32 => t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        // Narrow types are stored one per int32 (bit pattern for f16/bf16).
+        DType::I16 | DType::U16 | DType::F16 | DType::Bf16 => {
+            t.int32_data.iter().flat_map(|&v| (v as u16).to_le_bytes()).collect()
+        }
+        DType::I8 | DType::U8 | DType::Bool => t.int32_data.iter().map(|&v| v as u8).collect(),
+    }
+}
+
+fn read_external(t: &TensorProto, dir: &Path, need: u64) -> std::result::Result<Vec<u8>, String> {
+    let get = |k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.as_str());
+    let location = get("location").ok_or("external data without a location")?;
+    let rel = Path::new(location);
+    if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(format!(
+            "external data location {location:?} must be a relative path inside the model's folder"
+        ));
+    }
+    let offset: u64 = get("offset").map_or(Ok(0), |v| v.parse()).map_err(|_| "bad external data offset")?;
+    let length: u64 =
+        get("length").map_or(Ok(need), |v| v.parse()).map_err(|_| "bad external data length")?;
+    let file = dir.join(rel);
+    let all = std::fs::read(&file)
+        .map_err(|e| format!("external data file {} (next to the model): {e}", file.display()))?;
+    let end = offset.checked_add(length).filter(|&e| e <= all.len() as u64).ok_or_else(|| {
+        format!("external data [{offset}, +{length}) is outside {} ({} bytes)", file.display(), all.len())
+    })?;
+    Ok(all[offset as usize..end as usize].to_vec())
+}

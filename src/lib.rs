@@ -1,0 +1,49 @@
+//! nerp stores a neural network's weights as a small *predictor network* that maps each
+//! convolution kernel's coordinate (layer, filter, channel) to its values (the NeRN method,
+//! with the improvements of Choi et al. 2024), in a compact, memory-mapped `.nerp` file.
+//!
+//! The modules follow the data flow: [`ingest`] → [`plan`] → `train` → [`format`] →
+//! [`mmap`]/validation → [`regen`] → [`runtime`]. The format is specified in `spec/nerp-v1.md`.
+//!
+//! ```no_run
+//! # fn main() -> nerp::Result<()> {
+//! let file = nerp::open("model.nerp")?;
+//! let weights = nerp::regen::regenerate(&file, &nerp::device::open("auto")?)?;
+//! let model = nerp::runtime::Model::from_proto(&nerp::runtime::rebuild_onnx(&file, &weights)?)?;
+//! let (logits, shape) = model.run_f32(&vec![0.0; 28 * 28], &[1, 1, 28, 28])?;
+//! # Ok(()) }
+//! ```
+
+pub mod cli;
+#[cfg(feature = "compress")]
+pub mod compress;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod eval;
+pub mod format;
+pub mod ingest;
+pub mod mmap;
+pub mod npy;
+pub mod plan;
+pub mod predictor;
+pub mod regen;
+pub mod runtime;
+#[cfg(feature = "compress")]
+pub mod train;
+
+pub use error::{Error, FormatError, Result};
+pub use format::NerpFile;
+
+/// Opens and fully validates a `.nerp` file (memory-mapped).
+pub fn open(path: impl AsRef<std::path::Path>) -> Result<NerpFile> {
+    NerpFile::open(path)
+}
+
+/// Opens a `.nerp` file compressed from ONNX, regenerates its weights on `device` and returns
+/// the model ready to run in tract.
+pub fn load_model(path: impl AsRef<std::path::Path>, device: &candle_core::Device) -> Result<runtime::Model> {
+    let file = open(path)?;
+    let weights = regen::regenerate(&file, device)?;
+    runtime::Model::from_proto(&runtime::rebuild_onnx(&file, &weights)?)
+}

@@ -1,0 +1,137 @@
+//! THE predictor: a positional embedding of a kernel's coordinate followed by a 5-layer ReLU
+//! MLP with 9 outputs (one 3×3 kernel). Training and regeneration both use this definition.
+
+use crate::error::Result;
+use crate::format::{Embedding, PredictorSpec, WeightDtype};
+use candle_core::{Device, Tensor};
+
+/// Values predicted per coordinate: one 3×3 kernel.
+pub const OUTPUTS: usize = 9;
+/// Linear layers of the MLP.
+pub const DEPTH: usize = 5;
+
+/// Width of the embedding for `levels` levels: 3 coordinates × (sin, cos) × levels.
+pub fn input_dim(levels: usize) -> usize {
+    6 * levels
+}
+
+/// `(in, out)` of each linear layer.
+pub fn layer_dims(hidden: usize, levels: usize) -> [(usize, usize); DEPTH] {
+    let i = input_dim(levels);
+    [(i, hidden), (hidden, hidden), (hidden, hidden), (hidden, hidden), (hidden, OUTPUTS)]
+}
+
+/// Number of parameters (weights and biases).
+pub fn param_count(hidden: usize, levels: usize) -> usize {
+    layer_dims(hidden, levels).iter().map(|(i, o)| i * o + o).sum()
+}
+
+/// Frequencies `π·base^k`, computed in f64 then rounded to f32.
+pub fn frequencies(e: Embedding) -> Vec<f32> {
+    (0..e.levels).map(|k| (std::f64::consts::PI * e.base.powi(k as i32)) as f32).collect()
+}
+
+/// Embeds coordinates `(N, 3)` into `(N, 6·levels)`: for each coordinate j,
+/// `[sin(p_j·ω_0) … sin(p_j·ω_{K-1}), cos(p_j·ω_0) … cos(p_j·ω_{K-1})]`.
+pub fn embed(coords: &Tensor, e: Embedding) -> Result<Tensor> {
+    let n = coords.dim(0)?;
+    let k = e.levels as usize;
+    let freqs = Tensor::from_vec(frequencies(e), (1, 1, k), coords.device())?;
+    let phase = coords.unsqueeze(2)?.broadcast_mul(&freqs)?; // (N, 3, K)
+    let emb = Tensor::cat(&[phase.sin()?, phase.cos()?], 2)?; // (N, 3, 2K)
+    Ok(emb.reshape((n, 6 * k))?)
+}
+
+/// One linear layer, `y = x·w + b` with `w` of shape `(in, out)`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub w: Tensor,
+    pub b: Tensor,
+}
+
+/// The predictor's architecture and weights.
+#[derive(Debug, Clone)]
+pub struct Predictor {
+    pub hidden: usize,
+    pub embedding: Embedding,
+    pub layers: Vec<Linear>,
+}
+
+impl Predictor {
+    /// Builds a predictor from flat f32 parameters in storage order (for each layer: `w` as
+    /// `(in, out)` row-major, then `b`).
+    pub fn from_flat(hidden: usize, embedding: Embedding, flat: &[f32], device: &Device) -> Result<Self> {
+        let dims = layer_dims(hidden, embedding.levels as usize);
+        let need = param_count(hidden, embedding.levels as usize);
+        if flat.len() != need {
+            return Err(crate::Error::Rebuild(format!(
+                "predictor needs {need} parameters, got {}",
+                flat.len()
+            )));
+        }
+        let mut at = 0;
+        let mut layers = Vec::with_capacity(DEPTH);
+        for (i, o) in dims {
+            let w = Tensor::from_slice(&flat[at..at + i * o], (i, o), device)?;
+            at += i * o;
+            let b = Tensor::from_slice(&flat[at..at + o], o, device)?;
+            at += o;
+            layers.push(Linear { w, b });
+        }
+        Ok(Predictor { hidden, embedding, layers })
+    }
+
+    /// Flat f32 parameters in storage order.
+    pub fn to_flat(&self) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(param_count(self.hidden, self.embedding.levels as usize));
+        for l in &self.layers {
+            out.extend(l.w.flatten_all()?.to_vec1::<f32>()?);
+            out.extend(l.b.to_vec1::<f32>()?);
+        }
+        Ok(out)
+    }
+
+    /// Decodes stored weights of `spec.dtype`.
+    pub fn from_stored(spec: &PredictorSpec, bytes: &[u8], device: &Device) -> Result<Self> {
+        Self::from_flat(spec.hidden as usize, spec.embedding, &decode_weights(spec.dtype, bytes), device)
+    }
+
+    /// Forward pass over embedded coordinates `(N, input_dim)` → `(N, 9)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, l) in self.layers.iter().enumerate() {
+            x = x.matmul(&l.w)?.broadcast_add(&l.b)?;
+            if i + 1 < self.layers.len() {
+                x = x.relu()?;
+            }
+        }
+        Ok(x)
+    }
+
+    /// Embeds coordinates `(N, 3)` and runs the MLP.
+    pub fn predict(&self, coords: &Tensor) -> Result<Tensor> {
+        self.forward(&embed(coords, self.embedding)?)
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.layers[0].w.device()
+    }
+
+    /// Casts the weights to `dtype` precision and back (what storing them does).
+    pub fn rounded(&self, dtype: WeightDtype) -> Result<Self> {
+        let flat = self.to_flat()?;
+        let bytes = encode_weights(dtype, &flat);
+        Self::from_flat(self.hidden, self.embedding, &decode_weights(dtype, &bytes), self.device())
+    }
+}
+
+/// Stores f32 parameters as little-endian `dtype`.
+pub fn encode_weights(dtype: WeightDtype, flat: &[f32]) -> Vec<u8> {
+    crate::format::read::from_f32(dtype.dtype(), flat).expect("float dtype")
+}
+
+/// Reads little-endian `dtype` parameters as f32.
+pub fn decode_weights(dtype: WeightDtype, bytes: &[u8]) -> Vec<f32> {
+    crate::format::read::to_f32(dtype.dtype(), bytes).expect("float dtype")
+}

@@ -1,0 +1,112 @@
+//! File + device → weights: runs the predictor over every coordinate, undoes the ordering and
+//! scaling, and decodes the raw tensors.
+
+use crate::error::{Error, FormatError, Result};
+use crate::format::{read, DType, NerpFile, Storage};
+use crate::plan::{self, LayerPlan};
+use crate::predictor::{Predictor, OUTPUTS};
+use candle_core::{Device, Tensor};
+
+/// Coordinates run through the predictor at once.
+pub const BATCH: usize = 1 << 16;
+
+/// One tensor of the rebuilt model, little-endian bytes of `dtype`, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightTensor {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub data: Vec<u8>,
+}
+
+impl WeightTensor {
+    /// The values as f32 (float tensors only).
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        read::to_f32(self.dtype, &self.data)
+    }
+}
+
+/// The predicted layers of a file, with their permutations and scales decoded and checked.
+pub fn layer_plans(file: &NerpFile) -> Result<Vec<LayerPlan>> {
+    let mut plans = Vec::new();
+    for (tensor, t) in file.header().tensors.iter().enumerate() {
+        let Storage::Predicted { layer, permutation, scales } = t.storage else { continue };
+        let bad = |what: String| file.fmt_error(FormatError::Tensor { tensor: t.name.clone(), what });
+        // Shape was validated as [F, C, kh, kw] with small kernels at open.
+        let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        let (filters, channels) = (dims[0], dims[1]);
+        let perm = read::unpack_permutation(&file.decode_section(permutation)?, filters * channels)
+            .map_err(|e| bad(format!("permutation: {e}")))?;
+        let scales = match scales {
+            Some(s) => {
+                let v = read::to_f32(DType::F32, &file.decode_section(s)?).expect("f32");
+                if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                    return Err(bad(format!("scale {x} is not finite")));
+                }
+                Some(v)
+            }
+            None => None,
+        };
+        plans.push(LayerPlan { tensor, layer, filters, channels, kh: dims[2], kw: dims[3], perm, scales });
+    }
+    plans.sort_by_key(|p| p.layer);
+    Ok(plans)
+}
+
+/// Runs the predictor over all chain positions of `plans` (in order), `BATCH` rows at a time;
+/// returns the predictions, `N×9` in chain order, on the CPU.
+pub fn predict_layers(predictor: &Predictor, plans: &[LayerPlan], layers: u32) -> Result<Vec<f32>> {
+    let coords: Vec<f32> =
+        plans.iter().flat_map(|p| plan::coordinates(p.layer, layers, p.filters, p.channels)).collect();
+    predict_coords(predictor, &coords)
+}
+
+/// Runs the predictor over flat `N×3` coordinates, `BATCH` rows at a time.
+pub fn predict_coords(predictor: &Predictor, coords: &[f32]) -> Result<Vec<f32>> {
+    let n = coords.len() / 3;
+    let mut out = Vec::with_capacity(n * OUTPUTS);
+    for start in (0..n).step_by(BATCH) {
+        let end = (start + BATCH).min(n);
+        let c = Tensor::from_slice(&coords[start * 3..end * 3], (end - start, 3), predictor.device())?;
+        out.extend(predictor.predict(&c)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// Regenerates every tensor of the file, in header order, on `device`.
+pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>> {
+    let h = file.header();
+    let plans = layer_plans(file)?;
+    let predicted = match &h.predictor {
+        Some(spec) if !plans.is_empty() => {
+            let p = Predictor::from_stored(spec, &file.decode_section(spec.section)?, device)?;
+            predict_layers(&p, &plans, spec.layers)?
+        }
+        _ => Vec::new(),
+    };
+    let mut by_tensor = vec![None; h.tensors.len()];
+    let mut at = 0;
+    for p in &plans {
+        let n = p.kernels() * OUTPUTS;
+        by_tensor[p.tensor] = Some((p, &predicted[at..at + n]));
+        at += n;
+    }
+    h.tensors
+        .iter()
+        .zip(by_tensor)
+        .map(|(t, pred)| {
+            let data = match (t.storage.clone(), pred) {
+                (Storage::Raw { section }, _) => file.decode_section(section)?.into_owned(),
+                (Storage::Predicted { .. }, Some((p, pred))) => {
+                    let mut values = vec![0f32; p.kernels() * p.kh * p.kw];
+                    plan::scatter(pred, p, &mut values);
+                    read::from_f32(t.dtype, &values).expect("predicted tensors are float")
+                }
+                (Storage::Predicted { .. }, None) => {
+                    return Err(Error::Rebuild(format!("tensor {} has no layer plan", t.name)))
+                }
+            };
+            Ok(WeightTensor { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), data })
+        })
+        .collect()
+}

@@ -1,0 +1,119 @@
+//! Weights → a runnable model: the ONNX skeleton is patched with the regenerated tensors and
+//! handed to tract; safetensors sources are written back as safetensors.
+
+use crate::error::{Error, Result};
+use crate::format::{NerpFile, SourceKind};
+use crate::ingest::{self, safetensors::META_PREFIX};
+use crate::regen::WeightTensor;
+use prost::Message;
+use std::path::Path;
+use std::sync::Arc;
+use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::*;
+
+/// The ONNX model of a file with `weights` patched into its initializers and `Constant` nodes.
+pub fn rebuild_onnx(file: &NerpFile, weights: &[WeightTensor]) -> Result<ModelProto> {
+    let h = file.header();
+    let (SourceKind::Onnx, Some(section)) = (h.source.kind, h.source.skeleton) else {
+        return Err(Error::Rebuild(format!(
+            "{} was compressed from safetensors, not ONNX",
+            file.path().display()
+        )));
+    };
+    let skeleton = file.decode_section(section)?;
+    let mut model = ingest::onnx::decode_model(&skeleton)
+        .map_err(|e| Error::Rebuild(format!("skeleton is not a valid ONNX protobuf: {e}")))?;
+    let graph = model.graph.as_mut().ok_or_else(|| Error::Rebuild("skeleton has no graph".into()))?;
+    let slots = ingest::onnx::tensor_slots(graph);
+    if slots.len() != weights.len() {
+        return Err(Error::Rebuild(format!(
+            "skeleton has {} tensor slots, the file stores {} tensors",
+            slots.len(),
+            weights.len()
+        )));
+    }
+    for ((name, slot), w) in slots.into_iter().zip(weights) {
+        let dims_match =
+            slot.dims.len() == w.shape.len() && slot.dims.iter().zip(&w.shape).all(|(&a, &b)| a as u64 == b);
+        if name != w.name || !dims_match {
+            return Err(Error::Rebuild(format!(
+                "skeleton slot {name:?} {:?} does not match stored tensor {:?} {:?}",
+                slot.dims, w.name, w.shape
+            )));
+        }
+        slot.raw_data = w.data.clone();
+    }
+    Ok(model)
+}
+
+/// Serializes an ONNX model.
+pub fn onnx_bytes(model: &ModelProto) -> Vec<u8> {
+    model.encode_to_vec()
+}
+
+/// A model ready to run in tract.
+#[derive(Clone)]
+pub struct Model {
+    plan: Arc<TypedRunnableModel>,
+}
+
+impl Model {
+    /// Builds and optimizes a tract model from an ONNX protobuf.
+    pub fn from_proto(proto: &ModelProto) -> Result<Self> {
+        let model = tract_onnx::onnx().model_for_proto_model(proto)?;
+        Self::from_inference(model)
+    }
+
+    /// Loads an ONNX file into tract.
+    pub fn from_onnx_file(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::io(path, "opening model", std::io::Error::from(std::io::ErrorKind::NotFound)));
+        }
+        let model = tract_onnx::onnx()
+            .model_for_path(path)
+            .map_err(|e| Error::Ingest { path: path.to_path_buf(), what: format!("{e:#}") })?;
+        Self::from_inference(model)
+    }
+
+    fn from_inference(model: InferenceModel) -> Result<Self> {
+        let plan = model.into_optimized()?.into_runnable()?;
+        Ok(Model { plan })
+    }
+
+    /// Runs the model on `inputs`.
+    pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
+        Ok(self.plan.run(inputs)?)
+    }
+
+    /// Runs a single f32 input of `shape`; returns the first output as f32 with its shape.
+    pub fn run_f32(&self, input: &[f32], shape: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+        let t = Tensor::from_shape(shape, input)?;
+        let out = self.run(tvec!(t.into()))?;
+        let first = out[0].cast_to::<f32>()?;
+        Ok((first.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(), first.shape().to_vec()))
+    }
+}
+
+/// Writes the weights as a safetensors file (atomically), with the source's metadata.
+pub fn write_safetensors(file: &NerpFile, weights: &[WeightTensor], path: &Path) -> Result<()> {
+    let views = weights
+        .iter()
+        .map(|w| {
+            let shape: Vec<usize> = w.shape.iter().map(|&d| d as usize).collect();
+            let dtype = ingest::safetensors::to_safetensors(w.dtype);
+            let view = safetensors::tensor::TensorView::new(dtype, shape, &w.data)
+                .map_err(|e| Error::Rebuild(format!("tensor {}: {e}", w.name)))?;
+            Ok((w.name.clone(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta: std::collections::HashMap<String, String> = file
+        .header()
+        .metadata
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix(META_PREFIX).map(|k| (k.to_string(), v.clone())))
+        .collect();
+    let meta = if meta.is_empty() { None } else { Some(meta) };
+    let bytes = safetensors::serialize(views, meta)
+        .map_err(|e| Error::Rebuild(format!("serializing safetensors: {e}")))?;
+    crate::format::write_atomic(path, &bytes)
+}

@@ -1,0 +1,279 @@
+//! Training the predictor to reconstruct kernels (data-free), with a hand-written backward
+//! pass and AdamW on candle tensors: no autograd graph is built per step.
+
+use crate::error::{Error, Result};
+use crate::format::Embedding;
+use crate::predictor::{embed, layer_dims, Linear, Predictor, OUTPUTS};
+use candle_core::{DType, Device, Tensor};
+
+/// Hyper-parameters of reconstruction training.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub hidden: usize,
+    pub embedding: Embedding,
+    pub steps: usize,
+    /// Kernels per step.
+    pub batch: usize,
+    /// Peak learning rate; cosine decay to `lr_min` after `warmup` linear warm-up steps.
+    pub lr: f64,
+    pub lr_min: f64,
+    pub warmup: usize,
+    pub betas: (f64, f64),
+    pub weight_decay: f64,
+    /// Fraction of steps whose batch is sampled ∝ kernel L2 norm (NeRN: 0.2).
+    pub magnitude_fraction: f64,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Learning rate at `step` (0-based).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            return self.lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let t = (step - self.warmup) as f64 / (self.steps - self.warmup).max(1) as f64;
+        self.lr_min + 0.5 * (self.lr - self.lr_min) * (1.0 + (std::f64::consts::PI * t).cos())
+    }
+}
+
+/// What the predictor must reproduce: per kernel a coordinate, a 3×3 target and its mask.
+pub struct TrainData {
+    /// `N×3`.
+    pub coords: Vec<f32>,
+    /// `N×9`.
+    pub targets: Vec<f32>,
+    /// `N×9`, 1 on cells that belong to the kernel.
+    pub masks: Vec<f32>,
+}
+
+impl TrainData {
+    /// Number of kernels.
+    pub fn len(&self) -> usize {
+        self.coords.len() / 3
+    }
+
+    /// Whether there is nothing to train on.
+    pub fn is_empty(&self) -> bool {
+        self.coords.is_empty()
+    }
+}
+
+/// A small deterministic generator (SplitMix64): the same seed gives the same run everywhere.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x6a09_e667_f3bc_c909)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform integer in [0, n).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.uniform() * n as f64) as usize
+    }
+}
+
+/// PyTorch's default `Linear` initialization: weights and biases uniform in ±1/√in.
+pub fn init_predictor(hidden: usize, embedding: Embedding, seed: u64, device: &Device) -> Result<Predictor> {
+    let mut rng = Rng::new(seed);
+    let mut flat = Vec::new();
+    for (i, o) in layer_dims(hidden, embedding.levels as usize) {
+        let bound = 1.0 / (i as f64).sqrt();
+        flat.extend((0..i * o + o).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32));
+    }
+    Predictor::from_flat(hidden, embedding, &flat, device)
+}
+
+/// Per-step report to a progress display.
+pub trait Progress {
+    fn step(&mut self, step: usize, loss: f64);
+}
+
+impl<F: FnMut(usize, f64)> Progress for F {
+    fn step(&mut self, step: usize, loss: f64) {
+        self(step, loss)
+    }
+}
+
+/// Trains a predictor (from `init`, or freshly initialized) to reconstruct `data`.
+/// Returns it with the training loss (masked RMSE) of each step.
+pub fn train(
+    cfg: &TrainConfig,
+    data: &TrainData,
+    init: Option<Predictor>,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<(Predictor, Vec<f64>)> {
+    if data.is_empty() {
+        return Err(Error::Training("no kernels to train on".into()));
+    }
+    let n = data.len();
+    let predictor = match init {
+        Some(p) => p,
+        None => init_predictor(cfg.hidden, cfg.embedding, cfg.seed, device)?,
+    };
+    let coords = Tensor::from_slice(&data.coords, (n, 3), device)?;
+    let inputs = embed(&coords, cfg.embedding)?;
+    let targets = Tensor::from_slice(&data.targets, (n, OUTPUTS), device)?;
+    let masks = Tensor::from_slice(&data.masks, (n, OUTPUTS), device)?;
+    let cells: Vec<f32> = data.masks.chunks(OUTPUTS).map(|m| m.iter().sum()).collect();
+    let sampler = MagnitudeSampler::new(&data.targets);
+    let mut rng = Rng::new(cfg.seed.wrapping_add(1));
+    let mut opt = AdamW::new(&predictor)?;
+    let mut params = predictor.layers.clone();
+    let mut losses = Vec::with_capacity(cfg.steps);
+    let mut first_loss = None;
+    for step in 0..cfg.steps {
+        let by_magnitude = rng.uniform() < cfg.magnitude_fraction;
+        let idx: Vec<u32> = (0..cfg.batch.min(n))
+            .map(|_| if by_magnitude { sampler.sample(&mut rng) } else { rng.below(n) } as u32)
+            .collect();
+        let count: f32 = idx.iter().map(|&i| cells[i as usize]).sum();
+        let ids = Tensor::from_slice(&idx, idx.len(), device)?;
+        let x = inputs.index_select(&ids, 0)?;
+        let t = targets.index_select(&ids, 0)?;
+        let m = masks.index_select(&ids, 0)?;
+        let (loss, grads) = loss_and_grads(&params, &x, &t, &m, count)?;
+        let rmse = loss.sqrt();
+        if !rmse.is_finite() {
+            return Err(Error::Training(format!(
+                "the loss became {rmse} at step {step}; lower --lr or check the model's weights for NaN/inf"
+            )));
+        }
+        let first = *first_loss.get_or_insert(rmse);
+        if step > 100 && rmse > 100.0 * first {
+            return Err(Error::Training(format!(
+                "the loss diverged ({rmse:.3e} at step {step}, {first:.3e} at the start); lower --lr"
+            )));
+        }
+        opt.step(&mut params, &grads, cfg, step)?;
+        losses.push(rmse);
+        progress.step(step, rmse);
+    }
+    Ok((Predictor { layers: params, ..predictor }, losses))
+}
+
+/// Masked mean squared error of the batch and the gradients of every weight and bias.
+fn loss_and_grads(
+    layers: &[Linear],
+    x: &Tensor,
+    t: &Tensor,
+    m: &Tensor,
+    count: f32,
+) -> Result<(f64, Vec<Linear>)> {
+    let mut acts = Vec::with_capacity(layers.len());
+    let mut a = x.clone();
+    for (i, l) in layers.iter().enumerate() {
+        let z = a.matmul(&l.w)?.broadcast_add(&l.b)?;
+        acts.push(a);
+        a = if i + 1 < layers.len() { z.relu()? } else { z };
+    }
+    let diff = ((a - t)? * m)?;
+    let loss = diff.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 / count as f64;
+    let mut g = (diff * (2.0 / count as f64))?;
+    let mut grads = Vec::with_capacity(layers.len());
+    for i in (0..layers.len()).rev() {
+        let gw = acts[i].t()?.matmul(&g)?;
+        let gb = g.sum(0)?;
+        if i > 0 {
+            let ga = g.matmul(&layers[i].w.t()?)?;
+            // ReLU backward: pass the gradient where the activation was positive.
+            g = (ga * acts[i].gt(0f32)?.to_dtype(DType::F32)?)?;
+        }
+        grads.push(Linear { w: gw, b: gb });
+    }
+    grads.reverse();
+    Ok((loss, grads))
+}
+
+/// Samples kernels with probability ∝ their L2 norm (NeRN's magnitude-oriented batching).
+struct MagnitudeSampler {
+    cumulative: Vec<f64>,
+}
+
+impl MagnitudeSampler {
+    fn new(targets: &[f32]) -> Self {
+        let mut acc = 0.0;
+        let cumulative = targets
+            .chunks(OUTPUTS)
+            .map(|k| {
+                acc += k.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+                acc
+            })
+            .collect();
+        MagnitudeSampler { cumulative }
+    }
+
+    fn sample(&self, rng: &mut Rng) -> usize {
+        let total = *self.cumulative.last().unwrap_or(&0.0);
+        if total <= 0.0 {
+            return rng.below(self.cumulative.len());
+        }
+        let x = rng.uniform() * total;
+        self.cumulative.partition_point(|&c| c <= x).min(self.cumulative.len() - 1)
+    }
+}
+
+/// AdamW with decoupled weight decay (PyTorch's formulation).
+struct AdamW {
+    m: Vec<Linear>,
+    v: Vec<Linear>,
+}
+
+impl AdamW {
+    fn new(p: &Predictor) -> Result<Self> {
+        let zeros =
+            |l: &Linear| -> Result<Linear> { Ok(Linear { w: l.w.zeros_like()?, b: l.b.zeros_like()? }) };
+        let m = p.layers.iter().map(zeros).collect::<Result<Vec<_>>>()?;
+        let v = p.layers.iter().map(zeros).collect::<Result<Vec<_>>>()?;
+        Ok(AdamW { m, v })
+    }
+
+    fn step(
+        &mut self,
+        params: &mut [Linear],
+        grads: &[Linear],
+        cfg: &TrainConfig,
+        step: usize,
+    ) -> Result<()> {
+        let lr = cfg.lr_at(step);
+        let (b1, b2) = cfg.betas;
+        let t = (step + 1) as i32;
+        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        let update = |p: &Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor| -> Result<Tensor> {
+            *m = ((&*m * b1)? + (g * (1.0 - b1))?)?;
+            *v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let denom = ((&*v / c2)?.sqrt()? + 1e-8)?;
+            let step = ((&*m / c1)? / denom)?;
+            Ok(((p * (1.0 - lr * cfg.weight_decay))? - (step * lr)?)?)
+        };
+        for (k, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            p.w = update(&p.w, &g.w, &mut self.m[k].w, &mut self.v[k].w)?;
+            p.b = update(&p.b, &g.b, &mut self.m[k].b, &mut self.v[k].b)?;
+        }
+        Ok(())
+    }
+}
+
+/// Masked RMSE of `predictor` over all of `data`.
+pub fn rmse(predictor: &Predictor, data: &TrainData) -> Result<f64> {
+    let pred = crate::regen::predict_coords(predictor, &data.coords)?;
+    let (mut se, mut count) = (0f64, 0f64);
+    for ((p, t), m) in pred.iter().zip(&data.targets).zip(&data.masks) {
+        se += (((p - t) * m) as f64).powi(2);
+        count += *m as f64;
+    }
+    Ok((se / count.max(1.0)).sqrt())
+}
