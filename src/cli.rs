@@ -450,8 +450,9 @@ fn decompress(path: &Path, output: &Path, device_name: &str) -> Result<()> {
             format!("{} must end in .onnx or .safetensors", output.display()),
         ));
     }
+    let device = open_device(device_name)?;
     let file = crate::open(path)?;
-    let weights = regen::regenerate(&file, &open_device(device_name)?)?;
+    let weights = regen::regenerate(&file, &device)?;
     if ext == "onnx" {
         let proto = runtime::rebuild_onnx(&file, &weights)?;
         format::write_atomic(output, &runtime::onnx_bytes(&proto))?;
@@ -463,8 +464,9 @@ fn decompress(path: &Path, output: &Path, device_name: &str) -> Result<()> {
 }
 
 fn run_model(path: &Path, input: &Path, output: Option<&Path>, device_name: &str) -> Result<()> {
-    let model = crate::load_model(path, &open_device(device_name)?)?;
+    let device = open_device(device_name)?;
     let x = npy::read(input)?;
+    let model = crate::load_model(path, &device)?;
     let out = model.run(std::iter::once(x.into()).collect())?;
     let first = out[0].cast_to::<f32>()?;
     let plain = first.try_as_plain_ram()?;
@@ -503,11 +505,12 @@ fn eval_cmd(a: EvalArgs) -> Result<eval::EvalReport> {
         return Err(Error::usage("--threads", "must be at least 1"));
     }
     let source = DataSource::parse(&a.data)?;
+    let device = open_device(&a.device)?;
     let file = crate::open(&a.file)?;
     let pre = preprocess_for(&file, a.preprocess.as_deref())?;
     let data = data::load(&source, Split::Test, a.limit, &pre)?;
     let t = Instant::now();
-    let weights = regen::regenerate(&file, &open_device(&a.device)?)?;
+    let weights = regen::regenerate(&file, &device)?;
     let model = runtime::Model::from_proto(&runtime::rebuild_onnx(&file, &weights)?)?;
     let load_s = t.elapsed().as_secs_f64();
     let original = a.original.as_deref().map(runtime::Model::from_onnx_file).transpose()?;

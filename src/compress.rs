@@ -226,9 +226,9 @@ pub fn compress(
     })
 }
 
-/// Lays out the file; returns its bytes, the per-tensor report (predictor share not yet
+/// Lays out the file for a (trained or not) predictor; returns its bytes, the per-tensor report (predictor share not yet
 /// added) and the RMSE over all predicted weights.
-fn build_file(
+pub fn build_file(
     model: &SourceModel,
     plans: &[LayerPlan],
     values: &[Vec<f32>],

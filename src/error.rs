@@ -102,9 +102,9 @@ impl Error {
         Error::Usage { option: option.into(), what: what.into() }
     }
 
-    /// Whether this error is a usage error (CLI exit code 2).
+    /// Whether this error is a usage error: a bad option or an unavailable device (CLI exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Usage { .. })
+        matches!(self, Error::Usage { .. } | Error::Device { .. })
     }
 }
 

@@ -1,0 +1,135 @@
+//! End to end: ONNX → .nerp → validate → regenerate → tract, and the CLI's `decompress`.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::{noise, shared_model};
+use nerp::compress::{build_file, make_plan, CompressOptions};
+use nerp::format::{Storage, WeightDtype};
+use nerp::{ingest, plan, regen, runtime, train};
+use std::process::Command;
+
+const RESNET20: &str = "resnet20_fashion_mnist.onnx";
+
+/// The bytes of a .nerp of the shared ResNet-20 with an untrained (random) predictor.
+fn random_predictor_parts(dtype: WeightDtype) -> (Vec<u8>, nerp::predictor::Predictor) {
+    let model = ingest::load(&shared_model(RESNET20)).unwrap();
+    let opts = CompressOptions { predictor_dtype: dtype, ..Default::default() };
+    let (plans, values) = make_plan(&model, &opts).unwrap();
+    let p = train::init_predictor(24, opts.embedding, 3, &Device::Cpu).unwrap().rounded(dtype).unwrap();
+    (build_file(&model, &plans, &values, Some(&p), &opts).unwrap().0, p)
+}
+
+fn random_predictor_bytes(dtype: WeightDtype) -> Vec<u8> {
+    random_predictor_parts(dtype).0
+}
+
+fn random_predictor_file(dtype: WeightDtype) -> (nerp::NerpFile, nerp::predictor::Predictor) {
+    let (bytes, p) = random_predictor_parts(dtype);
+    (nerp::NerpFile::from_bytes(bytes, "random.nerp").unwrap(), p)
+}
+
+#[test]
+fn random_predictor_file_opens_regenerates_and_runs() {
+    let (file, _) = random_predictor_file(WeightDtype::F16);
+    let h = file.header();
+    let predicted = h.tensors.iter().filter(|t| matches!(t.storage, Storage::Predicted { .. })).count();
+    assert_eq!(predicted, 22, "ResNet-20 has 19 3×3 and 3 1×1 convolutions");
+    let weights = regen::regenerate(&file, &Device::Cpu).unwrap();
+    assert_eq!(weights.len(), h.tensors.len());
+    let model = runtime::Model::from_proto(&runtime::rebuild_onnx(&file, &weights).unwrap()).unwrap();
+    let x = noise(3 * 28 * 28, 9);
+    let (y, shape) = model.run_f32(&x, &[3, 1, 28, 28]).unwrap();
+    assert_eq!(shape, vec![3, 10]);
+    assert!(y.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn regenerated_weights_equal_the_predictor_forward_bit_for_bit() {
+    let (file, predictor) = random_predictor_file(WeightDtype::F32);
+    let plans = regen::layer_plans(&file).unwrap();
+    let layers = plans.len() as u32;
+    // One forward over all coordinates at once, independent of regen's batching.
+    let coords: Vec<f32> =
+        plans.iter().flat_map(|p| plan::coordinates(p.layer, layers, p.filters, p.channels)).collect();
+    let c = Tensor::from_slice(&coords, (coords.len() / 3, 3), &Device::Cpu).unwrap();
+    let all = predictor.predict(&c).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let weights = regen::regenerate(&file, &Device::Cpu).unwrap();
+    let mut at = 0;
+    for p in &plans {
+        let n = p.kernels() * 9;
+        let mut expected = vec![0f32; p.kernels() * p.kh * p.kw];
+        plan::scatter(&all[at..at + n], p, &mut expected);
+        at += n;
+        let got = weights[p.tensor].to_f32().unwrap();
+        assert!(
+            got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "tensor {} differs",
+            weights[p.tensor].name
+        );
+    }
+}
+
+#[test]
+fn raw_tensors_come_back_byte_exact() {
+    let (file, _) = random_predictor_file(WeightDtype::Bf16);
+    let source = ingest::load(&shared_model(RESNET20)).unwrap();
+    let weights = regen::regenerate(&file, &Device::Cpu).unwrap();
+    for (w, s) in weights.iter().zip(&source.tensors) {
+        assert_eq!(w.name, s.name);
+        assert_eq!(w.shape, s.shape);
+        if !s.conv_kernel || s.shape.len() != 4 {
+            assert_eq!(w.data, s.data, "raw tensor {} changed", s.name);
+        }
+    }
+}
+
+#[test]
+fn cli_decompress_gives_exactly_the_in_process_outputs() {
+    let bytes = random_predictor_bytes(WeightDtype::F16);
+    let dir = tempfile::tempdir().unwrap();
+    let nerp_path = dir.path().join("r.nerp");
+    nerp::format::write_atomic(&nerp_path, &bytes).unwrap();
+    let onnx_path = dir.path().join("r.onnx");
+    let out = Command::new(env!("CARGO_BIN_EXE_nerp"))
+        .args(["decompress", nerp_path.to_str().unwrap(), "-o", onnx_path.to_str().unwrap(), "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let in_process = nerp::load_model(&nerp_path, &Device::Cpu).unwrap();
+    let from_file = runtime::Model::from_onnx_file(&onnx_path).unwrap();
+    let x = noise(5 * 28 * 28, 4);
+    let a = in_process.run_f32(&x, &[5, 1, 28, 28]).unwrap();
+    let b = from_file.run_f32(&x, &[5, 1, 28, 28]).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn safetensors_source_round_trips() {
+    let path = shared_model("resnet20_fashion_mnist.safetensors");
+    let model = ingest::load(&path).unwrap();
+    let opts = CompressOptions::default();
+    let (plans, values) = make_plan(&model, &opts).unwrap();
+    assert!(!plans.is_empty());
+    let p = train::init_predictor(16, opts.embedding, 1, &Device::Cpu).unwrap().rounded(opts.predictor_dtype).unwrap();
+    let (bytes, _, _) = build_file(&model, &plans, &values, Some(&p), &opts).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (nerp_path, out) = (dir.path().join("s.nerp"), dir.path().join("s.safetensors"));
+    nerp::format::write_atomic(&nerp_path, &bytes).unwrap();
+    let file = nerp::open(&nerp_path).unwrap();
+    let weights = regen::regenerate(&file, &Device::Cpu).unwrap();
+    runtime::write_safetensors(&file, &weights, &out).unwrap();
+    let back = ingest::load(&out).unwrap();
+    assert_eq!(back.tensors.len(), model.tensors.len());
+    for (a, b) in back.tensors.iter().zip(&model.tensors) {
+        assert_eq!((&a.name, a.dtype, &a.shape), (&b.name, b.dtype, &b.shape));
+        if !plan::is_predictable(b.dtype, &b.shape) {
+            assert_eq!(a.data, b.data, "raw tensor {} changed", a.name);
+        }
+    }
+    assert!(rebuild_is_refused_for_safetensors(&file));
+}
+
+fn rebuild_is_refused_for_safetensors(file: &nerp::NerpFile) -> bool {
+    matches!(runtime::rebuild_onnx(file, &[]), Err(nerp::Error::Rebuild(_)))
+}
