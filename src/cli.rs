@@ -96,6 +96,9 @@ pub struct CompressArgs {
     /// Do not normalize each filter by its RMS before fitting.
     #[arg(long)]
     pub no_filter_scales: bool,
+    /// Convolution kernels with fewer values are stored raw instead of predicted.
+    #[arg(long, default_value_t = crate::compress::DEFAULT_MIN_VALUES)]
+    pub min_values: usize,
     /// Random seed (same input, options and seed give the same bytes).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -245,6 +248,7 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         embedding: format::Embedding { base: a.pe_base, levels: a.pe_levels },
         predictor_dtype: a.predictor_dtype,
         filter_scales: !a.no_filter_scales,
+        min_values: a.min_values,
         seed: a.seed,
         ..CompressOptions::default()
     };
@@ -351,7 +355,7 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     let header_bytes = serde_json::to_vec(&h).expect("serializes").len();
-    println!("{}: nerp v{}.{}, {} bytes", path.display(), format::MAJOR, format::MINOR, file_len);
+    println!("{}: nerp format v{}, {} bytes", path.display(), format::MAJOR, file_len);
     println!(
         "source: {:?}, {} bytes ({:.2}x)",
         h.source.kind,

@@ -29,6 +29,8 @@ pub struct CompressOptions {
     pub predictor_dtype: WeightDtype,
     /// Divide each filter by its RMS before fitting (scales stored in the file).
     pub filter_scales: bool,
+    /// Kernels with fewer values stay raw (storing them costs less than the error they'd get).
+    pub min_values: usize,
     pub seed: u64,
     /// Stored as metadata (`preprocess`) for `nerp eval`.
     pub metadata: BTreeMap<String, String>,
@@ -48,6 +50,7 @@ impl Default for CompressOptions {
             embedding: Embedding { base: DEFAULT_PE_BASE, levels: DEFAULT_PE_LEVELS },
             predictor_dtype: WeightDtype::F16,
             filter_scales: true,
+            min_values: DEFAULT_MIN_VALUES,
             seed: 0,
             metadata: BTreeMap::new(),
             check_runnable: true,
@@ -61,6 +64,7 @@ pub const DEFAULT_STEPS: usize = 3000;
 pub const DEFAULT_LR: f64 = 2e-3;
 pub const DEFAULT_PE_BASE: f64 = 1.25;
 pub const DEFAULT_PE_LEVELS: u32 = 20;
+pub const DEFAULT_MIN_VALUES: usize = 0;
 
 /// One line of the per-tensor report.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -117,7 +121,8 @@ pub fn make_plan(model: &SourceModel, opts: &CompressOptions) -> Result<(Vec<Lay
     let mut plans = Vec::new();
     let mut values = Vec::new();
     for (i, t) in model.tensors.iter().enumerate() {
-        if !(t.conv_kernel && plan::is_predictable(t.dtype, &t.shape)) {
+        let numel: u64 = t.shape.iter().product();
+        if !(t.conv_kernel && plan::is_predictable(t.dtype, &t.shape)) || (numel as usize) < opts.min_values {
             continue;
         }
         let v = format::read::to_f32(t.dtype, &t.data).expect("float");
@@ -202,6 +207,8 @@ pub fn compress(
         Some(p.rounded(opts.predictor_dtype)?)
     };
     let (bytes, mut tensors, weight_rmse) = build_file(&model, &plans, &values, predictor.as_ref(), opts)?;
+    // Never write a file the reader would refuse (e.g. a model beyond the format's limits).
+    format::NerpFile::from_bytes(bytes.clone(), output)?;
     format::write_atomic(output, &bytes)?;
     let file_bytes = bytes.len() as u64;
     // Spread the predictor's bytes over the predicted tensors by their share of the values.

@@ -67,8 +67,6 @@ pub enum FormatError {
     HeaderChecksum { stored: u32, computed: u32 },
     #[error("header is not valid JSON for this version: {0}")]
     HeaderJson(String),
-    #[error("data offset {found} is not {expected} (the header end rounded up to {align} bytes)")]
-    DataOffset { found: u64, expected: u64, align: u64 },
     #[error("non-zero padding byte at file offset {offset}")]
     NonZeroPadding { offset: u64 },
     #[error("{what}: {count} exceeds the limit of {limit}")]

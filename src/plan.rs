@@ -73,8 +73,11 @@ pub fn filter_scales(values: &[f32], filters: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Training targets in chain order: for each position, the (scaled) kernel placed in a 3×3
-/// block, and a mask that is 1 on the kernel's own cells.
+/// Training targets in chain order: for each position, the kernel divided by its filter's scale
+/// and placed in a 3×3 block, and a loss weight that is the filter's scale on the kernel's own
+/// cells and 0 elsewhere. Weighting by the scale makes the loss the squared error of the
+/// *rescaled* prediction, i.e. the error in the original weights: the scales change how the
+/// predictor's outputs are parametrized, not what it is asked to minimize.
 pub fn targets(values: &[f32], plan: &LayerPlan) -> (Vec<f32>, Vec<f32>) {
     let k = plan.kh * plan.kw;
     let (r0, c0) = offset(plan.kh, plan.kw);
@@ -87,7 +90,7 @@ pub fn targets(values: &[f32], plan: &LayerPlan) -> (Vec<f32>, Vec<f32>) {
             for j in 0..plan.kw {
                 let cell = p * OUTPUTS + (r0 + i) * 3 + c0 + j;
                 t[cell] = values[idx * k + i * plan.kw + j] / s;
-                m[cell] = 1.0;
+                m[cell] = s;
             }
         }
     }

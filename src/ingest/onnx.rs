@@ -68,6 +68,9 @@ pub fn load(path: &Path, bytes: &[u8]) -> Result<SourceModel> {
     let mut tensors = Vec::new();
     let mut names = HashSet::new();
     for (name, t) in tensor_slots(graph) {
+        if name.is_empty() {
+            return Err(err("a Constant node has no output name; nerp needs every tensor named".into()));
+        }
         if !names.insert(name.clone()) {
             return Err(err(format!("tensor name {name:?} is used twice; nerp needs unique names")));
         }

@@ -1,5 +1,8 @@
 //! Training the predictor to reconstruct kernels (data-free), with a hand-written backward
-//! pass and AdamW on candle tensors: no autograd graph is built per step.
+//! pass and AdamW: on the CPU a fused gemm kernel ([`cpu`]), elsewhere candle tensor ops. No
+//! autograd graph is built per step.
+
+mod cpu;
 
 use crate::error::{Error, Result};
 use crate::format::Embedding;
@@ -42,7 +45,7 @@ pub struct TrainData {
     pub coords: Vec<f32>,
     /// `N×9`.
     pub targets: Vec<f32>,
-    /// `N×9`, 1 on cells that belong to the kernel.
+    /// `N×9` loss weights: non-zero exactly on the cells that belong to the kernel.
     pub masks: Vec<f32>,
 }
 
@@ -126,13 +129,25 @@ pub fn train(
     };
     let coords = Tensor::from_slice(&data.coords, (n, 3), device)?;
     let inputs = embed(&coords, cfg.embedding)?;
-    let targets = Tensor::from_slice(&data.targets, (n, OUTPUTS), device)?;
-    let masks = Tensor::from_slice(&data.masks, (n, OUTPUTS), device)?;
-    let cells: Vec<f32> = data.masks.chunks(OUTPUTS).map(|m| m.iter().sum()).collect();
-    let sampler = MagnitudeSampler::new(&data.targets);
+    let mut backend = if device.is_cpu() {
+        let flat = predictor.to_flat()?;
+        let levels = cfg.embedding.levels as usize;
+        let trainer = cpu::CpuTrainer::new(predictor.hidden, levels, flat, cfg.batch.min(n));
+        Backend::Cpu { trainer, inputs: inputs.flatten_all()?.to_vec1::<f32>()? }
+    } else {
+        Backend::Tensor {
+            opt: AdamW::new(&predictor)?,
+            params: predictor.layers.clone(),
+            inputs,
+            targets: Tensor::from_slice(&data.targets, (n, OUTPUTS), device)?,
+            masks: Tensor::from_slice(&data.masks, (n, OUTPUTS), device)?,
+        }
+    };
+    let cells: Vec<f32> =
+        data.masks.chunks(OUTPUTS).map(|m| m.iter().filter(|&&w| w != 0.0).count() as f32).collect();
+    let weighted: Vec<f32> = data.targets.iter().zip(&data.masks).map(|(t, m)| t * m).collect();
+    let sampler = MagnitudeSampler::new(&weighted);
     let mut rng = Rng::new(cfg.seed.wrapping_add(1));
-    let mut opt = AdamW::new(&predictor)?;
-    let mut params = predictor.layers.clone();
     let mut losses = Vec::with_capacity(cfg.steps);
     let mut first_loss = None;
     for step in 0..cfg.steps {
@@ -140,13 +155,22 @@ pub fn train(
         let idx: Vec<u32> = (0..cfg.batch.min(n))
             .map(|_| if by_magnitude { sampler.sample(&mut rng) } else { rng.below(n) } as u32)
             .collect();
-        let count: f32 = idx.iter().map(|&i| cells[i as usize]).sum();
-        let ids = Tensor::from_slice(&idx, idx.len(), device)?;
-        let x = inputs.index_select(&ids, 0)?;
-        let t = targets.index_select(&ids, 0)?;
-        let m = masks.index_select(&ids, 0)?;
-        let (loss, grads) = loss_and_grads(&params, &x, &t, &m, count)?;
-        let rmse = loss.sqrt();
+        let count: f32 = idx.iter().map(|&i| cells[i as usize]).sum::<f32>().max(1.0);
+        let mse = match &mut backend {
+            Backend::Cpu { trainer, inputs } => {
+                trainer.step(&idx, inputs, &data.targets, &data.masks, count, cfg, step)
+            }
+            Backend::Tensor { opt, params, inputs, targets, masks } => {
+                let ids = Tensor::from_slice(&idx, idx.len(), device)?;
+                let x = inputs.index_select(&ids, 0)?;
+                let t = targets.index_select(&ids, 0)?;
+                let m = masks.index_select(&ids, 0)?;
+                let (loss, grads) = loss_and_grads(params, &x, &t, &m, count)?;
+                opt.step(params, &grads, cfg, step)?;
+                loss
+            }
+        };
+        let rmse = mse.sqrt();
         if !rmse.is_finite() {
             return Err(Error::Training(format!(
                 "the loss became {rmse} at step {step}; lower --lr or check the model's weights for NaN/inf"
@@ -158,14 +182,26 @@ pub fn train(
                 "the loss diverged ({rmse:.3e} at step {step}, {first:.3e} at the start); lower --lr"
             )));
         }
-        opt.step(&mut params, &grads, cfg, step)?;
         losses.push(rmse);
         progress.step(step, rmse);
     }
-    Ok((Predictor { layers: params, ..predictor }, losses))
+    let trained = match backend {
+        Backend::Cpu { trainer, .. } => {
+            Predictor::from_flat(predictor.hidden, predictor.embedding, &trainer.params, device)?
+        }
+        Backend::Tensor { params, .. } => Predictor { layers: params, ..predictor },
+    };
+    Ok((trained, losses))
 }
 
-/// Masked mean squared error of the batch and the gradients of every weight and bias.
+/// Where the training step runs: the hand-written CPU kernel, or candle tensor ops on any
+/// other device.
+enum Backend {
+    Cpu { trainer: cpu::CpuTrainer, inputs: Vec<f32> },
+    Tensor { opt: AdamW, params: Vec<Linear>, inputs: Tensor, targets: Tensor, masks: Tensor },
+}
+
+/// Weighted mean squared error of the batch and the gradients of every weight and bias.
 fn loss_and_grads(
     layers: &[Linear],
     x: &Tensor,
@@ -273,7 +309,7 @@ pub fn rmse(predictor: &Predictor, data: &TrainData) -> Result<f64> {
     let (mut se, mut count) = (0f64, 0f64);
     for ((p, t), m) in pred.iter().zip(&data.targets).zip(&data.masks) {
         se += (((p - t) * m) as f64).powi(2);
-        count += *m as f64;
+        count += (*m != 0.0) as u8 as f64;
     }
     Ok((se / count.max(1.0)).sqrt())
 }

@@ -1,0 +1,178 @@
+//! The reconstruction step on the CPU, written out on top of gemm: forward with bias + ReLU
+//! fused into one pass, the backward pass by hand, AdamW in one loop over the flat parameters,
+//! and no allocation per step. Parameters use the predictor's storage order, so the result is
+//! loaded with [`Predictor::from_flat`] like any stored predictor.
+
+use super::TrainConfig;
+use crate::predictor::{layer_dims, DEPTH, OUTPUTS};
+
+/// `c (m×n) = op(a) (m×k) · op(b) (k×n)`, all row-major; `ta`/`tb`: the operand is stored
+/// transposed (`a` as k×m, `b` as n×k). Uses every rayon thread.
+fn sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool, c: &mut [f32]) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm operands too small");
+    let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
+    let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
+    // SAFETY: the assert above guarantees that every element addressed through these strides
+    // (row < m / k, column < k / n) lies inside its slice; `c` is exclusively borrowed and does
+    // not alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        )
+    }
+}
+
+/// Training state: flat parameters, AdamW moments and per-layer activation buffers.
+pub struct CpuTrainer {
+    dims: [(usize, usize); DEPTH],
+    /// Offset of each layer's weight; its bias follows it.
+    offsets: [usize; DEPTH],
+    pub params: Vec<f32>,
+    grads: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    /// `acts[i]`: input of layer i (batch × in_i); `acts[DEPTH]`: the output.
+    acts: Vec<Vec<f32>>,
+    g: Vec<f32>,
+    g_prev: Vec<f32>,
+}
+
+impl CpuTrainer {
+    pub fn new(hidden: usize, levels: usize, params: Vec<f32>, batch: usize) -> Self {
+        let dims = layer_dims(hidden, levels);
+        let mut offsets = [0; DEPTH];
+        let mut at = 0;
+        for (l, (i, o)) in dims.iter().enumerate() {
+            offsets[l] = at;
+            at += i * o + o;
+        }
+        assert_eq!(at, params.len(), "parameter count");
+        let mut acts: Vec<Vec<f32>> = dims.iter().map(|(i, _)| vec![0.0; batch * i]).collect();
+        acts.push(vec![0.0; batch * OUTPUTS]);
+        let widest = dims.iter().map(|(i, o)| *i.max(o)).max().unwrap_or(0);
+        CpuTrainer {
+            dims,
+            offsets,
+            grads: vec![0.0; at],
+            m: vec![0.0; at],
+            v: vec![0.0; at],
+            params,
+            acts,
+            g: vec![0.0; batch * widest],
+            g_prev: vec![0.0; batch * widest],
+        }
+    }
+
+    /// One step on the rows `idx` of `inputs` (N × in); returns the masked mean squared error.
+    pub fn step(
+        &mut self,
+        idx: &[u32],
+        inputs: &[f32],
+        targets: &[f32],
+        masks: &[f32],
+        count: f32,
+        cfg: &TrainConfig,
+        step: usize,
+    ) -> f64 {
+        let bsz = idx.len();
+        let d = self.dims[0].0;
+        for (r, &i) in idx.iter().enumerate() {
+            let i = i as usize;
+            self.acts[0][r * d..(r + 1) * d].copy_from_slice(&inputs[i * d..(i + 1) * d]);
+        }
+        // Forward: z = a·W, then + b and ReLU in one pass.
+        for l in 0..DEPTH {
+            let (i, o) = self.dims[l];
+            let (w, b) = self.wb(l);
+            let (lo, hi) = self.acts.split_at_mut(l + 1);
+            let (a, z) = (&lo[l][..bsz * i], &mut hi[0][..bsz * o]);
+            sgemm(bsz, o, i, a, false, &self.params[w..w + i * o], false, z);
+            let bias = &self.params[b..b + o];
+            let relu = l + 1 < DEPTH;
+            for row in z.chunks_exact_mut(o) {
+                for (v, bb) in row.iter_mut().zip(bias) {
+                    let s = *v + bb;
+                    *v = if relu && s < 0.0 { 0.0 } else { s };
+                }
+            }
+        }
+        // Loss and its gradient with respect to the output.
+        let out = &self.acts[DEPTH];
+        let scale = 2.0 / count;
+        let mut se = 0f64;
+        for (r, &i) in idx.iter().enumerate() {
+            let i = i as usize;
+            for j in 0..OUTPUTS {
+                let diff = (out[r * OUTPUTS + j] - targets[i * OUTPUTS + j]) * masks[i * OUTPUTS + j];
+                se += (diff as f64) * (diff as f64);
+                self.g[r * OUTPUTS + j] = diff * scale;
+            }
+        }
+        // Backward.
+        for l in (0..DEPTH).rev() {
+            let (i, o) = self.dims[l];
+            let (w, b) = self.wb(l);
+            let a = &self.acts[l][..bsz * i];
+            let g = &self.g[..bsz * o];
+            sgemm(i, o, bsz, a, true, g, false, &mut self.grads[w..w + i * o]);
+            let gb = &mut self.grads[b..b + o];
+            gb.fill(0.0);
+            for row in g.chunks_exact(o) {
+                for (s, v) in gb.iter_mut().zip(row) {
+                    *s += v;
+                }
+            }
+            if l > 0 {
+                let gp = &mut self.g_prev[..bsz * i];
+                sgemm(bsz, i, o, g, false, &self.params[w..w + i * o], true, gp);
+                // ReLU backward: the gradient passes where the activation was positive.
+                for (gv, av) in gp.iter_mut().zip(a) {
+                    if *av <= 0.0 {
+                        *gv = 0.0;
+                    }
+                }
+                std::mem::swap(&mut self.g, &mut self.g_prev);
+            }
+        }
+        self.adamw(cfg, step);
+        se / count as f64
+    }
+
+    fn wb(&self, l: usize) -> (usize, usize) {
+        let (i, o) = self.dims[l];
+        (self.offsets[l], self.offsets[l] + i * o)
+    }
+
+    /// AdamW (PyTorch's formulation, decoupled weight decay) over all parameters.
+    fn adamw(&mut self, cfg: &TrainConfig, step: usize) {
+        let lr = cfg.lr_at(step) as f32;
+        let (b1, b2) = (cfg.betas.0 as f32, cfg.betas.1 as f32);
+        let t = (step + 1) as i32;
+        let c1 = 1.0 - (cfg.betas.0).powi(t) as f32;
+        let c2 = (1.0 - (cfg.betas.1).powi(t)) as f32;
+        let decay = 1.0 - lr * cfg.weight_decay as f32;
+        for (((p, g), m), v) in self.params.iter_mut().zip(&self.grads).zip(&mut self.m).zip(&mut self.v) {
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+            *p = *p * decay - lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
+        }
+    }
+}
