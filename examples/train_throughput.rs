@@ -9,7 +9,11 @@ use std::time::Instant;
 
 fn main() -> nerp::Result<()> {
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
-    let (hidden, batch, steps) = (args.first().copied().unwrap_or(180), args.get(1).copied().unwrap_or(4096), args.get(2).copied().unwrap_or(50));
+    let (hidden, batch, steps) = (
+        args.first().copied().unwrap_or(180),
+        args.get(1).copied().unwrap_or(4096),
+        args.get(2).copied().unwrap_or(50),
+    );
     let levels = args.get(3).copied().unwrap_or(20) as u32;
     let n = 29_712; // kernels of the shared ResNet-20
     let mut rng = Rng::new(1);

@@ -160,6 +160,7 @@ fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+#[cfg(feature = "compress")]
 fn parse_ordering(s: &str) -> std::result::Result<format::Ordering, String> {
     match s {
         "none" => Ok(format::Ordering::None),
@@ -169,6 +170,7 @@ fn parse_ordering(s: &str) -> std::result::Result<format::Ordering, String> {
     }
 }
 
+#[cfg(feature = "compress")]
 fn parse_weight_dtype(s: &str) -> std::result::Result<format::WeightDtype, String> {
     match s {
         "f32" => Ok(format::WeightDtype::F32),
@@ -287,7 +289,7 @@ fn compress_with_progress(
         ProgressBar::hidden()
     };
     let mut progress = |step: usize, loss: f64| {
-        if step % 10 == 0 || step + 1 == opts.steps {
+        if step.is_multiple_of(10) || step + 1 == opts.steps {
             bar.set_position(step as u64 + 1);
             bar.set_message(format!("{loss:.5}"));
         }

@@ -61,7 +61,7 @@ impl Default for CompressOptions {
 /// Default hidden width when neither `--hidden` nor `--target-ratio` is given.
 pub const DEFAULT_HIDDEN: usize = 180;
 pub const DEFAULT_STEPS: usize = 3000;
-pub const DEFAULT_LR: f64 = 2e-3;
+pub const DEFAULT_LR: f64 = 5e-3;
 pub const DEFAULT_PE_BASE: f64 = 1.25;
 pub const DEFAULT_PE_LEVELS: u32 = 20;
 pub const DEFAULT_MIN_VALUES: usize = 0;

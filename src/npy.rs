@@ -51,7 +51,7 @@ fn parse(b: &[u8]) -> std::result::Result<Tensor, String> {
         "<i8" => typed::<i64, 8>(data, numel, &shape, i64::from_le_bytes),
         "<i4" => typed::<i32, 4>(data, numel, &shape, i32::from_le_bytes),
         "|u1" => typed::<u8, 1>(data, numel, &shape, u8::from_le_bytes),
-        d => return Err(format!("dtype {d} is not supported (use float32, float64, int64, int32 or uint8)")),
+        d => Err(format!("dtype {d} is not supported (use float32, float64, int64, int32 or uint8)")),
     }
 }
 
@@ -61,7 +61,7 @@ fn typed<T: tract_onnx::prelude::Datum + Copy, const N: usize>(
     shape: &[usize],
     conv: fn([u8; N]) -> T,
 ) -> std::result::Result<Tensor, String> {
-    let need = numel.checked_mul(N).unwrap_or(usize::MAX);
+    let need = numel.saturating_mul(N);
     if data.len() != need {
         return Err(format!("data is {} bytes, shape {shape:?} needs {need}", data.len()));
     }

@@ -50,7 +50,7 @@ fn bad_options_are_usage_errors() {
         (vec!["compress", m, "-o", o, "--ordering", "zigzag"], "--ordering"),
         (vec!["compress", m, "-o", o, "--predictor-dtype", "f8"], "--predictor-dtype"),
         (vec!["compress", m, "-o", o, "--steps", "0"], "--steps"),
-        (vec!["compress", m, "-o", o, "--lr", "-1"], "--lr"),
+        (vec!["compress", m, "-o", o, "--lr=-1"], "--lr"),
         (vec!["compress", m, "-o", o, "--hidden", "0"], "--hidden"),
         (vec!["compress", m, "-o", o, "--hidden", "8", "--target-ratio", "2"], "--target-ratio"),
         (vec!["compress", m, "-o", o, "--preprocess", "mean=abc"], "--preprocess"),
@@ -107,7 +107,14 @@ fn cuda_without_the_feature_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("a.nerp");
     std::fs::write(&f, b"x").unwrap();
-    let o = nerp(&["decompress", f.to_str().unwrap(), "-o", dir.path().join("a.onnx").to_str().unwrap(), "--device", "cuda"]);
+    let o = nerp(&[
+        "decompress",
+        f.to_str().unwrap(),
+        "-o",
+        dir.path().join("a.onnx").to_str().unwrap(),
+        "--device",
+        "cuda",
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--features cuda"), "{}", stderr(&o));
 }

@@ -34,7 +34,7 @@ fn random_predictor_file_opens_regenerates_and_runs() {
     let (file, _) = random_predictor_file(WeightDtype::F16);
     let h = file.header();
     let predicted = h.tensors.iter().filter(|t| matches!(t.storage, Storage::Predicted { .. })).count();
-    assert_eq!(predicted, 22, "ResNet-20 has 19 3×3 and 3 1×1 convolutions");
+    assert_eq!(predicted, 21, "ResNet-20 has 19 3×3 and 2 1×1 (projection) convolutions");
     let weights = regen::regenerate(&file, &Device::Cpu).unwrap();
     assert_eq!(weights.len(), h.tensors.len());
     let model = runtime::Model::from_proto(&runtime::rebuild_onnx(&file, &weights).unwrap()).unwrap();
@@ -92,7 +92,14 @@ fn cli_decompress_gives_exactly_the_in_process_outputs() {
     nerp::format::write_atomic(&nerp_path, &bytes).unwrap();
     let onnx_path = dir.path().join("r.onnx");
     let out = Command::new(env!("CARGO_BIN_EXE_nerp"))
-        .args(["decompress", nerp_path.to_str().unwrap(), "-o", onnx_path.to_str().unwrap(), "--device", "cpu"])
+        .args([
+            "decompress",
+            nerp_path.to_str().unwrap(),
+            "-o",
+            onnx_path.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -111,7 +118,10 @@ fn safetensors_source_round_trips() {
     let opts = CompressOptions::default();
     let (plans, values) = make_plan(&model, &opts).unwrap();
     assert!(!plans.is_empty());
-    let p = train::init_predictor(16, opts.embedding, 1, &Device::Cpu).unwrap().rounded(opts.predictor_dtype).unwrap();
+    let p = train::init_predictor(16, opts.embedding, 1, &Device::Cpu)
+        .unwrap()
+        .rounded(opts.predictor_dtype)
+        .unwrap();
     let (bytes, _, _) = build_file(&model, &plans, &values, Some(&p), &opts).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (nerp_path, out) = (dir.path().join("s.nerp"), dir.path().join("s.safetensors"));

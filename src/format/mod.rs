@@ -177,7 +177,7 @@ impl SectionKind {
 
 /// How a section's bytes encode its decoded content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Encoding {
     /// Stored as is.
     Plain,

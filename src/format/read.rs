@@ -303,6 +303,12 @@ fn check_semantics(h: &Header) -> Result<(), FormatError> {
         if !(e.base.is_finite() && e.base > 0.0) {
             return bad(format!("embedding base {} is not a positive number", e.base));
         }
+        if crate::predictor::frequencies(e).iter().any(|f| !f.is_finite()) {
+            return bad(format!(
+                "embedding base {} with {} levels overflows f32 frequencies",
+                e.base, e.levels
+            ));
+        }
         if p.layers != n_predicted {
             return bad(format!("declares {} layers but {n_predicted} tensors are predicted", p.layers));
         }
@@ -387,9 +393,18 @@ fn check_semantics(h: &Header) -> Result<(), FormatError> {
     Ok(())
 }
 
+/// Expansion ratio up to which a zstd section's output is reserved up front.
+const PLAUSIBLE_ZSTD_RATIO: u64 = 64;
+/// Magic number of a (non-skippable) zstd frame.
+const ZSTD_MAGIC: [u8; 4] = 0xFD2F_B528u32.to_le_bytes();
+
 /// Decodes a section body, checking the decoded length before allocating beyond it.
 pub fn decode(encoding: Encoding, stored: &[u8], decoded_length: u64) -> Result<Cow<'_, [u8]>, String> {
     let unzstd = |data: &[u8]| -> Result<Vec<u8>, String> {
+        // One regular frame: not a skippable frame (which would declare no content).
+        if !data.starts_with(&ZSTD_MAGIC) {
+            return Err("section does not start with a zstd frame".into());
+        }
         match zstd::zstd_safe::get_frame_content_size(data) {
             Ok(Some(n)) if n == decoded_length => {}
             Ok(Some(n)) => {
@@ -397,10 +412,24 @@ pub fn decode(encoding: Encoding, stored: &[u8], decoded_length: u64) -> Result<
             }
             _ => return Err("zstd frame has no valid content size".into()),
         }
-        let out = zstd::bulk::decompress(data, decoded_length as usize)
+        // The declared size is only a claim until the data backs it: reserve what the stored
+        // bytes can plausibly expand to and let real output grow the buffer, so that a small
+        // frame declaring gigabytes cannot make the reader allocate them.
+        let plausible = (data.len() as u64).saturating_mul(PLAUSIBLE_ZSTD_RATIO).max(1 << 20);
+        let mut out = Vec::with_capacity(decoded_length.min(plausible) as usize);
+        let mut decoder = zstd::stream::read::Decoder::with_buffer(data)
+            .map_err(|e| format!("zstd decoder: {e}"))?
+            .single_frame();
+        (&mut decoder)
+            .take(decoded_length.saturating_add(1))
+            .read_to_end(&mut out)
             .map_err(|e| format!("zstd data is corrupt: {e}"))?;
         if out.len() as u64 != decoded_length {
             return Err(format!("decoded {} bytes, header says {decoded_length}", out.len()));
+        }
+        let rest = decoder.finish().len();
+        if rest != 0 {
+            return Err(format!("{rest} bytes follow the zstd frame; a section holds exactly one frame"));
         }
         Ok(out)
     };

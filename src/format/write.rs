@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 /// zstd level used for every compressed section (deterministic for a given input).
 pub const ZSTD_LEVEL: i32 = 19;
@@ -141,7 +142,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::usage("output path", format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    // Unique per call, not only per process: two threads writing the same path must not share
+    // (and truncate) one temporary file.
+    static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT_TMP.fetch_add(1, AtomicOrdering::Relaxed);
+    let tmp = dir.join(format!(".{}.tmp-{}-{n}", name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, "creating", e))?;
         f.write_all(bytes).map_err(|e| Error::io(&tmp, "writing", e))?;

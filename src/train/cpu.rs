@@ -3,11 +3,12 @@
 //! and no allocation per step. Parameters use the predictor's storage order, so the result is
 //! loaded with [`Predictor::from_flat`] like any stored predictor.
 
-use super::TrainConfig;
+use super::{TrainConfig, TrainData};
 use crate::predictor::{layer_dims, DEPTH, OUTPUTS};
 
 /// `c (m×n) = op(a) (m×k) · op(b) (k×n)`, all row-major; `ta`/`tb`: the operand is stored
 /// transposed (`a` as k×m, `b` as n×k). Uses every rayon thread.
+#[allow(clippy::too_many_arguments)] // the BLAS signature, kept whole
 fn sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool, c: &mut [f32]) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm operands too small");
     let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
@@ -49,6 +50,8 @@ pub struct CpuTrainer {
     grads: Vec<f32>,
     m: Vec<f32>,
     v: Vec<f32>,
+    /// Embedded coordinates of all kernels, N × in.
+    inputs: Vec<f32>,
     /// `acts[i]`: input of layer i (batch × in_i); `acts[DEPTH]`: the output.
     acts: Vec<Vec<f32>>,
     g: Vec<f32>,
@@ -56,7 +59,7 @@ pub struct CpuTrainer {
 }
 
 impl CpuTrainer {
-    pub fn new(hidden: usize, levels: usize, params: Vec<f32>, batch: usize) -> Self {
+    pub fn new(hidden: usize, levels: usize, params: Vec<f32>, inputs: Vec<f32>, batch: usize) -> Self {
         let dims = layer_dims(hidden, levels);
         let mut offsets = [0; DEPTH];
         let mut at = 0;
@@ -75,23 +78,17 @@ impl CpuTrainer {
             m: vec![0.0; at],
             v: vec![0.0; at],
             params,
+            inputs,
             acts,
             g: vec![0.0; batch * widest],
             g_prev: vec![0.0; batch * widest],
         }
     }
 
-    /// One step on the rows `idx` of `inputs` (N × in); returns the masked mean squared error.
-    pub fn step(
-        &mut self,
-        idx: &[u32],
-        inputs: &[f32],
-        targets: &[f32],
-        masks: &[f32],
-        count: f32,
-        cfg: &TrainConfig,
-        step: usize,
-    ) -> f64 {
+    /// One step on the kernels `idx`; `count` is the number of weighted cells. Returns the
+    /// weighted mean squared error.
+    pub fn step(&mut self, idx: &[u32], data: &TrainData, count: f32, cfg: &TrainConfig, step: usize) -> f64 {
+        let (inputs, targets, masks) = (&self.inputs, &data.targets, &data.masks);
         let bsz = idx.len();
         let d = self.dims[0].0;
         for (r, &i) in idx.iter().enumerate() {

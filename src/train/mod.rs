@@ -132,8 +132,8 @@ pub fn train(
     let mut backend = if device.is_cpu() {
         let flat = predictor.to_flat()?;
         let levels = cfg.embedding.levels as usize;
-        let trainer = cpu::CpuTrainer::new(predictor.hidden, levels, flat, cfg.batch.min(n));
-        Backend::Cpu { trainer, inputs: inputs.flatten_all()?.to_vec1::<f32>()? }
+        let inputs = inputs.flatten_all()?.to_vec1::<f32>()?;
+        Backend::Cpu(Box::new(cpu::CpuTrainer::new(predictor.hidden, levels, flat, inputs, cfg.batch.min(n))))
     } else {
         Backend::Tensor {
             opt: AdamW::new(&predictor)?,
@@ -157,9 +157,7 @@ pub fn train(
             .collect();
         let count: f32 = idx.iter().map(|&i| cells[i as usize]).sum::<f32>().max(1.0);
         let mse = match &mut backend {
-            Backend::Cpu { trainer, inputs } => {
-                trainer.step(&idx, inputs, &data.targets, &data.masks, count, cfg, step)
-            }
+            Backend::Cpu(trainer) => trainer.step(&idx, data, count, cfg, step),
             Backend::Tensor { opt, params, inputs, targets, masks } => {
                 let ids = Tensor::from_slice(&idx, idx.len(), device)?;
                 let x = inputs.index_select(&ids, 0)?;
@@ -186,7 +184,7 @@ pub fn train(
         progress.step(step, rmse);
     }
     let trained = match backend {
-        Backend::Cpu { trainer, .. } => {
+        Backend::Cpu(trainer) => {
             Predictor::from_flat(predictor.hidden, predictor.embedding, &trainer.params, device)?
         }
         Backend::Tensor { params, .. } => Predictor { layers: params, ..predictor },
@@ -197,7 +195,7 @@ pub fn train(
 /// Where the training step runs: the hand-written CPU kernel, or candle tensor ops on any
 /// other device.
 enum Backend {
-    Cpu { trainer: cpu::CpuTrainer, inputs: Vec<f32> },
+    Cpu(Box<cpu::CpuTrainer>),
     Tensor { opt: AdamW, params: Vec<Linear>, inputs: Tensor, targets: Tensor, masks: Tensor },
 }
 
