@@ -129,7 +129,8 @@ pub fn order(values: &[f32], filters: usize, channels: usize, ordering: Ordering
     }
 }
 
-fn normalized(values: &[f32], d: usize) -> Vec<f32> {
+/// Each `d`-vector scaled to unit length (zero vectors stay zero).
+pub fn normalized(values: &[f32], d: usize) -> Vec<f32> {
     values
         .chunks(d)
         .flat_map(|v| {
@@ -151,7 +152,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// [`CHAIN_BLOCK`], and each block is chained exactly, each block starting from the item most
 /// similar to the end of the previous one. O(n·block) instead of O(n²).
 pub fn chain(unit: &[f32], d: usize, idx: &[u32]) -> Vec<u32> {
-    if idx.len() <= EXACT_CHAIN_LIMIT {
+    chain_with(unit, d, idx, EXACT_CHAIN_LIMIT, CHAIN_BLOCK)
+}
+
+/// [`chain`] with explicit limits (for measuring what the blocked chain gives up).
+pub fn chain_with(unit: &[f32], d: usize, idx: &[u32], exact_limit: usize, block: usize) -> Vec<u32> {
+    if idx.len() <= exact_limit {
         return exact_chain(unit, d, idx, None);
     }
     let dir = dominant_direction(unit, d, idx);
@@ -160,7 +166,7 @@ pub fn chain(unit: &[f32], d: usize, idx: &[u32]) -> Vec<u32> {
     sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let sorted: Vec<u32> = sorted.into_iter().map(|(_, i)| i).collect();
     let mut out = Vec::with_capacity(idx.len());
-    for block in sorted.chunks(CHAIN_BLOCK) {
+    for block in sorted.chunks(block) {
         let prev = out.last().copied();
         out.extend(exact_chain(unit, d, block, prev));
     }
