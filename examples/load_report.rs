@@ -27,7 +27,13 @@ fn main() -> nerp::Result<()> {
     let (nerp_path, onnx) = (&args[0], &args[1]);
     let file = nerp::open(nerp_path)?;
     let h = file.header();
-    println!("{}: {} bytes; preamble 32, header {} bytes, data section at {}", nerp_path.display(), file.file_len(), file.data_offset() - 32, file.data_offset());
+    println!(
+        "{}: {} bytes; preamble 32, header {} bytes, data section at {}",
+        nerp_path.display(),
+        file.file_len(),
+        file.data_offset() - 32,
+        file.data_offset()
+    );
     let mut by_kind = std::collections::BTreeMap::<&str, (usize, u64)>::new();
     for s in &h.sections {
         let e = by_kind.entry(s.kind.name()).or_default();

@@ -7,7 +7,8 @@ use nerp::plan::{chain_with, normalized, smoothness};
 use std::time::Instant;
 
 fn main() -> nerp::Result<()> {
-    let path = std::env::args().nth(1).unwrap_or("../shared/models/resnet56_fashion_mnist.safetensors".into());
+    let path =
+        std::env::args().nth(1).unwrap_or("../shared/models/resnet56_fashion_mnist.safetensors".into());
     let model = nerp::ingest::load(std::path::Path::new(&path))?;
     let layers: Vec<Vec<f32>> = model
         .tensors
@@ -20,12 +21,19 @@ fn main() -> nerp::Result<()> {
     println!("| order | mean neighbour cosine (layers ≥ 4096 kernels) | time per layer |");
     println!("|---|---|---|");
     let exact = usize::MAX;
-    for (name, limit, block) in [("natural", 0, 0), ("exact greedy", exact, 0), ("blocked 2048", 0, 2048), ("blocked 1024", 0, 1024), ("blocked 512", 0, 512)] {
+    for (name, limit, block) in [
+        ("natural", 0, 0),
+        ("exact greedy", exact, 0),
+        ("blocked 2048", 0, 2048),
+        ("blocked 1024", 0, 1024),
+        ("blocked 512", 0, 512),
+    ] {
         let (mut s, t) = (0.0, Instant::now());
         for l in &big {
             let n = l.len() / 9;
             let idx: Vec<u32> = (0..n as u32).collect();
-            let order = if name == "natural" { idx } else { chain_with(&normalized(l, 9), 9, &idx, limit, block) };
+            let order =
+                if name == "natural" { idx } else { chain_with(&normalized(l, 9), 9, &idx, limit, block) };
             s += smoothness(l, 9, &order);
         }
         let per = t.elapsed().as_secs_f64() / big.len().max(1) as f64;
@@ -35,7 +43,8 @@ fn main() -> nerp::Result<()> {
     let all: Vec<f32> = layers.iter().flatten().copied().collect();
     let n = 512 * 512;
     let mut rng = nerp::train::Rng::new(5);
-    let synth: Vec<f32> = (0..n * 9).map(|i| all[i % all.len()] + 1e-3 * (rng.uniform() as f32 - 0.5)).collect();
+    let synth: Vec<f32> =
+        (0..n * 9).map(|i| all[i % all.len()] + 1e-3 * (rng.uniform() as f32 - 0.5)).collect();
     let idx: Vec<u32> = (0..n as u32).collect();
     let t = Instant::now();
     let order = nerp::plan::chain(&normalized(&synth, 9), 9, &idx);

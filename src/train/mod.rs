@@ -119,6 +119,18 @@ pub fn train(
     device: &Device,
     progress: &mut dyn Progress,
 ) -> Result<(Predictor, Vec<f64>)> {
+    train_on(cfg, data, init, device, progress, device.is_cpu())
+}
+
+/// [`train`], choosing the CPU kernel or candle ops explicitly.
+fn train_on(
+    cfg: &TrainConfig,
+    data: &TrainData,
+    init: Option<Predictor>,
+    device: &Device,
+    progress: &mut dyn Progress,
+    cpu_kernel: bool,
+) -> Result<(Predictor, Vec<f64>)> {
     if data.is_empty() {
         return Err(Error::Training("no kernels to train on".into()));
     }
@@ -129,7 +141,7 @@ pub fn train(
     };
     let coords = Tensor::from_slice(&data.coords, (n, 3), device)?;
     let inputs = embed(&coords, cfg.embedding)?;
-    let mut backend = if device.is_cpu() {
+    let mut backend = if cpu_kernel {
         let flat = predictor.to_flat()?;
         let levels = cfg.embedding.levels as usize;
         let inputs = inputs.flatten_all()?.to_vec1::<f32>()?;
@@ -310,4 +322,69 @@ pub fn rmse(predictor: &Predictor, data: &TrainData) -> Result<f64> {
         count += (*m != 0.0) as u8 as f64;
     }
     Ok((se / count.max(1.0)).sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u64) -> TrainData {
+        let mut rng = Rng::new(seed);
+        TrainData {
+            coords: (0..n * 3).map(|_| rng.uniform() as f32).collect(),
+            targets: (0..n * OUTPUTS).map(|_| rng.uniform() as f32 - 0.5).collect(),
+            // Mixed weights and a masked-out cell, as 1×1 kernels and filter scales give.
+            masks: (0..n * OUTPUTS).map(|i| if i % 9 == 4 { 0.0 } else { 0.5 + (i % 3) as f32 }).collect(),
+        }
+    }
+
+    fn config(steps: usize, lr: f64) -> TrainConfig {
+        TrainConfig {
+            hidden: 16,
+            embedding: Embedding { base: 1.25, levels: 4 },
+            steps,
+            batch: 32,
+            lr,
+            lr_min: 1e-6,
+            warmup: 1,
+            betas: (0.9, 0.999),
+            weight_decay: 0.01,
+            magnitude_fraction: 0.2,
+            seed: 3,
+        }
+    }
+
+    #[test]
+    fn cpu_kernel_matches_candle_ops() {
+        let (d, cfg) = (data(100, 1), config(5, 1e-2));
+        let (a, la) = train_on(&cfg, &d, None, &Device::Cpu, &mut |_, _| {}, true).unwrap();
+        let (b, lb) = train_on(&cfg, &d, None, &Device::Cpu, &mut |_, _| {}, false).unwrap();
+        for (x, y) in la.iter().zip(&lb) {
+            assert!((x - y).abs() <= 1e-4 * x.abs(), "losses {la:?} vs {lb:?}");
+        }
+        let (pa, pb) = (a.to_flat().unwrap(), b.to_flat().unwrap());
+        let max = pa.iter().zip(&pb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(max < 1e-4, "parameters differ by {max}");
+    }
+
+    #[test]
+    fn training_fits_a_smooth_target() {
+        let mut d = data(200, 2);
+        // A learnable target: a smooth function of the coordinate.
+        for (k, c) in d.coords.chunks(3).enumerate() {
+            for j in 0..OUTPUTS {
+                d.targets[k * OUTPUTS + j] = (3.0 * c[1] + j as f32).sin() * 0.5 + c[2] * 0.3;
+            }
+        }
+        let (_, losses) = train(&config(300, 5e-3), &d, None, &Device::Cpu, &mut |_, _| {}).unwrap();
+        let (first, last) =
+            (losses[..10].iter().sum::<f64>(), losses[losses.len() - 10..].iter().sum::<f64>());
+        assert!(last < 0.3 * first, "first {first} last {last}");
+    }
+
+    #[test]
+    fn a_runaway_learning_rate_stops_with_an_error() {
+        let r = train(&config(400, 1e4), &data(100, 3), None, &Device::Cpu, &mut |_, _| {});
+        assert!(matches!(r, Err(Error::Training(_))), "{:?}", r.map(|(_, l)| l.last().copied()));
+    }
 }
