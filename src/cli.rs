@@ -217,29 +217,6 @@ pub fn run(cli: Cli) -> Result<i32> {
 fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
     use crate::compress::CompressOptions;
     existing(&a.input)?;
-    if a.steps == 0 {
-        return Err(Error::usage("--steps", "must be at least 1"));
-    }
-    if a.batch == 0 {
-        return Err(Error::usage("--batch", "must be at least 1"));
-    }
-    if !(a.lr.is_finite() && a.lr > 0.0) {
-        return Err(Error::usage("--lr", "must be a positive number"));
-    }
-    if let Some(r) = a.target_ratio {
-        if !(r.is_finite() && r > 0.0) {
-            return Err(Error::usage("--target-ratio", "must be a positive number"));
-        }
-    }
-    if matches!(a.hidden, Some(h) if h == 0 || h > format::limits::MAX_HIDDEN as usize) {
-        return Err(Error::usage("--hidden", format!("must be in 1..={}", format::limits::MAX_HIDDEN)));
-    }
-    if !(a.pe_base.is_finite() && a.pe_base > 0.0) {
-        return Err(Error::usage("--pe-base", "must be a positive number"));
-    }
-    if a.pe_levels == 0 || a.pe_levels > format::limits::MAX_LEVELS {
-        return Err(Error::usage("--pe-levels", format!("must be in 1..={}", format::limits::MAX_LEVELS)));
-    }
     let mut opts = CompressOptions {
         hidden: a.hidden,
         target_ratio: a.target_ratio,
@@ -258,6 +235,7 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         let pre = Preprocess::parse(p)?;
         opts.metadata.insert(PREPROCESS_KEY.into(), serde_json::to_string(&pre).expect("serializes"));
     }
+    opts.validate()?;
     let report = compress_with_progress(&a.input, &a.output, &opts, a.quiet)?;
     if !a.quiet {
         print_compress_report(&report);
@@ -289,6 +267,10 @@ fn compress_with_progress(
         ProgressBar::hidden()
     };
     let mut progress = |step: usize, loss: f64| {
+        if step == 0 {
+            // Ingest and ordering happened before: start the rate and ETA from here.
+            bar.reset();
+        }
         if step.is_multiple_of(10) || step + 1 == opts.steps {
             bar.set_position(step as u64 + 1);
             bar.set_message(format!("{loss:.5}"));
@@ -474,7 +456,8 @@ fn run_model(path: &Path, input: &Path, output: Option<&Path>, device_name: &str
     let x = npy::read(input)?;
     let model = crate::load_model(path, &device)?;
     let out = model.run(std::iter::once(x.into()).collect())?;
-    let first = out[0].cast_to::<f32>()?;
+    let first =
+        out.first().ok_or_else(|| Error::Rebuild("the model has no outputs".into()))?.cast_to::<f32>()?;
     let plain = first.try_as_plain_ram()?;
     let values = plain.as_slice::<f32>()?;
     match output {
@@ -507,8 +490,11 @@ fn eval_cmd(a: EvalArgs) -> Result<eval::EvalReport> {
     if let Some(o) = &a.original {
         existing(o)?;
     }
-    if a.threads == 0 {
-        return Err(Error::usage("--threads", "must be at least 1"));
+    if a.threads == 0 || a.threads > 256 {
+        return Err(Error::usage("--threads", "must be in 1..=256"));
+    }
+    if a.limit == Some(0) {
+        return Err(Error::usage("--limit", "must be at least 1"));
     }
     let source = DataSource::parse(&a.data)?;
     let device = open_device(&a.device)?;
@@ -615,19 +601,22 @@ pub const DEMO_MODEL_JSON: &str = include_str!("../examples/models/resnet20_fash
 
 #[cfg(feature = "compress")]
 fn demo(a: DemoArgs) -> Result<()> {
+    let mut opts =
+        crate::compress::CompressOptions { hidden: Some(a.hidden), steps: a.steps, ..Default::default() };
+    opts.validate()?;
+    if a.limit == Some(0) {
+        return Err(Error::usage("--limit", "must be at least 1"));
+    }
+    let meta: serde_json::Value = serde_json::from_str(DEMO_MODEL_JSON).expect("bundled JSON is valid");
+    let (mean, std) =
+        (meta["normalize"]["mean"].as_f64().unwrap_or(0.0), meta["normalize"]["std"].as_f64().unwrap_or(1.0));
+    let pre = Preprocess::parse(&format!("mean={mean},std={std}"))?;
+    opts.metadata.insert(PREPROCESS_KEY.into(), serde_json::to_string(&pre).expect("serializes"));
     let dir = &a.out_dir;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "creating output folder", e))?;
     let onnx = dir.join("resnet20_fashion_mnist.onnx");
     format::write_atomic(&onnx, DEMO_MODEL)?;
-    let meta: serde_json::Value = serde_json::from_str(DEMO_MODEL_JSON).expect("bundled JSON is valid");
-    let (mean, std) =
-        (meta["normalize"]["mean"].as_f64().unwrap_or(0.0), meta["normalize"]["std"].as_f64().unwrap_or(1.0));
-    let pre = format!("mean={mean},std={std}");
     let nerp_path = dir.join("resnet20_fashion_mnist.nerp");
-    let mut opts =
-        crate::compress::CompressOptions { hidden: Some(a.hidden), steps: a.steps, ..Default::default() };
-    opts.metadata
-        .insert(PREPROCESS_KEY.into(), serde_json::to_string(&Preprocess::parse(&pre)?).expect("serializes"));
     eprintln!("compressing the bundled ResNet-20 (Fashion-MNIST) into {} ...", nerp_path.display());
     let c = compress_with_progress(&onnx, &nerp_path, &opts, a.quiet)?;
 
@@ -643,7 +632,7 @@ fn demo(a: DemoArgs) -> Result<()> {
 
     let location = data::resolve_fashion_mnist();
     eprintln!("evaluating on {location} ...");
-    let data = data::load(&DataSource::FashionMnist(None), Split::Test, a.limit, &Preprocess::parse(&pre)?)?;
+    let data = data::load(&DataSource::FashionMnist(None), Split::Test, a.limit, &pre)?;
     let r = run_eval(&model, Some(&original), &data, default_threads(), a.quiet)?;
 
     println!();

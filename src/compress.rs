@@ -108,13 +108,56 @@ impl CompressReport {
     }
 }
 
-/// Smallest hidden width whose parameter count reaches `represented / ratio`.
+/// Largest hidden width whose parameter count stays within `represented / ratio` (at least 1,
+/// at most the format's limit).
 pub fn hidden_for_ratio(represented: usize, ratio: f64, levels: usize) -> usize {
     let budget = represented as f64 / ratio;
-    (1..=format::limits::MAX_HIDDEN as usize)
-        .find(|&h| predictor::param_count(h + 1, levels) as f64 > budget)
-        .unwrap_or(1)
+    let max = format::limits::MAX_HIDDEN as usize;
+    (1..max).find(|&h| predictor::param_count(h + 1, levels) as f64 > budget).unwrap_or(max)
 }
+
+impl CompressOptions {
+    /// Checks every option before any work starts; errors name the flag.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 || self.steps > MAX_STEPS {
+            return Err(Error::usage("--steps", format!("must be in 1..={MAX_STEPS}")));
+        }
+        if self.batch == 0 || self.batch > 1 << 20 {
+            return Err(Error::usage("--batch", "must be in 1..=1048576"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::usage("--lr", "must be a positive number"));
+        }
+        if matches!(self.target_ratio, Some(r) if !(r.is_finite() && r > 0.0)) {
+            return Err(Error::usage("--target-ratio", "must be a positive number"));
+        }
+        let max = format::limits::MAX_HIDDEN as usize;
+        if matches!(self.hidden, Some(h) if h == 0 || h > max) {
+            return Err(Error::usage("--hidden", format!("must be in 1..={max}")));
+        }
+        let e = self.embedding;
+        if !(e.base.is_finite() && e.base > 0.0) {
+            return Err(Error::usage("--pe-base", "must be a positive number"));
+        }
+        if e.levels == 0 || e.levels > format::limits::MAX_LEVELS {
+            return Err(Error::usage(
+                "--pe-levels",
+                format!("must be in 1..={}", format::limits::MAX_LEVELS),
+            ));
+        }
+        if predictor::frequencies(e).iter().any(|f| !f.is_finite()) {
+            let what = format!(
+                "{} with {} levels overflows f32 frequencies; lower --pe-base or --pe-levels",
+                e.base, e.levels
+            );
+            return Err(Error::usage("--pe-base", what));
+        }
+        Ok(())
+    }
+}
+
+/// Most training steps accepted.
+pub const MAX_STEPS: usize = 100_000_000;
 
 /// The predicted layers of a source model (kernels, orderings, scales) and their values.
 pub fn make_plan(model: &SourceModel, opts: &CompressOptions) -> Result<(Vec<LayerPlan>, Vec<Vec<f32>>)> {
@@ -168,6 +211,11 @@ pub fn compress(
     progress: &mut dyn Progress,
 ) -> Result<CompressReport> {
     let start = Instant::now();
+    opts.validate()?;
+    let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(Error::usage("--output", format!("folder {} does not exist", dir.display())));
+    }
     let model = ingest::load(input)?;
     if opts.check_runnable && model.kind == SourceKind::Onnx {
         crate::runtime::Model::from_onnx_file(input).map_err(|e| Error::Ingest {

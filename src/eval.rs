@@ -1,7 +1,7 @@
 //! Comparing the original and the regenerated model on a labelled dataset.
 
 use crate::data::Dataset;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::runtime::Model;
 use std::time::Instant;
 
@@ -41,7 +41,7 @@ pub fn logits(
     let n = data.len();
     let [c, h, w] = data.shape;
     let start = Instant::now();
-    let chunk = n.div_ceil(threads.max(1)).max(1);
+    let chunk = n.div_ceil(threads.max(1)).max(EVAL_BATCH);
     let parts: Vec<Result<Vec<f32>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .step_by(chunk)
@@ -85,8 +85,18 @@ pub fn evaluate(
     threads: usize,
     tick: &(dyn Fn(usize) + Sync),
 ) -> Result<EvalReport> {
+    if data.is_empty() {
+        return Err(Error::Dataset { path: data.origin.clone(), what: "has no images".into() });
+    }
     let (regen, ms) = logits(regenerated, data, threads, tick)?;
-    let classes = regen.len() / data.len().max(1);
+    let classes = regen.len() / data.len();
+    if classes == 0 || regen.len() % data.len() != 0 {
+        return Err(Error::Rebuild(format!(
+            "the model gave {} outputs for {} images",
+            regen.len(),
+            data.len()
+        )));
+    }
     let mut report = EvalReport {
         images: data.len(),
         original_accuracy: None,
@@ -99,6 +109,12 @@ pub fn evaluate(
     };
     if let Some(orig_model) = original {
         let (orig, ms_o) = logits(orig_model, data, threads, tick)?;
+        if orig.len() != regen.len() {
+            return Err(Error::Rebuild(format!(
+                "the original model gives {} outputs per image, the regenerated one {classes}",
+                orig.len() / data.len()
+            )));
+        }
         let agree =
             orig.chunks(classes).zip(regen.chunks(classes)).filter(|(a, b)| argmax(a) == argmax(b)).count();
         let diffs = orig.iter().zip(&regen).map(|(a, b)| (a - b).abs() as f64);

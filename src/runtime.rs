@@ -33,8 +33,9 @@ pub fn rebuild_onnx(file: &NerpFile, weights: &[WeightTensor]) -> Result<ModelPr
         )));
     }
     for ((name, slot), w) in slots.into_iter().zip(weights) {
-        let dims_match =
-            slot.dims.len() == w.shape.len() && slot.dims.iter().zip(&w.shape).all(|(&a, &b)| a as u64 == b);
+        let dims_match = ingest::onnx::dtype_of(slot.data_type) == Some(w.dtype)
+            && slot.dims.len() == w.shape.len()
+            && slot.dims.iter().zip(&w.shape).all(|(&a, &b)| a as u64 == b);
         if name != w.name || !dims_match {
             return Err(Error::Rebuild(format!(
                 "skeleton slot {name:?} {:?} does not match stored tensor {:?} {:?}",
@@ -89,7 +90,8 @@ impl Model {
     pub fn run_f32(&self, input: &[f32], shape: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
         let t = Tensor::from_shape(shape, input)?;
         let out = self.run(tvec!(t.into()))?;
-        let first = out[0].cast_to::<f32>()?;
+        let first =
+            out.first().ok_or_else(|| Error::Rebuild("the model has no outputs".into()))?.cast_to::<f32>()?;
         Ok((first.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(), first.shape().to_vec()))
     }
 }

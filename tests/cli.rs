@@ -54,7 +54,12 @@ fn bad_options_are_usage_errors() {
         (vec!["compress", m, "-o", o, "--hidden", "0"], "--hidden"),
         (vec!["compress", m, "-o", o, "--hidden", "8", "--target-ratio", "2"], "--target-ratio"),
         (vec!["compress", m, "-o", o, "--preprocess", "mean=abc"], "--preprocess"),
+        (vec!["compress", m, "-o", "/nonexistent-dir/x.nerp"], "--output"),
+        (vec!["compress", m, "-o", o, "--pe-base", "1e30"], "--pe-base"),
+        (vec!["compress", m, "-o", o, "--steps", "1000000000000"], "--steps"),
         (vec!["eval", m, "--data", "imagenet"], "--data"),
+        (vec!["eval", m, "--limit", "0"], "--limit"),
+        (vec!["demo", "--hidden", "0"], "--hidden"),
         (vec!["frobnicate"], "frobnicate"),
     ] {
         let r = nerp(&args);

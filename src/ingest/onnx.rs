@@ -18,7 +18,7 @@ const EXTERNAL: i32 = 1;
 pub fn tensor_slots(graph: &mut GraphProto) -> Vec<(String, &mut TensorProto)> {
     let mut slots: Vec<(String, &mut TensorProto)> =
         graph.initializer.iter_mut().map(|t| (t.name.clone(), t)).collect();
-    for node in graph.node.iter_mut().filter(|n| n.op_type == "Constant" && n.domain.is_empty()) {
+    for node in graph.node.iter_mut().filter(|n| n.op_type == "Constant" && is_default_domain(&n.domain)) {
         let name = node.output.first().cloned().unwrap_or_default();
         if let Some(t) = node.attribute.iter_mut().find(|a| a.name == "value").and_then(|a| a.t.as_mut()) {
             slots.push((name, t));
@@ -26,6 +26,10 @@ pub fn tensor_slots(graph: &mut GraphProto) -> Vec<(String, &mut TensorProto)> {
     }
     slots.retain(|(_, t)| dtype_of(t.data_type).is_some());
     slots
+}
+
+fn is_default_domain(d: &str) -> bool {
+    d.is_empty() || d == "ai.onnx"
 }
 
 /// Maps an ONNX data type code to a stored dtype (`None`: left in the skeleton as is).
@@ -61,7 +65,7 @@ pub fn load(path: &Path, bytes: &[u8]) -> Result<SourceModel> {
     let conv_weights: HashSet<String> = graph
         .node
         .iter()
-        .filter(|n| n.op_type == "Conv" && n.domain.is_empty())
+        .filter(|n| n.op_type == "Conv" && is_default_domain(&n.domain))
         .filter_map(|n| n.input.get(1).cloned())
         .collect();
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -69,7 +73,9 @@ pub fn load(path: &Path, bytes: &[u8]) -> Result<SourceModel> {
     let mut names = HashSet::new();
     for (name, t) in tensor_slots(graph) {
         if name.is_empty() {
-            return Err(err("a Constant node has no output name; nerp needs every tensor named".into()));
+            return Err(err(
+                "an initializer or Constant node has no name; nerp needs every tensor named".into()
+            ));
         }
         if !names.insert(name.clone()) {
             return Err(err(format!("tensor name {name:?} is used twice; nerp needs unique names")));

@@ -1,13 +1,21 @@
 //! The reconstruction step on the CPU, written out on top of gemm: forward with bias + ReLU
 //! fused into one pass, the backward pass by hand, AdamW in one loop over the flat parameters,
 //! and no allocation per step. Parameters use the predictor's storage order, so the result is
-//! loaded with [`Predictor::from_flat`] like any stored predictor.
+//! loaded with [`Predictor::from_flat`](crate::predictor::Predictor::from_flat) like any stored
+//! predictor.
+//!
+//! Each batch is split into [`CHUNKS`] fixed parts that run forward and backward on their own
+//! threads (single-threaded gemm each); their gradients are summed in chunk order. The result
+//! therefore does not depend on the number of cores.
 
 use super::{TrainConfig, TrainData};
 use crate::predictor::{layer_dims, DEPTH, OUTPUTS};
 
+/// Parts each batch is split into (and the most threads used).
+pub const CHUNKS: usize = 4;
+
 /// `c (m×n) = op(a) (m×k) · op(b) (k×n)`, all row-major; `ta`/`tb`: the operand is stored
-/// transposed (`a` as k×m, `b` as n×k). Uses every rayon thread.
+/// transposed (`a` as k×m, `b` as n×k). Single-threaded: the caller parallelizes.
 #[allow(clippy::too_many_arguments)] // the BLAS signature, kept whole
 fn sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool, c: &mut [f32]) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm operands too small");
@@ -36,26 +44,127 @@ fn sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool,
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            gemm::Parallelism::None,
         )
     }
 }
 
-/// Training state: flat parameters, AdamW moments and per-layer activation buffers.
-pub struct CpuTrainer {
+/// Layer shapes and where each layer's parameters start.
+struct Layout {
     dims: [(usize, usize); DEPTH],
     /// Offset of each layer's weight; its bias follows it.
     offsets: [usize; DEPTH],
+}
+
+impl Layout {
+    fn wb(&self, l: usize) -> (usize, usize) {
+        let (i, o) = self.dims[l];
+        (self.offsets[l], self.offsets[l] + i * o)
+    }
+}
+
+/// Buffers of one chunk: activations, gradient scratch and its share of the gradients.
+struct Workspace {
+    /// `acts[i]`: input of layer i (rows × in_i); `acts[DEPTH]`: the output.
+    acts: Vec<Vec<f32>>,
+    g: Vec<f32>,
+    g_prev: Vec<f32>,
+    grads: Vec<f32>,
+    se: f64,
+}
+
+impl Workspace {
+    fn new(layout: &Layout, rows: usize, params: usize) -> Self {
+        let mut acts: Vec<Vec<f32>> = layout.dims.iter().map(|(i, _)| vec![0.0; rows * i]).collect();
+        acts.push(vec![0.0; rows * OUTPUTS]);
+        let widest = layout.dims.iter().map(|(i, o)| *i.max(o)).max().unwrap_or(0);
+        Workspace {
+            acts,
+            g: vec![0.0; rows * widest],
+            g_prev: vec![0.0; rows * widest],
+            grads: vec![0.0; params],
+            se: 0.0,
+        }
+    }
+
+    /// Forward and backward over the kernels `idx`; leaves the weighted squared error
+    /// `Σ w·(out − t)²` in `se` and the gradient of `se / count` in `grads`.
+    fn run(&mut self, lay: &Layout, params: &[f32], inputs: &[f32], idx: &[u32], data: &TrainData, count: f32) {
+        let rows = idx.len();
+        let d = lay.dims[0].0;
+        for (r, &i) in idx.iter().enumerate() {
+            let i = i as usize;
+            self.acts[0][r * d..(r + 1) * d].copy_from_slice(&inputs[i * d..(i + 1) * d]);
+        }
+        // Forward: z = a·W, then + b and ReLU in one pass.
+        for l in 0..DEPTH {
+            let (i, o) = lay.dims[l];
+            let (w, b) = lay.wb(l);
+            let (lo, hi) = self.acts.split_at_mut(l + 1);
+            let (a, z) = (&lo[l][..rows * i], &mut hi[0][..rows * o]);
+            sgemm(rows, o, i, a, false, &params[w..w + i * o], false, z);
+            let bias = &params[b..b + o];
+            let relu = l + 1 < DEPTH;
+            for row in z.chunks_exact_mut(o) {
+                for (v, bb) in row.iter_mut().zip(bias) {
+                    let s = *v + bb;
+                    *v = if relu && s < 0.0 { 0.0 } else { s };
+                }
+            }
+        }
+        // Loss and its gradient with respect to the output.
+        let out = &self.acts[DEPTH];
+        let scale = 2.0 / count;
+        self.se = 0.0;
+        for (r, &i) in idx.iter().enumerate() {
+            let i = i as usize;
+            for j in 0..OUTPUTS {
+                let t = i * OUTPUTS + j;
+                let (diff, w) = (out[r * OUTPUTS + j] - data.targets[t], data.masks[t]);
+                self.se += (w * diff * diff) as f64;
+                self.g[r * OUTPUTS + j] = w * diff * scale;
+            }
+        }
+        // Backward.
+        for l in (0..DEPTH).rev() {
+            let (i, o) = lay.dims[l];
+            let (w, b) = lay.wb(l);
+            let a = &self.acts[l][..rows * i];
+            let g = &self.g[..rows * o];
+            sgemm(i, o, rows, a, true, g, false, &mut self.grads[w..w + i * o]);
+            let gb = &mut self.grads[b..b + o];
+            gb.fill(0.0);
+            for row in g.chunks_exact(o) {
+                for (s, v) in gb.iter_mut().zip(row) {
+                    *s += v;
+                }
+            }
+            if l > 0 {
+                let gp = &mut self.g_prev[..rows * i];
+                sgemm(rows, i, o, g, false, &params[w..w + i * o], true, gp);
+                // ReLU backward: the gradient passes where the activation was positive.
+                for (gv, av) in gp.iter_mut().zip(a) {
+                    if *av <= 0.0 {
+                        *gv = 0.0;
+                    }
+                }
+                std::mem::swap(&mut self.g, &mut self.g_prev);
+            }
+        }
+    }
+}
+
+/// Training state: flat parameters, AdamW moments and one workspace per chunk.
+pub struct CpuTrainer {
+    layout: Layout,
     pub params: Vec<f32>,
     grads: Vec<f32>,
     m: Vec<f32>,
     v: Vec<f32>,
     /// Embedded coordinates of all kernels, N × in.
     inputs: Vec<f32>,
-    /// `acts[i]`: input of layer i (batch × in_i); `acts[DEPTH]`: the output.
-    acts: Vec<Vec<f32>>,
-    g: Vec<f32>,
-    g_prev: Vec<f32>,
+    work: Vec<Workspace>,
+    threads: usize,
 }
 
 impl CpuTrainer {
@@ -68,94 +177,56 @@ impl CpuTrainer {
             at += i * o + o;
         }
         assert_eq!(at, params.len(), "parameter count");
-        let mut acts: Vec<Vec<f32>> = dims.iter().map(|(i, _)| vec![0.0; batch * i]).collect();
-        acts.push(vec![0.0; batch * OUTPUTS]);
-        let widest = dims.iter().map(|(i, o)| *i.max(o)).max().unwrap_or(0);
+        let layout = Layout { dims, offsets };
+        let rows = batch.div_ceil(CHUNKS);
+        let work = (0..CHUNKS).map(|_| Workspace::new(&layout, rows, at)).collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(CHUNKS);
         CpuTrainer {
-            dims,
-            offsets,
+            layout,
             grads: vec![0.0; at],
             m: vec![0.0; at],
             v: vec![0.0; at],
             params,
             inputs,
-            acts,
-            g: vec![0.0; batch * widest],
-            g_prev: vec![0.0; batch * widest],
+            work,
+            threads,
         }
     }
 
     /// One step on the kernels `idx`; `count` is the number of weighted cells. Returns the
     /// weighted mean squared error.
     pub fn step(&mut self, idx: &[u32], data: &TrainData, count: f32, cfg: &TrainConfig, step: usize) -> f64 {
-        let (inputs, targets, masks) = (&self.inputs, &data.targets, &data.masks);
-        let bsz = idx.len();
-        let d = self.dims[0].0;
-        for (r, &i) in idx.iter().enumerate() {
-            let i = i as usize;
-            self.acts[0][r * d..(r + 1) * d].copy_from_slice(&inputs[i * d..(i + 1) * d]);
-        }
-        // Forward: z = a·W, then + b and ReLU in one pass.
-        for l in 0..DEPTH {
-            let (i, o) = self.dims[l];
-            let (w, b) = self.wb(l);
-            let (lo, hi) = self.acts.split_at_mut(l + 1);
-            let (a, z) = (&lo[l][..bsz * i], &mut hi[0][..bsz * o]);
-            sgemm(bsz, o, i, a, false, &self.params[w..w + i * o], false, z);
-            let bias = &self.params[b..b + o];
-            let relu = l + 1 < DEPTH;
-            for row in z.chunks_exact_mut(o) {
-                for (v, bb) in row.iter_mut().zip(bias) {
-                    let s = *v + bb;
-                    *v = if relu && s < 0.0 { 0.0 } else { s };
-                }
-            }
-        }
-        // Loss and its gradient with respect to the output.
-        let out = &self.acts[DEPTH];
-        let scale = 2.0 / count;
-        let mut se = 0f64;
-        for (r, &i) in idx.iter().enumerate() {
-            let i = i as usize;
-            for j in 0..OUTPUTS {
-                let diff = (out[r * OUTPUTS + j] - targets[i * OUTPUTS + j]) * masks[i * OUTPUTS + j];
-                se += (diff as f64) * (diff as f64);
-                self.g[r * OUTPUTS + j] = diff * scale;
-            }
-        }
-        // Backward.
-        for l in (0..DEPTH).rev() {
-            let (i, o) = self.dims[l];
-            let (w, b) = self.wb(l);
-            let a = &self.acts[l][..bsz * i];
-            let g = &self.g[..bsz * o];
-            sgemm(i, o, bsz, a, true, g, false, &mut self.grads[w..w + i * o]);
-            let gb = &mut self.grads[b..b + o];
-            gb.fill(0.0);
-            for row in g.chunks_exact(o) {
-                for (s, v) in gb.iter_mut().zip(row) {
-                    *s += v;
-                }
-            }
-            if l > 0 {
-                let gp = &mut self.g_prev[..bsz * i];
-                sgemm(bsz, i, o, g, false, &self.params[w..w + i * o], true, gp);
-                // ReLU backward: the gradient passes where the activation was positive.
-                for (gv, av) in gp.iter_mut().zip(a) {
-                    if *av <= 0.0 {
-                        *gv = 0.0;
+        let rows = idx.len().div_ceil(CHUNKS).max(1);
+        let parts: Vec<&[u32]> = idx.chunks(rows).collect();
+        let per_thread = CHUNKS.div_ceil(self.threads);
+        let (lay, params, inputs) = (&self.layout, &self.params[..], &self.inputs[..]);
+        std::thread::scope(|s| {
+            for (t, work) in self.work.chunks_mut(per_thread).enumerate() {
+                let parts = &parts;
+                s.spawn(move || {
+                    for (k, w) in work.iter_mut().enumerate() {
+                        match parts.get(t * per_thread + k) {
+                            Some(p) => w.run(lay, params, inputs, p, data, count),
+                            None => {
+                                w.grads.fill(0.0);
+                                w.se = 0.0;
+                            }
+                        }
                     }
-                }
-                std::mem::swap(&mut self.g, &mut self.g_prev);
+                });
             }
+        });
+        // Sum in chunk order: the same bits whatever the number of threads.
+        self.grads.copy_from_slice(&self.work[0].grads);
+        let mut se = self.work[0].se;
+        for w in &self.work[1..] {
+            for (g, x) in self.grads.iter_mut().zip(&w.grads) {
+                *g += x;
+            }
+            se += w.se;
         }
         self.adamw(cfg, step);
         se / count as f64
-    }
-
-    fn wb(&self, l: usize) -> (usize, usize) {
-        let (i, o) = self.dims[l];
-        (self.offsets[l], self.offsets[l] + i * o)
     }
 
     /// AdamW (PyTorch's formulation, decoupled weight decay) over all parameters.

@@ -45,7 +45,8 @@ pub struct TrainData {
     pub coords: Vec<f32>,
     /// `N×9`.
     pub targets: Vec<f32>,
-    /// `N×9` loss weights: non-zero exactly on the cells that belong to the kernel.
+    /// `N×9` loss weights `w` (the loss is `Σ w·(out − t)²`): non-zero exactly on the cells
+    /// that belong to the kernel.
     pub masks: Vec<f32>,
 }
 
@@ -157,10 +158,12 @@ fn train_on(
     };
     let cells: Vec<f32> =
         data.masks.chunks(OUTPUTS).map(|m| m.iter().filter(|&&w| w != 0.0).count() as f32).collect();
+    // Sample ∝ the kernel's norm in the original weights (the targets are divided by the scale,
+    // which is the weight).
     let weighted: Vec<f32> = data.targets.iter().zip(&data.masks).map(|(t, m)| t * m).collect();
     let sampler = MagnitudeSampler::new(&weighted);
     let mut rng = Rng::new(cfg.seed.wrapping_add(1));
-    let mut losses = Vec::with_capacity(cfg.steps);
+    let mut losses = Vec::with_capacity(cfg.steps.min(1 << 16));
     let mut first_loss = None;
     for step in 0..cfg.steps {
         let by_magnitude = rng.uniform() < cfg.magnitude_fraction;
@@ -226,9 +229,10 @@ fn loss_and_grads(
         acts.push(a);
         a = if i + 1 < layers.len() { z.relu()? } else { z };
     }
-    let diff = ((a - t)? * m)?;
-    let loss = diff.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 / count as f64;
-    let mut g = (diff * (2.0 / count as f64))?;
+    let diff = (a - t)?;
+    let weighted = (&diff * m)?;
+    let loss = (&diff * &weighted)?.sum_all()?.to_scalar::<f32>()? as f64 / count as f64;
+    let mut g = (weighted * (2.0 / count as f64))?;
     let mut grads = Vec::with_capacity(layers.len());
     for i in (0..layers.len()).rev() {
         let gw = acts[i].t()?.matmul(&g)?;
@@ -311,17 +315,6 @@ impl AdamW {
         }
         Ok(())
     }
-}
-
-/// Masked RMSE of `predictor` over all of `data`.
-pub fn rmse(predictor: &Predictor, data: &TrainData) -> Result<f64> {
-    let pred = crate::regen::predict_coords(predictor, &data.coords)?;
-    let (mut se, mut count) = (0f64, 0f64);
-    for ((p, t), m) in pred.iter().zip(&data.targets).zip(&data.masks) {
-        se += (((p - t) * m) as f64).powi(2);
-        count += (*m != 0.0) as u8 as f64;
-    }
-    Ok((se / count.max(1.0)).sqrt())
 }
 
 #[cfg(test)]
