@@ -37,6 +37,7 @@ pub enum Command {
         /// Output path; its extension (.onnx or .safetensors) picks the format.
         #[arg(short, long)]
         output: PathBuf,
+        /// Where to regenerate the weights: auto, cpu, cuda or cuda:N.
         #[arg(long, default_value = "auto")]
         device: String,
     },
@@ -48,6 +49,7 @@ pub enum Command {
         /// Save the first output as .npy instead of printing it.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Where to regenerate the weights: auto, cpu, cuda or cuda:N.
         #[arg(long, default_value = "auto")]
         device: String,
     },
@@ -128,11 +130,13 @@ pub struct EvalArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Where to regenerate the weights: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Evaluation threads.
     #[arg(long, default_value_t = default_threads())]
     pub threads: usize,
+    /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
 }
@@ -152,6 +156,7 @@ pub struct DemoArgs {
     /// Evaluate only the first N test images.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// No progress bars.
     #[arg(short, long)]
     pub quiet: bool,
 }

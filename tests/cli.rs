@@ -123,3 +123,21 @@ fn cuda_without_the_feature_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--features cuda"), "{}", stderr(&o));
 }
+
+#[test]
+fn verify_and_inspect_the_frozen_fixture() {
+    let f = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-v1.nerp");
+    let o = nerp(&["verify", f]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("valid"));
+    let o = nerp(&["inspect", f, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let header: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON");
+    assert!(header["tensors"].as_array().is_some_and(|t| !t.is_empty()));
+    let o = nerp(&["inspect", f]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("predictor: mlp_relu"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}

@@ -89,7 +89,15 @@ impl Workspace {
 
     /// Forward and backward over the kernels `idx`; leaves the weighted squared error
     /// `Σ w·(out − t)²` in `se` and the gradient of `se / count` in `grads`.
-    fn run(&mut self, lay: &Layout, params: &[f32], inputs: &[f32], idx: &[u32], data: &TrainData, count: f32) {
+    fn run(
+        &mut self,
+        lay: &Layout,
+        params: &[f32],
+        inputs: &[f32],
+        idx: &[u32],
+        data: &TrainData,
+        count: f32,
+    ) {
         let rows = idx.len();
         let d = lay.dims[0].0;
         for (r, &i) in idx.iter().enumerate() {
