@@ -507,8 +507,7 @@ fn eval_cmd(a: EvalArgs) -> Result<eval::EvalReport> {
     let pre = preprocess_for(&file, a.preprocess.as_deref())?;
     let data = data::load(&source, Split::Test, a.limit, &pre)?;
     let t = Instant::now();
-    let weights = regen::regenerate(&file, &device)?;
-    let model = runtime::Model::from_proto(&runtime::rebuild_onnx(&file, &weights)?)?;
+    let model = runtime::Model::from_file(&file, &device)?;
     let load_s = t.elapsed().as_secs_f64();
     let original = a.original.as_deref().map(runtime::Model::from_onnx_file).transpose()?;
     let report = run_eval(&model, original.as_ref(), &data, a.threads, a.quiet || a.json)?;

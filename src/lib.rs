@@ -43,7 +43,5 @@ pub fn open(path: impl AsRef<std::path::Path>) -> Result<NerpFile> {
 /// Opens a `.nerp` file compressed from ONNX, regenerates its weights on `device` and returns
 /// the model ready to run in tract.
 pub fn load_model(path: impl AsRef<std::path::Path>, device: &candle_core::Device) -> Result<runtime::Model> {
-    let file = open(path)?;
-    let weights = regen::regenerate(&file, device)?;
-    runtime::Model::from_proto(&runtime::rebuild_onnx(&file, &weights)?)
+    runtime::Model::from_file(&open(path)?, device)
 }

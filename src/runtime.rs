@@ -65,6 +65,12 @@ impl Model {
         Self::from_inference(model)
     }
 
+    /// Regenerates a `.nerp` file's weights on `device` and builds its model (ONNX sources).
+    pub fn from_file(file: &NerpFile, device: &candle_core::Device) -> Result<Self> {
+        let weights = crate::regen::regenerate(file, device)?;
+        Self::from_proto(&rebuild_onnx(file, &weights)?)
+    }
+
     /// Loads an ONNX file into tract.
     pub fn from_onnx_file(path: &Path) -> Result<Self> {
         if !path.is_file() {
