@@ -148,7 +148,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "nerp-demo")]
     pub out_dir: PathBuf,
     /// Training steps.
-    #[arg(long, default_value_t = crate::compress::DEFAULT_STEPS)]
+    #[arg(long, default_value_t = crate::compress::DEMO_STEPS)]
     pub steps: usize,
     /// Predictor hidden width.
     #[arg(long, default_value_t = crate::compress::DEFAULT_HIDDEN)]

@@ -60,7 +60,11 @@ impl Default for CompressOptions {
 
 /// Default hidden width when neither `--hidden` nor `--target-ratio` is given.
 pub const DEFAULT_HIDDEN: usize = 180;
-pub const DEFAULT_STEPS: usize = 3000;
+/// Default training steps of `nerp compress`: on the ResNet-20 (h = 180) 12,000 steps keep the
+/// accuracy within 0.4 points (3,000: 2.7 points, 6,000: 1.6 points).
+pub const DEFAULT_STEPS: usize = 12_000;
+/// Training steps of `nerp demo`, which must finish in a few minutes.
+pub const DEMO_STEPS: usize = 3000;
 pub const DEFAULT_LR: f64 = 5e-3;
 pub const DEFAULT_PE_BASE: f64 = 1.25;
 pub const DEFAULT_PE_LEVELS: u32 = 20;
