@@ -240,7 +240,6 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         let pre = Preprocess::parse(p)?;
         opts.metadata.insert(PREPROCESS_KEY.into(), serde_json::to_string(&pre).expect("serializes"));
     }
-    opts.validate()?;
     let report = compress_with_progress(&a.input, &a.output, &opts, a.quiet)?;
     if !a.quiet {
         print_compress_report(&report);

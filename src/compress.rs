@@ -216,7 +216,7 @@ pub fn compress(
 ) -> Result<CompressReport> {
     let start = Instant::now();
     opts.validate()?;
-    let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = format::write::parent_dir(output);
     if !dir.is_dir() {
         return Err(Error::usage("--output", format!("folder {} does not exist", dir.display())));
     }

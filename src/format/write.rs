@@ -131,14 +131,16 @@ pub fn ungroup(data: &[u8], element: usize) -> Vec<u8> {
     out
 }
 
+/// The folder a file at `path` is written into (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file beside the target, flushed, then
 /// renamed over it. A reader that has the old file memory-mapped keeps its (unlinked) copy
 /// intact; no partially written file ever carries the target name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = parent_dir(path);
     let name = path
         .file_name()
         .ok_or_else(|| Error::usage("output path", format!("{} has no file name", path.display())))?;
