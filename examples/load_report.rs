@@ -44,7 +44,7 @@ fn main() -> nerp::Result<()> {
     for (k, (n, b)) in by_kind {
         println!("| {k} | {n} | {b} |");
     }
-    let cpu = candle_core::Device::Cpu;
+    let cpu = nerp::Device::Cpu;
     let open = time(|| nerp::open(nerp_path))?;
     let regen = time(|| nerp::regen::regenerate(&file, &cpu))?;
     let weights = nerp::regen::regenerate(&file, &cpu)?;

@@ -426,10 +426,15 @@ fn verify(path: &Path) -> Result<i32> {
     }
 }
 
-fn open_device(name: &str) -> Result<candle_core::Device> {
-    let d = device::open(name)?;
-    if name == "auto" {
-        eprintln!("regenerating on {}", device::describe(&d));
+/// Opens `--device`; for `auto`, says which device it chose and, for the CPU, why.
+fn open_device(name: &str) -> Result<crate::Device> {
+    if name != "auto" {
+        return device::open(name);
+    }
+    let (d, why) = device::open_auto();
+    match why {
+        Some(why) => eprintln!("regenerating on {} (no GPU: {why})", d.describe()),
+        None => eprintln!("regenerating on {}", d.describe()),
     }
     Ok(d)
 }
@@ -625,7 +630,7 @@ fn demo(a: DemoArgs) -> Result<()> {
 
     let t = Instant::now();
     let file = crate::open(&nerp_path)?;
-    let weights = regen::regenerate(&file, &candle_core::Device::Cpu)?;
+    let weights = regen::regenerate(&file, &crate::Device::Cpu)?;
     let regen_s = t.elapsed().as_secs_f64();
     let model = runtime::Model::from_proto(&runtime::rebuild_onnx(&file, &weights)?)?;
     let load_s = t.elapsed().as_secs_f64();

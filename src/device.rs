@@ -1,44 +1,56 @@
-//! Device selection: `auto`, `cpu`, `cuda`, `cuda:N`.
+//! Where weights are regenerated: `auto`, `cpu`, `cuda`, `cuda:N`.
 
 use crate::error::{Error, Result};
-use candle_core::Device;
+use crate::gpu::Gpu;
+use std::sync::Arc;
 
-/// Parses a device name and opens it. `auto` picks the first CUDA GPU when nerp is built with
-/// the `cuda` feature and one is present, else the CPU.
-pub fn open(name: &str) -> Result<Device> {
-    let bad = |what: &str| Error::Device { device: name.into(), what: what.into() };
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if candle_core::utils::cuda_is_available() {
-            Device::new_cuda(0).unwrap_or(Device::Cpu)
-        } else {
-            Device::Cpu
-        }),
-        _ => {
-            let ordinal = match name.strip_prefix("cuda") {
-                Some("") => 0,
-                Some(rest) => rest
-                    .strip_prefix(':')
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .ok_or_else(|| bad("expected auto, cpu, cuda or cuda:N"))?,
-                None => return Err(bad("expected auto, cpu, cuda or cuda:N")),
-            };
-            if !candle_core::utils::cuda_is_available() {
-                return Err(bad("this nerp was built without CUDA support; rebuild with `--features cuda`, or use --device cpu"));
-            }
-            Device::new_cuda(ordinal).map_err(|e| bad(&format!("cannot open the GPU: {e}")))
+/// A device that regenerates weights. Training always runs on the CPU.
+#[derive(Debug, Clone)]
+pub enum Device {
+    /// The CPU (candle's CPU backend, all cores).
+    Cpu,
+    /// An NVIDIA GPU (only constructible with the `cuda` feature).
+    Cuda(Arc<Gpu>),
+}
+
+impl Device {
+    /// A short name for messages: "cpu", "cuda:0 (NVIDIA H200)".
+    pub fn describe(&self) -> String {
+        match self {
+            Device::Cpu => "cpu".into(),
+            Device::Cuda(g) => format!("cuda:{} ({})", g.ordinal(), g.name()),
         }
     }
 }
 
-/// A short name for messages ("cpu", "cuda:0").
-pub fn describe(d: &Device) -> String {
-    match d {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(_) => match d.location() {
-            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-            _ => "cuda".into(),
+/// Parses a device name and opens it. `auto` picks the first CUDA GPU when nerp is built with
+/// the `cuda` feature and the driver reports one, else the CPU; [`open_auto`] also says why.
+pub fn open(name: &str) -> Result<Device> {
+    if name == "auto" {
+        return Ok(open_auto().0);
+    }
+    if name == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match name.strip_prefix("cuda") {
+        Some("") => Some(0),
+        Some(rest) => rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()),
+        None => None,
+    };
+    let ordinal = ordinal.ok_or_else(|| Error::Device {
+        device: name.into(),
+        what: "expected auto, cpu, cuda or cuda:N".into(),
+    })?;
+    Ok(Device::Cuda(Arc::new(Gpu::open(ordinal)?)))
+}
+
+/// The `auto` choice and, when it is the CPU, why no GPU was used.
+pub fn open_auto() -> (Device, Option<String>) {
+    match Gpu::unavailable_reason() {
+        Some(why) => (Device::Cpu, Some(why)),
+        None => match Gpu::open(0) {
+            Ok(g) => (Device::Cuda(Arc::new(g)), None),
+            Err(e) => (Device::Cpu, Some(e.to_string())),
         },
-        Device::Metal(_) => "metal".into(),
     }
 }

@@ -35,6 +35,9 @@ pub enum Error {
     /// A device was requested that is not available in this build or on this machine.
     #[error("device {device}: {what}")]
     Device { device: String, what: String },
+    /// A GPU operation failed while regenerating (driver, cuBLAS or kernel error).
+    #[error("GPU {device}: {what}")]
+    Gpu { device: String, what: String },
     /// candle reported an error during a tensor computation.
     #[error("tensor computation: {0}")]
     Candle(#[from] candle_core::Error),

@@ -22,6 +22,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod format;
+pub mod gpu;
 pub mod ingest;
 pub mod mmap;
 pub mod npy;
@@ -32,6 +33,7 @@ pub mod runtime;
 #[cfg(feature = "compress")]
 pub mod train;
 
+pub use device::Device;
 pub use error::{Error, FormatError, Result};
 pub use format::NerpFile;
 
@@ -42,6 +44,6 @@ pub fn open(path: impl AsRef<std::path::Path>) -> Result<NerpFile> {
 
 /// Opens a `.nerp` file compressed from ONNX, regenerates its weights on `device` and returns
 /// the model ready to run in tract.
-pub fn load_model(path: impl AsRef<std::path::Path>, device: &candle_core::Device) -> Result<runtime::Model> {
+pub fn load_model(path: impl AsRef<std::path::Path>, device: &Device) -> Result<runtime::Model> {
     runtime::Model::from_file(&open(path)?, device)
 }

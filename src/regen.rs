@@ -1,11 +1,12 @@
 //! File + device → weights: runs the predictor over every coordinate, undoes the ordering and
 //! scaling, and decodes the raw tensors.
 
+use crate::device::Device;
 use crate::error::{Error, FormatError, Result};
-use crate::format::{read, DType, NerpFile, Storage};
+use crate::format::{read, DType, NerpFile, PredictorSpec, Storage};
 use crate::plan::{self, LayerPlan};
-use crate::predictor::{Predictor, OUTPUTS};
-use candle_core::{Device, Tensor};
+use crate::predictor::{self, Predictor, OUTPUTS};
+use candle_core::Tensor;
 
 /// Coordinates run through the predictor at once.
 pub const BATCH: usize = 1 << 16;
@@ -56,9 +57,33 @@ pub fn layer_plans(file: &NerpFile) -> Result<Vec<LayerPlan>> {
 /// Runs the predictor over all chain positions of `plans` (in order), `BATCH` rows at a time;
 /// returns the predictions, `N×9` in chain order, on the CPU.
 pub fn predict_layers(predictor: &Predictor, plans: &[LayerPlan], layers: u32) -> Result<Vec<f32>> {
-    let coords: Vec<f32> =
-        plans.iter().flat_map(|p| plan::coordinates(p.layer, layers, p.filters, p.channels)).collect();
-    predict_coords(predictor, &coords)
+    predict_coords(predictor, &layer_coordinates(plans, layers))
+}
+
+/// The flat `N×3` coordinates of all chain positions of `plans`, in order.
+pub fn layer_coordinates(plans: &[LayerPlan], layers: u32) -> Vec<f32> {
+    plans.iter().flat_map(|p| plan::coordinates(p.layer, layers, p.filters, p.channels)).collect()
+}
+
+/// Runs the stored predictor (`spec`, its section's bytes) over `plans` on `device`.
+fn predict_stored(
+    spec: &PredictorSpec,
+    stored: &[u8],
+    plans: &[LayerPlan],
+    device: &Device,
+) -> Result<Vec<f32>> {
+    match device {
+        Device::Cpu => {
+            let p = Predictor::from_stored(spec, stored, &candle_core::Device::Cpu)?;
+            predict_layers(&p, plans, spec.layers)
+        }
+        Device::Cuda(gpu) => gpu.predict(
+            spec.hidden as usize,
+            spec.embedding,
+            &predictor::decode_weights(spec.dtype, stored),
+            &layer_coordinates(plans, spec.layers),
+        ),
+    }
 }
 
 /// Runs the predictor over flat `N×3` coordinates, `BATCH` rows at a time.
@@ -79,8 +104,7 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
     let plans = layer_plans(file)?;
     let predicted = match &h.predictor {
         Some(spec) if !plans.is_empty() => {
-            let p = Predictor::from_stored(spec, &file.decode_section(spec.section)?, device)?;
-            predict_layers(&p, &plans, spec.layers)?
+            predict_stored(spec, &file.decode_section(spec.section)?, &plans, device)?
         }
         _ => Vec::new(),
     };

@@ -66,7 +66,7 @@ impl Model {
     }
 
     /// Regenerates a `.nerp` file's weights on `device` and builds its model (ONNX sources).
-    pub fn from_file(file: &NerpFile, device: &candle_core::Device) -> Result<Self> {
+    pub fn from_file(file: &NerpFile, device: &crate::Device) -> Result<Self> {
         let weights = crate::regen::regenerate(file, device)?;
         Self::from_proto(&rebuild_onnx(file, &weights)?)
     }

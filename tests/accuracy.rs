@@ -35,7 +35,7 @@ fn small_budget_compression_keeps_most_of_the_accuracy() {
     let pre = Preprocess::parse(common::PREPROCESS).unwrap();
     let data = data::load(&DataSource::FashionMnist(None), Split::Test, Some(1000), &pre).unwrap();
     assert_eq!(data.len(), 1000);
-    let regenerated = nerp::load_model(&out, &candle_core::Device::Cpu).unwrap();
+    let regenerated = nerp::load_model(&out, &nerp::Device::Cpu).unwrap();
     let original = runtime::Model::from_onnx_file(&bundled_model()).unwrap();
     let r = eval::evaluate(&regenerated, Some(&original), &data, 2, &|_| {}).unwrap();
     let orig = r.original_accuracy.unwrap();

@@ -35,7 +35,7 @@ fn random_predictor_file_opens_regenerates_and_runs() {
     let h = file.header();
     let predicted = h.tensors.iter().filter(|t| matches!(t.storage, Storage::Predicted { .. })).count();
     assert_eq!(predicted, 21, "ResNet-20 has 19 3×3 and 2 1×1 (projection) convolutions");
-    let weights = regen::regenerate(&file, &Device::Cpu).unwrap();
+    let weights = regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
     assert_eq!(weights.len(), h.tensors.len());
     let model = runtime::Model::from_proto(&runtime::rebuild_onnx(&file, &weights).unwrap()).unwrap();
     let x = noise(3 * 28 * 28, 9);
@@ -54,7 +54,7 @@ fn regenerated_weights_equal_the_predictor_forward_bit_for_bit() {
         plans.iter().flat_map(|p| plan::coordinates(p.layer, layers, p.filters, p.channels)).collect();
     let c = Tensor::from_slice(&coords, (coords.len() / 3, 3), &Device::Cpu).unwrap();
     let all = predictor.predict(&c).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let weights = regen::regenerate(&file, &Device::Cpu).unwrap();
+    let weights = regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
     let mut at = 0;
     for p in &plans {
         let n = p.kernels() * 9;
@@ -74,7 +74,7 @@ fn regenerated_weights_equal_the_predictor_forward_bit_for_bit() {
 fn raw_tensors_come_back_byte_exact() {
     let (file, _) = random_predictor_file(WeightDtype::Bf16);
     let source = ingest::load(&shared_model(RESNET20)).unwrap();
-    let weights = regen::regenerate(&file, &Device::Cpu).unwrap();
+    let weights = regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
     for (w, s) in weights.iter().zip(&source.tensors) {
         assert_eq!(w.name, s.name);
         assert_eq!(w.shape, s.shape);
@@ -103,7 +103,7 @@ fn cli_decompress_gives_exactly_the_in_process_outputs() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let in_process = nerp::load_model(&nerp_path, &Device::Cpu).unwrap();
+    let in_process = nerp::load_model(&nerp_path, &nerp::Device::Cpu).unwrap();
     let from_file = runtime::Model::from_onnx_file(&onnx_path).unwrap();
     let x = noise(5 * 28 * 28, 4);
     let a = in_process.run_f32(&x, &[5, 1, 28, 28]).unwrap();
@@ -127,7 +127,7 @@ fn safetensors_source_round_trips() {
     let (nerp_path, out) = (dir.path().join("s.nerp"), dir.path().join("s.safetensors"));
     nerp::format::write_atomic(&nerp_path, &bytes).unwrap();
     let file = nerp::open(&nerp_path).unwrap();
-    let weights = regen::regenerate(&file, &Device::Cpu).unwrap();
+    let weights = regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
     runtime::write_safetensors(&file, &weights, &out).unwrap();
     let back = ingest::load(&out).unwrap();
     assert_eq!(back.tensors.len(), model.tensors.len());

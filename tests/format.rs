@@ -330,7 +330,7 @@ fn exercise(file: &NerpFile) {
         let _ = file.decode_section(i);
     }
     if nerp::regen::layer_plans(file).is_ok() {
-        let _ = nerp::regen::regenerate(file, &candle_core::Device::Cpu);
+        let _ = nerp::regen::regenerate(file, &nerp::Device::Cpu);
     }
 }
 
@@ -374,7 +374,7 @@ fn empty_file_is_valid() {
     let file = open_bytes(bytes);
     assert_eq!(file.header().source, source);
     assert!(file.header().sections.is_empty());
-    assert!(nerp::regen::regenerate(&file, &candle_core::Device::Cpu).unwrap().is_empty());
+    assert!(nerp::regen::regenerate(&file, &nerp::Device::Cpu).unwrap().is_empty());
 }
 
 #[test]
@@ -1797,7 +1797,7 @@ fn frozen_fixture_opens() {
     );
     assert_eq!(&*file.decode_section(0).unwrap(), &skeleton_bytes()[..]);
 
-    let weights = nerp::regen::regenerate(&file, &candle_core::Device::Cpu).unwrap();
+    let weights = nerp::regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
     assert_eq!(weights.len(), h.tensors.len());
     for (w, t) in weights.iter().zip(&h.tensors) {
         assert_eq!((&w.name, w.dtype, &w.shape), (&t.name, t.dtype, &t.shape));

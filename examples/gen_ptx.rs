@@ -1,0 +1,18 @@
+//! Compiles src/gpu/kernels.cu to src/gpu/kernels.ptx with NVRTC (no GPU needed).
+//! Run through tools/gen_ptx.sh, which fetches NVRTC from PyPI.
+
+fn main() {
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/gpu/kernels.ptx");
+    let result = match nerp::gpu::compile_kernels() {
+        None => Err("NVRTC (libnvrtc.so) not found; run tools/gen_ptx.sh".to_string()),
+        Some(Ok(ptx)) => nerp::format::write_atomic(&out, ptx.as_bytes()).map_err(|e| e.to_string()),
+        Some(Err(e)) => Err(format!("NVRTC could not compile src/gpu/kernels.cu: {e}")),
+    };
+    match result {
+        Ok(()) => println!("wrote {}", out.display()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}
