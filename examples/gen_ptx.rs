@@ -4,7 +4,7 @@
 fn main() {
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/gpu/kernels.ptx");
     let result = match nerp::gpu::compile_kernels() {
-        None => Err("NVRTC (libnvrtc.so) not found; run tools/gen_ptx.sh".to_string()),
+        None => Err("NVRTC 12.4 (libnvrtc.so.12) not found; run tools/gen_ptx.sh".to_string()),
         Some(Ok(ptx)) => nerp::format::write_atomic(&out, ptx.as_bytes()).map_err(|e| e.to_string()),
         Some(Err(e)) => Err(format!("NVRTC could not compile src/gpu/kernels.cu: {e}")),
     };

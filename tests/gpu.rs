@@ -108,7 +108,7 @@ fn device_names_are_checked() {
 #[test]
 fn committed_ptx_is_up_to_date() {
     let Some(ptx) = nerp::gpu::compile_kernels() else {
-        eprintln!("skipped committed_ptx_is_up_to_date: NVRTC not found (tools/gen_ptx.sh fetches it)");
+        eprintln!("skipped committed_ptx_is_up_to_date: NVRTC 12.4 not found (tools/gen_ptx.sh fetches it)");
         return;
     };
     let ptx = ptx.expect("kernels.cu compiles");

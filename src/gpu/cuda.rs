@@ -44,11 +44,21 @@ fn missing_library() -> Option<&'static str> {
     None
 }
 
-/// Compiles [`KERNELS_CU`] to PTX with NVRTC (what tools/gen_ptx.sh commits as `kernels.ptx`);
-/// `None` when NVRTC cannot be loaded.
+/// The NVRTC release that made `kernels.ptx` (tools/gen_ptx.sh pins it).
+pub const NVRTC_VERSION: (i32, i32) = (12, 4);
+
+/// Compiles [`KERNELS_CU`] to PTX as tools/gen_ptx.sh does; `None` unless NVRTC
+/// [`NVRTC_VERSION`] can be loaded (other releases write different PTX, and 13.x no longer
+/// targets `compute_70`).
 pub fn compile_kernels() -> Option<std::result::Result<String, String>> {
     // SAFETY: only tries to dlopen libnvrtc under its usual names.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return None;
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: nvrtcVersion writes two ints.
+    let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    if status != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS || (major, minor) != NVRTC_VERSION {
         return None;
     }
     let opts = cudarc::nvrtc::CompileOptions {
