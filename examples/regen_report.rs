@@ -4,17 +4,14 @@
 //!
 //! ```sh
 //! cargo run --release --features cuda --example regen_report -- \
-//!     [--repeat 7] [--hidden 180] [--wide 256x18] [--out report.md] MODEL.onnx ...
+//!     [--repeat 7] [--hidden 180] [--wide 256x17] [--out report.md] MODEL.onnx ...
 //! ```
 //! Each model is compressed with an untrained predictor of `--hidden` units (f16, default options):
 //! the predictor's values do not change the cost of regenerating. `--wide CxL` adds a synthetic
-//! convnet of L 3×3 convolutions with C channels (256x18 = 10.6 M weights).
+//! convnet (`nerp::synth::conv_stack_onnx`) of L 3×3 convolutions with C channels (256x17 = 10.0 M weights).
 
-#[path = "support/wide_convnet.rs"]
-mod wide_convnet;
-
-use nerp::compress::{build_file, make_plan, CompressOptions};
-use nerp::{device, regen, runtime, train, Device};
+use nerp::format::WeightDtype;
+use nerp::{device, regen, runtime, synth, Device};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -65,14 +62,9 @@ fn median_ms<T>(repeat: usize, mut f: impl FnMut() -> nerp::Result<T>) -> nerp::
     Ok(times[repeat / 2])
 }
 
-/// Writes `onnx`'s .nerp with an untrained predictor next to `dir` and returns its path.
+/// Writes `onnx`'s .nerp with an untrained predictor into `dir` and returns its path.
 fn random_predictor_nerp(onnx: &Path, hidden: usize, dir: &Path) -> nerp::Result<PathBuf> {
-    let model = nerp::ingest::load(onnx)?;
-    let opts = CompressOptions::default();
-    let (plans, values) = make_plan(&model, &opts)?;
-    let p = train::init_predictor(hidden, opts.embedding, 1, &candle_core::Device::Cpu)?
-        .rounded(opts.predictor_dtype)?;
-    let (bytes, ..) = build_file(&model, &plans, &values, Some(&p), &opts)?;
+    let (bytes, _) = synth::untrained_file(&nerp::ingest::load(onnx)?, hidden, WeightDtype::F16, 1)?;
     let stem = onnx.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
     let path = dir.join(format!("{stem}-h{hidden}.nerp"));
     nerp::format::write_atomic(&path, &bytes)?;
@@ -98,8 +90,8 @@ fn run() -> Result<String, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut models = a.models.clone();
     if let Some((c, l)) = a.wide {
-        let path = dir.path().join(format!("wide_convnet_{c}x{l}.onnx"));
-        nerp::format::write_atomic(&path, &wide_convnet::wide_convnet(c, l, 7)).map_err(|e| e.to_string())?;
+        let path = dir.path().join(format!("conv_stack_{c}x{l}.onnx"));
+        nerp::format::write_atomic(&path, &synth::conv_stack_onnx(c, l, 7)).map_err(|e| e.to_string())?;
         models.push(path);
     }
     if models.is_empty() {

@@ -160,6 +160,25 @@ impl CompressOptions {
     }
 }
 
+impl CompressOptions {
+    /// The training schedule `compress` uses for a predictor of width `hidden`.
+    pub fn train_config(&self, hidden: usize) -> TrainConfig {
+        TrainConfig {
+            hidden,
+            embedding: self.embedding,
+            steps: self.steps,
+            batch: self.batch,
+            lr: self.lr,
+            lr_min: 1e-6,
+            warmup: (self.steps / 50).max(1),
+            betas: (0.9, 0.999),
+            weight_decay: 0.0,
+            magnitude_fraction: 0.2,
+            seed: self.seed,
+        }
+    }
+}
+
 /// Most training steps accepted.
 pub const MAX_STEPS: usize = 100_000_000;
 
@@ -240,19 +259,7 @@ pub fn compress(
     let predictor = if plans.is_empty() {
         None
     } else {
-        let cfg = TrainConfig {
-            hidden,
-            embedding: opts.embedding,
-            steps: opts.steps,
-            batch: opts.batch,
-            lr: opts.lr,
-            lr_min: 1e-6,
-            warmup: (opts.steps / 50).max(1),
-            betas: (0.9, 0.999),
-            weight_decay: 0.0,
-            magnitude_fraction: 0.2,
-            seed: opts.seed,
-        };
+        let cfg = opts.train_config(hidden);
         let data = train_data(&plans, &values);
         let (p, losses) = train::train(&cfg, &data, None, &device, progress)?;
         final_loss = losses.last().copied().unwrap_or(f64::NAN);

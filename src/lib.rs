@@ -14,6 +14,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "compress")]
+pub mod baselines;
 pub mod cli;
 #[cfg(feature = "compress")]
 pub mod compress;
@@ -30,6 +32,8 @@ pub mod plan;
 pub mod predictor;
 pub mod regen;
 pub mod runtime;
+#[cfg(feature = "compress")]
+pub mod synth;
 #[cfg(feature = "compress")]
 pub mod train;
 

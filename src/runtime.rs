@@ -20,8 +20,13 @@ pub fn rebuild_onnx(file: &NerpFile, weights: &[WeightTensor]) -> Result<ModelPr
             file.path().display()
         )));
     };
-    let skeleton = file.decode_section(section)?;
-    let mut model = ingest::onnx::decode_model(&skeleton)
+    patch_skeleton(&file.decode_section(section)?, weights)
+}
+
+/// Decodes an ONNX skeleton (a model whose tensors' data was taken out, in the order of
+/// [`ingest::onnx::tensor_slots`]) and puts `weights` back in, checking names, dtypes and shapes.
+pub fn patch_skeleton(skeleton: &[u8], weights: &[WeightTensor]) -> Result<ModelProto> {
+    let mut model = ingest::onnx::decode_model(skeleton)
         .map_err(|e| Error::Rebuild(format!("skeleton is not a valid ONNX protobuf: {e}")))?;
     let graph = model.graph.as_mut().ok_or_else(|| Error::Rebuild("skeleton has no graph".into()))?;
     let slots = ingest::onnx::tensor_slots(graph);

@@ -4,9 +4,8 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::{noise, shared_model};
-use nerp::compress::{build_file, make_plan, CompressOptions};
 use nerp::format::{Storage, WeightDtype};
-use nerp::{ingest, plan, regen, runtime, train};
+use nerp::{ingest, plan, regen, runtime};
 use std::process::Command;
 
 const RESNET20: &str = "resnet20_fashion_mnist.onnx";
@@ -14,10 +13,7 @@ const RESNET20: &str = "resnet20_fashion_mnist.onnx";
 /// The bytes of a .nerp of the shared ResNet-20 with an untrained (random) predictor.
 fn random_predictor_parts(dtype: WeightDtype) -> (Vec<u8>, nerp::predictor::Predictor) {
     let model = ingest::load(&shared_model(RESNET20)).unwrap();
-    let opts = CompressOptions { predictor_dtype: dtype, ..Default::default() };
-    let (plans, values) = make_plan(&model, &opts).unwrap();
-    let p = train::init_predictor(24, opts.embedding, 3, &Device::Cpu).unwrap().rounded(dtype).unwrap();
-    (build_file(&model, &plans, &values, Some(&p), &opts).unwrap().0, p)
+    nerp::synth::untrained_file(&model, 24, dtype, 3).unwrap()
 }
 
 fn random_predictor_bytes(dtype: WeightDtype) -> Vec<u8> {
@@ -115,14 +111,8 @@ fn cli_decompress_gives_exactly_the_in_process_outputs() {
 fn safetensors_source_round_trips() {
     let path = shared_model("resnet20_fashion_mnist.safetensors");
     let model = ingest::load(&path).unwrap();
-    let opts = CompressOptions::default();
-    let (plans, values) = make_plan(&model, &opts).unwrap();
-    assert!(!plans.is_empty());
-    let p = train::init_predictor(16, opts.embedding, 1, &Device::Cpu)
-        .unwrap()
-        .rounded(opts.predictor_dtype)
-        .unwrap();
-    let (bytes, _, _) = build_file(&model, &plans, &values, Some(&p), &opts).unwrap();
+    assert!(model.tensors.iter().any(|t| t.conv_kernel));
+    let (bytes, _) = nerp::synth::untrained_file(&model, 16, WeightDtype::F16, 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (nerp_path, out) = (dir.path().join("s.nerp"), dir.path().join("s.safetensors"));
     nerp::format::write_atomic(&nerp_path, &bytes).unwrap();

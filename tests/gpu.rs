@@ -4,12 +4,10 @@
 
 mod common;
 
-use candle_core::Device as CandleDevice;
 use common::shared_model;
-use nerp::compress::{build_file, make_plan, CompressOptions};
 use nerp::format::WeightDtype;
 use nerp::gpu::Gpu;
-use nerp::{device, ingest, regen, train, Device, Error};
+use nerp::{device, regen, Device, Error};
 
 /// Largest allowed |GPU − CPU| difference, relative to the tensor's largest |weight|. cuBLAS sums
 /// in a different order than the CPU's GEMM and CUDA's sinf/cosf may differ from the CPU's by
@@ -26,13 +24,10 @@ fn gpu_or_skip(test: &str) -> Option<Device> {
     }
 }
 
-/// A .nerp of the shared ResNet-20 with an untrained predictor of `hidden` units.
+/// A .nerp of the shared ResNet-20 with an untrained predictor of `hidden` units (f32).
 fn random_predictor_file(hidden: usize, seed: u64) -> nerp::NerpFile {
-    let model = ingest::load(&shared_model("resnet20_fashion_mnist.onnx")).unwrap();
-    let opts = CompressOptions { predictor_dtype: WeightDtype::F32, ..Default::default() };
-    let (plans, values) = make_plan(&model, &opts).unwrap();
-    let p = train::init_predictor(hidden, opts.embedding, seed, &CandleDevice::Cpu).unwrap();
-    let bytes = build_file(&model, &plans, &values, Some(&p), &opts).unwrap().0;
+    let model = nerp::ingest::load(&shared_model("resnet20_fashion_mnist.onnx")).unwrap();
+    let (bytes, _) = nerp::synth::untrained_file(&model, hidden, WeightDtype::F32, seed).unwrap();
     nerp::NerpFile::from_bytes(bytes, "random.nerp").unwrap()
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (from the repository root, after tools/gpu_bench_prepare.sh was run on
 # the build machine and target/gpu-bench carried over): the GPU-vs-CPU test and the CPU-vs-GPU
-# regeneration report for ResNet-20, ResNet-56 and a 10.6 M-weight synthetic convnet.
+# regeneration report for ResNet-20, ResNet-56 and a 10.0 M-weight synthetic convnet.
 # Writes everything to ${OUT:-target/gpu-bench/out}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +21,5 @@ mkdir -p ../shared/models && cp $bench/*.onnx ../shared/models/ 2>/dev/null
   nproc
 } 2>&1 | tee "$out/machine.txt"
 "$bench/gpu-test" --nocapture --test-threads 1 2>&1 | tee "$out/gpu-test.txt"
-"$bench/regen_report" --repeat "${REPEAT:-7}" --wide 256x18 --out "$out/regen_report.md" \
+"$bench/regen_report" --repeat "${REPEAT:-7}" --wide 256x17 --out "$out/regen_report.md" \
   $bench/resnet20_fashion_mnist.onnx $bench/resnet56_fashion_mnist.onnx 2>&1 | tee "$out/regen_report.txt"

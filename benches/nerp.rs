@@ -1,0 +1,131 @@
+//! Criterion benchmarks of reading, regenerating and loading `.nerp` files on the CPU; see
+//! benches/README.md. Files carry an untrained predictor (`nerp::synth`): the work of reading
+//! and regenerating does not depend on the predictor's values.
+//!
+//! Models: the shared Fashion-MNIST ResNet-20 (`../shared/models`, or the copy in
+//! `examples/models`), and a synthetic stack of 17 convolutions 256→256 3×3 (10.0 M predicted
+//! weights).
+
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
+use nerp::format::{Storage, WeightDtype};
+use nerp::Device;
+use nerp::{ingest, regen, runtime, synth};
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const DEVICE: &str = "cpu";
+/// Predictor width of the benchmarked files (nerp's default).
+const HIDDEN: usize = 180;
+const RESNET20: &str = "resnet20_fashion_mnist.onnx";
+/// The synthetic model: `LAYERS` kernels of `CHANNELS`×`CHANNELS`×3×3.
+const CHANNELS: usize = 256;
+const LAYERS: usize = 17;
+
+fn shared_model(name: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/models").join(name);
+    if shared.exists() {
+        shared
+    } else {
+        root.join("examples/models").join(name)
+    }
+}
+
+/// Writes an untrained-predictor `.nerp` of the model at `source` into `dir`.
+fn nerp_of(source: &Path, dir: &Path, name: &str) -> PathBuf {
+    let model = ingest::load(source).expect("source model");
+    let (bytes, _) = synth::untrained_file(&model, HIDDEN, WeightDtype::F16, 0).expect("build .nerp");
+    let path = dir.join(name);
+    nerp::format::write_atomic(&path, &bytes).expect("write .nerp");
+    path
+}
+
+/// Values of the predicted tensors of a file.
+fn predicted_weights(file: &nerp::NerpFile) -> u64 {
+    let h = file.header();
+    let predicted = h.tensors.iter().filter(|t| matches!(t.storage, Storage::Predicted { .. }));
+    predicted.map(|t| t.shape.iter().product::<u64>()).sum()
+}
+
+struct Fixtures {
+    _dir: tempfile::TempDir,
+    onnx: PathBuf,
+    resnet20: PathBuf,
+    big: PathBuf,
+}
+
+fn fixtures() -> Fixtures {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let onnx = shared_model(RESNET20);
+    let resnet20 = nerp_of(&onnx, dir.path(), "resnet20.nerp");
+    let stack = dir.path().join("conv_stack.safetensors");
+    std::fs::write(&stack, synth::conv_stack_safetensors(CHANNELS, LAYERS, 0).expect("synthetic model"))
+        .expect("write synthetic model");
+    let big = nerp_of(&stack, dir.path(), "conv_stack_10m.nerp");
+    Fixtures { _dir: dir, onnx, resnet20, big }
+}
+
+fn short<'a>(c: &'a mut Criterion, name: &str, secs: u64) -> criterion::BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(format!("{name}/{DEVICE}"));
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(secs));
+    // One run per sample when a run is long: `cargo bench` stays within a few minutes.
+    g.sampling_mode(SamplingMode::Flat);
+    g
+}
+
+fn benches(c: &mut Criterion) {
+    let fx = fixtures();
+    let models = [("resnet20", &fx.resnet20), ("conv_stack_10m", &fx.big)];
+
+    let mut g = short(c, "open", 3);
+    for (name, path) in models {
+        g.bench_with_input(BenchmarkId::new("header_only", name), path, |b, p| {
+            b.iter(|| black_box(nerp::format::read_header(p).expect("header")))
+        });
+        g.bench_with_input(BenchmarkId::new("full_validation", name), path, |b, p| {
+            b.iter(|| black_box(nerp::open(p).expect("open")))
+        });
+    }
+    g.finish();
+
+    let cpu = Device::Cpu;
+    let mut g = short(c, "regenerate", 5);
+    for (name, path) in models {
+        let file = nerp::open(path).expect("open");
+        g.throughput(Throughput::Elements(predicted_weights(&file)));
+        g.bench_function(BenchmarkId::new(format!("h{HIDDEN}_f16"), name), |b| {
+            b.iter(|| black_box(regen::regenerate(&file, &cpu).expect("regenerate")))
+        });
+    }
+    g.finish();
+
+    // The same graph reaches tract either way; only the weight values differ.
+    let original = runtime::Model::from_onnx_file(&fx.onnx).expect("original model");
+    let regenerated = nerp::load_model(&fx.resnet20, &cpu).expect("regenerated model");
+    let mut g = short(c, "inference_resnet20", 3);
+    for batch in [1usize, 4] {
+        let x = vec![0.1f32; batch * 28 * 28];
+        let shape = [batch, 1, 28, 28];
+        g.throughput(Throughput::Elements(batch as u64));
+        for (which, model) in [("original_onnx", &original), ("regenerated_nerp", &regenerated)] {
+            g.bench_function(BenchmarkId::new(which, format!("batch{batch}")), |b| {
+                b.iter(|| black_box(model.run_f32(&x, &shape).expect("run")))
+            });
+        }
+    }
+    g.finish();
+
+    let mut g = short(c, "load_to_ready_resnet20", 5);
+    g.bench_function("original_onnx", |b| {
+        b.iter(|| black_box(runtime::Model::from_onnx_file(&fx.onnx).expect("load")))
+    });
+    g.bench_function(format!("nerp_h{HIDDEN}_f16"), |b| {
+        b.iter(|| black_box(nerp::load_model(&fx.resnet20, &cpu).expect("load")))
+    });
+    g.finish();
+}
+
+criterion_group!(nerp_benches, benches);
+criterion_main!(nerp_benches);
