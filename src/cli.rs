@@ -98,9 +98,16 @@ pub struct CompressArgs {
     /// Do not normalize each filter by its RMS before fitting.
     #[arg(long)]
     pub no_filter_scales: bool,
-    /// Convolution kernels with fewer values are stored raw instead of predicted.
+    /// Tensors with fewer values are stored raw instead of predicted.
     #[arg(long, default_value_t = crate::compress::DEFAULT_MIN_VALUES)]
     pub min_values: usize,
+    /// Predict only tensors whose name matches PATTERN (`*` any run, `?` one character; whole
+    /// name; repeatable). Overrides the size thresholds; see "Which tensors are predicted".
+    #[arg(long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Store tensors whose name matches PATTERN raw (repeatable; wins over --include).
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
     /// Random seed (same input, options and seed give the same bytes).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -232,7 +239,11 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         embedding: format::Embedding { base: a.pe_base, levels: a.pe_levels },
         predictor_dtype: a.predictor_dtype,
         filter_scales: !a.no_filter_scales,
-        min_values: a.min_values,
+        selection: crate::select::Selection {
+            include: a.include,
+            exclude: a.exclude,
+            min_values: a.min_values,
+        },
         seed: a.seed,
         ..CompressOptions::default()
     };
@@ -291,11 +302,15 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
         "{:<40} {:>18} {:>9} {:>10} {:>8} {:>10} -> {:>9}",
         "tensor", "shape", "stored", "rmse", "rel", "bytes", "bytes"
     );
+    let mut raw_reasons: Vec<String> = Vec::new();
     for t in &r.tensors {
         let shape = format!("{:?}", t.shape);
         let (kind, rmse, rel) = if t.predicted {
-            ("predicted", format!("{:.5}", t.rmse), format!("{:.2}%", 100.0 * t.rel_error))
+            (t.stored.as_str(), format!("{:.5}", t.rmse), format!("{:.2}%", 100.0 * t.rel_error))
         } else {
+            if t.stored.len() > 4 && !raw_reasons.contains(&t.stored) {
+                raw_reasons.push(t.stored.clone());
+            }
             ("raw", "-".into(), "-".into())
         };
         println!(
@@ -308,6 +323,10 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
             t.bytes_before,
             t.bytes_after
         );
+    }
+    for why in raw_reasons {
+        let n = r.tensors.iter().filter(|t| t.stored == why).count();
+        println!("{n} tensor(s) {why}");
     }
     println!(
         "predictor: hidden {}, {} parameters for {} weights ({:.2}x); weight RMSE {:.5}; final loss {:.5}",
@@ -337,13 +356,13 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 fn inspect(path: &Path, json: bool) -> Result<()> {
-    let (h, file_len) = format::read_header(path)?;
+    let (h, file_len, major) = format::read::read_header_version(path)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&h).expect("serializes"));
         return Ok(());
     }
     let header_bytes = serde_json::to_vec(&h).expect("serializes").len();
-    println!("{}: nerp format v{}, {} bytes", path.display(), format::MAJOR, file_len);
+    println!("{}: nerp format v{major}, {} bytes", path.display(), file_len);
     println!(
         "source: {:?}, {} bytes ({:.2}x)",
         h.source.kind,
@@ -378,9 +397,10 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
     for t in &h.tensors {
         let (kind, bytes) = match t.storage {
             Storage::Raw { section } => ("raw", h.sections[section].length),
-            Storage::Predicted { permutation, scales, .. } => {
-                ("predicted", h.sections[permutation].length + scales.map_or(0, |s| h.sections[s].length))
-            }
+            Storage::Predicted { permutation, scales, layout, .. } => (
+                if layout == format::Layout::Conv { "predicted" } else { "pred:matrix" },
+                h.sections[permutation].length + scales.map_or(0, |s| h.sections[s].length),
+            ),
         };
         println!(
             "{:<40} {:>6} {:>18} {:>10} {:>10}",

@@ -21,6 +21,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod fidelity;
 pub mod format;
 pub mod ingest;
 pub mod mmap;
@@ -29,6 +30,7 @@ pub mod plan;
 pub mod predictor;
 pub mod regen;
 pub mod runtime;
+pub mod select;
 #[cfg(feature = "compress")]
 pub mod train;
 
