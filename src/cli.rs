@@ -114,6 +114,10 @@ pub struct CompressArgs {
     /// Input preprocessing stored for `nerp eval`, e.g. "mean=0.286,std=0.353".
     #[arg(long)]
     pub preprocess: Option<String>,
+    /// Concrete f32 input shape for models with dynamic dimensions, e.g. 1,3,48,320 (one per
+    /// input, in order); stored in the file for `run` and `eval`.
+    #[arg(long, value_name = "DIMS")]
+    pub input_shape: Vec<String>,
     /// No progress bar and no per-tensor report.
     #[arg(short, long)]
     pub quiet: bool,
@@ -250,6 +254,11 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
     if let Some(p) = &a.preprocess {
         let pre = Preprocess::parse(p)?;
         opts.metadata.insert(PREPROCESS_KEY.into(), serde_json::to_string(&pre).expect("serializes"));
+    }
+    if !a.input_shape.is_empty() {
+        let shapes = a.input_shape.iter().map(|s| runtime::parse_shape(s)).collect::<Result<Vec<_>>>()?;
+        opts.metadata
+            .insert(runtime::INPUT_SHAPES_KEY.into(), serde_json::to_string(&shapes).expect("serializes"));
     }
     let report = compress_with_progress(&a.input, &a.output, &opts, a.quiet)?;
     if !a.quiet {

@@ -172,10 +172,7 @@ pub type Planned = (Vec<LayerPlan>, Vec<Vec<f32>>, Vec<Decision>);
 
 /// The predicted layers of a source model (grids, orderings, scales), their values, and the
 /// decision for every tensor.
-pub fn make_plan(
-    model: &SourceModel,
-    opts: &CompressOptions,
-) -> Result<Planned> {
+pub fn make_plan(model: &SourceModel, opts: &CompressOptions) -> Result<Planned> {
     let decisions = opts.selection.decide_all(model)?;
     let mut plans = Vec::new();
     let mut values = Vec::new();
@@ -229,9 +226,18 @@ pub fn compress(
     }
     let model = ingest::load(input)?;
     if opts.check_runnable && model.kind == SourceKind::Onnx {
-        crate::runtime::Model::from_onnx_file(input).map_err(|e| Error::Ingest {
+        let shapes = match opts.metadata.get(crate::runtime::INPUT_SHAPES_KEY) {
+            Some(json) => {
+                serde_json::from_str(json).map_err(|e| Error::usage("--input-shape", format!("{e}")))?
+            }
+            None => Vec::new(),
+        };
+        crate::runtime::Model::from_onnx_file_shaped(input, &shapes).map_err(|e| Error::Ingest {
             path: input.to_path_buf(),
-            what: format!("the inference engine cannot run this model, so nerp will not compress it: {e}"),
+            what: format!(
+                "the inference engine cannot run this model, so nerp will not compress it: {e} \
+                 (a model with dynamic input dimensions needs --input-shape, e.g. 1,3,224,224)"
+            ),
         })?;
     }
     let (plans, values, decisions) = make_plan(&model, opts)?;

@@ -38,8 +38,9 @@ impl LayerPlan {
 ///   `kh = 1`) and padded to `3·th × 3·tw` (`th = ceil(kh/3)`), centred (offset
 ///   `r0 = (3·th − kh)/2`); it gives `T = th·tw` tiles, block `(f, c·T + t)`. For `kh, kw ≤ 3`
 ///   this is NeRN's single centred 3×3 block (format 1).
-/// - [`Layout::Matrix`], shape `[d0, …, K]`: `R = d0·…` rows of `K` values, each cut into
-///   `ceil(K/9)` strips of 9 consecutive values; block `(r, g)`. The tail is padding.
+/// - [`Layout::Matrix`], shape `[d0, …, K, 1…]` (trailing unit dims dropped, so a 1×1 kernel
+///   `[F, C, 1, 1]` is `F × C`): `R = d0·…` rows of `K` values, each cut into `ceil(K/9)` strips
+///   of 9 consecutive values; block `(r, g)`. The tail is padding.
 ///
 /// Rows are filters or matrix rows; they are contiguous in the tensor, and carry the scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,10 +88,15 @@ impl Grid {
                 })
             }
             Layout::Matrix => {
-                let Some((&k, lead)) = shape.split_last().filter(|_| shape.len() >= 2) else {
+                if shape.len() < 2 {
                     return Err(format!("a matrix has rank 2 or more, found shape {shape:?}"));
+                }
+                // Trailing unit dimensions do not count: a 1×1 kernel [F, C, 1, 1] is [F, C].
+                let kept = shape.len() - shape.iter().rev().take_while(|&&d| d == 1).count();
+                let (k, rows) = match kept {
+                    0 => (1, 1),
+                    n => (shape[n - 1], shape[..n - 1].iter().product()),
                 };
-                let rows = lead.iter().product();
                 Ok(Grid {
                     layout,
                     rows,
@@ -415,6 +421,8 @@ mod tests {
             (Layout::Matrix, vec![5, 9]),
             (Layout::Matrix, vec![3, 1]),
             (Layout::Matrix, vec![2, 12, 5]),
+            (Layout::Matrix, vec![6, 20, 1, 1]),
+            (Layout::Matrix, vec![4, 1, 1]),
         ]
     }
 

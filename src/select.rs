@@ -4,7 +4,8 @@
 //! For each tensor, in this order (the first rule that applies decides):
 //! 1. not floating point → raw;
 //! 2. no predictor layout: a tensor the model uses as a convolution kernel (ONNX `Conv`,
-//!    `ConvTranspose` input 1; safetensors rank ≥ 4) gets [`Layout::Conv`]; a weight matrix
+//!    `ConvTranspose` input 1; safetensors rank ≥ 4) gets [`Layout::Conv`], except 1×1
+//!    (pointwise) kernels, which get [`Layout::Matrix`] (`[F, C, 1, 1]` as `F × C`); a weight matrix
 //!    (ONNX `Gemm`/`MatMul` constant operand, `LSTM`/`GRU`/`RNN` `W` and `R`, `Gather` table;
 //!    safetensors rank 2 or 3) gets [`Layout::Matrix`]. Rank < 2 tensors (biases, norms, scalars)
 //!    → raw; an ONNX tensor of rank ≥ 2 with no such use → raw, unless an `--include` pattern
@@ -12,9 +13,9 @@
 //! 3. matched by an `--exclude` pattern → raw (exclusion always wins);
 //! 4. if `--include` patterns are given: predicted iff matched by one (size thresholds do not
 //!    apply to an explicitly included tensor);
-//! 5. otherwise predicted iff it has at least `--min-values` values and, for matrices, at
-//!    least [`MIN_MATRIX_VALUES`] (a small classifier head costs little raw and its error
-//!    matters most).
+//! 5. otherwise predicted iff it has at least `--min-values` values and, for matrices other
+//!    than 1×1 kernels, at least [`MIN_MATRIX_VALUES`] (a small classifier head costs little
+//!    raw and its error matters most).
 //!
 //! Patterns are matched against the whole tensor name: `*` matches any run of characters
 //! (also none, also `.` and `/`), `?` exactly one character, everything else itself.
@@ -93,7 +94,10 @@ impl Selection {
         if t.shape.len() < 2 {
             return Err("rank < 2 (biases, norms and scalars stay raw)".into());
         }
+        let pointwise = t.shape.len() >= 3 && t.shape[2..].iter().all(|&d| d == 1);
         let layout = match (t.role, kind) {
+            // A 1×1 kernel is a matrix [F, C]: as 3×3 blocks it would use 1 cell of 9.
+            (Role::ConvKernel, _) if pointwise => Layout::Matrix,
             (Role::ConvKernel, _) => Layout::Conv,
             (Role::Matrix, _) => Layout::Matrix,
             (Role::Other, SourceKind::Safetensors) => Layout::Matrix,
@@ -129,7 +133,7 @@ impl Selection {
         if (numel as usize) < self.min_values {
             return Decision::Raw(format!("{numel} values < --min-values {}", self.min_values));
         }
-        if layout == Layout::Matrix && (numel as usize) < MIN_MATRIX_VALUES {
+        if layout == Layout::Matrix && t.role != Role::ConvKernel && (numel as usize) < MIN_MATRIX_VALUES {
             return Decision::Raw(format!(
                 "matrix of {numel} values < {MIN_MATRIX_VALUES} (name it with --include to predict it)"
             ));

@@ -35,7 +35,7 @@ const EXPECTED: [(&str, Layout); 14] = [
     ("dw.weight", Layout::Conv),
     ("dw5.weight", Layout::Conv),
     ("gc.weight", Layout::Conv),
-    ("pw.weight", Layout::Conv),
+    ("pw.weight", Layout::Matrix),
     ("up.weight", Layout::Conv),
     ("fc.weight", Layout::Matrix),
     ("emb.weight", Layout::Matrix),
@@ -65,13 +65,16 @@ fn every_weight_kind_gets_its_layout() {
     got.sort_by_key(|x| x.0);
     assert_eq!(got, expected);
 
-    // The default policy: every convolution, and no matrix (all are below the size threshold);
-    // each raw tensor says why.
+    // The default policy: every convolution (the 1×1 one as a matrix), and no other matrix (all
+    // are below the size threshold); each raw tensor says why.
     let defaults = Selection::default().decide_all(&model).unwrap();
     for (t, d) in model.tensors.iter().zip(&defaults) {
-        let conv = EXPECTED.iter().any(|(n, l)| *n == t.name && *l == Layout::Conv);
+        let conv = t.role == ingest::Role::ConvKernel;
         match d {
-            Decision::Predict(l) => assert!(conv && *l == Layout::Conv, "{} predicted by default", t.name),
+            Decision::Predict(l) => {
+                assert!(conv, "{} predicted by default", t.name);
+                assert_eq!(Some(l), EXPECTED.iter().find(|(n, _)| *n == t.name).map(|(_, l)| l));
+            }
             Decision::Raw(why) => {
                 assert!(!conv, "{} raw by default", t.name);
                 assert!(!why.is_empty());
@@ -153,7 +156,8 @@ fn locate(layout: Layout, shape: &[usize], e: usize) -> (usize, usize, usize, us
             (fi * cols + ci * tiles + t, (y % 3) * 3 + x % 3, fi, cols, f)
         }
         Layout::Matrix => {
-            let k = *shape.last().unwrap();
+            let kept = shape.len() - shape.iter().rev().take_while(|&&d| d == 1).count();
+            let k = if kept == 0 { 1 } else { shape[kept - 1] };
             let rows = shape.iter().product::<usize>() / k;
             let cols = k.div_ceil(9);
             let (r, x) = (e / k, e % k);
