@@ -31,10 +31,10 @@ OCR = {
     "rec": ("ppocr/rec.onnx", "1,3,48,320", "ctc", "rec.npy"),
 }
 BUDGETS = {
-    "cls": [(64, 1500, "crossfilter"), (128, 1500, "crossfilter"), (128, 1500, "none")],
-    "det": [(64, 1500, "crossfilter"), (160, 1500, "crossfilter"), (160, 1500, "none")],
-    "rec": [(64, 1500, "crossfilter"), (160, 1500, "crossfilter"), (160, 1500, "none")],
-    "minilm": [(128, 800, "none"), (256, 800, "none"), (256, 800, "crossfilter")],
+    "cls": [(48, 1000, "none"), (96, 1000, "none"), (96, 1000, "crossfilter")],
+    "det": [(64, 600, "none"), (128, 600, "none")],
+    "rec": [(64, 600, "none"), (128, 600, "none")],
+    "minilm": [(64, 400, "none"), (128, 400, "none")],
 }
 
 
