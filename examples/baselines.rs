@@ -1,11 +1,12 @@
 //! Baselines for docs/results/real-models.md, on the same weights as nerp: byte-grouped zstd
-//! (every tensor raw, lossless: a .nerp with nothing predicted) and fp16 (every f32 tensor
-//! rounded to f16).
+//! (every tensor raw, lossless: a .nerp with nothing predicted) and fp16 (every f32 weight
+//! tensor, i.e. of rank ≥ 2 as nerp predicts, rounded to f16; rank < 2 tensors such as
+//! BatchNorm variances stay f32: PP-OCR's detector has variances up to 1e8, beyond f16).
 //!
 //! `cargo run --release --example baselines -- MODEL OUT_DIR` writes `OUT_DIR/zstd.nerp`,
 //! `OUT_DIR/fp16.nerp` (the f16-rounded weights stored raw, to evaluate with `nerp eval`) and
 //! prints one JSON object: the original size, the zstd file size and time, and the size the
-//! model would have with its f32 tensors stored as f16 (original − half the f32 bytes).
+//! model would have with those f32 weights stored as f16 (original − half their bytes).
 
 use nerp::compress::{compress, CompressOptions};
 use nerp::format::{DType, SourceKind};
@@ -22,8 +23,9 @@ fn main() -> nerp::Result<()> {
     let (model, out) = (Path::new(model), Path::new(out));
     std::fs::create_dir_all(out).map_err(|e| nerp::Error::io(out, "creating", e))?;
     let source = nerp::ingest::load(model)?;
+    let is_weight = |dtype: DType, shape: &[u64]| dtype == DType::F32 && shape.len() >= 2;
     let f32_bytes: u64 =
-        source.tensors.iter().filter(|t| t.dtype == DType::F32).map(|t| t.data.len() as u64).sum();
+        source.tensors.iter().filter(|t| is_weight(t.dtype, &t.shape)).map(|t| t.data.len() as u64).sum();
     let raw = CompressOptions {
         selection: Selection { exclude: vec!["*".into()], ..Default::default() },
         check_runnable: false,
@@ -37,7 +39,7 @@ fn main() -> nerp::Result<()> {
     // The same weights rounded to f16 (kept as f32 so that the model is unchanged otherwise).
     let file = nerp::open(&zstd)?;
     let mut weights = nerp::regen::regenerate(&file, &candle_core::Device::Cpu)?;
-    for w in weights.iter_mut().filter(|w| w.dtype == DType::F32) {
+    for w in weights.iter_mut().filter(|w| is_weight(w.dtype, &w.shape)) {
         let v: Vec<f32> = w.to_f32().expect("f32").iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
         w.data = nerp::format::read::from_f32(DType::F32, &v).expect("f32");
     }

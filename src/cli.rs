@@ -500,7 +500,14 @@ fn decompress(path: &Path, output: &Path, device_name: &str) -> Result<()> {
 fn run_model(path: &Path, input: &Path, output: Option<&Path>, device_name: &str) -> Result<()> {
     let device = open_device(device_name)?;
     let x = npy::read(input)?;
-    let model = crate::load_model(path, &device)?;
+    // The input's own shape fixes dynamic dimensions (f32 inputs; else the stored shapes).
+    let model = if x.datum_type() == tract_onnx::prelude::DatumType::F32 {
+        let file = crate::open(path)?;
+        let weights = regen::regenerate(&file, &device)?;
+        runtime::Model::from_proto_shaped(&runtime::rebuild_onnx(&file, &weights)?, &[x.shape().to_vec()])?
+    } else {
+        crate::load_model(path, &device)?
+    };
     let out = model.run(std::iter::once(x.into()).collect())?;
     let first =
         out.first().ok_or_else(|| Error::Rebuild("the model has no outputs".into()))?.cast_to::<f32>()?;
