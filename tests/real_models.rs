@@ -34,9 +34,11 @@ fn tiny(shape: Option<&[usize]>) -> CompressOptions {
 
 #[test]
 fn ppocr_models_compress_and_run() {
-    for (name, shape) in
-        [("ppocr/cls.onnx", [1, 3, 48, 192]), ("ppocr/rec.onnx", [1, 3, 48, 320]), ("ppocr/det.onnx", [1, 3, 64, 64])]
-    {
+    for (name, shape) in [
+        ("ppocr/cls.onnx", [1, 3, 48, 192]),
+        ("ppocr/rec.onnx", [1, 3, 48, 320]),
+        ("ppocr/det.onnx", [1, 3, 64, 64]),
+    ] {
         let Some(src) = model(name) else { continue };
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("m.nerp");
@@ -54,7 +56,12 @@ fn ppocr_models_compress_and_run() {
         let (b, sb) = regenerated.run_f32(&x, &shape).unwrap();
         assert_eq!(sa, sb, "{name}: output shapes");
         assert!(b.iter().all(|v| v.is_finite()), "{name}: non-finite outputs");
-        eprintln!("{name}: {} bytes -> {}, relative output error {:.3} (5 steps)", report.source_bytes, report.file_bytes, nerp::fidelity::relative_error(&a, &b));
+        eprintln!(
+            "{name}: {} bytes -> {}, relative output error {:.3} (5 steps)",
+            report.source_bytes,
+            report.file_bytes,
+            nerp::fidelity::relative_error(&a, &b)
+        );
     }
 }
 
