@@ -13,7 +13,9 @@ fn main() -> nerp::Result<()> {
     let layers: Vec<Vec<f32>> = model
         .tensors
         .iter()
-        .filter(|t| nerp::plan::is_predictable(t.dtype, &t.shape) && t.shape[2] == 3)
+        .filter(|t| {
+            nerp::plan::is_predictable(t.dtype, &t.shape, nerp::format::Layout::Conv) && t.shape[2] == 3
+        })
         .map(|t| nerp::format::read::to_f32(t.dtype, &t.data).expect("float"))
         .collect();
     let big: Vec<&Vec<f32>> = layers.iter().filter(|l| l.len() / 9 >= 4096).collect();

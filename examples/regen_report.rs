@@ -121,9 +121,8 @@ fn run() -> Result<String, String> {
         let e = |e: nerp::Error| format!("{}: {e}", onnx.display());
         let path = random_predictor_nerp(onnx, a.hidden, dir.path()).map_err(e)?;
         let file = nerp::open(&path).map_err(e)?;
-        let weights: usize =
-            regen::layer_plans(&file).map_err(e)?.iter().map(|p| p.kernels() * p.kh * p.kw).sum();
-        let cpu_ms = median_ms(a.repeat, || regen::regenerate(&file, &Device::Cpu)).map_err(e)?;
+        let weights: usize = regen::layer_plans(&file).map_err(e)?.iter().map(|p| p.grid.numel()).sum();
+        let cpu_ms = median_ms(a.repeat, || regen::regenerate(&file, &nerp::Device::Cpu)).map_err(e)?;
         let cpu_ready = median_ms(a.repeat, || nerp::load_model(&path, &Device::Cpu)).map_err(e)?;
         let original = median_ms(a.repeat, || runtime::Model::from_onnx_file(onnx)).map_err(e)?;
         let per_s = |ms: f64| format!("{:.3e}", weights as f64 / (ms / 1e3));
@@ -134,8 +133,10 @@ fn run() -> Result<String, String> {
                 let first_ms = t.elapsed().as_secs_f64() * 1e3;
                 let ms = median_ms(a.repeat, || regen::regenerate(&file, g)).map_err(e)?;
                 let ready = median_ms(a.repeat, || nerp::load_model(&path, g)).map_err(e)?;
-                let diff =
-                    max_relative_difference(&regen::regenerate(&file, &Device::Cpu).map_err(e)?, &first);
+                let diff = max_relative_difference(
+                    &regen::regenerate(&file, &nerp::Device::Cpu).map_err(e)?,
+                    &first,
+                );
                 [
                     format!("{first_ms:.2}"),
                     format!("{ms:.2}"),

@@ -143,7 +143,7 @@ fn run(cli: Cli) -> Result<()> {
 
 fn export_kernels(path: &Path, out: &Path) -> Result<()> {
     let model = ingest::load(path)?;
-    let (plans, values) = make_plan(&model, &CompressOptions::default())?;
+    let (plans, values, _) = make_plan(&model, &CompressOptions::default())?;
     let tensors: Vec<(&str, Vec<usize>, Vec<u8>)> = plans
         .iter()
         .zip(&values)
@@ -151,7 +151,7 @@ fn export_kernels(path: &Path, out: &Path) -> Result<()> {
             let t = &model.tensors[p.tensor];
             (
                 t.name.as_str(),
-                vec![p.filters, p.channels, p.kh, p.kw],
+                t.shape.iter().map(|&d| d as usize).collect(),
                 v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             )
         })
@@ -249,7 +249,7 @@ fn measure(
     for &h in hidden {
         let opts = CompressOptions { hidden: Some(h), steps, ..Default::default() };
         opts.validate()?;
-        let (plans, values) = make_plan(&model, &opts)?;
+        let (plans, values, _) = make_plan(&model, &opts)?;
         let start = Instant::now();
         let (trained, _) = train::train(
             &opts.train_config(h),

@@ -208,7 +208,11 @@ mod tests {
     fn int8_error_is_within_half_a_step_per_channel() {
         let m = resnet20();
         let q = int8_per_channel(&m).unwrap();
-        let conv = m.tensors.iter().position(|t| t.conv_kernel && t.shape[1] > 1).unwrap();
+        let conv = m
+            .tensors
+            .iter()
+            .position(|t| t.role == crate::ingest::Role::ConvKernel && t.shape[1] > 1)
+            .unwrap();
         let (orig, deq) = (m.tensors[conv].data.clone(), q.weights[conv].to_f32().unwrap());
         let orig = read::to_f32(DType::F32, &orig).unwrap();
         let per = orig.len() / m.tensors[conv].shape[0] as usize;

@@ -53,7 +53,8 @@ pub enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
-    /// Top-1 accuracy of the regenerated model (and the original) on a labelled dataset.
+    /// Accuracy on a labelled dataset, or, with --inputs (ONNX) or for a safetensors source,
+    /// label-free fidelity against --original.
     Eval(EvalArgs),
     /// Compress the bundled ResNet-20 (Fashion-MNIST), reload it and evaluate it.
     #[cfg(feature = "compress")]
@@ -98,15 +99,26 @@ pub struct CompressArgs {
     /// Do not normalize each filter by its RMS before fitting.
     #[arg(long)]
     pub no_filter_scales: bool,
-    /// Convolution kernels with fewer values are stored raw instead of predicted.
+    /// Tensors with fewer values are stored raw instead of predicted.
     #[arg(long, default_value_t = crate::compress::DEFAULT_MIN_VALUES)]
     pub min_values: usize,
+    /// Predict only tensors whose name matches PATTERN (`*` any run, `?` one character; whole
+    /// name; repeatable). Overrides the size thresholds; see "Which tensors are predicted".
+    #[arg(long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Store tensors whose name matches PATTERN raw (repeatable; wins over --include).
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
     /// Random seed (same input, options and seed give the same bytes).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Input preprocessing stored for `nerp eval`, e.g. "mean=0.286,std=0.353".
     #[arg(long)]
     pub preprocess: Option<String>,
+    /// Concrete f32 input shape for models with dynamic dimensions, e.g. 1,3,48,320 (one per
+    /// input, in order); stored in the file for `run` and `eval`.
+    #[arg(long, value_name = "DIMS")]
+    pub input_shape: Vec<String>,
     /// No progress bar and no per-tensor report.
     #[arg(short, long)]
     pub quiet: bool,
@@ -115,9 +127,21 @@ pub struct CompressArgs {
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     pub file: PathBuf,
-    /// The original ONNX model, to compare against.
+    /// The original model (.onnx, or .safetensors for a safetensors source), to compare against.
     #[arg(long)]
     pub original: Option<PathBuf>,
+    /// Input arrays (.npy, one per run; single-input ONNX models): compare the outputs of the
+    /// regenerated and the original model on them instead of using a dataset.
+    #[arg(long, value_name = "NPY")]
+    pub inputs: Vec<PathBuf>,
+    /// With --inputs, what the first output is: outputs (relative error only), classifier
+    /// (top-1 agreement over the last axis), detector (IoU of maps > --threshold) or ctc
+    /// (equality of greedy CTC decodings, blank 0).
+    #[arg(long, default_value = "outputs", value_parser = ["outputs", "classifier", "detector", "ctc"])]
+    pub task: String,
+    /// Probability threshold of --task detector.
+    #[arg(long, default_value_t = 0.3)]
+    pub threshold: f32,
     /// Dataset: fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR.
     #[arg(long, default_value = "fashion-mnist")]
     pub data: String,
@@ -212,7 +236,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Run { file, input, output, device } => {
             run_model(existing(&file)?, existing(&input)?, output.as_deref(), &device).map(|_| 0)
         }
-        Command::Eval(a) => eval_cmd(a).map(|_| 0),
+        Command::Eval(a) => eval_any(a).map(|_| 0),
         #[cfg(feature = "compress")]
         Command::Demo(a) => demo(a).map(|_| 0),
     }
@@ -232,13 +256,22 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         embedding: format::Embedding { base: a.pe_base, levels: a.pe_levels },
         predictor_dtype: a.predictor_dtype,
         filter_scales: !a.no_filter_scales,
-        min_values: a.min_values,
+        selection: crate::select::Selection {
+            include: a.include,
+            exclude: a.exclude,
+            min_values: a.min_values,
+        },
         seed: a.seed,
         ..CompressOptions::default()
     };
     if let Some(p) = &a.preprocess {
         let pre = Preprocess::parse(p)?;
         opts.metadata.insert(PREPROCESS_KEY.into(), serde_json::to_string(&pre).expect("serializes"));
+    }
+    if !a.input_shape.is_empty() {
+        let shapes = a.input_shape.iter().map(|s| runtime::parse_shape(s)).collect::<Result<Vec<_>>>()?;
+        opts.metadata
+            .insert(runtime::INPUT_SHAPES_KEY.into(), serde_json::to_string(&shapes).expect("serializes"));
     }
     let report = compress_with_progress(&a.input, &a.output, &opts, a.quiet)?;
     if !a.quiet {
@@ -291,11 +324,15 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
         "{:<40} {:>18} {:>9} {:>10} {:>8} {:>10} -> {:>9}",
         "tensor", "shape", "stored", "rmse", "rel", "bytes", "bytes"
     );
+    let mut raw_reasons: Vec<String> = Vec::new();
     for t in &r.tensors {
         let shape = format!("{:?}", t.shape);
         let (kind, rmse, rel) = if t.predicted {
-            ("predicted", format!("{:.5}", t.rmse), format!("{:.2}%", 100.0 * t.rel_error))
+            (t.stored.as_str(), format!("{:.5}", t.rmse), format!("{:.2}%", 100.0 * t.rel_error))
         } else {
+            if t.stored.len() > 4 && !raw_reasons.contains(&t.stored) {
+                raw_reasons.push(t.stored.clone());
+            }
             ("raw", "-".into(), "-".into())
         };
         println!(
@@ -308,6 +345,10 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
             t.bytes_before,
             t.bytes_after
         );
+    }
+    for why in raw_reasons {
+        let n = r.tensors.iter().filter(|t| t.stored == why).count();
+        println!("{n} tensor(s) {why}");
     }
     println!(
         "predictor: hidden {}, {} parameters for {} weights ({:.2}x); weight RMSE {:.5}; final loss {:.5}",
@@ -337,13 +378,13 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 fn inspect(path: &Path, json: bool) -> Result<()> {
-    let (h, file_len) = format::read_header(path)?;
+    let (h, file_len, major) = format::read::read_header_version(path)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&h).expect("serializes"));
         return Ok(());
     }
     let header_bytes = serde_json::to_vec(&h).expect("serializes").len();
-    println!("{}: nerp format v{}, {} bytes", path.display(), format::MAJOR, file_len);
+    println!("{}: nerp format v{major}, {} bytes", path.display(), file_len);
     println!(
         "source: {:?}, {} bytes ({:.2}x)",
         h.source.kind,
@@ -378,9 +419,10 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
     for t in &h.tensors {
         let (kind, bytes) = match t.storage {
             Storage::Raw { section } => ("raw", h.sections[section].length),
-            Storage::Predicted { permutation, scales, .. } => {
-                ("predicted", h.sections[permutation].length + scales.map_or(0, |s| h.sections[s].length))
-            }
+            Storage::Predicted { permutation, scales, layout, .. } => (
+                if layout == format::Layout::Conv { "predicted" } else { "pred:matrix" },
+                h.sections[permutation].length + scales.map_or(0, |s| h.sections[s].length),
+            ),
         };
         println!(
             "{:<40} {:>6} {:>18} {:>10} {:>10}",
@@ -463,7 +505,14 @@ fn decompress(path: &Path, output: &Path, device_name: &str) -> Result<()> {
 fn run_model(path: &Path, input: &Path, output: Option<&Path>, device_name: &str) -> Result<()> {
     let device = open_device(device_name)?;
     let x = npy::read(input)?;
-    let model = crate::load_model(path, &device)?;
+    // The input's own shape fixes dynamic dimensions (f32 inputs; else the stored shapes).
+    let model = if x.datum_type() == tract_onnx::prelude::DatumType::F32 {
+        let file = crate::open(path)?;
+        let weights = regen::regenerate(&file, &device)?;
+        runtime::Model::from_proto_shaped(&runtime::rebuild_onnx(&file, &weights)?, &[x.shape().to_vec()])?
+    } else {
+        crate::load_model(path, &device)?
+    };
     let out = model.run(std::iter::once(x.into()).collect())?;
     let first =
         out.first().ok_or_else(|| Error::Rebuild("the model has no outputs".into()))?.cast_to::<f32>()?;
@@ -494,7 +543,158 @@ fn preprocess_for(file: &NerpFile, flag: Option<&str>) -> Result<Preprocess> {
     }
 }
 
-fn eval_cmd(a: EvalArgs) -> Result<eval::EvalReport> {
+/// `nerp eval`: weights fidelity (safetensors), output fidelity (--inputs) or a dataset.
+fn eval_any(a: EvalArgs) -> Result<()> {
+    check_eval_args(&a)?;
+    let (h, _) = format::read_header(&a.file)?;
+    if h.source.kind == format::SourceKind::Safetensors {
+        return eval_weights(a);
+    }
+    if !a.inputs.is_empty() {
+        return eval_outputs(a);
+    }
+    eval_cmd(a).map(|_| ())
+}
+
+fn need_original(a: &EvalArgs, what: &str) -> Result<PathBuf> {
+    let o = a.original.clone().ok_or_else(|| {
+        Error::usage(
+            "--original",
+            format!("{what} compares against the original model; pass --original FILE"),
+        )
+    })?;
+    existing(&o)?;
+    Ok(o)
+}
+
+/// Per-tensor relative error of a safetensors round trip.
+fn eval_weights(a: EvalArgs) -> Result<()> {
+    let orig_path = need_original(&a, "a safetensors source")?;
+    let device = open_device(&a.device)?;
+    let t = Instant::now();
+    let file = crate::open(&a.file)?;
+    let weights = regen::regenerate(&file, &device)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let original = crate::ingest::load(&orig_path)?;
+    let all = crate::fidelity::compare_tensors(&original.tensors, &weights)?;
+    let predicted: std::collections::HashSet<&str> = file
+        .header()
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.storage, Storage::Predicted { .. }))
+        .map(|t| t.name.as_str())
+        .collect();
+    let mut pred: Vec<&crate::fidelity::TensorFidelity> =
+        all.iter().filter(|t| predicted.contains(t.name.as_str())).collect();
+    pred.sort_by(|x, y| y.rel_error.total_cmp(&x.rel_error));
+    let mean = pred.iter().map(|t| t.rel_error).sum::<f64>() / pred.len().max(1) as f64;
+    let raw_exact =
+        all.iter().filter(|t| !predicted.contains(t.name.as_str())).all(|t| t.max_abs_diff == 0.0);
+    if a.json {
+        let v = serde_json::json!({
+            "tensors": all, "predicted": pred.len(), "mean_rel_error": mean,
+            "raw_tensors_exact": raw_exact, "load_seconds": load_s,
+        });
+        println!("{v}");
+    } else {
+        println!("{} tensors, {} predicted; raw tensors exact: {raw_exact}", all.len(), pred.len());
+        println!("predicted tensors: mean relative error {mean:.4}; worst:");
+        for t in pred.iter().take(5) {
+            println!(
+                "  {:<50} {:>16} rel {:.4} max |diff| {:.4}",
+                truncate(&t.name, 50),
+                format!("{:?}", t.shape),
+                t.rel_error,
+                t.max_abs_diff
+            );
+        }
+        println!("load (open + regenerate): {load_s:.3} s");
+    }
+    Ok(())
+}
+
+/// Label-free fidelity of an ONNX model on input arrays.
+fn eval_outputs(a: EvalArgs) -> Result<()> {
+    let orig_path = need_original(&a, "--inputs")?;
+    let task = match a.task.as_str() {
+        "classifier" => crate::fidelity::Task::Classifier,
+        "detector" => crate::fidelity::Task::Detector { threshold: a.threshold },
+        "ctc" => crate::fidelity::Task::Ctc,
+        _ => crate::fidelity::Task::Outputs,
+    };
+    let device = open_device(&a.device)?;
+    let t = Instant::now();
+    let file = crate::open(&a.file)?;
+    let weights = regen::regenerate(&file, &device)?;
+    let proto = runtime::rebuild_onnx(&file, &weights)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let mut models: Vec<(Vec<usize>, runtime::Model, runtime::Model)> = Vec::new();
+    let mut pairs = Vec::new();
+    let (mut ms_r, mut ms_o) = (0f64, 0f64);
+    for path in &a.inputs {
+        let x = npy::read(existing(path)?)?;
+        let shape = x.shape().to_vec();
+        if !models.iter().any(|(s, _, _)| *s == shape) {
+            let shapes = [shape.clone()];
+            let r = runtime::Model::from_proto_shaped(&proto, &shapes)?;
+            let o = runtime::Model::from_onnx_file_shaped(&orig_path, &shapes)?;
+            models.push((shape.clone(), r, o));
+        }
+        let (_, r, o) = models.iter().find(|(s, _, _)| *s == shape).expect("built above");
+        let first = |m: &runtime::Model, ms: &mut f64| -> Result<(Vec<f32>, Vec<usize>)> {
+            let t = Instant::now();
+            let out = m.run(std::iter::once(x.clone().into()).collect())?;
+            *ms += t.elapsed().as_secs_f64() * 1e3;
+            let y = out
+                .first()
+                .ok_or_else(|| Error::Rebuild("the model has no outputs".into()))?
+                .cast_to::<f32>()?;
+            Ok((y.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(), y.shape().to_vec()))
+        };
+        let (yo, so) = first(o, &mut ms_o)?;
+        let (yr, sr) = first(r, &mut ms_r)?;
+        if so != sr {
+            return Err(Error::Rebuild(format!("output shapes differ: original {so:?}, regenerated {sr:?}")));
+        }
+        pairs.push((yo, yr, so));
+    }
+    let f = crate::fidelity::compare(task, &pairs);
+    let n = a.inputs.len() as f64;
+    if a.json {
+        let mut v = serde_json::to_value(&f).expect("serializes");
+        v["task"] = a.task.clone().into();
+        v["load_seconds"] = load_s.into();
+        v["ms_per_input"] = (ms_r / n).into();
+        v["ms_per_input_original"] = (ms_o / n).into();
+        println!("{v}");
+    } else {
+        println!(
+            "inputs: {} ({}), task {}",
+            f.inputs,
+            a.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            a.task
+        );
+        println!("relative output error: {:.4} (max |diff| {:.4})", f.rel_error, f.max_abs_diff);
+        if let Some(v) = f.top1_agreement {
+            println!("top-1 agreement:       {:.2}%", 100.0 * v);
+        }
+        if let Some(v) = f.iou {
+            println!("IoU of maps > {}:     {:.4}", a.threshold, v);
+        }
+        if let (Some(v), Some(s)) = (f.ctc_equal, f.sequences) {
+            println!("equal CTC decodings:   {:.2}% of {s}", 100.0 * v);
+        }
+        println!(
+            "load (open + regenerate + rebuild): {load_s:.3} s; run {:.1} ms per input ({:.1} ms original)",
+            ms_r / n,
+            ms_o / n
+        );
+    }
+    Ok(())
+}
+
+/// Checks `eval`'s paths and options before any work; returns the parsed `--data`.
+fn check_eval_args(a: &EvalArgs) -> Result<DataSource> {
     existing(&a.file)?;
     if let Some(o) = &a.original {
         existing(o)?;
@@ -505,7 +705,11 @@ fn eval_cmd(a: EvalArgs) -> Result<eval::EvalReport> {
     if a.limit == Some(0) {
         return Err(Error::usage("--limit", "must be at least 1"));
     }
-    let source = DataSource::parse(&a.data)?;
+    DataSource::parse(&a.data)
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<eval::EvalReport> {
+    let source = check_eval_args(&a)?;
     let device = open_device(&a.device)?;
     let file = crate::open(&a.file)?;
     let pre = preprocess_for(&file, a.preprocess.as_deref())?;

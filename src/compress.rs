@@ -9,6 +9,7 @@ use crate::ingest::{self, SourceModel};
 use crate::plan::{self, LayerPlan};
 use crate::predictor::{self, Predictor, OUTPUTS};
 use crate::regen;
+use crate::select::{Decision, Selection};
 use crate::train::{self, Progress, TrainConfig, TrainData};
 use candle_core::Device;
 use std::collections::BTreeMap;
@@ -29,8 +30,9 @@ pub struct CompressOptions {
     pub predictor_dtype: WeightDtype,
     /// Divide each filter by its RMS before fitting (scales stored in the file).
     pub filter_scales: bool,
-    /// Kernels with fewer values stay raw (storing them costs less than the error they'd get).
-    pub min_values: usize,
+    /// Which tensors are predicted (`--include`, `--exclude`, `--min-values`; see
+    /// [`crate::select`]).
+    pub selection: Selection,
     pub seed: u64,
     /// Stored as metadata (`preprocess`) for `nerp eval`.
     pub metadata: BTreeMap<String, String>,
@@ -50,7 +52,7 @@ impl Default for CompressOptions {
             embedding: Embedding { base: DEFAULT_PE_BASE, levels: DEFAULT_PE_LEVELS },
             predictor_dtype: WeightDtype::F16,
             filter_scales: true,
-            min_values: DEFAULT_MIN_VALUES,
+            selection: Selection::default(),
             seed: 0,
             metadata: BTreeMap::new(),
             check_runnable: true,
@@ -76,6 +78,8 @@ pub struct TensorReport {
     pub name: String,
     pub shape: Vec<u64>,
     pub predicted: bool,
+    /// `conv` or `matrix` for a predicted tensor, else why it is raw.
+    pub stored: String,
     pub rmse: f64,
     /// RMSE ÷ RMS of the original values.
     pub rel_error: f64,
@@ -156,7 +160,7 @@ impl CompressOptions {
             );
             return Err(Error::usage("--pe-base", what));
         }
-        Ok(())
+        self.selection.validate()
     }
 }
 
@@ -182,15 +186,17 @@ impl CompressOptions {
 /// Most training steps accepted.
 pub const MAX_STEPS: usize = 100_000_000;
 
-/// The predicted layers of a source model (kernels, orderings, scales) and their values.
-pub fn make_plan(model: &SourceModel, opts: &CompressOptions) -> Result<(Vec<LayerPlan>, Vec<Vec<f32>>)> {
+/// The predicted layers (grids, orderings, scales), their values, and every tensor's decision.
+pub type Planned = (Vec<LayerPlan>, Vec<Vec<f32>>, Vec<Decision>);
+
+/// The predicted layers of a source model (grids, orderings, scales), their values, and the
+/// decision for every tensor.
+pub fn make_plan(model: &SourceModel, opts: &CompressOptions) -> Result<Planned> {
+    let decisions = opts.selection.decide_all(model)?;
     let mut plans = Vec::new();
     let mut values = Vec::new();
     for (i, t) in model.tensors.iter().enumerate() {
-        let numel: u64 = t.shape.iter().product();
-        if !(t.conv_kernel && plan::is_predictable(t.dtype, &t.shape)) || (numel as usize) < opts.min_values {
-            continue;
-        }
+        let Decision::Predict(layout) = decisions[i] else { continue };
         let v = format::read::to_f32(t.dtype, &t.data).expect("float");
         if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
             return Err(Error::Training(format!(
@@ -199,18 +205,16 @@ pub fn make_plan(model: &SourceModel, opts: &CompressOptions) -> Result<(Vec<Lay
             )));
         }
         let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        let (filters, channels) = (dims[0], dims[1]);
-        let scales = opts.filter_scales.then(|| plan::filter_scales(&v, filters));
-        let scaled: Vec<f32> = match &scales {
-            Some(s) => v.iter().enumerate().map(|(k, x)| x / s[k / (v.len() / filters)]).collect(),
-            None => v.clone(),
-        };
-        let perm = plan::order(&scaled, filters, channels, opts.ordering);
+        let grid = plan::Grid::new(layout, &dims)
+            .map_err(|what| Error::Training(format!("tensor {}: {what}", t.name)))?;
+        let scales = opts.filter_scales.then(|| plan::filter_scales(&v, grid.rows));
+        let blocks = plan::blocks(&v, &grid, scales.as_deref());
+        let perm = plan::order(&blocks, grid.rows, grid.cols, opts.ordering);
         let layer = plans.len() as u32;
-        plans.push(LayerPlan { tensor: i, layer, filters, channels, kh: dims[2], kw: dims[3], perm, scales });
+        plans.push(LayerPlan { tensor: i, layer, grid, perm, scales });
         values.push(v);
     }
-    Ok((plans, values))
+    Ok((plans, values, decisions))
 }
 
 /// Training data for the plans: coordinates, 3×3 targets and masks in chain order.
@@ -218,7 +222,7 @@ pub fn train_data(plans: &[LayerPlan], values: &[Vec<f32>]) -> TrainData {
     let layers = plans.len() as u32;
     let mut data = TrainData { coords: Vec::new(), targets: Vec::new(), masks: Vec::new() };
     for (p, v) in plans.iter().zip(values) {
-        data.coords.extend(plan::coordinates(p.layer, layers, p.filters, p.channels));
+        data.coords.extend(plan::coordinates(p.layer, layers, p.grid.rows, p.grid.cols));
         let (t, m) = plan::targets(v, p);
         data.targets.extend(t);
         data.masks.extend(m);
@@ -241,12 +245,21 @@ pub fn compress(
     }
     let model = ingest::load(input)?;
     if opts.check_runnable && model.kind == SourceKind::Onnx {
-        crate::runtime::Model::from_onnx_file(input).map_err(|e| Error::Ingest {
+        let shapes = match opts.metadata.get(crate::runtime::INPUT_SHAPES_KEY) {
+            Some(json) => {
+                serde_json::from_str(json).map_err(|e| Error::usage("--input-shape", format!("{e}")))?
+            }
+            None => Vec::new(),
+        };
+        crate::runtime::Model::from_onnx_file_shaped(input, &shapes).map_err(|e| Error::Ingest {
             path: input.to_path_buf(),
-            what: format!("the inference engine cannot run this model, so nerp will not compress it: {e}"),
+            what: format!(
+                "the inference engine cannot run this model, so nerp will not compress it: {e} \
+                 (a model with dynamic input dimensions needs --input-shape, e.g. 1,3,224,224)"
+            ),
         })?;
     }
-    let (plans, values) = make_plan(&model, opts)?;
+    let (plans, values, decisions) = make_plan(&model, opts)?;
     let represented: usize = values.iter().map(Vec::len).sum();
     let levels = opts.embedding.levels as usize;
     let hidden = match (opts.hidden, opts.target_ratio) {
@@ -266,6 +279,11 @@ pub fn compress(
         Some(p.rounded(opts.predictor_dtype)?)
     };
     let (bytes, mut tensors, weight_rmse) = build_file(&model, &plans, &values, predictor.as_ref(), opts)?;
+    for (t, d) in tensors.iter_mut().zip(&decisions) {
+        if let Decision::Raw(why) = d {
+            t.stored = format!("raw: {why}");
+        }
+    }
     // Never write a file the reader would refuse (e.g. a model beyond the format's limits).
     format::NerpFile::from_bytes(bytes.clone(), output)?;
     format::write_atomic(output, &bytes)?;
@@ -326,7 +344,7 @@ pub fn build_file(
     let mut at = 0;
     for (k, p) in plans.iter().enumerate() {
         plan_of[p.tensor] = Some((k, at));
-        at += p.kernels() * OUTPUTS;
+        at += p.blocks() * OUTPUTS;
     }
     let (mut se_all, mut n_all) = (0f64, 0usize);
     let mut entries = Vec::with_capacity(model.tensors.len());
@@ -337,9 +355,8 @@ pub fn build_file(
             Some((k, at)) => {
                 let p = &plans[k];
                 let mut rebuilt = vec![0f32; values[k].len()];
-                plan::scatter(&predictions[at..at + p.kernels() * OUTPUTS], p, &mut rebuilt);
+                plan::scatter(&predictions[at..at + p.blocks() * OUTPUTS], p, &mut rebuilt);
                 let se: f64 = rebuilt.iter().zip(&values[k]).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-                let ms: f64 = values[k].iter().map(|v| (*v as f64).powi(2)).sum();
                 se_all += se;
                 n_all += rebuilt.len();
                 let perm = b.add(SectionKind::Permutation, Encoding::Zstd, &pack_permutation(&p.perm));
@@ -351,9 +368,10 @@ pub fn build_file(
                     idx
                 });
                 let rmse = (se / rebuilt.len() as f64).sqrt();
-                let rel = (se / ms.max(f64::MIN_POSITIVE)).sqrt();
-                let storage = Storage::Predicted { layer: p.layer, permutation: perm, scales };
-                (storage, (true, rmse, rel, after))
+                let rel = crate::fidelity::relative_error(&values[k], &rebuilt);
+                let storage =
+                    Storage::Predicted { layer: p.layer, permutation: perm, scales, layout: p.grid.layout };
+                (storage, (Some(p.grid.layout), rmse, rel, after))
             }
             None => {
                 let encoding = match t.dtype.size() {
@@ -361,7 +379,7 @@ pub fn build_file(
                     n => Encoding::ZstdBytegroup { element: n as u8 },
                 };
                 let section = b.add(SectionKind::Tensor, encoding, &t.data);
-                (Storage::Raw { section }, (false, 0.0, 0.0, b.stored_len(section)))
+                (Storage::Raw { section }, (None, 0.0, 0.0, b.stored_len(section)))
             }
         };
         let (predicted, rmse, rel_error, bytes_after) = report;
@@ -369,7 +387,8 @@ pub fn build_file(
         reports.push(TensorReport {
             name: t.name.clone(),
             shape: t.shape.clone(),
-            predicted,
+            predicted: predicted.is_some(),
+            stored: predicted.map_or("raw".into(), |l| l.name().into()),
             rmse,
             rel_error,
             bytes_before: before,

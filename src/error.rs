@@ -56,7 +56,9 @@ pub enum FormatError {
     TooShort { len: u64, need: u64 },
     #[error("bad magic bytes {found:02x?}: not a .nerp file")]
     BadMagic { found: [u8; 8] },
-    #[error("major version {found} is not supported by this reader (supports {supported}); upgrade nerp")]
+    #[error(
+        "major version {found} is not supported by this reader (supports 1..={supported}); upgrade nerp"
+    )]
     UnsupportedVersion { found: u16, supported: u16 },
     #[error("reserved flags {0:#x} are set; the file was written by a newer nerp or is corrupt")]
     UnknownFlags(u32),

@@ -23,6 +23,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod fidelity;
 pub mod format;
 pub mod gpu;
 pub mod ingest;
@@ -32,6 +33,7 @@ pub mod plan;
 pub mod predictor;
 pub mod regen;
 pub mod runtime;
+pub mod select;
 #[cfg(feature = "compress")]
 pub mod synth;
 #[cfg(feature = "compress")]

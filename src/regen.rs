@@ -31,12 +31,12 @@ impl WeightTensor {
 pub fn layer_plans(file: &NerpFile) -> Result<Vec<LayerPlan>> {
     let mut plans = Vec::new();
     for (tensor, t) in file.header().tensors.iter().enumerate() {
-        let Storage::Predicted { layer, permutation, scales } = t.storage else { continue };
+        let Storage::Predicted { layer, permutation, scales, layout } = t.storage else { continue };
         let bad = |what: String| file.fmt_error(FormatError::Tensor { tensor: t.name.clone(), what });
-        // Shape was validated as [F, C, kh, kw] with small kernels at open.
+        // The grid was validated at open; this cannot fail for an open file.
         let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        let (filters, channels) = (dims[0], dims[1]);
-        let perm = read::unpack_permutation(&file.decode_section(permutation)?, filters * channels)
+        let grid = plan::Grid::new(layout, &dims).map_err(&bad)?;
+        let perm = read::unpack_permutation(&file.decode_section(permutation)?, grid.blocks())
             .map_err(|e| bad(format!("permutation: {e}")))?;
         let scales = match scales {
             Some(s) => {
@@ -48,7 +48,7 @@ pub fn layer_plans(file: &NerpFile) -> Result<Vec<LayerPlan>> {
             }
             None => None,
         };
-        plans.push(LayerPlan { tensor, layer, filters, channels, kh: dims[2], kw: dims[3], perm, scales });
+        plans.push(LayerPlan { tensor, layer, grid, perm, scales });
     }
     plans.sort_by_key(|p| p.layer);
     Ok(plans)
@@ -62,7 +62,7 @@ pub fn predict_layers(predictor: &Predictor, plans: &[LayerPlan], layers: u32) -
 
 /// The flat `N×3` coordinates of all chain positions of `plans`, in order.
 pub fn layer_coordinates(plans: &[LayerPlan], layers: u32) -> Vec<f32> {
-    plans.iter().flat_map(|p| plan::coordinates(p.layer, layers, p.filters, p.channels)).collect()
+    plans.iter().flat_map(|p| plan::coordinates(p.layer, layers, p.grid.rows, p.grid.cols)).collect()
 }
 
 /// Runs the stored predictor (`spec`, its section's bytes) over `plans` on `device`.
@@ -111,7 +111,7 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
     let mut by_tensor = vec![None; h.tensors.len()];
     let mut at = 0;
     for p in &plans {
-        let n = p.kernels() * OUTPUTS;
+        let n = p.blocks() * OUTPUTS;
         by_tensor[p.tensor] = Some((p, &predicted[at..at + n]));
         at += n;
     }
@@ -122,7 +122,7 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
             let data = match (t.storage.clone(), pred) {
                 (Storage::Raw { section }, _) => file.decode_section(section)?.into_owned(),
                 (Storage::Predicted { .. }, Some((p, pred))) => {
-                    let mut values = vec![0f32; p.kernels() * p.kh * p.kw];
+                    let mut values = vec![0f32; p.grid.numel()];
                     plan::scatter(pred, p, &mut values);
                     read::from_f32(t.dtype, &values).expect("predicted tensors are float")
                 }

@@ -57,6 +57,34 @@ pub fn onnx_bytes(model: &ModelProto) -> Vec<u8> {
     model.encode_to_vec()
 }
 
+/// Metadata key of the concrete input shapes (JSON `[[d, …], …]`, one per model input, f32
+/// inputs) that models with dynamic input dimensions need to be built by tract.
+pub const INPUT_SHAPES_KEY: &str = "input_shapes";
+
+/// Concrete f32 input shapes, one per model input (empty: use the model's own).
+pub type InputShapes = Vec<Vec<usize>>;
+
+/// Parses `"1,3,48,320"` into a shape.
+pub fn parse_shape(s: &str) -> Result<Vec<usize>> {
+    let dims: std::result::Result<Vec<usize>, _> = s.split(',').map(|d| d.trim().parse::<usize>()).collect();
+    match dims {
+        Ok(d) if !d.is_empty() && !d.contains(&0) => Ok(d),
+        _ => Err(Error::usage(
+            "--input-shape",
+            format!("{s:?} is not a list of positive integers like 1,3,48,320"),
+        )),
+    }
+}
+
+/// The input shapes stored in a file's metadata (none if absent).
+pub fn stored_input_shapes(file: &NerpFile) -> Result<InputShapes> {
+    match file.header().metadata.get(INPUT_SHAPES_KEY) {
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| Error::Rebuild(format!("metadata {INPUT_SHAPES_KEY} is not a list of shapes: {e}"))),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// A model ready to run in tract.
 #[derive(Clone)]
 pub struct Model {
@@ -66,25 +94,36 @@ pub struct Model {
 impl Model {
     /// Builds and optimizes a tract model from an ONNX protobuf.
     pub fn from_proto(proto: &ModelProto) -> Result<Self> {
-        let model = tract_onnx::onnx().model_for_proto_model(proto)?;
-        Self::from_inference(model)
+        Self::from_proto_shaped(proto, &[])
     }
 
-    /// Regenerates a `.nerp` file's weights on `device` and builds its model (ONNX sources).
+    /// [`Model::from_proto`] with concrete f32 input shapes (for dynamic input dimensions).
+    pub fn from_proto_shaped(proto: &ModelProto, shapes: &[Vec<usize>]) -> Result<Self> {
+        let model = tract_onnx::onnx().model_for_proto_model(proto)?;
+        Self::from_inference(with_shapes(model, shapes)?)
+    }
+
+    /// Regenerates a `.nerp` file's weights on `device` and builds its model (ONNX sources),
+    /// with the input shapes stored in the file, if any.
     pub fn from_file(file: &NerpFile, device: &crate::Device) -> Result<Self> {
         let weights = crate::regen::regenerate(file, device)?;
-        Self::from_proto(&rebuild_onnx(file, &weights)?)
+        Self::from_proto_shaped(&rebuild_onnx(file, &weights)?, &stored_input_shapes(file)?)
     }
 
     /// Loads an ONNX file into tract.
     pub fn from_onnx_file(path: &Path) -> Result<Self> {
+        Self::from_onnx_file_shaped(path, &[])
+    }
+
+    /// [`Model::from_onnx_file`] with concrete f32 input shapes.
+    pub fn from_onnx_file_shaped(path: &Path, shapes: &[Vec<usize>]) -> Result<Self> {
         if !path.is_file() {
             return Err(Error::io(path, "opening model", std::io::Error::from(std::io::ErrorKind::NotFound)));
         }
         let model = tract_onnx::onnx()
             .model_for_path(path)
             .map_err(|e| Error::Ingest { path: path.to_path_buf(), what: format!("{e:#}") })?;
-        Self::from_inference(model)
+        Self::from_inference(with_shapes(model, shapes)?)
     }
 
     fn from_inference(model: InferenceModel) -> Result<Self> {
@@ -105,6 +144,27 @@ impl Model {
             out.first().ok_or_else(|| Error::Rebuild("the model has no outputs".into()))?.cast_to::<f32>()?;
         Ok((first.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(), first.shape().to_vec()))
     }
+}
+
+/// Sets the input facts of `model` to f32 tensors of `shapes` (none: unchanged).
+fn with_shapes(mut model: InferenceModel, shapes: &[Vec<usize>]) -> Result<InferenceModel> {
+    if shapes.is_empty() {
+        return Ok(model);
+    }
+    let inputs = model.inputs.len();
+    if shapes.len() != inputs {
+        return Err(Error::usage(
+            "--input-shape",
+            format!(
+                "the model has {inputs} inputs, {} shapes were given (one per input, in order)",
+                shapes.len()
+            ),
+        ));
+    }
+    for (i, s) in shapes.iter().enumerate() {
+        model = model.with_input_fact(i, f32::fact(s).into())?;
+    }
+    Ok(model)
 }
 
 /// Writes the weights as a safetensors file (atomically), with the source's metadata.

@@ -120,7 +120,7 @@ pub fn untrained_file(
 ) -> Result<(Vec<u8>, Predictor)> {
     let opts = CompressOptions { predictor_dtype: dtype, hidden: Some(hidden), ..Default::default() };
     opts.validate()?;
-    let (plans, values) = make_plan(model, &opts)?;
+    let (plans, values, _) = make_plan(model, &opts)?;
     let p = init_predictor(hidden, opts.embedding, seed, &Device::Cpu)?.rounded(dtype)?;
     let (bytes, _, _) = build_file(model, &plans, &values, Some(&p), &opts)?;
     Ok((bytes, p))

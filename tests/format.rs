@@ -4,9 +4,9 @@
 
 use nerp::format::read::{pack_permutation, packed_len, perm_bits, unpack_permutation};
 use nerp::format::{
-    align_up, limits, read_header, write_atomic, DType, Embedding, Encoding, FileBuilder, Header, Ordering,
-    PredictorSpec, SectionEntry, SectionKind, Source, SourceKind, Storage, TensorEntry, WeightDtype, ALIGN,
-    MAGIC, PREAMBLE_LEN,
+    align_up, limits, read_header, write_atomic, DType, Embedding, Encoding, FileBuilder, Header, Layout,
+    Ordering, PredictorSpec, SectionEntry, SectionKind, Source, SourceKind, Storage, TensorEntry,
+    WeightDtype, ALIGN, MAGIC, PREAMBLE_LEN,
 };
 use nerp::{Error, FormatError, NerpFile};
 use proptest::prelude::*;
@@ -213,14 +213,19 @@ fn sample_file_with(metadata: BTreeMap<String, String>) -> Vec<u8> {
             name: "conv1.weight".into(),
             dtype: DType::F32,
             shape: vec![4, 3, 3, 3],
-            storage: Storage::Predicted { layer: 0, permutation: perm1, scales: Some(scales1) },
+            storage: Storage::Predicted {
+                layer: 0,
+                permutation: perm1,
+                scales: Some(scales1),
+                layout: Layout::Conv,
+            },
         },
         raw_entry(&raw[0], bias),
         TensorEntry {
             name: "conv2.weight".into(),
             dtype: DType::F16,
             shape: vec![5, 4, 1, 1],
-            storage: Storage::Predicted { layer: 1, permutation: perm2, scales: None },
+            storage: Storage::Predicted { layer: 1, permutation: perm2, scales: None, layout: Layout::Conv },
         },
         raw_entry(&raw[1], rest[0]),
         raw_entry(&raw[2], rest[1]),
@@ -265,11 +270,16 @@ fn parsed_header(file: &[u8]) -> Header {
     serde_json::from_slice(header_json(file)).unwrap()
 }
 
-/// A file with the given header JSON bytes (length, CRC and padding recomputed) and data section.
+/// A format-1 file with the given header JSON bytes (length, CRC and padding recomputed) and
+/// data section (the sample file uses only format-1 features).
 fn assemble(json: &[u8], data: &[u8]) -> Vec<u8> {
+    assemble_major(json, data, 1)
+}
+
+fn assemble_major(json: &[u8], data: &[u8], major: u16) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&nerp::format::MAJOR.to_le_bytes());
+    out.extend_from_slice(&major.to_le_bytes());
     out.extend_from_slice(&nerp::format::MINOR.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&(json.len() as u64).to_le_bytes());
@@ -558,10 +568,10 @@ fn bad_magic() {
 
 #[test]
 fn unsupported_version() {
-    for major in [0u16, 2, u16::MAX] {
+    for major in [0u16, 3, u16::MAX] {
         let mut bytes = sample_file();
         bytes[8..10].copy_from_slice(&major.to_le_bytes());
-        assert_format_err!(bytes, FormatError::UnsupportedVersion { found, supported: 1 } if found == major);
+        assert_format_err!(bytes, FormatError::UnsupportedVersion { found, supported: 2 } if found == major);
     }
 }
 
@@ -1842,5 +1852,63 @@ fn frozen_fixture_opens() {
                 }
             }
         }
+    }
+}
+
+// Format 2: layouts
+
+/// [`with_header`] for a file that declares format 2.
+fn with_header_v2(file: &[u8], edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut v = header_value(file);
+    edit(&mut v);
+    assemble_major(&serde_json::to_vec(&v).unwrap(), &file[data_offset(file)..], 2)
+}
+
+#[test]
+fn sample_file_is_format_1_and_opens_as_format_2() {
+    let file = sample_file();
+    assert_eq!(u16::from_le_bytes([file[8], file[9]]), 1, "v1-expressible files are written as 1.0");
+    let v2 = with_header_v2(&file, |_| {});
+    assert_eq!(NerpFile::from_bytes(v2, "v2.nerp").unwrap().major(), 2);
+}
+
+#[test]
+fn format_1_refuses_format_2_layouts() {
+    let bad = with_header(&sample_file(), |h| h["tensors"][0]["storage"]["layout"] = json!("matrix"));
+    assert_tensor_err(bad, "conv1.weight", "needs format 2");
+    // Large kernels are format 2 only.
+    let bad = with_header(&sample_file(), |h| set(h, "/tensors/0/shape", json!([4, 3, 5, 5])));
+    assert_tensor_err(bad, "conv1.weight", "format 1");
+}
+
+#[test]
+fn unknown_layout_is_a_json_error() {
+    let bad = with_header_v2(&sample_file(), |h| h["tensors"][0]["storage"]["layout"] = json!("tiles"));
+    assert_format_err!(bad, FormatError::HeaderJson(m) if m.contains("tiles"));
+}
+
+#[test]
+fn format_2_layout_shape_rules() {
+    // conv1.weight [4, 3, 3, 3] has 12 blocks; as a matrix [4, 27] it has 4·3 = 12 blocks too,
+    // so the same permutation and scales sections fit.
+    let file = sample_file();
+    let ok = with_header_v2(&file, |h| {
+        set(h, "/tensors/0/shape", json!([4, 27]));
+        h["tensors"][0]["storage"]["layout"] = json!("matrix");
+    });
+    NerpFile::from_bytes(ok, "m.nerp").unwrap();
+    for (shape, layout, what) in [
+        (json!([4, 27]), "conv", "rank 3"),
+        (json!([108]), "matrix", "rank 2"),
+        (json!([4, 0, 27]), "matrix", "zero"),
+        (json!([4, 3, 9]), "conv", "permutation is"), // 4·3·3 tiles: 36 blocks, not 12
+        (json!([4, 54]), "matrix", "permutation is"),
+        (json!([8, 27]), "matrix", "permutation is"),
+    ] {
+        let bad = with_header_v2(&file, |h| {
+            set(h, "/tensors/0/shape", shape.clone());
+            h["tensors"][0]["storage"]["layout"] = json!(layout);
+        });
+        assert_tensor_err(bad, "conv1.weight", what);
     }
 }

@@ -2,8 +2,8 @@
 //! here, before any count, size or offset from the file is used.
 
 use super::{
-    align_up, limits, DType, Encoding, Header, SectionKind, SourceKind, Storage, ALIGN, MAGIC, MAJOR,
-    PREAMBLE_LEN,
+    align_up, limits, DType, Encoding, Header, Layout, SectionKind, SourceKind, Storage, ALIGN, MAGIC, MAJOR,
+    MIN_MAJOR, PREAMBLE_LEN,
 };
 use crate::error::{Error, FormatError, Result};
 use crate::mmap::FileBytes;
@@ -18,10 +18,12 @@ pub struct NerpFile {
     bytes: FileBytes,
     header: Header,
     data_offset: u64,
+    major: u16,
 }
 
 /// The fixed preamble.
 struct Preamble {
+    major: u16,
     header_len: u64,
     header_crc: u32,
 }
@@ -46,9 +48,14 @@ impl NerpFile {
 
     fn validate(path: PathBuf, bytes: FileBytes) -> Result<Self> {
         match check_all(&bytes) {
-            Ok((header, data_offset)) => Ok(NerpFile { path, bytes, header, data_offset }),
+            Ok((header, data_offset, major)) => Ok(NerpFile { path, bytes, header, data_offset, major }),
             Err(kind) => Err(Error::Format { path, kind }),
         }
+    }
+
+    /// The file's major format version (1 or 2).
+    pub fn major(&self) -> u16 {
+        self.major
     }
 
     /// The validated header.
@@ -99,6 +106,11 @@ fn fmt_err(path: &Path, kind: FormatError) -> Error {
 /// Reads and validates only the preamble and header of `path` (no data section byte is read,
 /// no checksum of a section is verified). Returns the header and the file length.
 pub fn read_header(path: impl AsRef<Path>) -> Result<(Header, u64)> {
+    read_header_version(path).map(|(h, len, _)| (h, len))
+}
+
+/// [`read_header`], also returning the file's major version.
+pub fn read_header_version(path: impl AsRef<Path>) -> Result<(Header, u64, u16)> {
     let path = path.as_ref();
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, "opening", e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, "reading metadata of", e))?.len();
@@ -111,7 +123,7 @@ pub fn read_header(path: impl AsRef<Path>) -> Result<(Header, u64)> {
     let mut json = vec![0u8; p.header_len as usize];
     file.read_exact(&mut json).map_err(|e| Error::io(path, "reading header of", e))?;
     let header = parse_header(&p, &json, file_len).map_err(|k| fmt_err(path, k))?;
-    Ok((header, file_len))
+    Ok((header, file_len, p.major))
 }
 
 fn parse_preamble(b: &[u8], file_len: u64) -> Result<Preamble, FormatError> {
@@ -124,7 +136,7 @@ fn parse_preamble(b: &[u8], file_len: u64) -> Result<Preamble, FormatError> {
     let u16_at = |o: usize| u16::from_le_bytes([pre[o], pre[o + 1]]);
     let u32_at = |o: usize| u32::from_le_bytes(pre[o..o + 4].try_into().expect("4 bytes"));
     let major = u16_at(8);
-    if major != MAJOR {
+    if !(MIN_MAJOR..=MAJOR).contains(&major) {
         return Err(FormatError::UnsupportedVersion { found: major, supported: MAJOR });
     }
     let flags = u32_at(12);
@@ -139,7 +151,7 @@ fn parse_preamble(b: &[u8], file_len: u64) -> Result<Preamble, FormatError> {
     if PREAMBLE_LEN + header_len > file_len {
         return Err(FormatError::HeaderOutOfFile { offset: PREAMBLE_LEN, len: header_len, file_len });
     }
-    Ok(Preamble { header_len, header_crc: u32_at(24) })
+    Ok(Preamble { major, header_len, header_crc: u32_at(24) })
 }
 
 /// Parses the header JSON and checks everything that needs only the header and file length.
@@ -151,7 +163,7 @@ fn parse_header(p: &Preamble, json: &[u8], file_len: u64) -> Result<Header, Form
     let header: Header = serde_json::from_slice(json).map_err(|e| FormatError::HeaderJson(e.to_string()))?;
     let data_offset = data_offset(p.header_len)?;
     check_layout(&header, data_offset, file_len)?;
-    check_semantics(&header)?;
+    check_semantics(&header, p.major)?;
     Ok(header)
 }
 
@@ -160,7 +172,7 @@ fn data_offset(header_len: u64) -> Result<u64, FormatError> {
 }
 
 /// Full validation of a file image: returns the header and the data offset.
-fn check_all(b: &[u8]) -> Result<(Header, u64), FormatError> {
+fn check_all(b: &[u8]) -> Result<(Header, u64, u16), FormatError> {
     let file_len = b.len() as u64;
     let p = parse_preamble(b, file_len)?;
     let header_end = (PREAMBLE_LEN + p.header_len) as usize;
@@ -179,7 +191,7 @@ fn check_all(b: &[u8]) -> Result<(Header, u64), FormatError> {
         }
         prev_end = start + s.length;
     }
-    Ok((header, data_offset))
+    Ok((header, data_offset, p.major))
 }
 
 fn check_zero(b: &[u8], from: u64, to: u64) -> Result<(), FormatError> {
@@ -235,7 +247,7 @@ fn limit(what: &str, count: u64, max: u64) -> Result<(), FormatError> {
 }
 
 /// Checks that every reference, count and size in the header is consistent.
-fn check_semantics(h: &Header) -> Result<(), FormatError> {
+fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
     limit("tensors", h.tensors.len() as u64, limits::MAX_TENSORS as u64)?;
     for (k, v) in &h.metadata {
         limit("metadata key length", k.len() as u64, limits::MAX_NAME_LEN as u64)?;
@@ -357,31 +369,43 @@ fn check_semantics(h: &Header) -> Result<(), FormatError> {
                     return bad(format!("raw data is {got} bytes, shape and dtype need {need}"));
                 }
             }
-            Storage::Predicted { layer, permutation, scales } => {
+            Storage::Predicted { layer, permutation, scales, layout } => {
                 if !t.dtype.is_float() {
                     return bad(format!("dtype {:?} cannot be predicted", t.dtype));
                 }
-                let [f, c, kh, kw] = t.shape[..] else {
-                    return bad(format!("predicted tensors have rank 4, found shape {:?}", t.shape));
-                };
-                if f == 0 || c == 0 || !(1..=3).contains(&kh) || !(1..=3).contains(&kw) {
-                    return bad(format!("shape {:?} is not [F≥1, C≥1, 1..3, 1..3]", t.shape));
+                if major == 1 {
+                    let [f, c, kh, kw] = t.shape[..] else {
+                        return bad(format!(
+                            "predicted tensors have rank 4 in format 1, found shape {:?}",
+                            t.shape
+                        ));
+                    };
+                    if f == 0 || c == 0 || !(1..=3).contains(&kh) || !(1..=3).contains(&kw) {
+                        return bad(format!("shape {:?} is not [F≥1, C≥1, 1..3, 1..3] (format 1)", t.shape));
+                    }
+                    if layout != Layout::Conv {
+                        return bad(format!("layout {} needs format 2, the file says 1", layout.name()));
+                    }
                 }
+                let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+                let grid = crate::plan::Grid::new(layout, &shape)
+                    .map_err(|what| FormatError::Tensor { tensor: t.name.clone(), what })?;
+                let (f, blocks) = (grid.rows as u64, grid.blocks() as u64);
                 match layers.get_mut(layer as usize) {
                     Some(seen) if !*seen => *seen = true,
                     _ => return bad(format!("layer index {layer} is out of range or repeated")),
                 }
                 claim(permutation, SectionKind::Permutation, &format!("tensor {}", t.name))?;
-                let need = packed_len(f * c);
+                let need = packed_len(blocks);
                 let got = h.sections[permutation].decoded_length;
                 if got != need {
-                    return bad(format!("permutation is {got} bytes, {} kernels need {need}", f * c));
+                    return bad(format!("permutation is {got} bytes, {blocks} blocks need {need}"));
                 }
                 if let Some(sc) = scales {
                     claim(sc, SectionKind::Scales, &format!("tensor {}", t.name))?;
                     let got = h.sections[sc].decoded_length;
                     if got != 4 * f {
-                        return bad(format!("scales are {got} bytes, {f} filters need {}", 4 * f));
+                        return bad(format!("scales are {got} bytes, {f} rows need {}", 4 * f));
                     }
                 }
             }

@@ -1,8 +1,8 @@
 //! Building `.nerp` bytes and writing them atomically.
 
 use super::{
-    align_up, Encoding, Header, PredictorSpec, SectionEntry, SectionKind, Source, TensorEntry, ALIGN, MAGIC,
-    MAJOR, MINOR, PREAMBLE_LEN,
+    align_up, Encoding, Header, Layout, PredictorSpec, SectionEntry, SectionKind, Source, Storage,
+    TensorEntry, ALIGN, MAGIC, MAJOR, MINOR, PREAMBLE_LEN,
 };
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -66,7 +66,7 @@ impl FileBuilder {
 
         let mut out = Vec::with_capacity(data_offset as usize + offset as usize);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&MAJOR.to_le_bytes());
+        out.extend_from_slice(&major_for(&header.tensors).to_le_bytes());
         out.extend_from_slice(&MINOR.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes()); // flags
         out.extend_from_slice(&(json.len() as u64).to_le_bytes());
@@ -81,6 +81,24 @@ impl FileBuilder {
         }
         debug_assert!(ALIGN.is_power_of_two());
         out
+    }
+}
+
+/// The lowest major version that expresses these tensors: 1 unless a predicted tensor uses a
+/// format-2 layout (a matrix, or a kernel that is not `[F, C, ≤3, ≤3]`), so that files a v1
+/// reader can open are written as v1.
+pub fn major_for(tensors: &[TensorEntry]) -> u16 {
+    let v2 = tensors.iter().any(|t| match t.storage {
+        Storage::Predicted { layout: Layout::Conv, .. } => {
+            !matches!(t.shape[..], [_, _, kh, kw] if (1..=3).contains(&kh) && (1..=3).contains(&kw))
+        }
+        Storage::Predicted { .. } => true,
+        Storage::Raw { .. } => false,
+    });
+    if v2 {
+        MAJOR
+    } else {
+        1
     }
 }
 

@@ -17,9 +17,21 @@ pub struct SourceTensor {
     pub shape: Vec<u64>,
     /// Little-endian values, row-major.
     pub data: Vec<u8>,
-    /// Whether the model uses it as a convolution kernel (ONNX `Conv` input 1; for
-    /// safetensors, any rank-4 tensor).
-    pub conv_kernel: bool,
+    /// How the model uses it (decides the predictor layout, see [`crate::select`]).
+    pub role: Role,
+}
+
+/// What a tensor is to the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A convolution kernel `[F, C/groups, k…]` (ONNX `Conv` input 1) or transposed
+    /// convolution kernel `[C, F/groups, k…]` (`ConvTranspose` input 1); safetensors: rank ≥ 4.
+    ConvKernel,
+    /// A weight matrix: ONNX `Gemm`/`MatMul` operand, `LSTM`/`GRU`/`RNN` `W`/`R`, `Gather`
+    /// table; safetensors: rank 2 or 3.
+    Matrix,
+    /// Anything else (biases, norms, shapes, …).
+    Other,
 }
 
 /// A source model, ready to plan.

