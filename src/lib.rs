@@ -22,6 +22,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod format;
+pub mod graph;
 pub mod ingest;
 pub mod mmap;
 pub mod npy;
