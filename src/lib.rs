@@ -19,6 +19,8 @@ pub mod cli;
 pub mod compress;
 pub mod data;
 pub mod device;
+#[cfg(feature = "compress")]
+pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod format;

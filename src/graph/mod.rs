@@ -81,9 +81,20 @@ pub struct Node {
     pub output: String,
 }
 
+/// How `Conv` runs: nerp's im2col + matmul (hand-written col2im backward), or candle's
+/// `conv2d` (kept for comparison: its input gradient is a direct-loop transposed convolution).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvImpl {
+    #[default]
+    Im2col,
+    /// Symmetric pads only.
+    Candle,
+}
+
 /// A translated network: nodes in execution order plus its constant tensors.
 #[derive(Debug, Clone)]
 pub struct Graph {
+    pub conv_impl: ConvImpl,
     pub nodes: Vec<Node>,
     /// Initializers and `Constant` node values (f32 and i64 tensors), on the CPU.
     pub constants: HashMap<String, Tensor>,
@@ -176,7 +187,7 @@ impl Graph {
             "input",
         )?;
         let output = single(graph, &graph.output.iter().map(|i| &i.name).collect::<Vec<_>>(), "output")?;
-        Ok(Graph { nodes, constants, input, output })
+        Ok(Graph { conv_impl: ConvImpl::default(), nodes, constants, input, output })
     }
 
     /// Names of the tensors used as `Conv` kernels.
@@ -223,7 +234,7 @@ impl Graph {
                     }
                 })
                 .collect::<Result<Vec<Option<Tensor>>>>()?;
-            let out = ops::run(&node.op, &args).map_err(|e| match e {
+            let out = ops::run(&node.op, &args, self.conv_impl).map_err(|e| match e {
                 Error::Rebuild(what) => {
                     Error::Rebuild(format!("node {:?} ({}): {what}", node.name, op_name(&node.op)))
                 }

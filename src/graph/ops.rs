@@ -5,17 +5,18 @@
 //! (candle's own conv2d backward computes the input gradient with a direct-loop transposed
 //! convolution, which dominated a distillation step; see `examples/distill_cost.rs`.)
 
-use super::{Op, Window};
+use super::{ConvImpl, Op, Window};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
 
 /// Runs one op on its inputs (`None`: an omitted optional input).
-pub fn run(op: &Op, args: &[Option<Tensor>]) -> Result<Tensor> {
+pub fn run(op: &Op, args: &[Option<Tensor>], conv_impl: ConvImpl) -> Result<Tensor> {
     let arg = |i: usize| -> Result<&Tensor> {
         args.get(i).and_then(|a| a.as_ref()).ok_or_else(|| Error::Rebuild(format!("missing input {i}")))
     };
     let opt = |i: usize| args.get(i).and_then(|a| a.as_ref());
     match op {
+        Op::Conv { window, groups } if conv_impl == ConvImpl::Candle => candle_conv(arg(0)?, arg(1)?, opt(2), *window, *groups),
         Op::Conv { window, groups } => conv(arg(0)?, arg(1)?, opt(2), *window, *groups),
         Op::BatchNormalization { epsilon } => {
             batch_norm(arg(0)?, arg(1)?, arg(2)?, arg(3)?, arg(4)?, *epsilon)
@@ -208,6 +209,21 @@ fn conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, mut window: Window, groups: 
     debug_assert_eq!(y.dims(), &[n, f, size.0, size.1]);
     match b {
         Some(b) => Ok(y.broadcast_add(&b.reshape((1, f, 1, 1))?)?),
+        None => Ok(y),
+    }
+}
+
+fn candle_conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, window: Window, groups: usize) -> Result<Tensor> {
+    let [p, ..] = window.pads;
+    let symmetric = window.pads.iter().all(|&q| q == p)
+        && window.strides[0] == window.strides[1]
+        && window.dilations[0] == window.dilations[1];
+    if !symmetric {
+        return Err(Error::Rebuild("candle's conv2d needs equal pads, strides and dilations".into()));
+    }
+    let y = x.conv2d(w, p, window.strides[0], window.dilations[0], groups)?;
+    match b {
+        Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
         None => Ok(y),
     }
 }
