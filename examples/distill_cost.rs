@@ -31,9 +31,12 @@ fn main() -> nerp::Result<()> {
     let x: Vec<f32> = (0..batch * 784).map(|_| rng.uniform() as f32 - 0.5).collect();
     let x = Tensor::from_vec(x, (batch, 1, 28, 28), &Device::Cpu)?;
     let convs = graph.conv_weights();
-    let vars: HashMap<String, Var> =
-        convs.iter().map(|n| Ok((n.clone(), Var::from_tensor(&graph.constants[n].copy()?)?))).collect::<nerp::Result<_>>()?;
-    let weights: HashMap<String, Tensor> = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    let vars: HashMap<String, Var> = convs
+        .iter()
+        .map(|n| Ok((n.clone(), Var::from_tensor(&graph.constants[n].copy()?)?)))
+        .collect::<nerp::Result<_>>()?;
+    let weights: HashMap<String, Tensor> =
+        vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
     println!("| piece | ms |\n|---|---|");
     let fwd = time(repeats, || graph.forward(&x, &HashMap::new(), false))?;
     println!("| forward, batch {batch}, no gradient | {:.0} |", fwd * 1e3);
@@ -50,13 +53,24 @@ fn main() -> nerp::Result<()> {
         println!("| forward + backward, batch {batch}, conv {imp:?} | {:.0} |", t * 1e3);
     }
     let n = 29_712;
-    let p = nerp::train::init_predictor(hidden, nerp::format::Embedding { base: 1.25, levels: 20 }, 1, &Device::Cpu)?;
+    let p = nerp::train::init_predictor(
+        hidden,
+        nerp::format::Embedding { base: 1.25, levels: 20 },
+        1,
+        &Device::Cpu,
+    )?;
     let coords: Vec<f32> = (0..n * 3).map(|_| rng.uniform() as f32).collect();
     let inputs = nerp::predictor::embed(&Tensor::from_vec(coords, (n, 3), &Device::Cpu)?, p.embedding)?;
     let t = time(repeats, || {
-        let vars: Vec<(Var, Var)> =
-            p.layers.iter().map(|l| Ok((Var::from_tensor(&l.w)?, Var::from_tensor(&l.b)?))).collect::<nerp::Result<_>>()?;
-        let layers = vars.iter().map(|(w, b)| nerp::predictor::Linear { w: w.as_tensor().clone(), b: b.as_tensor().clone() }).collect();
+        let vars: Vec<(Var, Var)> = p
+            .layers
+            .iter()
+            .map(|l| Ok((Var::from_tensor(&l.w)?, Var::from_tensor(&l.b)?)))
+            .collect::<nerp::Result<_>>()?;
+        let layers = vars
+            .iter()
+            .map(|(w, b)| nerp::predictor::Linear { w: w.as_tensor().clone(), b: b.as_tensor().clone() })
+            .collect();
         let q = Predictor { layers, ..p.clone() };
         Ok(q.forward(&inputs)?.sqr()?.sum_all()?.backward()?)
     })?;

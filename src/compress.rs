@@ -266,7 +266,8 @@ pub fn compress(
             Schedule::Recon => train::train(&cfg, &data, None, &device, progress)?,
             _ => {
                 let mut distiller = distiller(input, &model, &plans, opts, &device)?;
-                let (p, losses, log) = distill::fit(&cfg, &data, &mut distiller, &opts.distill, &device, progress)?;
+                let (p, losses, log) =
+                    distill::fit(&cfg, &data, &mut distiller, &opts.distill, &device, progress)?;
                 kd_log = log;
                 (p, losses)
             }
@@ -312,7 +313,10 @@ fn distiller(
     device: &Device,
 ) -> Result<distill::Distiller> {
     if model.kind != SourceKind::Onnx {
-        return Err(Error::usage("--schedule", "distillation needs an ONNX source model (it runs the network)"));
+        return Err(Error::usage(
+            "--schedule",
+            "distillation needs an ONNX source model (it runs the network)",
+        ));
     }
     let preprocess = match opts.metadata.get(crate::cli::PREPROCESS_KEY) {
         Some(json) => serde_json::from_str::<crate::data::Preprocess>(json)

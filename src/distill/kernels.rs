@@ -98,3 +98,39 @@ impl PredictedKernels {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::{make_plan, CompressOptions};
+
+    /// The differentiable kernels are exactly what regeneration from the file produces.
+    #[test]
+    fn kernels_match_regeneration() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/models/resnet20_fashion_mnist.onnx");
+        let model = crate::ingest::load(&path).unwrap();
+        let opts = CompressOptions::default();
+        let (plans, _) = make_plan(&model, &opts).unwrap();
+        let names: Vec<String> = model.tensors.iter().map(|t| t.name.clone()).collect();
+        let p = crate::train::init_predictor(8, opts.embedding, 3, &Device::Cpu).unwrap();
+        let got =
+            PredictedKernels::new(&plans, &names, opts.embedding, &Device::Cpu).unwrap().weights(&p).unwrap();
+        let pred = crate::regen::predict_layers(&p, &plans, plans.len() as u32).unwrap();
+        let mut at = 0;
+        assert!(plans.iter().any(|p| p.kh == 1), "the model should have 1×1 kernels too");
+        for plan in &plans {
+            let n = plan.kernels() * OUTPUTS;
+            let mut expect = vec![0f32; plan.kernels() * plan.kh * plan.kw];
+            plan::scatter(&pred[at..at + n], plan, &mut expect);
+            at += n;
+            let w = got[&names[plan.tensor]].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let max = w.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(
+                max <= 1e-6 * expect.iter().fold(1f32, |m, v| m.max(v.abs())),
+                "{}: {max}",
+                names[plan.tensor]
+            );
+        }
+    }
+}

@@ -42,7 +42,11 @@ pub fn feature_loss(student: &[Tensor], teacher: &[Tensor]) -> Result<Tensor> {
     let mut total: Option<Tensor> = None;
     for (s, t) in student.iter().zip(teacher) {
         if s.dims() != t.dims() {
-            return Err(Error::Training(format!("feature maps differ in shape: {:?} vs {:?}", s.dims(), t.dims())));
+            return Err(Error::Training(format!(
+                "feature maps differ in shape: {:?} vs {:?}",
+                s.dims(),
+                t.dims()
+            )));
         }
         let d = (normalize(s)? - normalize(t)?)?.sqr()?.sum_all()?;
         total = Some(match total {
@@ -78,7 +82,7 @@ mod tests {
         let a = Tensor::new(&[[[[1f32, 2.0]]], [[[3.0, -1.0]]]], &Device::Cpu).unwrap();
         let scaled = Tensor::new(&[[[[2f32, 4.0]]], [[[0.3, -0.1]]]], &Device::Cpu).unwrap();
         let other = Tensor::new(&[[[[2f32, 1.0]]], [[[3.0, -1.0]]]], &Device::Cpu).unwrap();
-        let l0 = feature_loss(&[a.clone()], &[scaled]).unwrap().to_scalar::<f32>().unwrap();
+        let l0 = feature_loss(std::slice::from_ref(&a), &[scaled]).unwrap().to_scalar::<f32>().unwrap();
         let l1 = feature_loss(&[a], &[other]).unwrap().to_scalar::<f32>().unwrap();
         assert!(l0 < 1e-6, "{l0}");
         assert!(l1 > 0.1, "{l1}");

@@ -102,8 +102,11 @@ pub struct Graph {
     pub output: String,
 }
 
+/// Translates one ONNX node into an [`Op`].
+pub type Translate = fn(&NodeProto) -> Result<Op>;
+
 /// The ops [`Graph::from_proto`] accepts, each with its translation function.
-pub const OPS: &[(&str, fn(&NodeProto) -> Result<Op>)] = &[
+pub const OPS: &[(&str, Translate)] = &[
     ("Conv", conv),
     ("BatchNormalization", batch_norm),
     ("Relu", |_| Ok(Op::Relu)),

@@ -16,7 +16,9 @@ pub fn run(op: &Op, args: &[Option<Tensor>], conv_impl: ConvImpl) -> Result<Tens
     };
     let opt = |i: usize| args.get(i).and_then(|a| a.as_ref());
     match op {
-        Op::Conv { window, groups } if conv_impl == ConvImpl::Candle => candle_conv(arg(0)?, arg(1)?, opt(2), *window, *groups),
+        Op::Conv { window, groups } if conv_impl == ConvImpl::Candle => {
+            candle_conv(arg(0)?, arg(1)?, opt(2), *window, *groups)
+        }
         Op::Conv { window, groups } => conv(arg(0)?, arg(1)?, opt(2), *window, *groups),
         Op::BatchNormalization { epsilon } => {
             batch_norm(arg(0)?, arg(1)?, arg(2)?, arg(3)?, arg(4)?, *epsilon)
@@ -54,7 +56,7 @@ fn axis_index(axis: i64, rank: usize) -> Result<usize> {
 }
 
 fn dims4(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
-    Ok(x.dims4().map_err(|_| Error::Rebuild(format!("expected an NCHW input, got shape {:?}", x.dims())))?)
+    x.dims4().map_err(|_| Error::Rebuild(format!("expected an NCHW input, got shape {:?}", x.dims())))
 }
 
 /// Output size of a window along one axis.
@@ -336,7 +338,7 @@ fn reshape(x: &Tensor, shape: &Tensor) -> Result<Tensor> {
     }
     if let Some(i) = infer {
         let known: usize = dims.iter().product();
-        if known == 0 || x.elem_count() % known != 0 {
+        if known == 0 || !x.elem_count().is_multiple_of(known) {
             return Err(Error::Rebuild(format!("cannot reshape {:?} into {spec:?}", x.dims())));
         }
         dims[i] = x.elem_count() / known;
