@@ -21,7 +21,7 @@ pub struct Cli {
 pub enum Command {
     /// Compress an ONNX or safetensors model into a .nerp file.
     #[cfg(feature = "compress")]
-    Compress(CompressArgs),
+    Compress(Box<CompressArgs>),
     /// Print a .nerp file's header: tensors, sections, predictor, ratios (reads no data).
     Inspect {
         file: PathBuf,
@@ -122,6 +122,77 @@ pub struct CompressArgs {
     /// No progress bar and no per-tensor report.
     #[arg(short, long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub distill: DistillArgs,
+}
+
+/// Training schedule and knowledge distillation (docs/distillation.md).
+#[cfg(feature = "compress")]
+#[derive(Debug, Args)]
+pub struct DistillArgs {
+    /// recon (data-free), joint (NeRN: recon + distillation on evenly spaced steps) or
+    /// decoupled (recon, then distillation). --steps is the total for every schedule.
+    #[arg(long, default_value = "recon", help_heading = "Distillation")]
+    pub schedule: String,
+    /// Decoupled: repeat recon → distillation this many times (steps split evenly).
+    #[arg(long, default_value_t = 1, help_heading = "Distillation")]
+    pub rounds: usize,
+    /// Steps (of --steps) with a distillation term.
+    #[arg(long, default_value_t = 200, help_heading = "Distillation")]
+    pub kd_steps: usize,
+    /// Training images per distillation step.
+    #[arg(long, default_value_t = 32, help_heading = "Distillation")]
+    pub kd_batch: usize,
+    /// Peak learning rate of the decoupled distillation stage.
+    #[arg(long, default_value_t = 1e-3, help_heading = "Distillation")]
+    pub kd_lr: f64,
+    /// Softmax temperature of the KL divergence.
+    #[arg(long, default_value_t = 4.0, help_heading = "Distillation")]
+    pub temperature: f64,
+    /// Weight of the output KL divergence (× T²).
+    #[arg(long, default_value_t = 1.0, help_heading = "Distillation")]
+    pub kl_weight: f64,
+    /// Weight of the feature-map loss (only with the original network as teacher).
+    #[arg(long, default_value_t = 1.0, help_heading = "Distillation")]
+    pub feature_weight: f64,
+    /// Joint: weight of the reconstruction loss.
+    #[arg(long, default_value_t = 1.0, help_heading = "Distillation")]
+    pub recon_weight: f64,
+    /// Teacher network (ONNX) for distillation [default: the model being compressed].
+    #[arg(long, help_heading = "Distillation")]
+    pub teacher: Option<PathBuf>,
+    /// Training images (train split): fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR.
+    #[arg(long, default_value = "fashion-mnist", help_heading = "Distillation")]
+    pub data: String,
+    /// Use only the first N training images.
+    #[arg(long, help_heading = "Distillation")]
+    pub data_limit: Option<usize>,
+    /// Write the distillation losses of every step as JSON to this file.
+    #[arg(long, help_heading = "Distillation")]
+    pub kd_log: Option<PathBuf>,
+}
+
+#[cfg(feature = "compress")]
+impl DistillArgs {
+    fn options(&self) -> Result<crate::distill::DistillOptions> {
+        if let Some(t) = &self.teacher {
+            existing(t)?;
+        }
+        Ok(crate::distill::DistillOptions {
+            schedule: crate::distill::Schedule::parse(&self.schedule)?,
+            rounds: self.rounds,
+            kd_steps: self.kd_steps,
+            kd_batch: self.kd_batch,
+            kd_lr: self.kd_lr,
+            temperature: self.temperature,
+            kl_weight: self.kl_weight,
+            feature_weight: self.feature_weight,
+            recon_weight: self.recon_weight,
+            teacher: self.teacher.clone(),
+            data: DataSource::parse(&self.data)?,
+            data_limit: self.data_limit,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -227,7 +298,7 @@ fn show_progress(quiet: bool) -> bool {
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         #[cfg(feature = "compress")]
-        Command::Compress(a) => compress(a).map(|_| 0),
+        Command::Compress(a) => compress(*a).map(|_| 0),
         Command::Inspect { file, json } => inspect(existing(&file)?, json).map(|_| 0),
         Command::Verify { file } => verify(existing(&file)?),
         Command::Decompress { file, output, device } => {
@@ -262,6 +333,7 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
             min_values: a.min_values,
         },
         seed: a.seed,
+        distill: a.distill.options()?,
         ..CompressOptions::default()
     };
     if let Some(p) = &a.preprocess {
@@ -274,6 +346,10 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
             .insert(runtime::INPUT_SHAPES_KEY.into(), serde_json::to_string(&shapes).expect("serializes"));
     }
     let report = compress_with_progress(&a.input, &a.output, &opts, a.quiet)?;
+    if let Some(path) = &a.distill.kd_log {
+        let json = serde_json::to_vec_pretty(&report.kd_losses).expect("serializes");
+        format::write_atomic(path, &json)?;
+    }
     if !a.quiet {
         print_compress_report(&report);
     }

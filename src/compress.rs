@@ -1,5 +1,6 @@
 //! The compressor pipeline: ingest → plan → train → write.
 
+use crate::distill::{self, DistillOptions, Schedule};
 use crate::error::{Error, Result};
 use crate::format::{
     self, read::pack_permutation, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, SectionKind,
@@ -38,6 +39,8 @@ pub struct CompressOptions {
     pub metadata: BTreeMap<String, String>,
     /// Check that tract can run the source ONNX model before compressing.
     pub check_runnable: bool,
+    /// Training schedule and distillation settings.
+    pub distill: DistillOptions,
 }
 
 impl Default for CompressOptions {
@@ -56,6 +59,7 @@ impl Default for CompressOptions {
             seed: 0,
             metadata: BTreeMap::new(),
             check_runnable: true,
+            distill: DistillOptions::default(),
         }
     }
 }
@@ -102,6 +106,8 @@ pub struct CompressReport {
     pub final_loss: f64,
     /// RMSE over all predicted weights (after storing the predictor in its dtype).
     pub weight_rmse: f64,
+    /// Losses of every distillation step (empty for `--schedule recon`).
+    pub kd_losses: Vec<distill::KdLosses>,
 }
 
 impl CompressReport {
@@ -153,6 +159,7 @@ impl CompressOptions {
                 format!("must be in 1..={}", format::limits::MAX_LEVELS),
             ));
         }
+        self.distill.validate(self.steps)?;
         if predictor::frequencies(e).iter().any(|f| !f.is_finite()) {
             let what = format!(
                 "{} with {} levels overflows f32 frequencies; lower --pe-base or --pe-levels",
@@ -269,13 +276,23 @@ pub fn compress(
     };
     let device = Device::Cpu;
     let mut final_loss = f64::NAN;
+    let mut kd_log = Vec::new();
     let predictor = if plans.is_empty() {
         None
     } else {
         let cfg = opts.train_config(hidden);
         let data = train_data(&plans, &values);
-        let (p, losses) = train::train(&cfg, &data, None, &device, progress)?;
-        final_loss = losses.last().copied().unwrap_or(f64::NAN);
+        let (p, losses) = match opts.distill.schedule {
+            Schedule::Recon => train::train(&cfg, &data, None, &device, progress)?,
+            _ => {
+                let mut distiller = distiller(input, &model, &plans, opts, &device)?;
+                let (p, losses, log) =
+                    distill::fit(&cfg, &data, &mut distiller, &opts.distill, &device, progress)?;
+                kd_log = log;
+                (p, losses)
+            }
+        };
+        final_loss = losses.iter().rev().find(|l| l.is_finite()).copied().unwrap_or(f64::NAN);
         Some(p.rounded(opts.predictor_dtype)?)
     };
     let (bytes, mut tensors, weight_rmse) = build_file(&model, &plans, &values, predictor.as_ref(), opts)?;
@@ -307,7 +324,39 @@ pub fn compress(
         steps: opts.steps,
         final_loss,
         weight_rmse,
+        kd_losses: kd_log,
     })
+}
+
+/// The distillation term of a schedule: the source network with predicted kernels, the
+/// teacher and the training images.
+fn distiller(
+    input: &Path,
+    model: &SourceModel,
+    plans: &[LayerPlan],
+    opts: &CompressOptions,
+    device: &Device,
+) -> Result<distill::Distiller> {
+    if model.kind != SourceKind::Onnx {
+        return Err(Error::usage(
+            "--schedule",
+            "distillation needs an ONNX source model (it runs the network)",
+        ));
+    }
+    let preprocess = match opts.metadata.get(crate::cli::PREPROCESS_KEY) {
+        Some(json) => serde_json::from_str::<crate::data::Preprocess>(json)
+            .map_err(|e| Error::usage("--preprocess", format!("stored preprocessing is not valid: {e}")))?,
+        None => {
+            return Err(Error::usage(
+                "--preprocess",
+                "distillation feeds training images to the network: give their preprocessing, e.g. mean=0.286,std=0.353",
+            ))
+        }
+    };
+    let graph = crate::graph::Graph::from_onnx_file(input)?;
+    let kernels = distill::kernels::PredictedKernels::new(plans, model, opts.embedding, device)?;
+    let student = distill::Student { graph, kernels };
+    distill::Distiller::new(student, &opts.distill, &preprocess, opts.seed, device)
 }
 
 /// Lays out the file for a (trained or not) predictor; returns its bytes, the per-tensor report (predictor share not yet

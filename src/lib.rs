@@ -21,11 +21,14 @@ pub mod cli;
 pub mod compress;
 pub mod data;
 pub mod device;
+#[cfg(feature = "compress")]
+pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod fidelity;
 pub mod format;
 pub mod gpu;
+pub mod graph;
 pub mod ingest;
 pub mod mmap;
 pub mod npy;

@@ -215,7 +215,7 @@ enum Backend {
 }
 
 /// Weighted mean squared error of the batch and the gradients of every weight and bias.
-fn loss_and_grads(
+pub(crate) fn loss_and_grads(
     layers: &[Linear],
     x: &Tensor,
     t: &Tensor,
@@ -249,12 +249,12 @@ fn loss_and_grads(
 }
 
 /// Samples kernels with probability ∝ their L2 norm (NeRN's magnitude-oriented batching).
-struct MagnitudeSampler {
+pub(crate) struct MagnitudeSampler {
     cumulative: Vec<f64>,
 }
 
 impl MagnitudeSampler {
-    fn new(targets: &[f32]) -> Self {
+    pub(crate) fn new(targets: &[f32]) -> Self {
         let mut acc = 0.0;
         let cumulative = targets
             .chunks(OUTPUTS)
@@ -266,7 +266,7 @@ impl MagnitudeSampler {
         MagnitudeSampler { cumulative }
     }
 
-    fn sample(&self, rng: &mut Rng) -> usize {
+    pub(crate) fn sample(&self, rng: &mut Rng) -> usize {
         let total = *self.cumulative.last().unwrap_or(&0.0);
         if total <= 0.0 {
             return rng.below(self.cumulative.len());
@@ -277,13 +277,13 @@ impl MagnitudeSampler {
 }
 
 /// AdamW with decoupled weight decay (PyTorch's formulation).
-struct AdamW {
+pub(crate) struct AdamW {
     m: Vec<Linear>,
     v: Vec<Linear>,
 }
 
 impl AdamW {
-    fn new(p: &Predictor) -> Result<Self> {
+    pub(crate) fn new(p: &Predictor) -> Result<Self> {
         let zeros =
             |l: &Linear| -> Result<Linear> { Ok(Linear { w: l.w.zeros_like()?, b: l.b.zeros_like()? }) };
         let m = p.layers.iter().map(zeros).collect::<Result<Vec<_>>>()?;
@@ -291,7 +291,7 @@ impl AdamW {
         Ok(AdamW { m, v })
     }
 
-    fn step(
+    pub(crate) fn step(
         &mut self,
         params: &mut [Linear],
         grads: &[Linear],
