@@ -653,13 +653,7 @@ fn eval_weights(a: EvalArgs) -> Result<()> {
     let load_s = t.elapsed().as_secs_f64();
     let original = crate::ingest::load(&orig_path)?;
     let all = crate::fidelity::compare_tensors(&original.tensors, &weights)?;
-    let predicted: std::collections::HashSet<&str> = file
-        .header()
-        .tensors
-        .iter()
-        .filter(|t| matches!(t.storage, Storage::Predicted { .. }))
-        .map(|t| t.name.as_str())
-        .collect();
+    let predicted: std::collections::HashSet<&str> = file.header().predicted_names().into_iter().collect();
     let mut pred: Vec<&crate::fidelity::TensorFidelity> =
         all.iter().filter(|t| predicted.contains(t.name.as_str())).collect();
     pred.sort_by(|x, y| y.rel_error.total_cmp(&x.rel_error));

@@ -275,13 +275,7 @@ fn cli_include_exclude() {
     let o = nerp(&["--include", "*.weight", "--include", "proj", "--exclude", "c?.weight"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let file = nerp::open(&out).unwrap();
-    let predicted: Vec<&str> = file
-        .header()
-        .tensors
-        .iter()
-        .filter(|t| matches!(t.storage, Storage::Predicted { .. }))
-        .map(|t| t.name.as_str())
-        .collect();
+    let predicted: Vec<&str> = file.header().predicted_names();
     assert_eq!(
         predicted,
         ["proj", "dw.weight", "dw5.weight", "gc.weight", "pw.weight", "up.weight", "fc.weight", "emb.weight"]

@@ -6,7 +6,7 @@
 mod common;
 
 use nerp::compress::{compress, CompressOptions};
-use nerp::format::{Ordering, Storage};
+use nerp::format::Ordering;
 use std::path::PathBuf;
 
 fn model(rel: &str) -> Option<PathBuf> {
@@ -71,13 +71,7 @@ fn minilm_round_trips() {
     let out = dir.path().join("m.nerp");
     compress(&src, &out, &tiny(None), &mut |_: usize, _: f64| {}).unwrap();
     let file = nerp::open(&out).unwrap();
-    let predicted: Vec<&str> = file
-        .header()
-        .tensors
-        .iter()
-        .filter(|t| matches!(t.storage, Storage::Predicted { .. }))
-        .map(|t| t.name.as_str())
-        .collect();
+    let predicted: Vec<&str> = file.header().predicted_names();
     // 6 layers × 6 matrices, word and position embeddings, pooler.
     assert_eq!(predicted.len(), 6 * 6 + 3, "{predicted:?}");
     let weights = nerp::regen::regenerate(&file, &nerp::Device::Cpu).unwrap();

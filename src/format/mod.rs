@@ -67,6 +67,14 @@ pub struct Header {
     pub metadata: BTreeMap<String, String>,
 }
 
+impl Header {
+    /// Names of the predicted tensors, in header order.
+    pub fn predicted_names(&self) -> Vec<&str> {
+        let predicted = self.tensors.iter().filter(|t| matches!(t.storage, Storage::Predicted { .. }));
+        predicted.map(|t| t.name.as_str()).collect()
+    }
+}
+
 /// The kind of model a file was compressed from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
