@@ -184,8 +184,10 @@ fn save(path: &Path, mut sweep: Sweep) -> Result<()> {
     let json = serde_json::to_string_pretty(&sweep).expect("serializes");
     nerp::format::write_atomic(path, json.as_bytes())?;
     nerp::format::write_atomic(&dir.join("sweep.md"), table(&sweep).as_bytes())?;
-    nerp::format::write_atomic(&dir.join("sweep.svg"), plot(&sweep).as_bytes())?;
-    println!("wrote {}, sweep.md, sweep.svg", path.display());
+    nerp::format::write_atomic(&dir.join("sweep.svg"), plot(&sweep, None).as_bytes())?;
+    let orig = sweep.points.iter().find(|p| p.method == "original").map_or(0.0, |p| p.accuracy);
+    nerp::format::write_atomic(&dir.join("sweep-top.svg"), plot(&sweep, Some(orig - 0.05)).as_bytes())?;
+    println!("wrote {}, sweep.md, sweep.svg, sweep-top.svg", path.display());
     Ok(())
 }
 
@@ -385,14 +387,14 @@ fn table(s: &Sweep) -> String {
         "# Size vs accuracy: {}\n\nTop-1 on the {} Fashion-MNIST test images; size = bytes on disk ÷ the fp32 ONNX file \
          ({} bytes). ★ = Pareto front (no other point is both smaller and at least as accurate).\n\n\
          Command: `{}`\n\nMachine: {} (shared with other jobs; times are indicative).\n\n\
-         | method | configuration | bytes | size ratio | compression | top-1 | Δ vs fp32 (points) | predictor params | train s | front |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|:-:|\n",
+         | method | configuration | bytes | size ratio | compression | top-1 | Δ vs fp32 (points) | predictor params | steps | train s | front |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|:-:|\n",
         s.model, s.images, s.fp32_bytes, s.command, s.machine
     );
     for p in sorted(s) {
         let ratio = p.bytes as f64 / s.fp32_bytes as f64;
         t += &format!(
-            "| {} | {} | {} | {:.3} | {:.1}× | {:.2}% | {:+.2} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.3} | {:.1}× | {:.2}% | {:+.2} | {} | {} | {} | {} |\n",
             p.method,
             p.label,
             p.bytes,
@@ -401,22 +403,33 @@ fn table(s: &Sweep) -> String {
             100.0 * p.accuracy,
             100.0 * (p.accuracy - orig),
             p.params.map(|n| n.to_string()).unwrap_or_default(),
+            p.steps.map(|n| n.to_string()).unwrap_or_default(),
             p.train_seconds.map(|x| format!("{x:.0}")).unwrap_or_default(),
             if p.pareto { "★" } else { "" }
         );
     }
-    t
+    t + "\nnerp: trained once per width, the predictor then stored in each dtype. \
+         NeRN: tools/nern_baseline.py (PyTorch, 1 thread; commands in the README, \"Results: size vs accuracy\"), \
+         added with `sweep add`; its bytes = this nerp file without the predictor and \
+         scales sections (skeleton, raw tensors, permutations) + its parameters at 4 or 2 bytes. \
+         int8: per-output-channel symmetric, int8 values + one f32 scale per channel + the rest of the ONNX file \
+         as stored; evaluated dequantized. \"train s\": wall time of the training loop, under the machine's \
+         load at that moment.\n"
 }
 
-/// A hand-written SVG: size ratio (log scale) against top-1, the front as a step line.
-fn plot(s: &Sweep) -> String {
+/// A hand-written SVG: size ratio (log scale) against top-1, the front as a step line; with
+/// `floor`, only the points at or above that accuracy (a zoom on the top).
+fn plot(s: &Sweep, floor: Option<f64>) -> String {
     let (w, h, ml, mr, mt, mb) = (760.0, 480.0, 70.0, 190.0, 30.0, 50.0);
-    let pts = sorted(s);
+    let pts: Vec<&Point> = sorted(s).into_iter().filter(|p| floor.is_none_or(|f| p.accuracy >= f)).collect();
     let ratio = |p: &Point| p.bytes as f64 / s.fp32_bytes as f64;
     let (xmin, xmax) = (pts.iter().map(|p| ratio(p)).fold(1.0, f64::min) * 0.8, 1.2f64);
     let acc_min = pts.iter().map(|p| p.accuracy).fold(1.0, f64::min);
     let acc_max = pts.iter().map(|p| p.accuracy).fold(0.0, f64::max);
-    let (ymin, ymax) = (((acc_min * 100.0 - 1.0).floor()) / 100.0, ((acc_max * 100.0 + 0.5).ceil()) / 100.0);
+    let span = (acc_max - acc_min) * 100.0;
+    let tick = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0].into_iter().find(|t| span / t <= 8.0).unwrap_or(20.0);
+    let ymin = (acc_min * 100.0 / tick).floor() * tick / 100.0;
+    let ymax = ((acc_max * 100.0 / tick).floor() + 1.0) * tick / 100.0;
     let x = |r: f64| ml + (r.ln() - xmin.ln()) / (xmax.ln() - xmin.ln()) * (w - ml - mr);
     let y = |a: f64| mt + (ymax - a) / (ymax - ymin) * (h - mt - mb);
     let color = |m: &str| match m {
@@ -430,6 +443,9 @@ fn plot(s: &Sweep) -> String {
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
     let (x0, x1, y0, y1) = (ml, w - mr, mt, h - mb);
+    let name = Path::new(&s.model).file_stem().map_or(s.model.clone(), |n| n.to_string_lossy().into_owned());
+    let zoom = if floor.is_some() { ", within 5 points of fp32" } else { "" };
+    o += &format!("<text x=\"{x0}\" y=\"18\" font-size=\"13\">{name}: size vs top-1{zoom}</text>\n");
     o += &format!(
         "<rect x=\"{x0}\" y=\"{y0}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#888\"/>\n",
         x1 - x0,
@@ -442,17 +458,17 @@ fn plot(s: &Sweep) -> String {
             o += &format!("<text x=\"{xr:.1}\" y=\"{}\" text-anchor=\"middle\">{r}</text>\n", y1 + 15.0);
         }
     }
-    let mut a = ymin;
-    while a <= ymax + 1e-9 {
+    for k in 0..=((ymax - ymin) * 100.0 / tick).round() as usize {
+        let a = ymin + k as f64 * tick / 100.0;
         let ya = y(a);
         o += &format!("<line x1=\"{x0}\" y1=\"{ya:.1}\" x2=\"{x1}\" y2=\"{ya:.1}\" stroke=\"#eee\"/>\n");
         o += &format!(
-            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}%</text>\n",
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.*}%</text>\n",
             x0 - 5.0,
             ya + 4.0,
+            usize::from(tick < 1.0),
             a * 100.0
         );
-        a += 0.01 * ((ymax - ymin) * 100.0 / 8.0).ceil().max(1.0);
     }
     o += &format!(
         "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">bytes on disk ÷ fp32 ONNX file (log scale)</text>\n",

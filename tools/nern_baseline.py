@@ -40,6 +40,7 @@ import json
 import math
 import os
 import struct
+import sys
 import time
 
 import numpy as np
@@ -292,6 +293,7 @@ def main():
             "weight_rmse": math.sqrt(se / count),
             "torch": torch.__version__,
             "threads": a.threads,
+            "command": " ".join(["tools/nern_baseline.py"] + sys.argv[1:]),
         }
         with open(os.path.join(a.out, stem + ".json"), "w") as f:
             json.dump(desc, f, indent=1)
