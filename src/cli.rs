@@ -541,6 +541,13 @@ fn preprocess_for(file: &NerpFile, flag: Option<&str>) -> Result<Preprocess> {
 /// `nerp eval`: weights fidelity (safetensors), output fidelity (--inputs) or a dataset.
 fn eval_any(a: EvalArgs) -> Result<()> {
     existing(&a.file)?;
+    if a.inputs.is_empty() {
+        // Dataset options are checked before the file is read, as usage errors.
+        if a.limit == Some(0) {
+            return Err(Error::usage("--limit", "must be at least 1"));
+        }
+        DataSource::parse(&a.data)?;
+    }
     let (h, _) = format::read_header(&a.file)?;
     if h.source.kind == format::SourceKind::Safetensors {
         return eval_weights(a);

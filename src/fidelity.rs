@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(relative_error(&[3.0, 4.0], &[3.0, 4.0]), 0.0);
         assert!((relative_error(&[3.0, 4.0], &[0.0, 0.0]) - 1.0).abs() < 1e-12);
         assert_eq!(relative_error(&[0.0], &[1.0]), f64::INFINITY);
-        assert_eq!(top1_agreement(&[1.0, 2.0, 5.0, 0.0], &[0.0, 3.0, 1.0, 0.0], 2), 0.5);
+        assert_eq!(top1_agreement(&[1.0, 2.0, 5.0, 0.0], &[0.0, 3.0, 0.0, 1.0], 2), 0.5);
         assert!((iou(&[0.9, 0.9, 0.1, 0.0], &[0.9, 0.1, 0.9, 0.0], 0.5) - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(iou(&[0.0], &[0.0], 0.5), 1.0);
         // steps: 1 1 0 2 2 0 0 1  →  [1, 2, 1]
