@@ -281,3 +281,49 @@ fn cli_include_exclude() {
         ["proj", "dw.weight", "dw5.weight", "gc.weight", "pw.weight", "up.weight", "fc.weight", "emb.weight"]
     );
 }
+
+fn nerp_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_nerp")).args(args).output().unwrap()
+}
+
+#[test]
+fn cli_label_free_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let onnx = common::shared_model("resnet20_fashion_mnist.onnx");
+    let onnx = onnx.to_str().unwrap();
+    let o = nerp_cli(&["compress", onnx, "-o", &d("r.nerp"), "--hidden", "8", "--steps", "5", "--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    nerp::npy::write_f32(std::path::Path::new(&d("x.npy")), &common::noise(4 * 28 * 28, 3), &[4, 1, 28, 28])
+        .unwrap();
+    let o = nerp_cli(&[
+        "eval",
+        &d("r.nerp"),
+        "--original",
+        onnx,
+        "--inputs",
+        &d("x.npy"),
+        "--task",
+        "classifier",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["inputs"], 1);
+    let agree = v["top1_agreement"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&agree) && v["rel_error"].as_f64().unwrap() > 0.0, "{v}");
+
+    let st = common::shared_model("resnet20_fashion_mnist.safetensors");
+    let st = st.to_str().unwrap();
+    let o = nerp_cli(&["compress", st, "-o", &d("s.nerp"), "--hidden", "8", "--steps", "5", "--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = nerp_cli(&["eval", &d("s.nerp"), "--original", st, "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["raw_tensors_exact"], true);
+    assert_eq!(v["predicted"], 21);
+    // 5 steps of an 8-wide predictor: far from the weights, but finite.
+    let worst =
+        v["tensors"].as_array().unwrap().iter().map(|t| t["rel_error"].as_f64().unwrap()).fold(0.0, f64::max);
+    assert!(worst.is_finite() && worst > 0.1, "{worst}");
+}
