@@ -144,7 +144,7 @@ pub struct DistillArgs {
     #[arg(long, default_value_t = 32, help_heading = "Distillation")]
     pub kd_batch: usize,
     /// Peak learning rate of the decoupled distillation stage.
-    #[arg(long, default_value_t = 1e-3, help_heading = "Distillation")]
+    #[arg(long, default_value_t = 1e-4, help_heading = "Distillation")]
     pub kd_lr: f64,
     /// Softmax temperature of the KL divergence.
     #[arg(long, default_value_t = 4.0, help_heading = "Distillation")]

@@ -34,11 +34,16 @@ def main(path):
     cost = defaultdict(list)  # (hidden, run) -> [(compress s, kd s)]
     budget = {(r["steps"], r["kd_steps"], r["kd_batch"]) for r in rows}
     for r in rows:
+        # recon does not distil and joint does not use --kd-lr: their rows count for every kd-lr.
+        lr = r.get("kd_lr") or "1e-3"
+        if r["run"] not in ("recon", "joint") and lr != "1e-4":
+            r["run"] = f"{r['run']}@{lr}"
         key = (int(r["hidden"]), r["run"])
         acc[key].append(100 * float(r["accuracy"]))
         cost[key].append((float(r["compress_s"]), float(r["kd_s"])))
     hs = sorted({h for h, _ in acc})
     runs = [r for r in RUNS if any((h, r) in acc for h in hs)]
+    runs += sorted({r for _, r in acc if r not in RUNS})
 
     def cell(h, r):
         v = acc.get((h, r))
@@ -57,7 +62,7 @@ def main(path):
         + ", ".join(f"({s}, {k}, {b})" for s, k, b in sorted(budget))
         + ". Mean ± sample std over seeds where several were run.",
         "",
-        "| hidden | " + " | ".join(LABELS[r] for r in runs) + " |",
+        "| hidden | " + " | ".join(label(r) for r in runs) + " |",
         "|---|" + "---|" * len(runs),
     ]
     for h in hs:
@@ -67,7 +72,7 @@ def main(path):
         "Wall time per run (s, compress only, mean over seeds; in parentheses the part spent in "
         "distillation forward/backward). The machine was shared: times are indicative only.",
         "",
-        "| hidden | " + " | ".join(LABELS[r] for r in runs) + " |",
+        "| hidden | " + " | ".join(label(r) for r in runs) + " |",
         "|---|" + "---|" * len(runs),
     ]
     for h in hs:
@@ -84,8 +89,13 @@ def main(path):
     print("\n".join(lines))
 
 
+def label(run):
+    base, _, lr = run.partition("@")
+    return LABELS[base] + (f", kd-lr {lr}" if lr else "")
+
+
 def svg(hs, runs, acc):
-    w, h, left, right, top, bottom = 720, 440, 60, 230, 20, 50
+    w, h, left, right, top, bottom = 800, 440, 60, 290, 20, 50
     pw, ph = w - left - right, h - top - bottom
     xs = {v: left + (i * pw / max(1, len(hs) - 1) if len(hs) > 1 else pw / 2) for i, v in enumerate(hs)}
 
@@ -103,15 +113,18 @@ def svg(hs, runs, acc):
     out.append(f'<text x="14" y="{top + ph / 2}" transform="rotate(-90 14 {top + ph / 2})" text-anchor="middle">test accuracy (%)</text>')
     out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(ORIGINAL):.1f}" y2="{y(ORIGINAL):.1f}" stroke="black" stroke-dasharray="4 3"/>')
     for i, r in enumerate(runs):
-        c = COLORS[RUNS.index(r)]
+        base, _, lr = r.partition("@")
+        c = COLORS[RUNS.index(base)]
+        dash = ' stroke-dasharray="2 2"' if lr else ""
+        marker = "none" if lr else c
         pts = [(xs[v], y(statistics.mean(acc[(v, r)]))) for v in hs if (v, r) in acc]
         if len(pts) > 1:
-            out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="' + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
+            out.append(f'<polyline fill="none" stroke="{c}"{dash} stroke-width="2" points="' + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
         for a, b in pts:
-            out.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3.5" fill="{c}"/>')
+            out.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3.5" fill="{marker}" stroke="{c}"/>')
         ly = top + 20 + 20 * i
-        out.append(f'<line x1="{left + pw + 15}" x2="{left + pw + 35}" y1="{ly}" y2="{ly}" stroke="{c}" stroke-width="2"/>')
-        out.append(f'<text x="{left + pw + 40}" y="{ly + 4}">{LABELS[r]}</text>')
+        out.append(f'<line x1="{left + pw + 15}" x2="{left + pw + 35}" y1="{ly}" y2="{ly}" stroke="{c}"{dash} stroke-width="2"/>')
+        out.append(f'<text x="{left + pw + 40}" y="{ly + 4}" font-size="10">{label(r)}</text>')
     ly = top + 20 + 20 * len(runs)
     out.append(f'<line x1="{left + pw + 15}" x2="{left + pw + 35}" y1="{ly}" y2="{ly}" stroke="black" stroke-dasharray="4 3"/>')
     out.append(f'<text x="{left + pw + 40}" y="{ly + 4}">original ({ORIGINAL:.2f}%)</text>')

@@ -75,7 +75,7 @@ impl Default for DistillOptions {
             rounds: 1,
             kd_steps: 200,
             kd_batch: 32,
-            kd_lr: 1e-3,
+            kd_lr: 1e-4,
             temperature: 4.0,
             kl_weight: 1.0,
             feature_weight: 1.0,
