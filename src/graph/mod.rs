@@ -296,36 +296,22 @@ fn constant(t: &TensorProto) -> Result<Option<Tensor>> {
     let bad = |got: usize| {
         Error::Rebuild(format!("tensor {:?} has {got} values, its shape {dims:?} needs {numel}", t.name))
     };
-    let tensor = match t.data_type {
-        1 => {
-            let v: Vec<f32> = if !t.raw_data.is_empty() {
-                t.raw_data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                    .collect()
-            } else {
-                t.float_data.clone()
-            };
-            if v.len() != numel {
-                return Err(bad(v.len()));
-            }
-            Tensor::from_vec(v, dims, &Device::Cpu)?
-        }
-        7 => {
-            let v: Vec<i64> = if !t.raw_data.is_empty() {
-                t.raw_data
-                    .chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-                    .collect()
-            } else {
-                t.int64_data.clone()
-            };
-            if v.len() != numel {
-                return Err(bad(v.len()));
-            }
-            Tensor::from_vec(v, dims, &Device::Cpu)?
-        }
+    use crate::format::DType as Stored;
+    let (dtype, width) = match crate::ingest::onnx::dtype_of(t.data_type) {
+        Some(d @ (Stored::F32 | Stored::I64)) => (d, d.size()),
         _ => return Ok(None),
+    };
+    let bytes = crate::ingest::onnx::embedded_data(t, dtype);
+    if bytes.len() != numel * width {
+        return Err(bad(bytes.len() / width));
+    }
+    let words = bytes.chunks_exact(width);
+    let tensor = if dtype == Stored::F32 {
+        let v: Vec<f32> = words.map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+        Tensor::from_vec(v, dims, &Device::Cpu)?
+    } else {
+        let v: Vec<i64> = words.map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+        Tensor::from_vec(v, dims, &Device::Cpu)?
     };
     debug_assert!(matches!(tensor.dtype(), DType::F32 | DType::I64));
     Ok(Some(tensor))

@@ -148,6 +148,15 @@ fn take_data(
     Ok(data)
 }
 
+/// The little-endian bytes of a tensor stored inside the proto (raw or typed fields).
+pub fn embedded_data(t: &TensorProto, dtype: DType) -> Vec<u8> {
+    if t.raw_data.is_empty() {
+        typed_data(t, dtype)
+    } else {
+        t.raw_data.clone()
+    }
+}
+
 fn typed_data(t: &TensorProto, dtype: DType) -> Vec<u8> {
     match dtype {
         DType::F32 => t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
