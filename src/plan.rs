@@ -205,34 +205,32 @@ pub fn blocks(values: &[f32], grid: &Grid, scales: Option<&[f32]>) -> Vec<f32> {
 /// (`s²·(out − k/s)² = (s·out − k)²`, the error of the original weights) 74.0%, weight `s`
 /// 87.0%; the original scores 92.4%.
 pub fn targets(values: &[f32], plan: &LayerPlan) -> (Vec<f32>, Vec<f32>) {
-    let g = &plan.grid;
     let mut t = vec![0f32; plan.blocks() * OUTPUTS];
     let mut m = vec![0f32; plan.blocks() * OUTPUTS];
-    for (p, &idx) in plan.perm.iter().enumerate() {
-        let idx = idx as usize;
-        let s = plan.scales.as_ref().map_or(1.0, |s| s[idx / g.cols]);
-        for i in 0..OUTPUTS {
-            if let Some(e) = g.cell(idx, i) {
-                t[p * OUTPUTS + i] = values[e] / s;
-                m[p * OUTPUTS + i] = s;
-            }
-        }
+    for (k, e, s) in cells(plan) {
+        t[k] = values[e] / s;
+        m[k] = s;
     }
     (t, m)
 }
 
 /// Inverse of [`targets`]: writes predictions (chain order, `N×9`) into a tensor's layout.
 pub fn scatter(pred: &[f32], plan: &LayerPlan, out: &mut [f32]) {
+    for (k, e, s) in cells(plan) {
+        out[e] = pred[k] * s;
+    }
+}
+
+/// Every real (non-padding) cell of a plan in chain order, as (index into the `N×9`
+/// predictions, tensor element, the scale of its row): the one walk behind [`targets`],
+/// [`scatter`] and distillation's differentiable layout.
+pub fn cells(plan: &LayerPlan) -> impl Iterator<Item = (usize, usize, f32)> + '_ {
     let g = &plan.grid;
-    for (p, &idx) in plan.perm.iter().enumerate() {
+    plan.perm.iter().enumerate().flat_map(move |(p, &idx)| {
         let idx = idx as usize;
         let s = plan.scales.as_ref().map_or(1.0, |s| s[idx / g.cols]);
-        for i in 0..OUTPUTS {
-            if let Some(e) = g.cell(idx, i) {
-                out[e] = pred[p * OUTPUTS + i] * s;
-            }
-        }
-    }
+        (0..OUTPUTS).filter_map(move |i| g.cell(idx, i).map(|e| (p * OUTPUTS + i, e, s)))
+    })
 }
 
 /// Block ordering of one layer: `values` holds `filters × channels` blocks of equal size in

@@ -46,8 +46,7 @@ fn regenerated_weights_equal_the_predictor_forward_bit_for_bit() {
     let plans = regen::layer_plans(&file).unwrap();
     let layers = plans.len() as u32;
     // One forward over all coordinates at once, independent of regen's batching.
-    let coords: Vec<f32> =
-        plans.iter().flat_map(|p| plan::coordinates(p.layer, layers, p.grid.rows, p.grid.cols)).collect();
+    let coords = regen::layer_coordinates(&plans, layers);
     let c = Tensor::from_slice(&coords, (coords.len() / 3, 3), &Device::Cpu).unwrap();
     let all = predictor.predict(&c).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let weights = regen::regenerate(&file, &nerp::Device::Cpu).unwrap();

@@ -35,27 +35,19 @@ impl PredictedKernels {
         embedding: Embedding,
         device: &Device,
     ) -> Result<Self> {
-        let total = plans.len() as u32;
-        let coords: Vec<f32> =
-            plans.iter().flat_map(|p| plan::coordinates(p.layer, total, p.grid.rows, p.grid.cols)).collect();
+        let coords = crate::regen::layer_coordinates(plans, plans.len() as u32);
         let n = coords.len() / 3;
         let inputs = embed(&Tensor::from_vec(coords, (n, 3), device)?, embedding)?;
         let mut layers = Vec::with_capacity(plans.len());
         let mut offset = 0;
         for p in plans {
-            let (g, numel) = (&p.grid, p.grid.numel());
+            let numel = p.grid.numel();
             let mut source = vec![0u32; numel];
             let mut scales = p.scales.as_ref().map(|_| vec![1f32; numel]);
-            // The same walk as plan::scatter, recording where each element comes from.
-            for (pos, &idx) in p.perm.iter().enumerate() {
-                let idx = idx as usize;
-                for i in 0..OUTPUTS {
-                    if let Some(e) = g.cell(idx, i) {
-                        source[e] = ((offset + pos) * OUTPUTS + i) as u32;
-                        if let (Some(out), Some(s)) = (scales.as_mut(), p.scales.as_ref()) {
-                            out[e] = s[idx / g.cols];
-                        }
-                    }
+            for (k, e, s) in plan::cells(p) {
+                source[e] = (offset + k) as u32;
+                if let Some(out) = scales.as_mut() {
+                    out[e] = s;
                 }
             }
             let t = &model.tensors[p.tensor];
@@ -65,7 +57,7 @@ impl PredictedKernels {
                 source: Tensor::from_vec(source, numel, device)?,
                 scales: scales.map(|s| Tensor::from_vec(s, numel, device)).transpose()?,
             });
-            offset += p.blocks();
+            offset += p.blocks() * OUTPUTS;
         }
         Ok(PredictedKernels { inputs, layers })
     }
