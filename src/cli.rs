@@ -15,6 +15,10 @@ use std::time::Instant;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Most memory a command may allocate for what a file declares (tensors, sections,
+    /// training), e.g. 8G or 512M; checked before allocating [default: half the machine's memory].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub max_memory: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -296,6 +300,10 @@ fn show_progress(quiet: bool) -> bool {
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    if let Some(size) = &cli.max_memory {
+        format::budget::set_limit(format::budget::parse_size(size)?);
+    }
+    crate::output::install_interrupt_cleanup();
     match cli.command {
         #[cfg(feature = "compress")]
         Command::Compress(a) => compress(*a).map(|_| 0),
@@ -518,10 +526,7 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
 fn verify(path: &Path) -> Result<i32> {
     let check = || -> Result<NerpFile> {
         let file = NerpFile::open(path)?;
-        for i in 0..file.header().sections.len() {
-            file.decode_section(i)?;
-        }
-        regen::layer_plans(&file)?;
+        crate::verify::verify(&file)?;
         Ok(file)
     };
     match check() {
@@ -536,8 +541,10 @@ fn verify(path: &Path) -> Result<i32> {
             );
             Ok(0)
         }
-        Err(e @ Error::Format { .. }) => {
-            println!("{e}");
+        // Anything that would make `decompress` or `run` refuse the file makes it invalid;
+        // usage errors (a missing file) keep their exit code 2.
+        Err(e) if !e.is_usage() => {
+            println!("{}: invalid: {e}", path.display());
             Ok(1)
         }
         Err(e) => Err(e),
@@ -565,6 +572,7 @@ fn decompress(path: &Path, output: &Path, device_name: &str) -> Result<()> {
             format!("{} must end in .onnx or .safetensors", output.display()),
         ));
     }
+    crate::output::check_not_an_input(output, &[path], "--output")?;
     let device = open_device(device_name)?;
     let file = crate::open(path)?;
     let weights = regen::regenerate(&file, &device)?;
@@ -579,6 +587,12 @@ fn decompress(path: &Path, output: &Path, device_name: &str) -> Result<()> {
 }
 
 fn run_model(path: &Path, input: &Path, output: Option<&Path>, device_name: &str) -> Result<()> {
+    if let Some(o) = output {
+        if o.extension().and_then(|e| e.to_str()) != Some("npy") {
+            return Err(Error::usage("--output", format!("{} must end in .npy (the output is a NumPy array)", o.display())));
+        }
+        crate::output::check_not_an_input(o, &[path, input], "--output")?;
+    }
     let device = open_device(device_name)?;
     let x = npy::read(input)?;
     // The input's own shape fixes dynamic dimensions (f32 inputs; else the stored shapes).
@@ -594,6 +608,11 @@ fn run_model(path: &Path, input: &Path, output: Option<&Path>, device_name: &str
         out.first().ok_or_else(|| Error::Rebuild("the model has no outputs".into()))?.cast_to::<f32>()?;
     let plain = first.try_as_plain_ram()?;
     let values = plain.as_slice::<f32>()?;
+    crate::error::check_finite(
+        || format!("output 0 of {} on {}", path.display(), input.display()),
+        values,
+        NON_FINITE_OUTPUT,
+    )?;
     match output {
         Some(o) => {
             npy::write_f32(o, values, first.shape())?;
@@ -604,14 +623,20 @@ fn run_model(path: &Path, input: &Path, output: Option<&Path>, device_name: &str
     Ok(())
 }
 
+/// What to do about a model output that is not finite (the inputs are checked before).
+const NON_FINITE_OUTPUT: &str =
+    "the inputs are finite, so the model overflowed: check the input's scale and the preprocessing, \
+     and compare with the original model";
+
 /// The preprocessing for evaluation: the flag, else the file's metadata.
 fn preprocess_for(file: &NerpFile, flag: Option<&str>) -> Result<Preprocess> {
     if let Some(p) = flag {
         return Preprocess::parse(p);
     }
     match file.header().metadata.get(PREPROCESS_KEY) {
-        Some(json) => serde_json::from_str(json)
-            .map_err(|e| Error::usage("--preprocess", format!("the file's stored preprocessing is invalid ({e}); pass --preprocess"))),
+        Some(json) => serde_json::from_str::<Preprocess>(json)
+            .map_err(|e| Error::usage("--preprocess", format!("the file's stored preprocessing is invalid ({e}); pass --preprocess")))
+            .and_then(|p| p.validate().map(|_| p)),
         None => Err(Error::usage(
             "--preprocess",
             "the file stores no preprocessing; pass e.g. --preprocess mean=0.286,std=0.353 (or compress with --preprocess)",
@@ -723,6 +748,9 @@ fn eval_outputs(a: EvalArgs) -> Result<()> {
         };
         let (yo, so) = first(o, &mut ms_o)?;
         let (yr, sr) = first(r, &mut ms_r)?;
+        let on = |model: &str| format!("output 0 of the {model} model on {}", path.display());
+        crate::error::check_finite(|| on("original"), &yo, NON_FINITE_OUTPUT)?;
+        crate::error::check_finite(|| on("regenerated"), &yr, NON_FINITE_OUTPUT)?;
         if so != sr {
             return Err(Error::Rebuild(format!("output shapes differ: original {so:?}, regenerated {sr:?}")));
         }

@@ -250,6 +250,9 @@ pub fn compress(
     if !dir.is_dir() {
         return Err(Error::usage("--output", format!("folder {} does not exist", dir.display())));
     }
+    let mut inputs = vec![input];
+    inputs.extend(opts.distill.teacher.as_deref());
+    crate::output::check_not_an_input(output, &inputs, "--output")?;
     let model = ingest::load(input)?;
     if opts.check_runnable && model.kind == SourceKind::Onnx {
         let shapes = match opts.metadata.get(crate::runtime::INPUT_SHAPES_KEY) {
@@ -274,6 +277,11 @@ pub fn compress(
         (None, Some(r)) => hidden_for_ratio(represented, r, levels),
         (None, None) => DEFAULT_HIDDEN,
     };
+    if !plans.is_empty() {
+        let blocks: usize = plans.iter().map(LayerPlan::blocks).sum();
+        let source: u64 = model.tensors.iter().map(|t| t.data.len() as u64).sum();
+        check_training_budget(hidden, opts, blocks as u64, source)?;
+    }
     let device = Device::Cpu;
     let mut final_loss = f64::NAN;
     let mut kd_log = Vec::new();
@@ -449,4 +457,30 @@ pub fn build_file(
     let source = Source { kind: model.kind, file_bytes: model.file_bytes, skeleton };
     let bytes = b.finish(source, predictor_spec, entries, metadata);
     Ok((bytes, reports, (se_all / n_all.max(1) as f64).sqrt()))
+}
+
+/// Checks, before training allocates anything, that a predictor of width `hidden` can be
+/// trained within the memory budget: about 40 bytes per parameter (the parameters, AdamW's
+/// two moments, one gradient per chunk and their sum, the candle copies), the activations and
+/// gradients of one batch (8 bytes per row and layer width), 84 + 24·levels bytes per block
+/// (coordinates, targets, masks and the embedded inputs) and the source model's tensors.
+/// Without it `--hidden 16384` (805 M parameters) aborts in the allocator.
+pub fn check_training_budget(hidden: usize, opts: &CompressOptions, blocks: u64, source_bytes: u64) -> Result<()> {
+    let levels = opts.embedding.levels as u64;
+    let params = predictor::param_count(hidden, levels as usize) as u64;
+    let widths = 6 * levels + 4 * hidden as u64 + OUTPUTS as u64;
+    let need = 40u64
+        .saturating_mul(params)
+        .saturating_add(8 * opts.batch as u64 * widths)
+        .saturating_add(blocks.saturating_mul(84 + 24 * levels))
+        .saturating_add(source_bytes);
+    format::budget::current().check(
+        || {
+            format!(
+                "training a predictor of hidden width {hidden} ({params} parameters) on {blocks} blocks \
+                 (lower --hidden, or raise --target-ratio)"
+            )
+        },
+        need,
+    )
 }

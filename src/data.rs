@@ -99,7 +99,33 @@ impl Preprocess {
             Some(&[s]) if s > 0.0 => s,
             Some(s) => return Err(err(format!("scale must be one positive number, got {s:?}"))),
         };
-        Ok(Self { scale, mean, std })
+        let pre = Self { scale, mean, std };
+        pre.validate()?;
+        Ok(pre)
+    }
+
+    /// Checks that every normalized pixel is a finite number: `scale` and each `std` positive
+    /// normal f32 values (`std=1e-45`, a subnormal, divides pixels into infinities), each mean
+    /// finite, and `(255·scale + |mean|) / std` finite. Errors name `--preprocess`.
+    pub fn validate(&self) -> Result<()> {
+        let err = |what: String| Error::usage("--preprocess", what);
+        if !(self.scale.is_normal() && self.scale > 0.0 && (255.0 * self.scale).is_finite()) {
+            return Err(err(format!("scale {} must be a positive normal number", self.scale)));
+        }
+        if let Some(s) = self.std.iter().find(|s| !(s.is_normal() && **s > 0.0)) {
+            return Err(err(format!(
+                "std {s} must be a positive normal number (at least {:e}); normalized pixels would not be finite",
+                f32::MIN_POSITIVE
+            )));
+        }
+        if self.mean.is_empty() || self.std.is_empty() || self.mean.iter().any(|m| !m.is_finite()) {
+            return Err(err(format!("mean {:?} and std {:?} need finite values", self.mean, self.std)));
+        }
+        let widest = 255.0 * self.scale + self.mean.iter().fold(0f32, |a, m| a.max(m.abs()));
+        if let Some(s) = self.std.iter().find(|&&s| !(widest / s).is_finite()) {
+            return Err(err(format!("a pixel of up to {widest} divided by std {s} is not a finite number")));
+        }
+        Ok(())
     }
 
     /// The per-channel parameters for images of `shape`, broadcasting a single mean or std.

@@ -47,6 +47,42 @@ pub enum Error {
     /// The model rebuilt from the file does not match what the file declares.
     #[error("model rebuild: {0}")]
     Rebuild(String),
+    /// An operation would need more memory than the budget (`--max-memory`) allows; checked
+    /// before the memory is allocated.
+    #[error("{what} needs about {} ({need} bytes), more than the memory budget of {} ({limit} bytes); raise --max-memory if the machine has the memory", human_bytes(*need), human_bytes(*limit))]
+    Budget { what: String, need: u64, limit: u64 },
+    /// A model input or output holds NaN or an infinity.
+    #[error("{what} contains {value} at element {index}; {advice}")]
+    NonFinite { what: String, value: f32, index: usize, advice: String },
+}
+
+/// `bytes` as a short human-readable size (binary units).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// The first value of `values` that is NaN or infinite, with its index.
+pub fn first_non_finite(values: &[f32]) -> Option<(usize, f32)> {
+    values.iter().position(|v| !v.is_finite()).map(|i| (i, values[i]))
+}
+
+/// Fails with [`Error::NonFinite`] if `values` holds NaN or an infinity.
+pub fn check_finite(what: impl FnOnce() -> String, values: &[f32], advice: &str) -> Result<()> {
+    match first_non_finite(values) {
+        Some((index, value)) => Err(Error::NonFinite { what: what(), value, index, advice: advice.into() }),
+        None => Ok(()),
+    }
 }
 
 /// One variant per validation rule of the `.nerp` format (see spec/nerp-v1.md, "Validation").

@@ -8,6 +8,9 @@ use std::time::Instant;
 /// Images per tract call: tract's per-image cost grows with the batch, so keep it small.
 pub const EVAL_BATCH: usize = 4;
 
+/// What to do about non-finite logits.
+const NON_FINITE: &str = "check the preprocessing (--preprocess) and the dataset";
+
 /// Results of one evaluation, as printed by `nerp eval --json`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EvalReport {
@@ -89,6 +92,7 @@ pub fn evaluate(
         return Err(Error::Dataset { path: data.origin.clone(), what: "has no images".into() });
     }
     let (regen, ms) = logits(regenerated, data, threads, tick)?;
+    crate::error::check_finite(|| format!("the regenerated model's logits on {}", data.origin.display()), &regen, NON_FINITE)?;
     let classes = regen.len() / data.len();
     if classes == 0 || regen.len() % data.len() != 0 {
         return Err(Error::Rebuild(format!(
@@ -109,6 +113,7 @@ pub fn evaluate(
     };
     if let Some(orig_model) = original {
         let (orig, ms_o) = logits(orig_model, data, threads, tick)?;
+        crate::error::check_finite(|| format!("the original model's logits on {}", data.origin.display()), &orig, NON_FINITE)?;
         if orig.len() != regen.len() {
             return Err(Error::Rebuild(format!(
                 "the original model gives {} outputs per image, the regenerated one {classes}",

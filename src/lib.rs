@@ -32,6 +32,7 @@ pub mod graph;
 pub mod ingest;
 pub mod mmap;
 pub mod npy;
+pub mod output;
 pub mod plan;
 pub mod predictor;
 pub mod regen;
@@ -41,6 +42,7 @@ pub mod select;
 pub mod synth;
 #[cfg(feature = "compress")]
 pub mod train;
+pub mod verify;
 
 pub use device::Device;
 pub use error::{Error, FormatError, Result};

@@ -10,10 +10,25 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 /// Reads an array as a tract tensor.
 pub fn read(path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, "reading", e))?;
-    parse(&bytes).map_err(|what| Error::Usage {
-        option: "--input".into(),
-        what: format!("{}: {what}", path.display()),
-    })
+    let bad = |what: String| Error::Usage { option: "--input".into(), what: format!("{}: {what}", path.display()) };
+    let t = parse(&bytes).map_err(bad)?;
+    if let Some((i, v)) = first_non_finite(&t) {
+        return Err(bad(format!("element {i} is {v}; a model input must be finite")));
+    }
+    Ok(t)
+}
+
+/// The first NaN or infinity of a float tensor.
+fn first_non_finite(t: &Tensor) -> Option<(usize, f64)> {
+    let plain = t.try_as_plain_ram().ok()?;
+    let f = |v: f64| !v.is_finite();
+    if let Ok(v) = plain.as_slice::<f32>() {
+        return v.iter().position(|&x| f(x as f64)).map(|i| (i, v[i] as f64));
+    }
+    if let Ok(v) = plain.as_slice::<f64>() {
+        return v.iter().position(|&x| f(x)).map(|i| (i, v[i]));
+    }
+    None
 }
 
 fn parse(b: &[u8]) -> std::result::Result<Tensor, String> {

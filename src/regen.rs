@@ -3,7 +3,7 @@
 
 use crate::device::Device;
 use crate::error::{Error, FormatError, Result};
-use crate::format::{read, DType, NerpFile, PredictorSpec, Storage};
+use crate::format::{limits, read, DType, NerpFile, PredictorSpec, Storage};
 use crate::plan::{self, LayerPlan};
 use crate::predictor::{self, Predictor, OUTPUTS};
 use candle_core::Tensor;
@@ -41,8 +41,11 @@ pub fn layer_plans(file: &NerpFile) -> Result<Vec<LayerPlan>> {
         let scales = match scales {
             Some(s) => {
                 let v = read::to_f32(DType::F32, &file.decode_section(s)?).expect("f32");
-                if let Some(x) = v.iter().find(|x| !x.is_finite()) {
-                    return Err(bad(format!("scale {x} is not finite")));
+                if let Some(x) = v.iter().find(|x| !(x.abs() <= limits::MAX_ABS_VALUE)) {
+                    return Err(bad(format!(
+                        "scale {x} is not a finite number of magnitude at most {:e}",
+                        limits::MAX_ABS_VALUE
+                    )));
                 }
                 Some(v)
             }
@@ -100,11 +103,14 @@ pub fn predict_coords(predictor: &Predictor, coords: &[f32]) -> Result<Vec<f32>>
 
 /// Regenerates every tensor of the file, in header order, on `device`.
 pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>> {
+    check_budget(file)?;
     let h = file.header();
     let plans = layer_plans(file)?;
     let predicted = match &h.predictor {
         Some(spec) if !plans.is_empty() => {
-            predict_stored(spec, &file.decode_section(spec.section)?, &plans, device)?
+            let stored = file.decode_section(spec.section)?;
+            read::check_predictor_weights(spec.dtype, &stored).map_err(|kind| file.fmt_error(kind))?;
+            predict_stored(spec, &stored, &plans, device)?
         }
         _ => Vec::new(),
     };
@@ -121,11 +127,7 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
         .map(|(t, pred)| {
             let data = match (t.storage.clone(), pred) {
                 (Storage::Raw { section }, _) => file.decode_section(section)?.into_owned(),
-                (Storage::Predicted { .. }, Some((p, pred))) => {
-                    let mut values = vec![0f32; p.grid.numel()];
-                    plan::scatter(pred, p, &mut values);
-                    read::from_f32(t.dtype, &values).expect("predicted tensors are float")
-                }
+                (Storage::Predicted { .. }, Some((p, pred))) => predicted_bytes(file, p, pred)?,
                 (Storage::Predicted { .. }, None) => {
                     return Err(Error::Rebuild(format!("tensor {} has no layer plan", t.name)))
                 }
@@ -133,4 +135,112 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
             Ok(WeightTensor { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), data })
         })
         .collect()
+}
+
+/// The stored bytes of one predicted tensor from its predictions (`blocks × 9`, chain order):
+/// scattered, scaled, converted to the tensor's dtype and checked to be finite in it (spec
+/// check 31), so that no NaN or infinity ever reaches a model.
+fn predicted_bytes(file: &NerpFile, p: &LayerPlan, pred: &[f32]) -> Result<Vec<u8>> {
+    let t = &file.header().tensors[p.tensor];
+    let mut values = vec![0f32; p.grid.numel()];
+    plan::scatter(pred, p, &mut values);
+    let data = read::from_f32(t.dtype, &values).expect("predicted tensors are float");
+    if let Some((i, v)) = first_non_finite(t.dtype, &data) {
+        return Err(file.fmt_error(FormatError::Tensor {
+            tensor: t.name.clone(),
+            what: format!(
+                "regenerates to {v} at element {i} (in {:?}); the predictor weights or scales are \
+                 corrupt or hostile (spec check 31)",
+                t.dtype
+            ),
+        }));
+    }
+    Ok(data)
+}
+
+/// The first NaN or infinite value of little-endian float `bytes` of `dtype`.
+fn first_non_finite(dtype: DType, bytes: &[u8]) -> Option<(usize, f32)> {
+    let n = dtype.size();
+    bytes.chunks_exact(n).enumerate().find_map(|(i, c)| {
+        let v = read::to_f32(dtype, c)?[0];
+        (!v.is_finite()).then_some((i, v))
+    })
+}
+
+/// Checks every predicted tensor of `file` regenerates to finite values, one tensor at a time
+/// on the CPU (so memory stays within the largest tensor), without keeping the results.
+pub fn check_predicted(file: &NerpFile) -> Result<()> {
+    let plans = layer_plans(file)?;
+    let Some(spec) = &file.header().predictor else { return Ok(()) };
+    if plans.is_empty() {
+        return Ok(());
+    }
+    let stored = file.decode_section(spec.section)?;
+    read::check_predictor_weights(spec.dtype, &stored).map_err(|kind| file.fmt_error(kind))?;
+    let p = Predictor::from_stored(spec, &stored, &candle_core::Device::Cpu)?;
+    for plan in &plans {
+        let pred = predict_layers(&p, std::slice::from_ref(plan), spec.layers)?;
+        predicted_bytes(file, plan, &pred)?;
+    }
+    Ok(())
+}
+
+/// Checks, before anything is allocated, that regenerating `file` and rebuilding its model
+/// fit the memory budget ([`crate::format::budget`]): each tensor alone, then an estimate of
+/// the peak (the file, every tensor three times — regenerated, patched into the model,
+/// serialized —, the skeleton, 52 bytes per predicted block for coordinates, predictions and
+/// permutation, and the predictor's activations for one batch).
+pub fn check_budget(file: &NerpFile) -> Result<()> {
+    let budget = crate::format::budget::current();
+    let h = file.header();
+    let path = file.path().display();
+    let (mut weights, mut blocks) = (0u64, 0u64);
+    let mut largest = (0u64, "");
+    for t in &h.tensors {
+        let numel: u64 = t.shape.iter().product();
+        let bytes = numel * t.dtype.size() as u64;
+        let working = match t.storage {
+            Storage::Raw { .. } => bytes,
+            Storage::Predicted { layout, .. } => {
+                let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+                let grid = plan::Grid::new(layout, &dims).map_err(|what| {
+                    file.fmt_error(FormatError::Tensor { tensor: t.name.clone(), what })
+                })?;
+                blocks += grid.blocks() as u64;
+                bytes + 4 * numel + 52 * grid.blocks() as u64
+            }
+        };
+        budget.check(|| format!("{path}: tensor {} ({:?} {:?})", t.name, t.dtype, t.shape), working)?;
+        weights += bytes;
+        if bytes > largest.0 {
+            largest = (bytes, &t.name);
+        }
+    }
+    let skeleton = h.source.skeleton.map_or(0, |s| h.sections[s].decoded_length);
+    let (params, activations) = match &h.predictor {
+        Some(p) => {
+            let k = p.embedding.levels as u64;
+            let params = predictor::param_count(p.hidden as usize, k as usize) as u64;
+            let width = (p.hidden as u64).max(6 * k);
+            (params, 16 * blocks.min(BATCH as u64) * width)
+        }
+        None => (0, 0),
+    };
+    budget.check(
+        || format!("{path}: predictor activations (hidden width, {BATCH} coordinates per batch)"),
+        activations,
+    )?;
+    let total = file.file_len() + 3 * weights + skeleton + 52 * blocks + activations + 8 * params;
+    budget.check(
+        || {
+            format!(
+                "{path}: regenerating and rebuilding the model ({} of weights, the largest tensor {} \
+                 {}; {blocks} predicted blocks)",
+                crate::error::human_bytes(weights),
+                largest.1,
+                crate::error::human_bytes(largest.0)
+            )
+        },
+        total,
+    )
 }

@@ -2,13 +2,13 @@
 //! handed to tract; safetensors sources are written back as safetensors.
 
 use crate::error::{Error, Result};
-use crate::format::{NerpFile, SourceKind};
+use crate::format::{DType, NerpFile, SourceKind};
 use crate::ingest::{self, safetensors::META_PREFIX};
 use crate::regen::WeightTensor;
 use prost::Message;
 use std::path::Path;
 use std::sync::Arc;
-use tract_onnx::pb::ModelProto;
+use tract_onnx::pb::{ModelProto, TensorProto};
 use tract_onnx::prelude::*;
 
 /// The ONNX model of a file with `weights` patched into its initializers and `Constant` nodes.
@@ -38,18 +38,47 @@ pub fn patch_skeleton(skeleton: &[u8], weights: &[WeightTensor]) -> Result<Model
         )));
     }
     for ((name, slot), w) in slots.into_iter().zip(weights) {
-        let dims_match = ingest::onnx::dtype_of(slot.data_type) == Some(w.dtype)
-            && slot.dims.len() == w.shape.len()
-            && slot.dims.iter().zip(&w.shape).all(|(&a, &b)| a as u64 == b);
-        if name != w.name || !dims_match {
-            return Err(Error::Rebuild(format!(
-                "skeleton slot {name:?} {:?} does not match stored tensor {:?} {:?}",
-                slot.dims, w.name, w.shape
-            )));
-        }
+        check_slot(&name, slot, &w.name, w.dtype, &w.shape)?;
         slot.raw_data = w.data.clone();
     }
     Ok(model)
+}
+
+/// Fails unless skeleton slot `name` has the stored tensor's name, dtype and shape.
+fn check_slot(name: &str, slot: &TensorProto, tensor: &str, dtype: DType, shape: &[u64]) -> Result<()> {
+    let dims_match = ingest::onnx::dtype_of(slot.data_type) == Some(dtype)
+        && slot.dims.len() == shape.len()
+        && slot.dims.iter().zip(shape).all(|(&a, &b)| a as u64 == b);
+    if name != tensor || !dims_match {
+        return Err(Error::Rebuild(format!(
+            "skeleton slot {name:?} {:?} does not match stored tensor {tensor:?} {dtype:?} {shape:?}",
+            slot.dims
+        )));
+    }
+    Ok(())
+}
+
+/// Checks, without any weight, that a file's skeleton (ONNX sources) decodes and that its
+/// tensor slots match the header's tensors one to one: what [`rebuild_onnx`] needs.
+pub fn check_skeleton(file: &NerpFile) -> Result<()> {
+    let h = file.header();
+    let Some(section) = h.source.skeleton else { return Ok(()) };
+    let bytes = file.decode_section(section)?;
+    let mut model = ingest::onnx::decode_model(&bytes)
+        .map_err(|e| Error::Rebuild(format!("skeleton is not a valid ONNX protobuf: {e}")))?;
+    let graph = model.graph.as_mut().ok_or_else(|| Error::Rebuild("skeleton has no graph".into()))?;
+    let slots = ingest::onnx::tensor_slots(graph);
+    if slots.len() != h.tensors.len() {
+        return Err(Error::Rebuild(format!(
+            "skeleton has {} tensor slots, the file stores {} tensors",
+            slots.len(),
+            h.tensors.len()
+        )));
+    }
+    for ((name, slot), t) in slots.iter().zip(&h.tensors) {
+        check_slot(name, slot, &t.name, t.dtype, &t.shape)?;
+    }
+    Ok(())
 }
 
 /// Serializes an ONNX model.
@@ -78,11 +107,20 @@ pub fn parse_shape(s: &str) -> Result<Vec<usize>> {
 
 /// The input shapes stored in a file's metadata (none if absent).
 pub fn stored_input_shapes(file: &NerpFile) -> Result<InputShapes> {
-    match file.header().metadata.get(INPUT_SHAPES_KEY) {
-        Some(json) => serde_json::from_str(json)
-            .map_err(|e| Error::Rebuild(format!("metadata {INPUT_SHAPES_KEY} is not a list of shapes: {e}"))),
-        None => Ok(Vec::new()),
+    let bad = |what: String| {
+        Error::Rebuild(format!("{}: metadata {INPUT_SHAPES_KEY} {what}", file.path().display()))
+    };
+    let shapes: InputShapes = match file.header().metadata.get(INPUT_SHAPES_KEY) {
+        Some(json) => serde_json::from_str(json).map_err(|e| bad(format!("is not a list of shapes: {e}")))?,
+        None => return Ok(Vec::new()),
+    };
+    for s in &shapes {
+        let numel = s.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+        if s.is_empty() || s.contains(&0) || numel.is_none_or(|n| n > crate::format::limits::MAX_TENSOR_ELEMENTS) {
+            return Err(bad(format!("holds shape {s:?}: each needs positive dimensions and at most 2^32 elements")));
+        }
     }
+    Ok(shapes)
 }
 
 /// A model ready to run in tract.

@@ -4,6 +4,7 @@
 //! boundary, then the data section: the sections in header order, each starting at the previous
 //! end rounded up to 64 bytes, the last one ending exactly at the end of the file.
 
+pub mod budget;
 pub mod read;
 pub mod write;
 
@@ -48,6 +49,13 @@ pub mod limits {
     pub const MAX_HIDDEN: u32 = 1 << 14;
     /// Most positional-embedding levels.
     pub const MAX_LEVELS: u32 = 256;
+    /// Largest magnitude of a stored scale or predictor parameter. Trained values are below
+    /// 10^3 (ResNet-20/56 predictors: |w| < 10, scales < 1); anything near f32's range only
+    /// serves to overflow regeneration, which is checked anyway (spec check 31).
+    pub const MAX_ABS_VALUE: f32 = 1e30;
+    /// Largest zstd window a section's frame may need: zstd's own default decoder limit
+    /// (2^27, 128 MiB); the reference writer's level-19 frames use at most 2^23.
+    pub const MAX_ZSTD_WINDOW: u64 = 1 << 27;
 }
 
 /// The JSON header: everything needed to interpret the data section.

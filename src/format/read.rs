@@ -29,16 +29,41 @@ struct Preamble {
 }
 
 impl NerpFile {
-    /// Memory-maps and validates `path` completely (layout, header, checksums, padding).
+    /// Reads `path` into a 64-byte-aligned buffer and validates it completely (layout, header,
+    /// checksums, padding). A file that another program truncates meanwhile gives an I/O
+    /// error, where a memory map would kill the process with SIGBUS; reading a 300 KB file
+    /// costs about as much as mapping it (benches/README.md, "Opening a file").
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, "opening", e))?;
+        let len = Self::checked_len(path, &file)?;
+        super::budget::current().check(|| format!("reading {}", path.display()), len)?;
+        let bytes = FileBytes::read(&mut file, len).map_err(|e| Error::io(path, "reading", e))?;
+        Self::validate(path.to_path_buf(), bytes)
+    }
+
+    /// [`NerpFile::open`] through a memory map (kept for the benchmark that compares both; a
+    /// file truncated while mapped kills the process with SIGBUS).
+    pub fn open_mapped(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, "opening", e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, "reading metadata of", e))?.len();
+        Self::checked_len(path, &file)?;
+        let bytes = FileBytes::map(&file).map_err(|e| Error::io(path, "memory-mapping", e))?;
+        Self::validate(path.to_path_buf(), bytes)
+    }
+
+    /// The length of an open file, refusing anything that is not a regular file (a FIFO or
+    /// a device has no length and could block or never end) and files shorter than a preamble.
+    fn checked_len(path: &Path, file: &std::fs::File) -> Result<u64> {
+        let meta = file.metadata().map_err(|e| Error::io(path, "reading metadata of", e))?;
+        if !meta.is_file() {
+            return Err(Error::usage("input file", format!("{} is not a regular file", path.display())));
+        }
+        let len = meta.len();
         if len < PREAMBLE_LEN {
             return Err(fmt_err(path, FormatError::TooShort { len, need: PREAMBLE_LEN }));
         }
-        let bytes = FileBytes::map(&file).map_err(|e| Error::io(path, "memory-mapping", e))?;
-        Self::validate(path.to_path_buf(), bytes)
+        Ok(len)
     }
 
     /// Validates an in-memory file image; `name` is used in error messages.
@@ -89,8 +114,27 @@ impl NerpFile {
     /// The decoded content of section `index`: borrowed for plain sections.
     pub fn decode_section(&self, index: usize) -> Result<Cow<'_, [u8]>> {
         let s = &self.header.sections[index];
+        if s.encoding != Encoding::Plain {
+            super::budget::current().check(
+                || format!("{}: decoding {}", self.path.display(), self.section_owner(index)),
+                s.decoded_length,
+            )?;
+        }
         decode(s.encoding, self.section(index), s.decoded_length)
             .map_err(|what| self.fmt_error(FormatError::Section { index, what }))
+    }
+
+    /// Checks that section `index` decodes (spec checks 26–27) without keeping its content:
+    /// memory stays within the zstd window whatever the section's size.
+    pub fn check_section_decodes(&self, index: usize) -> Result<()> {
+        let s = &self.header.sections[index];
+        check_decodes(s.encoding, self.section(index), s.decoded_length)
+            .map_err(|what| self.fmt_error(FormatError::Section { index, what }))
+    }
+
+    /// What section `index` holds, for messages: `tensor NAME (raw data)`, `the skeleton`, …
+    pub fn section_owner(&self, index: usize) -> String {
+        section_owner(&self.header, index)
     }
 
     /// Wraps a format error with this file's path.
@@ -422,20 +466,102 @@ const PLAUSIBLE_ZSTD_RATIO: u64 = 64;
 /// Magic number of a (non-skippable) zstd frame.
 const ZSTD_MAGIC: [u8; 4] = 0xFD2F_B528u32.to_le_bytes();
 
+/// What section `index` of `h` holds, for messages.
+pub fn section_owner(h: &Header, index: usize) -> String {
+    if h.source.skeleton == Some(index) {
+        return "the skeleton".into();
+    }
+    if h.predictor.as_ref().is_some_and(|p| p.section == index) {
+        return "the predictor weights".into();
+    }
+    for t in &h.tensors {
+        let part = match t.storage {
+            Storage::Raw { section } if section == index => "data",
+            Storage::Predicted { permutation, .. } if permutation == index => "permutation",
+            Storage::Predicted { scales: Some(s), .. } if s == index => "scales",
+            _ => continue,
+        };
+        return format!("tensor {} ({part}, section {index})", t.name);
+    }
+    format!("section {index}")
+}
+
+/// Checks a zstd section's frame header before decoding (spec checks 26): one regular frame
+/// (not a skippable one, which declares no content), a content size equal to
+/// `decoded_length`, and a window of at most [`limits::MAX_ZSTD_WINDOW`].
+fn check_frame(data: &[u8], decoded_length: u64) -> Result<(), String> {
+    if !data.starts_with(&ZSTD_MAGIC) {
+        return Err("section does not start with a zstd frame".into());
+    }
+    match zstd::zstd_safe::get_frame_content_size(data) {
+        Ok(Some(n)) if n == decoded_length => {}
+        Ok(Some(n)) => return Err(format!("zstd frame declares {n} bytes, header says {decoded_length}")),
+        _ => return Err("zstd frame has no valid content size".into()),
+    }
+    let window = zstd_window(data, decoded_length).ok_or("zstd frame header is truncated")?;
+    if window > limits::MAX_ZSTD_WINDOW {
+        return Err(format!(
+            "zstd frame needs a {} window, more than the {} a reader allows (spec 4.1); \
+             re-encode the section with a smaller window (zstd --long=27 or less)",
+            crate::error::human_bytes(window),
+            crate::error::human_bytes(limits::MAX_ZSTD_WINDOW)
+        ));
+    }
+    Ok(())
+}
+
+/// The window a zstd frame needs (RFC 8878, 3.1.1.1): the content size for a single-segment
+/// frame, else `2^(10 + exponent) · (1 + mantissa/8)` from the window descriptor.
+fn zstd_window(frame: &[u8], content_size: u64) -> Option<u64> {
+    let descriptor = *frame.get(4)?;
+    if descriptor & 0x20 != 0 {
+        return Some(content_size);
+    }
+    let wd = *frame.get(5)?;
+    let base = 1u64 << (10 + (wd >> 3) as u32);
+    Some(base + base / 8 * (wd & 7) as u64)
+}
+
+/// Checks that a section decodes to exactly `decoded_length` bytes (spec checks 26–27)
+/// without keeping the output.
+pub fn check_decodes(encoding: Encoding, stored: &[u8], decoded_length: u64) -> Result<(), String> {
+    if encoding == Encoding::Plain {
+        return Ok(());
+    }
+    check_frame(stored, decoded_length)?;
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(stored)
+        .map_err(|e| format!("zstd decoder: {e}"))?
+        .single_frame();
+    let n = std::io::copy(&mut (&mut decoder).take(decoded_length.saturating_add(1)), &mut std::io::sink())
+        .map_err(|e| format!("zstd data is corrupt: {e}"))?;
+    if n != decoded_length {
+        return Err(format!("decoded {n} bytes, header says {decoded_length}"));
+    }
+    let rest = decoder.finish().len();
+    if rest != 0 {
+        return Err(format!("{rest} bytes follow the zstd frame; a section holds exactly one frame"));
+    }
+    Ok(())
+}
+
+/// Checks stored predictor parameters (spec check 30): each finite and at most
+/// [`limits::MAX_ABS_VALUE`] in magnitude.
+pub fn check_predictor_weights(dtype: super::WeightDtype, stored: &[u8]) -> Result<(), FormatError> {
+    let values = to_f32(dtype.dtype(), stored).expect("float dtype");
+    match values.iter().position(|v| !(v.abs() <= limits::MAX_ABS_VALUE)) {
+        Some(i) => Err(FormatError::Predictor(format!(
+            "parameter {i} is {}; parameters must be finite and at most {:e} in magnitude",
+            values[i],
+            limits::MAX_ABS_VALUE
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Decodes a section body, checking the decoded length before allocating beyond it.
 pub fn decode(encoding: Encoding, stored: &[u8], decoded_length: u64) -> Result<Cow<'_, [u8]>, String> {
     let unzstd = |data: &[u8]| -> Result<Vec<u8>, String> {
-        // One regular frame: not a skippable frame (which would declare no content).
-        if !data.starts_with(&ZSTD_MAGIC) {
-            return Err("section does not start with a zstd frame".into());
-        }
-        match zstd::zstd_safe::get_frame_content_size(data) {
-            Ok(Some(n)) if n == decoded_length => {}
-            Ok(Some(n)) => {
-                return Err(format!("zstd frame declares {n} bytes, header says {decoded_length}"))
-            }
-            _ => return Err("zstd frame has no valid content size".into()),
-        }
+        check_frame(data, decoded_length)?;
         // The declared size is only a claim until the data backs it: reserve what the stored
         // bytes can plausibly expand to and let real output grow the buffer, so that a small
         // frame declaring gigabytes cannot make the reader allocate them.

@@ -177,19 +177,70 @@ fn read_external(t: &TensorProto, dir: &Path, need: u64) -> std::result::Result<
     let get = |k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.as_str());
     let location = get("location").ok_or("external data without a location")?;
     let rel = Path::new(location);
-    if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+    if rel.is_absolute() || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
         return Err(format!(
-            "external data location {location:?} must be a relative path inside the model's folder"
+            "external data location {location:?} must be a relative path inside the model's folder \
+             (no `..`, no absolute path)"
         ));
     }
     let offset: u64 = get("offset").map_or(Ok(0), |v| v.parse()).map_err(|_| "bad external data offset")?;
     let length: u64 =
         get("length").map_or(Ok(need), |v| v.parse()).map_err(|_| "bad external data length")?;
-    let file = dir.join(rel);
-    let all = std::fs::read(&file)
-        .map_err(|e| format!("external data file {} (next to the model): {e}", file.display()))?;
-    let end = offset.checked_add(length).filter(|&e| e <= all.len() as u64).ok_or_else(|| {
-        format!("external data [{offset}, +{length}) is outside {} ({} bytes)", file.display(), all.len())
+    if length != need {
+        return Err(format!("external data length is {length} bytes, its shape and dtype need {need}"));
+    }
+    if need > crate::format::limits::MAX_DECODED_SECTION {
+        return Err(format!(
+            "needs {need} bytes, more than the {} a .nerp section can hold",
+            crate::format::limits::MAX_DECODED_SECTION
+        ));
+    }
+    crate::format::budget::current()
+        .check(|| format!("external data {location:?}"), need)
+        .map_err(|e| e.to_string())?;
+    let file = open_external(dir, rel)?;
+    let mut f = file.0;
+    let len = file.1;
+    let end = offset.checked_add(length).filter(|&e| e <= len).ok_or_else(|| {
+        format!("external data [{offset}, +{length}) is outside {location:?} ({len} bytes)")
     })?;
-    Ok(all[offset as usize..end as usize].to_vec())
+    use std::io::{Read, Seek};
+    f.seek(std::io::SeekFrom::Start(offset)).map_err(|e| format!("external data {location:?}: {e}"))?;
+    let mut data = vec![0u8; (end - offset) as usize];
+    f.read_exact(&mut data).map_err(|e| format!("external data {location:?}: {e}"))?;
+    Ok(data)
+}
+
+/// Opens external data file `rel` of the model in `dir`: it must resolve (symlinks followed)
+/// to a regular file inside `dir`. Opened without blocking, so a FIFO swapped in after the
+/// check cannot hang the process, and checked again on the open descriptor.
+fn open_external(dir: &Path, rel: &Path) -> std::result::Result<(std::fs::File, u64), String> {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let shown = rel.display();
+    let base = dir.canonicalize().map_err(|e| format!("model folder {}: {e}", dir.display()))?;
+    let path = dir
+        .join(rel)
+        .canonicalize()
+        .map_err(|e| format!("external data file {shown} (next to the model): {e}"))?;
+    if !path.starts_with(&base) {
+        return Err(format!(
+            "external data file {shown} resolves to {}, outside the model's folder {}",
+            path.display(),
+            base.display()
+        ));
+    }
+    let regular = |m: std::io::Result<std::fs::Metadata>| match m {
+        Ok(m) if m.is_file() => Ok(m.len()),
+        Ok(_) => Err(format!("external data file {shown} is not a regular file (a FIFO, device or folder)")),
+        Err(e) => Err(format!("external data file {shown}: {e}")),
+    };
+    regular(std::fs::metadata(&path))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| format!("external data file {shown}: {e}"))?;
+    let len = regular(f.metadata())?;
+    Ok((f, len))
 }

@@ -1,0 +1,521 @@
+//! Files that are valid containers but hostile, and dangerous output paths (issue 16): non-finite
+//! or huge values, truthful multi-GiB declarations, zstd windows, files truncated after opening,
+//! ONNX external data outside the model's folder, outputs that are inputs or devices, and the
+//! errors that must name the file, tensor and what to do. Every crafted file is built here.
+
+mod common;
+
+use nerp::format::read::pack_permutation;
+use nerp::format::{
+    DType, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, SectionKind, Source, SourceKind, Storage,
+    TensorEntry, WeightDtype,
+};
+use nerp::{Device, Error, FormatError, NerpFile};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const HIDDEN: usize = 8;
+const LEVELS: u32 = 2;
+
+fn nerp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nerp")).args(args).output().expect("nerp runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Asserts an exit code and that the output mentions every needle, and never a panic.
+fn expect(o: &Output, code: i32, needles: &[&str]) {
+    let t = text(o);
+    assert_eq!(o.status.code(), Some(code), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+    for n in needles {
+        assert!(t.contains(n), "missing {n:?} in: {t}");
+    }
+}
+
+/// A safetensors-sourced file: one predicted `conv.weight` [4, 2, 3, 3] (predictor weights
+/// `params`, f32; scales `scales`) and one raw `conv.bias` [4].
+fn predicted_file(params: &[f32], scales: &[f32]) -> Vec<u8> {
+    let mut b = FileBuilder::new();
+    let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let section = b.add(SectionKind::Predictor, Encoding::Plain, &bytes);
+    let perm = b.add(SectionKind::Permutation, Encoding::Zstd, &pack_permutation(&(0..8).collect::<Vec<_>>()));
+    let sc: Vec<u8> = scales.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let scales = b.add(SectionKind::Scales, Encoding::Zstd, &sc);
+    let bias: Vec<u8> = [0.5f32; 4].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let raw = b.add(SectionKind::Tensor, Encoding::Plain, &bias);
+    let tensors = vec![
+        TensorEntry {
+            name: "conv.weight".into(),
+            dtype: DType::F32,
+            shape: vec![4, 2, 3, 3],
+            storage: Storage::Predicted { layer: 0, permutation: perm, scales: Some(scales), layout: Default::default() },
+        },
+        TensorEntry { name: "conv.bias".into(), dtype: DType::F32, shape: vec![4], storage: Storage::Raw { section: raw } },
+    ];
+    let spec = PredictorSpec {
+        arch: "mlp_relu".into(),
+        hidden: HIDDEN as u32,
+        embedding: Embedding { base: 1.25, levels: LEVELS },
+        dtype: WeightDtype::F32,
+        ordering: Ordering::None,
+        layers: 1,
+        section,
+    };
+    let source = Source { kind: SourceKind::Safetensors, file_bytes: 1000, skeleton: None };
+    b.finish(source, Some(spec), tensors, BTreeMap::new())
+}
+
+fn param_count() -> usize {
+    nerp::predictor::param_count(HIDDEN, LEVELS as usize)
+}
+
+/// Small finite parameters: a file that regenerates cleanly.
+fn good_params() -> Vec<f32> {
+    common::noise(param_count(), 3).iter().map(|v| v * 0.3).collect()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Non-finite values
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_good_crafted_file_loads_and_verifies() {
+    let file = NerpFile::from_bytes(predicted_file(&good_params(), &[1.0; 4]), "good.nerp").unwrap();
+    nerp::verify::verify(&file).unwrap();
+    let w = nerp::regen::regenerate(&file, &Device::Cpu).unwrap();
+    assert!(w[0].to_f32().unwrap().iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn non_finite_or_huge_predictor_weights_are_rejected() {
+    for bad in [f32::NAN, f32::INFINITY, 3e38] {
+        let mut params = good_params();
+        params[5] = bad;
+        let file = NerpFile::from_bytes(predicted_file(&params, &[1.0; 4]), "bad.nerp").unwrap();
+        for e in [nerp::verify::verify(&file).unwrap_err(), nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err()]
+        {
+            assert!(
+                matches!(&e, Error::Format { kind: FormatError::Predictor(w), .. } if w.contains("parameter 5")),
+                "{bad}: {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn non_finite_or_huge_scales_are_rejected() {
+    for bad in [f32::NAN, f32::NEG_INFINITY, 3e38] {
+        let file = NerpFile::from_bytes(predicted_file(&good_params(), &[1.0, bad, 1.0, 1.0]), "bad.nerp").unwrap();
+        let e = nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err();
+        assert!(
+            matches!(&e, Error::Format { kind: FormatError::Tensor { tensor, what }, .. }
+                if tensor == "conv.weight" && what.contains("scale")),
+            "{bad}: {e}"
+        );
+        assert!(nerp::verify::verify(&file).is_err());
+    }
+}
+
+#[test]
+fn a_predictor_that_overflows_is_rejected_by_verify_and_regenerate() {
+    // Every parameter within the 1e30 bound, but the products of five layers overflow f32.
+    let params = vec![1e20f32; param_count()];
+    let file = NerpFile::from_bytes(predicted_file(&params, &[1.0; 4]), "overflow.nerp").unwrap();
+    for e in [nerp::verify::verify(&file).unwrap_err(), nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err()] {
+        assert!(
+            matches!(&e, Error::Format { kind: FormatError::Tensor { tensor, what }, .. }
+                if tensor == "conv.weight" && what.contains("regenerates to")),
+            "{e}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "overflow.nerp", &predicted_file(&params, &[1.0; 4]));
+    expect(&nerp(&["verify", s(&f)]), 1, &["overflow.nerp", "conv.weight", "regenerates to"]);
+    let out = dir.path().join("out.safetensors");
+    expect(&nerp(&["decompress", s(&f), "-o", s(&out), "--device", "cpu"]), 1, &["conv.weight"]);
+    assert!(!out.exists());
+}
+
+/// A scale that is finite but makes an f16 tensor overflow: caught after conversion.
+#[test]
+fn overflow_in_the_tensor_dtype_is_rejected() {
+    let mut bytes = predicted_file(&good_params(), &[1e10; 4]);
+    // Re-declare conv.weight as f16 (same element count, different size is checked by open
+    // only for raw tensors): rebuild through the header.
+    let file = NerpFile::from_bytes(bytes.clone(), "f16.nerp").unwrap();
+    let mut h = file.header().clone();
+    h.tensors[0].dtype = DType::F16;
+    let mut b = FileBuilder::new();
+    for i in 0..h.sections.len() {
+        let s = &h.sections[i];
+        b.add(s.kind, s.encoding, &file.decode_section(i).unwrap());
+    }
+    bytes = b.finish(h.source.clone(), h.predictor.clone(), h.tensors.clone(), h.metadata.clone());
+    let file = NerpFile::from_bytes(bytes, "f16.nerp").unwrap();
+    let e = nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("conv.weight") && e.contains("inf") && e.contains("F16"), "{e}");
+}
+
+#[test]
+fn a_non_finite_npy_input_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = dir.path().join("nan.npy");
+    nerp::npy::write_f32(&x, &[f32::NAN; 784], &[1, 1, 28, 28]).unwrap();
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-v1.nerp");
+    expect(&nerp(&["run", fixture, "--input", s(&x), "--device", "cpu"]), 2, &["nan.npy", "NaN", "finite"]);
+}
+
+#[test]
+fn preprocess_that_makes_pixels_infinite_is_rejected() {
+    for bad in ["mean=0,std=1e-45", "mean=3e38,std=1e-30", "mean=0,std=1,scale=1e-45"] {
+        let e = nerp::data::Preprocess::parse(bad).unwrap_err();
+        assert!(e.to_string().contains("--preprocess"), "{bad}: {e}");
+    }
+    assert!(nerp::data::Preprocess::parse("mean=0.286,std=0.353").is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Memory budget: truthful multi-GiB declarations
+// ---------------------------------------------------------------------------------------------
+
+/// A zstd frame of `n` zero bytes built by hand from RLE blocks (4 bytes per 128 KiB), with
+/// window descriptor byte `window` (0x38: 128 KiB).
+fn zero_frame(n: u64, window: u8) -> Vec<u8> {
+    let mut f = 0xFD2F_B528u32.to_le_bytes().to_vec();
+    f.push(0xC0); // 8-byte content size, not single-segment, no checksum, no dictionary
+    f.push(window);
+    f.extend_from_slice(&n.to_le_bytes());
+    let block = 128 * 1024u64;
+    let mut left = n;
+    loop {
+        let size = left.min(block);
+        left -= size;
+        let last = (left == 0) as u32;
+        let header = last | (1 << 1) | ((size as u32) << 3); // RLE block
+        f.extend_from_slice(&header.to_le_bytes()[..3]);
+        f.push(0);
+        if left == 0 {
+            return f;
+        }
+    }
+}
+
+/// A .nerp holding one raw tensor `big` of `n` zero bytes (`dtype` elements), stored as the
+/// zstd `frame` (laid out here: `FileBuilder` would compress the bytes themselves).
+fn big_file(n: u64, dtype: DType, frame: &[u8]) -> Vec<u8> {
+    let header = nerp::format::Header {
+        source: Source { kind: SourceKind::Safetensors, file_bytes: n, skeleton: None },
+        predictor: None,
+        tensors: vec![TensorEntry {
+            name: "big".into(),
+            dtype,
+            shape: vec![n / dtype.size() as u64],
+            storage: Storage::Raw { section: 0 },
+        }],
+        sections: vec![nerp::format::SectionEntry {
+            kind: SectionKind::Tensor,
+            offset: 0,
+            length: frame.len() as u64,
+            encoding: Encoding::Zstd,
+            decoded_length: n,
+            crc32: crc32fast_hash(frame),
+        }],
+        metadata: BTreeMap::new(),
+    };
+    let json = serde_json::to_vec(&header).unwrap();
+    let mut out = file_preamble(&json);
+    out.extend_from_slice(&json);
+    out.resize(nerp::format::align_up(out.len() as u64).unwrap() as usize, 0);
+    out.extend_from_slice(frame);
+    NerpFile::from_bytes(out.clone(), "big").expect("a valid container");
+    out
+}
+
+fn crc32fast_hash(b: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(b);
+    h.finalize()
+}
+
+fn file_preamble(json: &[u8]) -> Vec<u8> {
+    let mut p = nerp::format::MAGIC.to_vec();
+    p.extend_from_slice(&1u16.to_le_bytes());
+    p.extend_from_slice(&0u16.to_le_bytes());
+    p.extend_from_slice(&0u32.to_le_bytes());
+    p.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    p.extend_from_slice(&crc32fast_hash(json).to_le_bytes());
+    p.extend_from_slice(&0u32.to_le_bytes());
+    p
+}
+
+#[test]
+fn a_truthful_3_gib_declaration_is_a_budget_error_not_an_abort() {
+    let n = 3u64 << 30;
+    let bytes = big_file(n, DType::U8, &zero_frame(n, 0x38));
+    assert!(bytes.len() < 110_000, "{} bytes", bytes.len());
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "big.nerp", &bytes);
+    let out = dir.path().join("big.safetensors");
+    let o = nerp(&["--max-memory", "1G", "decompress", s(&f), "-o", s(&out), "--device", "cpu"]);
+    expect(&o, 1, &["big.nerp", "tensor big", "3.0 GiB", "--max-memory"]);
+    assert!(!out.exists());
+    // The same budget makes verify say invalid (verify and decompress agree).
+    expect(&nerp(&["--max-memory", "1G", "verify", s(&f)]), 1, &["tensor big", "--max-memory"]);
+}
+
+/// `verify` streams raw sections: under a 2 GB address-space limit it checks a file whose
+/// tensor decodes to 3 GiB (before, it used 3.2 GB).
+#[test]
+fn verify_streams_a_3_gib_section_within_bounded_memory() {
+    let n = 3u64 << 30;
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "big.nerp", &big_file(n, DType::U8, &zero_frame(n, 0x38)));
+    let cmd = format!("ulimit -v 2000000 && exec '{}' --max-memory 16G verify '{}'", env!("CARGO_BIN_EXE_nerp"), s(&f));
+    let o = Command::new("sh").args(["-c", &cmd]).output().unwrap();
+    expect(&o, 0, &["valid"]);
+}
+
+#[test]
+fn a_16_gib_declaration_is_a_budget_error() {
+    let n = 16u64 << 30;
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "huge.nerp", &big_file(n, DType::U64, &zero_frame(n, 0x38)));
+    let out = dir.path().join("huge.safetensors");
+    let o = nerp(&["--max-memory", "8G", "decompress", s(&f), "-o", s(&out), "--device", "cpu"]);
+    expect(&o, 1, &["huge.nerp", "tensor big", "16.0 GiB", "memory budget"]);
+    assert!(!text(&o).contains("corrupt"), "{}", text(&o));
+}
+
+#[test]
+fn a_zstd_frame_with_a_1_gib_window_is_a_clear_error() {
+    let n = 1u64 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    // Window descriptor exponent 20: 2^30 bytes.
+    let f = write(dir.path(), "window.nerp", &big_file(n, DType::U8, &zero_frame(n, 20 << 3)));
+    expect(&nerp(&["verify", s(&f)]), 1, &["window.nerp", "1.0 GiB window", "re-encode"]);
+    let out = dir.path().join("w.safetensors");
+    expect(&nerp(&["decompress", s(&f), "-o", s(&out), "--device", "cpu"]), 1, &["window"]);
+}
+
+#[test]
+fn compress_with_an_enormous_predictor_is_a_clear_error() {
+    let model = common::shared_model("resnet20_fashion_mnist.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.nerp");
+    for extra in [&["--hidden", "16384"][..], &["--target-ratio", "1e-30"]] {
+        let mut args = vec!["--max-memory", "8G", "compress", s(&model), "-o", s(&out), "--steps", "1", "-q"];
+        args.extend_from_slice(extra);
+        expect(&nerp(&args), 1, &["hidden width 16384", "memory budget", "--hidden"]);
+        assert!(!out.exists());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. verify means "loads"
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn verify_rejects_what_decompress_rejects() {
+    // The frozen fixture is a valid container whose skeleton is not ONNX.
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-v1.nerp");
+    expect(&nerp(&["verify", fixture]), 1, &["tiny-v1.nerp", "skeleton"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.onnx");
+    expect(&nerp(&["decompress", fixture, "-o", s(&out), "--device", "cpu"]), 1, &["skeleton"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A file truncated after opening cannot kill the process
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_file_truncated_after_opening_still_decodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "t.nerp", &predicted_file(&good_params(), &[1.0; 4]));
+    let file = NerpFile::open(&f).unwrap();
+    // Shrink the file in place (what another program might do); a memory map would now
+    // raise SIGBUS on the next read of the data section.
+    std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(0).unwrap();
+    nerp::verify::verify(&file).unwrap();
+    assert_eq!(nerp::regen::regenerate(&file, &Device::Cpu).unwrap().len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. ONNX external data
+// ---------------------------------------------------------------------------------------------
+
+/// An ONNX model with one f32 initializer `w` of 36 elements (144 bytes) stored externally.
+fn external_model(location: &str, offset: Option<u64>) -> Vec<u8> {
+    use prost::Message;
+    use tract_onnx::pb::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
+    let mut entries = vec![StringStringEntryProto { key: "location".into(), value: location.into() }];
+    if let Some(o) = offset {
+        entries.push(StringStringEntryProto { key: "offset".into(), value: o.to_string() });
+        entries.push(StringStringEntryProto { key: "length".into(), value: "144".into() });
+    }
+    let t = TensorProto {
+        name: "w".into(),
+        dims: vec![4, 1, 3, 3],
+        data_type: 1,
+        data_location: Some(1),
+        external_data: entries,
+        ..Default::default()
+    };
+    let graph = GraphProto { name: "g".into(), initializer: vec![t], ..Default::default() };
+    ModelProto { ir_version: 8, graph: Some(graph), ..Default::default() }.encode_to_vec()
+}
+
+fn ingest_error(dir: &Path, model: &[u8]) -> String {
+    let p = write(dir, "m.onnx", model);
+    nerp::ingest::load(&p).unwrap_err().to_string()
+}
+
+#[test]
+fn external_data_is_read_only_where_named_and_only_inside_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A 6 GiB sparse data file: only the 144 bytes named are read.
+    let data = d.join("w.bin");
+    let f = std::fs::File::create(&data).unwrap();
+    f.set_len(6 << 30).unwrap();
+    use std::os::unix::fs::FileExt;
+    let values: Vec<u8> = (0..36).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    f.write_all_at(&values, 5 << 30).unwrap();
+    let p = write(d, "m.onnx", &external_model("w.bin", Some(5 << 30)));
+    let model = nerp::ingest::load(&p).unwrap();
+    assert_eq!(model.tensors[0].data, values);
+
+    assert!(ingest_error(d, &external_model("../w.bin", None)).contains("inside the model's folder"));
+    assert!(ingest_error(d, &external_model("/etc/passwd", None)).contains("relative path"));
+    std::os::unix::fs::symlink("/dev/zero", d.join("zero")).unwrap();
+    let e = ingest_error(d, &external_model("zero", None));
+    assert!(e.contains("outside the model's folder") && e.contains("tensor w"), "{e}");
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("x.bin"), &values).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("x.bin"), d.join("link.bin")).unwrap();
+    assert!(ingest_error(d, &external_model("link.bin", None)).contains("outside the model's folder"));
+    let fifo = std::ffi::CString::new(d.join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: creating a FIFO at a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let e = ingest_error(d, &external_model("fifo", None));
+    assert!(e.contains("not a regular file"), "{e}");
+    let e = ingest_error(d, &external_model("w.bin", Some(6 << 30)));
+    assert!(e.contains("outside"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Outputs
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = d.join("m.safetensors");
+    std::fs::copy(common::shared_model("resnet20_fashion_mnist.safetensors"), &model).unwrap();
+    let before = std::fs::read(&model).unwrap();
+    expect(&nerp(&["compress", s(&model), "-o", s(&model), "--steps", "1", "-q"]), 2, &["--output", "destroy"]);
+    // A hard link is the same file under another name.
+    let link = d.join("link.safetensors");
+    std::fs::hard_link(&model, &link).unwrap();
+    expect(&nerp(&["compress", s(&model), "-o", s(&link), "--steps", "1", "-q"]), 2, &["--output"]);
+    assert_eq!(std::fs::read(&model).unwrap(), before);
+
+    let f = write(d, "g.nerp", &predicted_file(&good_params(), &[1.0; 4]));
+    let before = std::fs::read(&f).unwrap();
+    let alias = d.join("g-alias.safetensors");
+    std::fs::hard_link(&f, &alias).unwrap();
+    expect(&nerp(&["decompress", s(&f), "-o", s(&alias), "--device", "cpu"]), 2, &["--output"]);
+    assert_eq!(std::fs::read(&f).unwrap(), before);
+
+    let x = d.join("x.npy");
+    nerp::npy::write_f32(&x, &[0.0; 784], &[1, 1, 28, 28]).unwrap();
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-v1.nerp");
+    expect(&nerp(&["run", fixture, "--input", s(&x), "-o", s(&x)]), 2, &["--output", "x.npy"]);
+    expect(&nerp(&["run", fixture, "--input", s(&x), "-o", s(&d.join("y.txt"))]), 2, &[".npy"]);
+}
+
+#[test]
+fn pipes_and_devices_are_written_directly_and_directories_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = write(d, "g.nerp", &predicted_file(&good_params(), &[1.0; 4]));
+    let reference = d.join("ref.safetensors");
+    expect(&nerp(&["decompress", s(&f), "-o", s(&reference), "--device", "cpu"]), 0, &[]);
+    // A FIFO: read by a thread while nerp writes into it; it stays a FIFO.
+    let fifo = d.join("out.safetensors");
+    let c = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: creating a FIFO at a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    expect(&nerp(&["decompress", s(&f), "-o", s(&fifo), "--device", "cpu"]), 0, &[]);
+    assert_eq!(reader.join().unwrap(), std::fs::read(&reference).unwrap());
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    // A character device (compress checks no extension).
+    let model = common::shared_model("resnet20_fashion_mnist.safetensors");
+    expect(&nerp(&["compress", s(&model), "-o", "/dev/null", "--steps", "1", "-q"]), 0, &[]);
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    // A directory (named like an output).
+    let folder = d.join("folder.safetensors");
+    std::fs::create_dir(&folder).unwrap();
+    expect(&nerp(&["decompress", s(&f), "-o", s(&folder), "--device", "cpu"]), 2, &["directory"]);
+    let leftovers: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Errors that name the tensor
+// ---------------------------------------------------------------------------------------------
+
+/// A safetensors file from a header JSON and a data length.
+fn safetensors(header: serde_json::Value, data_len: usize) -> Vec<u8> {
+    let json = serde_json::to_vec(&header).unwrap();
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&json);
+    out.resize(out.len() + data_len, 0);
+    out
+}
+
+#[test]
+fn safetensors_errors_name_the_tensor_at_fault() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let load = |bytes: Vec<u8>| {
+        let p = write(dir.path(), "m.safetensors", &bytes);
+        nerp::ingest::load(&p).unwrap_err().to_string()
+    };
+    let e = load(safetensors(
+        json!({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+               "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}),
+        16,
+    ));
+    assert!(e.contains("m.safetensors") && e.contains("tensor \"b\"") && e.contains("past the end"), "{e}");
+    let e = load(safetensors(json!({"f8": {"dtype": "F8_E4M3", "shape": [4], "data_offsets": [0, 4]}}), 4));
+    assert!(e.contains("tensor \"f8\"") && e.contains("F8_E4M3") && e.contains("not supported"), "{e}");
+    let mut bytes = safetensors(json!({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}), 8);
+    bytes[..8].copy_from_slice(&1_000_000u64.to_le_bytes());
+    let e = load(bytes);
+    assert!(e.contains("header length 1000000") && e.contains("past the end of the file"), "{e}");
+}
