@@ -87,6 +87,9 @@ fn benches(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("full_validation", name), path, |b, p| {
             b.iter(|| black_box(nerp::open(p).expect("open")))
         });
+        g.bench_with_input(BenchmarkId::new("full_validation_mmap", name), path, |b, p| {
+            b.iter(|| black_box(nerp::NerpFile::open_mapped(p).expect("open")))
+        });
     }
     g.finish();
 
