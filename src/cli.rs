@@ -544,7 +544,12 @@ fn verify(path: &Path) -> Result<i32> {
         // Anything that would make `decompress` or `run` refuse the file makes it invalid;
         // usage errors (a missing file) keep their exit code 2.
         Err(e) if !e.is_usage() => {
-            println!("{}: invalid: {e}", path.display());
+            let msg = e.to_string();
+            if msg.starts_with(&path.display().to_string()) {
+                println!("{msg}");
+            } else {
+                println!("{}: invalid: {msg}", path.display());
+            }
             Ok(1)
         }
         Err(e) => Err(e),
@@ -589,7 +594,10 @@ fn decompress(path: &Path, output: &Path, device_name: &str) -> Result<()> {
 fn run_model(path: &Path, input: &Path, output: Option<&Path>, device_name: &str) -> Result<()> {
     if let Some(o) = output {
         if o.extension().and_then(|e| e.to_str()) != Some("npy") {
-            return Err(Error::usage("--output", format!("{} must end in .npy (the output is a NumPy array)", o.display())));
+            return Err(Error::usage(
+                "--output",
+                format!("{} must end in .npy (the output is a NumPy array)", o.display()),
+            ));
         }
         crate::output::check_not_an_input(o, &[path, input], "--output")?;
     }

@@ -465,7 +465,12 @@ pub fn build_file(
 /// gradients of one batch (8 bytes per row and layer width), 84 + 24·levels bytes per block
 /// (coordinates, targets, masks and the embedded inputs) and the source model's tensors.
 /// Without it `--hidden 16384` (805 M parameters) aborts in the allocator.
-pub fn check_training_budget(hidden: usize, opts: &CompressOptions, blocks: u64, source_bytes: u64) -> Result<()> {
+pub fn check_training_budget(
+    hidden: usize,
+    opts: &CompressOptions,
+    blocks: u64,
+    source_bytes: u64,
+) -> Result<()> {
     let levels = opts.embedding.levels as u64;
     let params = predictor::param_count(hidden, levels as usize) as u64;
     let widths = 6 * levels + 4 * hidden as u64 + OUTPUTS as u64;

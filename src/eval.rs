@@ -92,7 +92,11 @@ pub fn evaluate(
         return Err(Error::Dataset { path: data.origin.clone(), what: "has no images".into() });
     }
     let (regen, ms) = logits(regenerated, data, threads, tick)?;
-    crate::error::check_finite(|| format!("the regenerated model's logits on {}", data.origin.display()), &regen, NON_FINITE)?;
+    crate::error::check_finite(
+        || format!("the regenerated model's logits on {}", data.origin.display()),
+        &regen,
+        NON_FINITE,
+    )?;
     let classes = regen.len() / data.len();
     if classes == 0 || regen.len() % data.len() != 0 {
         return Err(Error::Rebuild(format!(
@@ -113,7 +117,11 @@ pub fn evaluate(
     };
     if let Some(orig_model) = original {
         let (orig, ms_o) = logits(orig_model, data, threads, tick)?;
-        crate::error::check_finite(|| format!("the original model's logits on {}", data.origin.display()), &orig, NON_FINITE)?;
+        crate::error::check_finite(
+            || format!("the original model's logits on {}", data.origin.display()),
+            &orig,
+            NON_FINITE,
+        )?;
         if orig.len() != regen.len() {
             return Err(Error::Rebuild(format!(
                 "the original model gives {} outputs per image, the regenerated one {classes}",

@@ -10,7 +10,8 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 /// Reads an array as a tract tensor.
 pub fn read(path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, "reading", e))?;
-    let bad = |what: String| Error::Usage { option: "--input".into(), what: format!("{}: {what}", path.display()) };
+    let bad =
+        |what: String| Error::Usage { option: "--input".into(), what: format!("{}: {what}", path.display()) };
     let t = parse(&bytes).map_err(bad)?;
     if let Some((i, v)) = first_non_finite(&t) {
         return Err(bad(format!("element {i} is {v}; a model input must be finite")));

@@ -76,7 +76,8 @@ pub fn target(path: &Path) -> Result<Target> {
 
 /// Writes `bytes` to an existing pipe or character device.
 pub fn write_stream(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, "opening", e))?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, "opening", e))?;
     f.write_all(bytes).map_err(|e| Error::io(path, "writing", e))?;
     f.flush().map_err(|e| Error::io(path, "writing", e))
 }

@@ -41,7 +41,7 @@ pub fn layer_plans(file: &NerpFile) -> Result<Vec<LayerPlan>> {
         let scales = match scales {
             Some(s) => {
                 let v = read::to_f32(DType::F32, &file.decode_section(s)?).expect("f32");
-                if let Some(x) = v.iter().find(|x| !(x.abs() <= limits::MAX_ABS_VALUE)) {
+                if let Some(x) = v.iter().find(|&&x| !read::bounded(x)) {
                     return Err(bad(format!(
                         "scale {x} is not a finite number of magnitude at most {:e}",
                         limits::MAX_ABS_VALUE
@@ -203,9 +203,8 @@ pub fn check_budget(file: &NerpFile) -> Result<()> {
             Storage::Raw { .. } => bytes,
             Storage::Predicted { layout, .. } => {
                 let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-                let grid = plan::Grid::new(layout, &dims).map_err(|what| {
-                    file.fmt_error(FormatError::Tensor { tensor: t.name.clone(), what })
-                })?;
+                let grid = plan::Grid::new(layout, &dims)
+                    .map_err(|what| file.fmt_error(FormatError::Tensor { tensor: t.name.clone(), what }))?;
                 blocks += grid.blocks() as u64;
                 bytes + 4 * numel + 52 * grid.blocks() as u64
             }

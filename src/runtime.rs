@@ -20,7 +20,19 @@ pub fn rebuild_onnx(file: &NerpFile, weights: &[WeightTensor]) -> Result<ModelPr
             file.path().display()
         )));
     };
-    patch_skeleton(&file.decode_section(section)?, weights)
+    patch_skeleton(&file.decode_section(section)?, weights).map_err(|e| in_file(file, e))
+}
+
+/// Names `file` in a rebuild error and says what to do: the skeleton and the tensors come
+/// from the same file, so a mismatch means the file is corrupt.
+fn in_file(file: &NerpFile, e: Error) -> Error {
+    match e {
+        Error::Rebuild(what) => Error::Rebuild(format!(
+            "{}: {what} (the file's skeleton is corrupt or does not belong to its tensors; compress the model again)",
+            file.path().display()
+        )),
+        e => e,
+    }
 }
 
 /// Decodes an ONNX skeleton (a model whose tensors' data was taken out, in the order of
@@ -61,6 +73,10 @@ fn check_slot(name: &str, slot: &TensorProto, tensor: &str, dtype: DType, shape:
 /// Checks, without any weight, that a file's skeleton (ONNX sources) decodes and that its
 /// tensor slots match the header's tensors one to one: what [`rebuild_onnx`] needs.
 pub fn check_skeleton(file: &NerpFile) -> Result<()> {
+    check_skeleton_slots(file).map_err(|e| in_file(file, e))
+}
+
+fn check_skeleton_slots(file: &NerpFile) -> Result<()> {
     let h = file.header();
     let Some(section) = h.source.skeleton else { return Ok(()) };
     let bytes = file.decode_section(section)?;
@@ -116,8 +132,13 @@ pub fn stored_input_shapes(file: &NerpFile) -> Result<InputShapes> {
     };
     for s in &shapes {
         let numel = s.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
-        if s.is_empty() || s.contains(&0) || numel.is_none_or(|n| n > crate::format::limits::MAX_TENSOR_ELEMENTS) {
-            return Err(bad(format!("holds shape {s:?}: each needs positive dimensions and at most 2^32 elements")));
+        if s.is_empty()
+            || s.contains(&0)
+            || numel.is_none_or(|n| n > crate::format::limits::MAX_TENSOR_ELEMENTS)
+        {
+            return Err(bad(format!(
+                "holds shape {s:?}: each needs positive dimensions and at most 2^32 elements"
+            )));
         }
     }
     Ok(shapes)

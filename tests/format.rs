@@ -1163,7 +1163,11 @@ fn zstd_size_claim_is_not_trusted_for_allocation() {
     // the decoder itself, below any budget, must not trust it either.
     let result = file.decode_section(0);
     assert!(
-        matches!(result, Err(Error::Format { kind: FormatError::Section { index: 0, .. }, .. }) | Err(Error::Budget { .. })),
+        matches!(
+            result,
+            Err(Error::Format { kind: FormatError::Section { index: 0, .. }, .. })
+                | Err(Error::Budget { .. })
+        ),
         "{result:?}"
     );
     LARGEST_ALLOC.with(|c| c.set(0));

@@ -7,8 +7,8 @@ mod common;
 
 use nerp::format::read::pack_permutation;
 use nerp::format::{
-    DType, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, SectionKind, Source, SourceKind, Storage,
-    TensorEntry, WeightDtype,
+    DType, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, SectionKind, Source, SourceKind,
+    Storage, TensorEntry, WeightDtype,
 };
 use nerp::{Device, Error, FormatError, NerpFile};
 use std::collections::BTreeMap;
@@ -29,6 +29,9 @@ fn text(o: &Output) -> String {
 /// Asserts an exit code and that the output mentions every needle, and never a panic.
 fn expect(o: &Output, code: i32, needles: &[&str]) {
     let t = text(o);
+    if std::env::var_os("NERP_SHOW_MESSAGES").is_some() {
+        eprintln!("exit {:?}: {t}", o.status.code());
+    }
     assert_eq!(o.status.code(), Some(code), "{t}");
     assert!(!t.contains("panicked"), "{t}");
     for n in needles {
@@ -42,7 +45,8 @@ fn predicted_file(params: &[f32], scales: &[f32]) -> Vec<u8> {
     let mut b = FileBuilder::new();
     let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
     let section = b.add(SectionKind::Predictor, Encoding::Plain, &bytes);
-    let perm = b.add(SectionKind::Permutation, Encoding::Zstd, &pack_permutation(&(0..8).collect::<Vec<_>>()));
+    let perm =
+        b.add(SectionKind::Permutation, Encoding::Zstd, &pack_permutation(&(0..8).collect::<Vec<_>>()));
     let sc: Vec<u8> = scales.iter().flat_map(|v| v.to_le_bytes()).collect();
     let scales = b.add(SectionKind::Scales, Encoding::Zstd, &sc);
     let bias: Vec<u8> = [0.5f32; 4].iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -52,9 +56,19 @@ fn predicted_file(params: &[f32], scales: &[f32]) -> Vec<u8> {
             name: "conv.weight".into(),
             dtype: DType::F32,
             shape: vec![4, 2, 3, 3],
-            storage: Storage::Predicted { layer: 0, permutation: perm, scales: Some(scales), layout: Default::default() },
+            storage: Storage::Predicted {
+                layer: 0,
+                permutation: perm,
+                scales: Some(scales),
+                layout: Default::default(),
+            },
         },
-        TensorEntry { name: "conv.bias".into(), dtype: DType::F32, shape: vec![4], storage: Storage::Raw { section: raw } },
+        TensorEntry {
+            name: "conv.bias".into(),
+            dtype: DType::F32,
+            shape: vec![4],
+            storage: Storage::Raw { section: raw },
+        },
     ];
     let spec = PredictorSpec {
         arch: "mlp_relu".into(),
@@ -106,8 +120,10 @@ fn non_finite_or_huge_predictor_weights_are_rejected() {
         let mut params = good_params();
         params[5] = bad;
         let file = NerpFile::from_bytes(predicted_file(&params, &[1.0; 4]), "bad.nerp").unwrap();
-        for e in [nerp::verify::verify(&file).unwrap_err(), nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err()]
-        {
+        for e in [
+            nerp::verify::verify(&file).unwrap_err(),
+            nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err(),
+        ] {
             assert!(
                 matches!(&e, Error::Format { kind: FormatError::Predictor(w), .. } if w.contains("parameter 5")),
                 "{bad}: {e}"
@@ -119,7 +135,8 @@ fn non_finite_or_huge_predictor_weights_are_rejected() {
 #[test]
 fn non_finite_or_huge_scales_are_rejected() {
     for bad in [f32::NAN, f32::NEG_INFINITY, 3e38] {
-        let file = NerpFile::from_bytes(predicted_file(&good_params(), &[1.0, bad, 1.0, 1.0]), "bad.nerp").unwrap();
+        let file =
+            NerpFile::from_bytes(predicted_file(&good_params(), &[1.0, bad, 1.0, 1.0]), "bad.nerp").unwrap();
         let e = nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err();
         assert!(
             matches!(&e, Error::Format { kind: FormatError::Tensor { tensor, what }, .. }
@@ -135,7 +152,9 @@ fn a_predictor_that_overflows_is_rejected_by_verify_and_regenerate() {
     // Every parameter within the 1e30 bound, but the products of five layers overflow f32.
     let params = vec![1e20f32; param_count()];
     let file = NerpFile::from_bytes(predicted_file(&params, &[1.0; 4]), "overflow.nerp").unwrap();
-    for e in [nerp::verify::verify(&file).unwrap_err(), nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err()] {
+    for e in
+        [nerp::verify::verify(&file).unwrap_err(), nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err()]
+    {
         assert!(
             matches!(&e, Error::Format { kind: FormatError::Tensor { tensor, what }, .. }
                 if tensor == "conv.weight" && what.contains("regenerates to")),
@@ -284,7 +303,11 @@ fn verify_streams_a_3_gib_section_within_bounded_memory() {
     let n = 3u64 << 30;
     let dir = tempfile::tempdir().unwrap();
     let f = write(dir.path(), "big.nerp", &big_file(n, DType::U8, &zero_frame(n, 0x38)));
-    let cmd = format!("ulimit -v 2000000 && exec '{}' --max-memory 16G verify '{}'", env!("CARGO_BIN_EXE_nerp"), s(&f));
+    let cmd = format!(
+        "ulimit -v 2000000 && exec '{}' --max-memory 16G verify '{}'",
+        env!("CARGO_BIN_EXE_nerp"),
+        s(&f)
+    );
     let o = Command::new("sh").args(["-c", &cmd]).output().unwrap();
     expect(&o, 0, &["valid"]);
 }
@@ -428,7 +451,11 @@ fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
     let model = d.join("m.safetensors");
     std::fs::copy(common::shared_model("resnet20_fashion_mnist.safetensors"), &model).unwrap();
     let before = std::fs::read(&model).unwrap();
-    expect(&nerp(&["compress", s(&model), "-o", s(&model), "--steps", "1", "-q"]), 2, &["--output", "destroy"]);
+    expect(
+        &nerp(&["compress", s(&model), "-o", s(&model), "--steps", "1", "-q"]),
+        2,
+        &["--output", "destroy"],
+    );
     // A hard link is the same file under another name.
     let link = d.join("link.safetensors");
     std::fs::hard_link(&model, &link).unwrap();

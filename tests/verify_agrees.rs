@@ -29,7 +29,8 @@ fn base() -> &'static (Header, Vec<Vec<u8>>) {
             .unwrap();
         let (bytes, _, _) = build_file(&model, &plans, &values, Some(&p), &opts).unwrap();
         let file = NerpFile::from_bytes(bytes, "kinds.nerp").unwrap();
-        let sections = (0..file.header().sections.len()).map(|i| file.decode_section(i).unwrap().into_owned()).collect();
+        let sections =
+            (0..file.header().sections.len()).map(|i| file.decode_section(i).unwrap().into_owned()).collect();
         (file.header().clone(), sections)
     })
 }
@@ -38,16 +39,29 @@ fn base() -> &'static (Header, Vec<Vec<u8>>) {
 #[derive(Debug, Clone)]
 enum Mutation {
     /// XOR a byte of a section's decoded content.
-    Flip { section: usize, at: usize, xor: u8 },
+    Flip {
+        section: usize,
+        at: usize,
+        xor: u8,
+    },
     /// Overwrite a 2-byte value of the predictor (f16) with a special bit pattern.
-    Predictor { at: usize, bits: u16 },
+    Predictor {
+        at: usize,
+        bits: u16,
+    },
     /// Overwrite a scale (f32) with a special value.
-    Scale { at: usize, value: f32 },
+    Scale {
+        at: usize,
+        value: f32,
+    },
     /// Swap the shapes, or the names, of two tensors.
     SwapShapes(usize, usize),
     SwapNames(usize, usize),
     /// Replace a registered metadata value.
-    Metadata { key: &'static str, value: &'static str },
+    Metadata {
+        key: &'static str,
+        value: &'static str,
+    },
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -57,7 +71,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     let predictor_len = sections[h.predictor.as_ref().unwrap().section].len() / 2;
     let specials = prop::sample::select(vec![0x7E00u16, 0x7C00, 0xFC00, 0x7BFF, 0x0000, 0x3C00]);
     let values = prop::sample::select(vec![f32::NAN, f32::INFINITY, 3e38, 1e31, 1e29, 0.0, -1.0]);
-    let shapes = prop::sample::select(vec!["[[1,3,16,16]]", "[[0,3]]", "garbage", "[[4294967296,2]]", "[]", "[[1]]"]);
+    let shapes =
+        prop::sample::select(vec!["[[1,3,16,16]]", "[[0,3]]", "garbage", "[[4294967296,2]]", "[]", "[[1]]"]);
     let pre = prop::sample::select(vec![
         r#"{"scale":0.0039,"mean":[0.5],"std":[1e-45]}"#,
         r#"{"scale":1,"mean":[0],"std":[1]}"#,
@@ -65,7 +80,11 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         "not json",
     ]);
     prop_oneof![
-        (0..n_sections, any::<usize>(), 1..=255u8).prop_map(|(section, at, xor)| Mutation::Flip { section, at, xor }),
+        (0..n_sections, any::<usize>(), 1..=255u8).prop_map(|(section, at, xor)| Mutation::Flip {
+            section,
+            at,
+            xor
+        }),
         (0..predictor_len, specials).prop_map(|(at, bits)| Mutation::Predictor { at, bits }),
         (any::<usize>(), values).prop_map(|(at, value)| Mutation::Scale { at, value }),
         (0..n_tensors, 0..n_tensors).prop_map(|(a, b)| Mutation::SwapShapes(a, b)),
@@ -93,7 +112,8 @@ fn mutated(m: &Mutation) -> Option<NerpFile> {
             s[2 * at..2 * at + 2].copy_from_slice(&bits.to_le_bytes());
         }
         Mutation::Scale { at, value } => {
-            let idx: Vec<usize> = (0..h.sections.len()).filter(|&i| h.sections[i].kind == SectionKind::Scales).collect();
+            let idx: Vec<usize> =
+                (0..h.sections.len()).filter(|&i| h.sections[i].kind == SectionKind::Scales).collect();
             let s = &mut sections[*idx.get(at % idx.len().max(1))?];
             let i = (at / 7) % (s.len() / 4);
             s[4 * i..4 * i + 4].copy_from_slice(&value.to_le_bytes());

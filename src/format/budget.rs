@@ -68,9 +68,8 @@ impl Budget {
 /// Parses a size such as `8G`, `512M`, `64k` or `1000000` (binary multiples; a trailing `B`
 /// or `iB` is accepted).
 pub fn parse_size(s: &str) -> Result<u64> {
-    let err = || {
-        Error::usage("--max-memory", format!("{s:?} is not a size such as 8G, 512M or 1000000 (bytes)"))
-    };
+    let err =
+        || Error::usage("--max-memory", format!("{s:?} is not a size such as 8G, 512M or 1000000 (bytes)"));
     let t = s.trim();
     let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
     let (digits, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
@@ -107,7 +106,10 @@ mod tests {
     fn check_names_what_and_sizes() {
         let e = Budget::new(100).check(|| "tensor w".into(), 101).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("tensor w") && msg.contains("101 bytes") && msg.contains("--max-memory"), "{msg}");
+        assert!(
+            msg.contains("tensor w") && msg.contains("101 bytes") && msg.contains("--max-memory"),
+            "{msg}"
+        );
         assert!(Budget::new(100).check(|| unreachable!(), 100).is_ok());
     }
 }

@@ -544,11 +544,17 @@ pub fn check_decodes(encoding: Encoding, stored: &[u8], decoded_length: u64) -> 
     Ok(())
 }
 
+/// Whether a stored scale or parameter is finite and at most [`limits::MAX_ABS_VALUE`] in
+/// magnitude (spec checks 29–30).
+pub fn bounded(v: f32) -> bool {
+    v.is_finite() && v.abs() <= limits::MAX_ABS_VALUE
+}
+
 /// Checks stored predictor parameters (spec check 30): each finite and at most
 /// [`limits::MAX_ABS_VALUE`] in magnitude.
 pub fn check_predictor_weights(dtype: super::WeightDtype, stored: &[u8]) -> Result<(), FormatError> {
     let values = to_f32(dtype.dtype(), stored).expect("float dtype");
-    match values.iter().position(|v| !(v.abs() <= limits::MAX_ABS_VALUE)) {
+    match values.iter().position(|&v| !bounded(v)) {
         Some(i) => Err(FormatError::Predictor(format!(
             "parameter {i} is {}; parameters must be finite and at most {:e} in magnitude",
             values[i],

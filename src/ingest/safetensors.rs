@@ -105,7 +105,9 @@ fn precheck(bytes: &[u8]) -> std::result::Result<(), String> {
         .ok_or("file is shorter than the 8-byte safetensors header length")?;
     let header_len = u64::from_le_bytes(n);
     if header_len > MAX_HEADER {
-        return Err(format!("header length {header_len} exceeds the safetensors limit of {MAX_HEADER} bytes"));
+        return Err(format!(
+            "header length {header_len} exceeds the safetensors limit of {MAX_HEADER} bytes"
+        ));
     }
     let file_len = bytes.len() as u64;
     if 8 + header_len > file_len {
