@@ -546,3 +546,39 @@ fn safetensors_errors_name_the_tensor_at_fault() {
     let e = load(bytes);
     assert!(e.contains("header length 1000000") && e.contains("past the end of the file"), "{e}");
 }
+
+#[test]
+fn run_and_eval_report_non_finite_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let onnx = write(d, "stack.onnx", &nerp::synth::conv_stack_onnx(8, 3, 1));
+    let model = nerp::ingest::load(&onnx).unwrap();
+    // An untrained predictor whose last layer is scaled by 1e6: finite weights of ~1e4, a
+    // network whose gain is ~1e16, stored in f32.
+    let opts = nerp::compress::CompressOptions {
+        hidden: Some(16),
+        predictor_dtype: WeightDtype::F32,
+        ..Default::default()
+    };
+    let (plans, values, _) = nerp::compress::make_plan(&model, &opts).unwrap();
+    let cpu = candle_core::Device::Cpu;
+    let mut flat = nerp::train::init_predictor(16, opts.embedding, 2, &cpu).unwrap().to_flat().unwrap();
+    let n = flat.len();
+    flat[n - (16 * 9 + 9)..].iter_mut().for_each(|v| *v *= 1e6);
+    let p = nerp::predictor::Predictor::from_flat(16, opts.embedding, &flat, &cpu).unwrap();
+    let (bytes, _, _) = nerp::compress::build_file(&model, &plans, &values, Some(&p), &opts).unwrap();
+    let f = write(d, "stack.nerp", &bytes);
+    let fine = d.join("fine.npy");
+    nerp::npy::write_f32(&fine, &[0.5; 8 * 64], &[1, 8, 8, 8]).unwrap();
+    expect(&nerp(&["run", s(&f), "--input", s(&fine), "--device", "cpu"]), 0, &["output 0"]);
+    // A finite input the network's gain takes past f32's range.
+    let big = d.join("big.npy");
+    nerp::npy::write_f32(&big, &[1e30; 8 * 64], &[1, 8, 8, 8]).unwrap();
+    expect(
+        &nerp(&["run", s(&f), "--input", s(&big), "--device", "cpu"]),
+        1,
+        &["output 0 of", "big.npy", "overflowed"],
+    );
+    let args = ["eval", s(&f), "--inputs", s(&big), "--original", s(&onnx), "--device", "cpu"];
+    expect(&nerp(&args), 1, &["output 0 of the regenerated model", "big.npy"]);
+}
