@@ -9,6 +9,9 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 
 /// Reads an array as a tract tensor.
 pub fn read(path: &Path) -> Result<Tensor> {
+    let len = std::fs::metadata(path).map_err(|e| Error::io(path, "reading metadata of", e))?.len();
+    // The file, then the tensor built from it.
+    crate::format::budget::current().check(|| format!("reading input {}", path.display()), 2 * len)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, "reading", e))?;
     let bad =
         |what: String| Error::Usage { option: "--input".into(), what: format!("{}: {what}", path.display()) };

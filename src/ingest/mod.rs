@@ -49,6 +49,9 @@ pub struct SourceModel {
 /// 8-byte header length followed by `{`), else by extension.
 pub fn load(path: &Path) -> Result<SourceModel> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, "opening model", e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, "reading metadata of model", e))?.len();
+    // Every tensor's data is copied out of the mapping, and the skeleton once more.
+    crate::format::budget::current().check(|| format!("reading model {}", path.display()), 2 * len)?;
     let bytes = crate::mmap::FileBytes::map(&file).map_err(|e| Error::io(path, "memory-mapping model", e))?;
     let looks_safetensors = bytes.len() > 9 && bytes[8] == b'{';
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
