@@ -303,7 +303,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     if let Some(size) = &cli.max_memory {
         format::budget::set_limit(format::budget::parse_size(size)?);
     }
-    crate::output::install_interrupt_cleanup();
+    crate::format::output::install_interrupt_cleanup();
     match cli.command {
         #[cfg(feature = "compress")]
         Command::Compress(a) => compress(*a).map(|_| 0),
@@ -577,7 +577,7 @@ fn decompress(path: &Path, output: &Path, device_name: &str) -> Result<()> {
             format!("{} must end in .onnx or .safetensors", output.display()),
         ));
     }
-    crate::output::check_not_an_input(output, &[path], "--output")?;
+    crate::format::output::check_not_an_input(output, &[path], "--output")?;
     let device = open_device(device_name)?;
     let file = crate::open(path)?;
     let weights = regen::regenerate(&file, &device)?;
@@ -599,7 +599,7 @@ fn run_model(path: &Path, input: &Path, output: Option<&Path>, device_name: &str
                 format!("{} must end in .npy (the output is a NumPy array)", o.display()),
             ));
         }
-        crate::output::check_not_an_input(o, &[path, input], "--output")?;
+        crate::format::output::check_not_an_input(o, &[path, input], "--output")?;
     }
     let device = open_device(device_name)?;
     let x = npy::read(input)?;

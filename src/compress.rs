@@ -252,7 +252,7 @@ pub fn compress(
     }
     let mut inputs = vec![input];
     inputs.extend(opts.distill.teacher.as_deref());
-    crate::output::check_not_an_input(output, &inputs, "--output")?;
+    crate::format::output::check_not_an_input(output, &inputs, "--output")?;
     let model = ingest::load(input)?;
     if opts.check_runnable && model.kind == SourceKind::Onnx {
         let shapes = match opts.metadata.get(crate::runtime::INPUT_SHAPES_KEY) {

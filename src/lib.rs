@@ -32,7 +32,6 @@ pub mod graph;
 pub mod ingest;
 pub mod mmap;
 pub mod npy;
-pub mod output;
 pub mod plan;
 pub mod predictor;
 pub mod regen;

@@ -5,6 +5,7 @@
 //! end rounded up to 64 bytes, the last one ending exactly at the end of the file.
 
 pub mod budget;
+pub mod output;
 pub mod read;
 pub mod write;
 

@@ -159,11 +159,11 @@ pub fn parent_dir(path: &Path) -> &Path {
 /// intact; no partially written file ever carries the target name.
 ///
 /// An existing pipe or character device is written directly and other special files are
-/// refused ([`crate::output::target`]); the temporary file is removed on error and, in the
-/// CLI, when the process is interrupted ([`crate::output::install_interrupt_cleanup`]).
+/// refused ([`crate::format::output::target`]); the temporary file is removed on error and, in the
+/// CLI, when the process is interrupted ([`crate::format::output::install_interrupt_cleanup`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if crate::output::target(path)? == crate::output::Target::Stream {
-        return crate::output::write_stream(path, bytes);
+    if crate::format::output::target(path)? == crate::format::output::Target::Stream {
+        return crate::format::output::write_stream(path, bytes);
     }
     let dir = parent_dir(path);
     let name = path
@@ -174,7 +174,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
     let n = NEXT_TMP.fetch_add(1, AtomicOrdering::Relaxed);
     let tmp = dir.join(format!(".{}.tmp-{}-{n}", name.to_string_lossy(), std::process::id()));
-    let _guard = crate::output::TempGuard::register(&tmp);
+    let _guard = crate::format::output::TempGuard::register(&tmp);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, "creating", e))?;
         f.write_all(bytes).map_err(|e| Error::io(&tmp, "writing", e))?;

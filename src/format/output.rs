@@ -173,7 +173,11 @@ mod tests {
         let tmp = dir.path().join(".out.nerp.tmp-1-0");
         std::fs::write(&tmp, b"partial").unwrap();
         let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "output::tests::interrupt_removes_registered_temporary_files", "--nocapture"])
+            .args([
+                "--exact",
+                "format::output::tests::interrupt_removes_registered_temporary_files",
+                "--nocapture",
+            ])
             .env(VAR, &tmp)
             .status()
             .unwrap();
