@@ -2,11 +2,16 @@
 //! scaling, and decodes the raw tensors.
 
 use crate::device::Device;
-use crate::error::{Error, FormatError, Result};
-use crate::format::{read, DType, NerpFile, PredictorSpec, Storage};
-use crate::plan::{self, LayerPlan};
-use crate::predictor::{self, Predictor, OUTPUTS};
+use crate::error::{Error, Result};
+use crate::format::codec::{from_f32, to_f32};
+use crate::format::geometry::{coordinates, prediction_ranges, scatter, LayerPlan};
+use crate::format::predictor::OUTPUTS;
+use crate::format::{DType, NerpFile, PredictorSpec, Storage};
+use crate::predictor::{self, Predictor};
 use candle_core::Tensor;
+
+/// The predicted layers of a file, permutations and scales decoded and checked (by the reader).
+pub use crate::format::layer_plans;
 
 /// Coordinates run through the predictor at once.
 pub const BATCH: usize = 1 << 16;
@@ -23,35 +28,8 @@ pub struct WeightTensor {
 impl WeightTensor {
     /// The values as f32 (float tensors only).
     pub fn to_f32(&self) -> Option<Vec<f32>> {
-        read::to_f32(self.dtype, &self.data)
+        to_f32(self.dtype, &self.data)
     }
-}
-
-/// The predicted layers of a file, with their permutations and scales decoded and checked.
-pub fn layer_plans(file: &NerpFile) -> Result<Vec<LayerPlan>> {
-    let mut plans = Vec::new();
-    for (tensor, t) in file.header().tensors.iter().enumerate() {
-        let Storage::Predicted { layer, permutation, scales, layout } = t.storage else { continue };
-        let bad = |what: String| file.fmt_error(FormatError::Tensor { tensor: t.name.clone(), what });
-        // The grid was validated at open; this cannot fail for an open file.
-        let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        let grid = plan::Grid::new(layout, &dims).map_err(&bad)?;
-        let perm = read::unpack_permutation(&file.decode_section(permutation)?, grid.blocks())
-            .map_err(|e| bad(format!("permutation: {e}")))?;
-        let scales = match scales {
-            Some(s) => {
-                let v = read::to_f32(DType::F32, &file.decode_section(s)?).expect("f32");
-                if let Some(x) = v.iter().find(|x| !x.is_finite()) {
-                    return Err(bad(format!("scale {x} is not finite")));
-                }
-                Some(v)
-            }
-            None => None,
-        };
-        plans.push(LayerPlan { tensor, layer, grid, perm, scales });
-    }
-    plans.sort_by_key(|p| p.layer);
-    Ok(plans)
 }
 
 /// Runs the predictor over all chain positions of `plans` (in order), `BATCH` rows at a time;
@@ -62,7 +40,7 @@ pub fn predict_layers(predictor: &Predictor, plans: &[LayerPlan], layers: u32) -
 
 /// The flat `N×3` coordinates of all chain positions of `plans`, in order.
 pub fn layer_coordinates(plans: &[LayerPlan], layers: u32) -> Vec<f32> {
-    plans.iter().flat_map(|p| plan::coordinates(p.layer, layers, p.grid.rows, p.grid.cols)).collect()
+    plans.iter().flat_map(|p| coordinates(p.layer, layers, p.grid.rows, p.grid.cols)).collect()
 }
 
 /// Runs the stored predictor (`spec`, its section's bytes) over `plans` on `device`.
@@ -82,6 +60,7 @@ fn predict_stored(
             spec.embedding,
             &predictor::decode_weights(spec.dtype, stored),
             &layer_coordinates(plans, spec.layers),
+            BATCH,
         ),
     }
 }
@@ -109,11 +88,8 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
         _ => Vec::new(),
     };
     let mut by_tensor = vec![None; h.tensors.len()];
-    let mut at = 0;
-    for p in &plans {
-        let n = p.blocks() * OUTPUTS;
-        by_tensor[p.tensor] = Some((p, &predicted[at..at + n]));
-        at += n;
+    for (p, range) in plans.iter().zip(prediction_ranges(&plans)) {
+        by_tensor[p.tensor] = Some((p, &predicted[range]));
     }
     h.tensors
         .iter()
@@ -123,8 +99,8 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
                 (Storage::Raw { section }, _) => file.decode_section(section)?.into_owned(),
                 (Storage::Predicted { .. }, Some((p, pred))) => {
                     let mut values = vec![0f32; p.grid.numel()];
-                    plan::scatter(pred, p, &mut values);
-                    read::from_f32(t.dtype, &values).expect("predicted tensors are float")
+                    scatter(pred, p, &mut values);
+                    from_f32(t.dtype, &values).expect("predicted tensors are float")
                 }
                 (Storage::Predicted { .. }, None) => {
                     return Err(Error::Rebuild(format!("tensor {} has no layer plan", t.name)))
