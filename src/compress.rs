@@ -2,12 +2,12 @@
 
 use crate::distill::{self, DistillOptions, Schedule};
 use crate::error::{Error, Result};
+use crate::format::geometry::prediction_ranges;
 use crate::format::{
     self, codec::pack_permutation, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, SectionKind,
     Source, SourceKind, Storage, TensorEntry, WeightDtype,
 };
 use crate::ingest::{self, SourceModel};
-use crate::format::geometry::prediction_ranges;
 use crate::plan::{self, LayerPlan};
 use crate::predictor::{self, Predictor};
 use crate::regen;

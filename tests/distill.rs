@@ -9,7 +9,6 @@ use nerp::distill::{DistillOptions, Schedule};
 use std::path::Path;
 use std::process::{Command, Output};
 
-
 fn nerp(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_nerp")).args(args).output().expect("nerp runs")
 }

@@ -153,8 +153,9 @@ fn regeneration_beyond_one_batch_matches_the_reference_predictor() {
     let file = nerp::NerpFile::from_bytes(bytes, "stack.nerp").unwrap();
     let h = file.header();
     let spec = h.predictor.as_ref().unwrap();
-    let flat = nerp::format::codec::to_f32(nerp::format::DType::F32, &file.decode_section(spec.section).unwrap())
-        .unwrap();
+    let flat =
+        nerp::format::codec::to_f32(nerp::format::DType::F32, &file.decode_section(spec.section).unwrap())
+            .unwrap();
     let weights = regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
     let mut checked = 0;
     for (t, w) in h.tensors.iter().zip(&weights) {
@@ -168,7 +169,8 @@ fn regeneration_beyond_one_batch_matches_the_reference_predictor() {
         });
         let got = w.to_f32().unwrap();
         for (p, &kernel) in perm.iter().enumerate() {
-            let coord = [layer as f32 / spec.layers as f32, (p / c) as f32 / f as f32, (p % c) as f32 / c as f32];
+            let coord =
+                [layer as f32 / spec.layers as f32, (p / c) as f32 / f as f32, (p % c) as f32 / c as f32];
             let pred = common::reference_predict(spec, &flat, coord);
             let scale = scales.as_ref().map_or(1.0, |s| s[kernel as usize / c]) as f64;
             for (i, want) in pred.iter().enumerate() {

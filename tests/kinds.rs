@@ -172,7 +172,8 @@ fn regenerated_values_follow_the_spec_for_every_kind() {
     assert_eq!(file.major(), 2, "matrices and large kernels need format 2");
     let h = file.header();
     let spec = h.predictor.as_ref().unwrap();
-    let params = codec::to_f32(nerp::format::DType::F32, &file.decode_section(spec.section).unwrap()).unwrap();
+    let params =
+        codec::to_f32(nerp::format::DType::F32, &file.decode_section(spec.section).unwrap()).unwrap();
     let weights = regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
     let source = ingest::load(&kinds_path()).unwrap();
     let mut seen = 0;
@@ -186,13 +187,14 @@ fn regenerated_values_follow_the_spec_for_every_kind() {
         let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
         let numel: usize = shape.iter().product();
         let (_, _, _, cols, rows) = locate(layout, &shape, 0);
-        let perm = codec::unpack_permutation(&file.decode_section(permutation).unwrap(), rows * cols).unwrap();
+        let perm =
+            codec::unpack_permutation(&file.decode_section(permutation).unwrap(), rows * cols).unwrap();
         let mut inv = vec![0usize; perm.len()];
         for (p, &b) in perm.iter().enumerate() {
             inv[b as usize] = p;
         }
-        let scales =
-            scales.map(|s| codec::to_f32(nerp::format::DType::F32, &file.decode_section(s).unwrap()).unwrap());
+        let scales = scales
+            .map(|s| codec::to_f32(nerp::format::DType::F32, &file.decode_section(s).unwrap()).unwrap());
         let got = w.to_f32().unwrap();
         let l = layer as f32 / spec.layers as f32;
         let mut worst = 0f64;
@@ -314,7 +316,8 @@ fn cli_label_free_eval() {
     // top-1 agreement computed here, independently of `nerp eval`).
     let shape = [4, 1, 28, 28];
     let x = common::noise(4 * 28 * 28, 3);
-    let (a, _) = runtime::Model::from_onnx_file(std::path::Path::new(onnx)).unwrap().run_f32(&x, &shape).unwrap();
+    let (a, _) =
+        runtime::Model::from_onnx_file(std::path::Path::new(onnx)).unwrap().run_f32(&x, &shape).unwrap();
     let (b, _) = nerp::load_model(d("r.nerp"), &nerp::Device::Cpu).unwrap().run_f32(&x, &shape).unwrap();
     let se: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
     let rel = (se / a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>()).sqrt();

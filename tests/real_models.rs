@@ -23,7 +23,8 @@ fn model(rel: &str) -> Option<PathBuf> {
 fn tiny(shape: Option<&[usize]>) -> CompressOptions {
     let mut o = CompressOptions { hidden: Some(8), steps: 5, ordering: Ordering::None, ..Default::default() };
     if let Some(s) = shape {
-        o.metadata.insert(nerp::format::metadata::INPUT_SHAPES_KEY.into(), serde_json::to_string(&[s]).unwrap());
+        o.metadata
+            .insert(nerp::format::metadata::INPUT_SHAPES_KEY.into(), serde_json::to_string(&[s]).unwrap());
     }
     o
 }

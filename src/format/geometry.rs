@@ -268,5 +268,4 @@ mod tests {
         assert!(Grid::new(Layout::Matrix, &[4]).unwrap_err().contains("rank 2"));
         assert!(Grid::new(Layout::Matrix, &[4, 0]).unwrap_err().contains("zero"));
     }
-
 }

@@ -329,8 +329,7 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
         }
         claim(p.section, SectionKind::Predictor, "predictor")?;
         let s = &h.sections[p.section];
-        let need = param_count(p.hidden as usize, e.levels as usize) as u64
-            * p.dtype.size() as u64;
+        let need = param_count(p.hidden as usize, e.levels as usize) as u64 * p.dtype.size() as u64;
         if s.encoding != Encoding::Plain || s.decoded_length != need {
             return bad(format!(
                 "weights section must be plain and {need} bytes, found {:?} of {} bytes",
