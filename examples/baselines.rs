@@ -41,7 +41,7 @@ fn main() -> nerp::Result<()> {
     let mut weights = nerp::regen::regenerate(&file, &nerp::Device::Cpu)?;
     for w in weights.iter_mut().filter(|w| is_weight(w.dtype, &w.shape)) {
         let v: Vec<f32> = w.to_f32().expect("f32").iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
-        w.data = nerp::format::read::from_f32(DType::F32, &v).expect("f32");
+        w.data = nerp::format::codec::from_f32(DType::F32, &v).expect("f32");
     }
     let rounded = match source.kind {
         SourceKind::Onnx => {

@@ -16,7 +16,7 @@ fn main() -> nerp::Result<()> {
         .filter(|t| {
             nerp::plan::is_predictable(t.dtype, &t.shape, nerp::format::Layout::Conv) && t.shape[2] == 3
         })
-        .map(|t| nerp::format::read::to_f32(t.dtype, &t.data).expect("float"))
+        .map(|t| nerp::format::codec::to_f32(t.dtype, &t.data).expect("float"))
         .collect();
     let big: Vec<&Vec<f32>> = layers.iter().filter(|l| l.len() / 9 >= 4096).collect();
     println!("{path}: {} 3×3 layers, {} with ≥ 4096 kernels", layers.len(), big.len());

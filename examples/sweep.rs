@@ -13,7 +13,7 @@
 
 use candle_core::Device;
 use clap::{Parser, Subcommand};
-use nerp::compress::{make_plan, train_data, CompressOptions};
+use nerp::compress::{make_plan, train_data, CompressOptions, Plan};
 use nerp::data::{self, DataSource, Preprocess, Split};
 use nerp::format::{DType, NerpFile, SectionKind, WeightDtype};
 use nerp::regen::WeightTensor;
@@ -143,7 +143,7 @@ fn run(cli: Cli) -> Result<()> {
 
 fn export_kernels(path: &Path, out: &Path) -> Result<()> {
     let model = ingest::load(path)?;
-    let (plans, values, _) = make_plan(&model, &CompressOptions::default())?;
+    let Plan { layers: plans, values, .. } = make_plan(&model, &CompressOptions::default())?;
     let tensors: Vec<(&str, Vec<usize>, Vec<u8>)> = plans
         .iter()
         .zip(&values)
@@ -251,7 +251,7 @@ fn measure(
     for &h in hidden {
         let opts = CompressOptions { hidden: Some(h), steps, ..Default::default() };
         opts.validate()?;
-        let (plans, values, _) = make_plan(&model, &opts)?;
+        let Plan { layers: plans, values, .. } = make_plan(&model, &opts)?;
         let start = Instant::now();
         let (trained, _) = train::train(
             &opts.train_config(h),
@@ -264,7 +264,7 @@ fn measure(
         for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16] {
             let opts = CompressOptions { predictor_dtype: dtype, ..opts.clone() };
             let p = trained.rounded(dtype)?;
-            let (bytes, _, _) = nerp::compress::build_file(&model, &plans, &values, Some(&p), &opts)?;
+            let bytes = nerp::compress::build_file(&model, &plans, &values, Some(&p), &opts)?.bytes;
             let file = NerpFile::from_bytes(bytes, format!("h{h}.nerp"))?;
             rest_bytes = rest_of(&file);
             let acc = accuracy(&runtime::Model::from_file(&file, &nerp::Device::Cpu)?, &data, threads)?;

@@ -68,7 +68,7 @@ fn main() -> nerp::Result<()> {
         .collect();
     let shapes: Vec<Vec<usize>> = big.iter().map(|t| t.shape.iter().map(|&d| d as usize).collect()).collect();
     let values: Vec<Vec<f32>> =
-        big.iter().map(|t| nerp::format::read::to_f32(t.dtype, &t.data).expect("float")).collect();
+        big.iter().map(|t| nerp::format::codec::to_f32(t.dtype, &t.data).expect("float")).collect();
     let n: usize = values.iter().map(Vec::len).sum();
     println!("{path}: {} kernels with k > 3, {n} values; h = 32, 600 steps, no ordering", big.len());
     println!("| model | layout | blocks | mean relative error |");

@@ -5,7 +5,7 @@
 
 use crate::compress::{build_file, CompressOptions};
 use crate::error::{Error, Result};
-use crate::format::{read, DType, SourceKind};
+use crate::format::{codec, DType, SourceKind};
 use crate::ingest::{self, SourceModel};
 use crate::regen::WeightTensor;
 use prost::Message;
@@ -48,8 +48,8 @@ pub fn half_weights(model: &SourceModel, half: DType) -> Result<Baseline> {
     let mut weights = original_weights(model);
     let mut stored = HashMap::new();
     for w in weights.iter_mut().filter(|w| w.dtype == DType::F32) {
-        let bytes = read::from_f32(half, &w.to_f32().expect("f32")).expect("float");
-        w.data = read::from_f32(DType::F32, &read::to_f32(half, &bytes).expect("float")).expect("float");
+        let bytes = codec::from_f32(half, &w.to_f32().expect("f32")).expect("float");
+        w.data = codec::from_f32(DType::F32, &codec::to_f32(half, &bytes).expect("float")).expect("float");
         stored.insert(w.name.clone(), (onnx_code(half), bytes));
     }
     let bytes = onnx_file_len(model, &stored, Vec::new())?;
@@ -82,7 +82,7 @@ pub fn int8_per_channel(model: &SourceModel) -> Result<Baseline> {
             .map(|(i, v)| (v / scale[channel_of(i)]).round().clamp(-127.0, 127.0) as i8)
             .collect();
         let deq: Vec<f32> = q.iter().enumerate().map(|(i, &q)| q as f32 * scale[channel_of(i)]).collect();
-        w.data = read::from_f32(DType::F32, &deq).expect("f32");
+        w.data = codec::from_f32(DType::F32, &deq).expect("f32");
         stored.insert(w.name.clone(), (onnx_code(DType::I8), q.iter().map(|&v| v as u8).collect()));
         scales.push(TensorProto {
             name: format!("{}_scale", w.name),
@@ -102,7 +102,7 @@ pub fn int8_per_channel(model: &SourceModel) -> Result<Baseline> {
 /// Every tensor stored raw in a `.nerp` file (byte-grouped zstd at the format's level 19, the
 /// skeleton zstd), with no predictor: lossless.
 pub fn zstd_lossless(model: &SourceModel) -> Result<Baseline> {
-    let (bytes, _, _) = build_file(model, &[], &[], None, &CompressOptions::default())?;
+    let bytes = build_file(model, &[], &[], None, &CompressOptions::default())?.bytes;
     Ok(Baseline {
         name: "zstd-19 byte-grouped (lossless)",
         bytes: bytes.len() as u64,
@@ -197,7 +197,7 @@ mod tests {
         assert!(int8.bytes < f32_len * 27 / 100 && int8.bytes > f32_len / 5, "{} of {f32_len}", int8.bytes);
         assert!(z.bytes < f32_len);
         let file = crate::format::NerpFile::from_bytes(
-            build_file(&m, &[], &[], None, &CompressOptions::default()).unwrap().0,
+            build_file(&m, &[], &[], None, &CompressOptions::default()).unwrap().bytes,
             "z.nerp",
         )
         .unwrap();
@@ -214,7 +214,7 @@ mod tests {
             .position(|t| t.role == crate::ingest::Role::ConvKernel && t.shape[1] > 1)
             .unwrap();
         let (orig, deq) = (m.tensors[conv].data.clone(), q.weights[conv].to_f32().unwrap());
-        let orig = read::to_f32(DType::F32, &orig).unwrap();
+        let orig = codec::to_f32(DType::F32, &orig).unwrap();
         let per = orig.len() / m.tensors[conv].shape[0] as usize;
         for (o, d) in orig.chunks(per).zip(deq.chunks(per)) {
             let step = o.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;

@@ -1,10 +1,15 @@
-//! Command-line interface: argument types and one function per subcommand.
+//! Command-line interface: argument types and one function per subcommand. Option defaults
+//! come from the `Default` impls of [`CompressOptions`](crate::compress::CompressOptions) and
+//! [`DistillOptions`](crate::distill::DistillOptions), the one place they are written.
 
 use crate::data::{self, DataSource, Preprocess, Split};
 use crate::error::{Error, Result};
 use crate::format::{self, NerpFile, Storage};
+#[cfg(feature = "compress")]
+use crate::{compress::CompressOptions, distill::DistillOptions};
 use crate::{device, eval, npy, regen, runtime};
-use clap::{Args, Parser, Subcommand};
+use clap::builder::PossibleValue;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -80,31 +85,31 @@ pub struct CompressArgs {
     #[arg(long)]
     pub target_ratio: Option<f64>,
     /// Training steps.
-    #[arg(long, default_value_t = crate::compress::DEFAULT_STEPS)]
+    #[arg(long, default_value_t = CompressOptions::default().steps)]
     pub steps: usize,
     /// Kernels per training step.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = CompressOptions::default().batch)]
     pub batch: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = crate::compress::DEFAULT_LR)]
+    #[arg(long, default_value_t = CompressOptions::default().lr)]
     pub lr: f64,
-    /// Kernel ordering: none, infilter or crossfilter.
-    #[arg(long, default_value = "crossfilter", value_parser = parse_ordering)]
+    /// Kernel ordering.
+    #[arg(long, value_enum, default_value_t = CompressOptions::default().ordering)]
     pub ordering: format::Ordering,
     /// Positional-embedding base (frequencies π·base^k).
-    #[arg(long, default_value_t = crate::compress::DEFAULT_PE_BASE)]
+    #[arg(long, default_value_t = CompressOptions::default().embedding.base)]
     pub pe_base: f64,
     /// Positional-embedding levels.
-    #[arg(long, default_value_t = crate::compress::DEFAULT_PE_LEVELS)]
+    #[arg(long, default_value_t = CompressOptions::default().embedding.levels)]
     pub pe_levels: u32,
-    /// Storage precision of the predictor weights: f32, f16 or bf16.
-    #[arg(long, default_value = "f16", value_parser = parse_weight_dtype)]
+    /// Storage precision of the predictor weights.
+    #[arg(long, value_enum, default_value_t = CompressOptions::default().predictor_dtype)]
     pub predictor_dtype: format::WeightDtype,
     /// Do not normalize each filter by its RMS before fitting.
     #[arg(long)]
     pub no_filter_scales: bool,
     /// Tensors with fewer values are stored raw instead of predicted.
-    #[arg(long, default_value_t = crate::compress::DEFAULT_MIN_VALUES)]
+    #[arg(long, default_value_t = CompressOptions::default().selection.min_values)]
     pub min_values: usize,
     /// Predict only tensors whose name matches PATTERN (`*` any run, `?` one character; whole
     /// name; repeatable). Overrides the size thresholds; see "Which tensors are predicted".
@@ -114,7 +119,7 @@ pub struct CompressArgs {
     #[arg(long, value_name = "PATTERN")]
     pub exclude: Vec<String>,
     /// Random seed (same input, options and seed give the same bytes).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = CompressOptions::default().seed)]
     pub seed: u64,
     /// Input preprocessing stored for `nerp eval`, e.g. "mean=0.286,std=0.353".
     #[arg(long)]
@@ -136,31 +141,31 @@ pub struct CompressArgs {
 pub struct DistillArgs {
     /// recon (data-free), joint (NeRN: recon + distillation on evenly spaced steps) or
     /// decoupled (recon, then distillation). --steps is the total for every schedule.
-    #[arg(long, default_value = "recon", help_heading = "Distillation")]
-    pub schedule: String,
+    #[arg(long, value_enum, default_value_t = DistillOptions::default().schedule, help_heading = "Distillation")]
+    pub schedule: crate::distill::Schedule,
     /// Decoupled: repeat recon → distillation this many times (steps split evenly).
-    #[arg(long, default_value_t = 1, help_heading = "Distillation")]
+    #[arg(long, default_value_t = DistillOptions::default().rounds, help_heading = "Distillation")]
     pub rounds: usize,
     /// Steps (of --steps) with a distillation term.
-    #[arg(long, default_value_t = 200, help_heading = "Distillation")]
+    #[arg(long, default_value_t = DistillOptions::default().kd_steps, help_heading = "Distillation")]
     pub kd_steps: usize,
     /// Training images per distillation step.
-    #[arg(long, default_value_t = 32, help_heading = "Distillation")]
+    #[arg(long, default_value_t = DistillOptions::default().kd_batch, help_heading = "Distillation")]
     pub kd_batch: usize,
     /// Peak learning rate of the decoupled distillation stage.
-    #[arg(long, default_value_t = 1e-4, help_heading = "Distillation")]
+    #[arg(long, default_value_t = DistillOptions::default().kd_lr, help_heading = "Distillation")]
     pub kd_lr: f64,
     /// Softmax temperature of the KL divergence.
-    #[arg(long, default_value_t = 4.0, help_heading = "Distillation")]
+    #[arg(long, default_value_t = DistillOptions::default().temperature, help_heading = "Distillation")]
     pub temperature: f64,
     /// Weight of the output KL divergence (× T²).
-    #[arg(long, default_value_t = 1.0, help_heading = "Distillation")]
+    #[arg(long, default_value_t = DistillOptions::default().kl_weight, help_heading = "Distillation")]
     pub kl_weight: f64,
     /// Weight of the feature-map loss (only with the original network as teacher).
-    #[arg(long, default_value_t = 1.0, help_heading = "Distillation")]
+    #[arg(long, default_value_t = DistillOptions::default().feature_weight, help_heading = "Distillation")]
     pub feature_weight: f64,
     /// Joint: weight of the reconstruction loss.
-    #[arg(long, default_value_t = 1.0, help_heading = "Distillation")]
+    #[arg(long, default_value_t = DistillOptions::default().recon_weight, help_heading = "Distillation")]
     pub recon_weight: f64,
     /// Teacher network (ONNX) for distillation [default: the model being compressed].
     #[arg(long, help_heading = "Distillation")]
@@ -183,7 +188,7 @@ impl DistillArgs {
             existing(t)?;
         }
         Ok(crate::distill::DistillOptions {
-            schedule: crate::distill::Schedule::parse(&self.schedule)?,
+            schedule: self.schedule,
             rounds: self.rounds,
             kd_steps: self.kd_steps,
             kd_batch: self.kd_batch,
@@ -212,8 +217,8 @@ pub struct EvalArgs {
     /// With --inputs, what the first output is: outputs (relative error only), classifier
     /// (top-1 agreement over the last axis), detector (IoU of maps > --threshold) or ctc
     /// (equality of greedy CTC decodings, blank 0).
-    #[arg(long, default_value = "outputs", value_parser = ["outputs", "classifier", "detector", "ctc"])]
-    pub task: String,
+    #[arg(long, value_enum, default_value_t = TaskName::Outputs)]
+    pub task: TaskName,
     /// Probability threshold of --task detector.
     #[arg(long, default_value_t = 0.3)]
     pub threshold: f32,
@@ -264,23 +269,76 @@ fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-#[cfg(feature = "compress")]
-fn parse_ordering(s: &str) -> std::result::Result<format::Ordering, String> {
-    match s {
-        "none" => Ok(format::Ordering::None),
-        "infilter" => Ok(format::Ordering::Infilter),
-        "crossfilter" => Ok(format::Ordering::Crossfilter),
-        _ => Err("expected none, infilter or crossfilter".into()),
+/// `eval --task`: what the first output of a model is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TaskName {
+    /// Relative error only.
+    Outputs,
+    /// Top-1 agreement over the last axis.
+    Classifier,
+    /// IoU of the maps thresholded at --threshold.
+    Detector,
+    /// Equality of greedy CTC decodings (blank 0).
+    Ctc,
+}
+
+impl TaskName {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskName::Outputs => "outputs",
+            TaskName::Classifier => "classifier",
+            TaskName::Detector => "detector",
+            TaskName::Ctc => "ctc",
+        }
     }
 }
 
+/// `--ordering`: the format's names (spec section 3).
+impl ValueEnum for format::Ordering {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[format::Ordering::None, format::Ordering::Infilter, format::Ordering::Crossfilter]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(match self {
+            format::Ordering::None => "none",
+            format::Ordering::Infilter => "infilter",
+            format::Ordering::Crossfilter => "crossfilter",
+        }))
+    }
+}
+
+/// `--predictor-dtype`: the format's names (spec section 3).
+impl ValueEnum for format::WeightDtype {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[format::WeightDtype::F32, format::WeightDtype::F16, format::WeightDtype::Bf16]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(match self {
+            format::WeightDtype::F32 => "f32",
+            format::WeightDtype::F16 => "f16",
+            format::WeightDtype::Bf16 => "bf16",
+        }))
+    }
+}
+
+/// `--schedule`.
 #[cfg(feature = "compress")]
-fn parse_weight_dtype(s: &str) -> std::result::Result<format::WeightDtype, String> {
-    match s {
-        "f32" => Ok(format::WeightDtype::F32),
-        "f16" => Ok(format::WeightDtype::F16),
-        "bf16" => Ok(format::WeightDtype::Bf16),
-        _ => Err("expected f32, f16 or bf16".into()),
+impl ValueEnum for crate::distill::Schedule {
+    fn value_variants<'a>() -> &'a [Self] {
+        use crate::distill::Schedule;
+        &[Schedule::Recon, Schedule::Joint, Schedule::Decoupled]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        use crate::distill::Schedule;
+        Some(PossibleValue::new(match self {
+            Schedule::Recon => "recon",
+            Schedule::Joint => "joint",
+            Schedule::Decoupled => "decoupled",
+        }))
     }
 }
 
@@ -323,7 +381,6 @@ pub fn run(cli: Cli) -> Result<i32> {
 
 #[cfg(feature = "compress")]
 fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
-    use crate::compress::CompressOptions;
     existing(&a.input)?;
     let mut opts = CompressOptions {
         hidden: a.hidden,
@@ -364,8 +421,7 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
     Ok(report)
 }
 
-/// Metadata key holding the JSON [`Preprocess`] for evaluation.
-pub const PREPROCESS_KEY: &str = "preprocess";
+pub use crate::format::metadata::PREPROCESS_KEY;
 
 #[cfg(feature = "compress")]
 fn compress_with_progress(
@@ -619,7 +675,7 @@ fn run_model(path: &Path, input: &Path, output: Option<&Path>, device_name: &str
     crate::error::check_finite(
         || format!("output 0 of {} on {}", path.display(), input.display()),
         values,
-        NON_FINITE_OUTPUT,
+        crate::fidelity::NON_FINITE_OUTPUT,
     )?;
     match output {
         Some(o) => {
@@ -630,11 +686,6 @@ fn run_model(path: &Path, input: &Path, output: Option<&Path>, device_name: &str
     }
     Ok(())
 }
-
-/// What to do about a model output that is not finite (the inputs are checked before).
-const NON_FINITE_OUTPUT: &str =
-    "the inputs are finite, so the model overflowed: check the input's scale and the preprocessing, \
-     and compare with the original model";
 
 /// The preprocessing for evaluation: the flag, else the file's metadata.
 fn preprocess_for(file: &NerpFile, flag: Option<&str>) -> Result<Preprocess> {
@@ -680,28 +731,13 @@ fn need_original(a: &EvalArgs, what: &str) -> Result<PathBuf> {
 fn eval_weights(a: EvalArgs) -> Result<()> {
     let orig_path = need_original(&a, "a safetensors source")?;
     let device = open_device(&a.device)?;
-    let t = Instant::now();
-    let file = crate::open(&a.file)?;
-    let weights = regen::regenerate(&file, &device)?;
-    let load_s = t.elapsed().as_secs_f64();
-    let original = crate::ingest::load(&orig_path)?;
-    let all = crate::fidelity::compare_tensors(&original.tensors, &weights)?;
-    let predicted: std::collections::HashSet<&str> = file.header().predicted_names().into_iter().collect();
-    let mut pred: Vec<&crate::fidelity::TensorFidelity> =
-        all.iter().filter(|t| predicted.contains(t.name.as_str())).collect();
-    pred.sort_by(|x, y| y.rel_error.total_cmp(&x.rel_error));
-    let mean = pred.iter().map(|t| t.rel_error).sum::<f64>() / pred.len().max(1) as f64;
-    let raw_exact =
-        all.iter().filter(|t| !predicted.contains(t.name.as_str())).all(|t| t.max_abs_diff == 0.0);
+    let r = crate::fidelity::weights_report(&a.file, &orig_path, &device)?;
     if a.json {
-        let v = serde_json::json!({
-            "tensors": all, "predicted": pred.len(), "mean_rel_error": mean,
-            "raw_tensors_exact": raw_exact, "load_seconds": load_s,
-        });
-        println!("{v}");
+        println!("{}", serde_json::to_value(&r).expect("serializes"));
     } else {
+        let (all, pred, raw_exact) = (&r.tensors, &r.worst, r.raw_tensors_exact);
         println!("{} tensors, {} predicted; raw tensors exact: {raw_exact}", all.len(), pred.len());
-        println!("predicted tensors: mean relative error {mean:.4}; worst:");
+        println!("predicted tensors: mean relative error {:.4}; worst:", r.mean_rel_error);
         for t in pred.iter().take(5) {
             println!(
                 "  {:<50} {:>16} rel {:.4} max |diff| {:.4}",
@@ -711,7 +747,7 @@ fn eval_weights(a: EvalArgs) -> Result<()> {
                 t.max_abs_diff
             );
         }
-        println!("load (open + regenerate): {load_s:.3} s");
+        println!("load (open + regenerate): {:.3} s", r.load_seconds);
     }
     Ok(())
 }
@@ -719,66 +755,28 @@ fn eval_weights(a: EvalArgs) -> Result<()> {
 /// Label-free fidelity of an ONNX model on input arrays.
 fn eval_outputs(a: EvalArgs) -> Result<()> {
     let orig_path = need_original(&a, "--inputs")?;
-    let task = match a.task.as_str() {
-        "classifier" => crate::fidelity::Task::Classifier,
-        "detector" => crate::fidelity::Task::Detector { threshold: a.threshold },
-        "ctc" => crate::fidelity::Task::Ctc,
-        _ => crate::fidelity::Task::Outputs,
+    let task = match a.task {
+        TaskName::Classifier => crate::fidelity::Task::Classifier,
+        TaskName::Detector => crate::fidelity::Task::Detector { threshold: a.threshold },
+        TaskName::Ctc => crate::fidelity::Task::Ctc,
+        TaskName::Outputs => crate::fidelity::Task::Outputs,
     };
     let device = open_device(&a.device)?;
-    let t = Instant::now();
-    let file = crate::open(&a.file)?;
-    let weights = regen::regenerate(&file, &device)?;
-    let proto = runtime::rebuild_onnx(&file, &weights)?;
-    let load_s = t.elapsed().as_secs_f64();
-    let mut models: Vec<(Vec<usize>, runtime::Model, runtime::Model)> = Vec::new();
-    let mut pairs = Vec::new();
-    let (mut ms_r, mut ms_o) = (0f64, 0f64);
     for path in &a.inputs {
-        let x = npy::read(existing(path)?)?;
-        let shape = x.shape().to_vec();
-        if !models.iter().any(|(s, _, _)| *s == shape) {
-            let shapes = [shape.clone()];
-            let r = runtime::Model::from_proto_shaped(&proto, &shapes)?;
-            let o = runtime::Model::from_onnx_file_shaped(&orig_path, &shapes)?;
-            models.push((shape.clone(), r, o));
-        }
-        let (_, r, o) = models.iter().find(|(s, _, _)| *s == shape).expect("built above");
-        let first = |m: &runtime::Model, ms: &mut f64| -> Result<(Vec<f32>, Vec<usize>)> {
-            let t = Instant::now();
-            let out = m.run(std::iter::once(x.clone().into()).collect())?;
-            *ms += t.elapsed().as_secs_f64() * 1e3;
-            let y = out
-                .first()
-                .ok_or_else(|| Error::Rebuild("the model has no outputs".into()))?
-                .cast_to::<f32>()?;
-            Ok((y.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(), y.shape().to_vec()))
-        };
-        let (yo, so) = first(o, &mut ms_o)?;
-        let (yr, sr) = first(r, &mut ms_r)?;
-        let on = |model: &str| format!("output 0 of the {model} model on {}", path.display());
-        crate::error::check_finite(|| on("original"), &yo, NON_FINITE_OUTPUT)?;
-        crate::error::check_finite(|| on("regenerated"), &yr, NON_FINITE_OUTPUT)?;
-        if so != sr {
-            return Err(Error::Rebuild(format!("output shapes differ: original {so:?}, regenerated {sr:?}")));
-        }
-        pairs.push((yo, yr, so));
+        existing(path)?;
     }
-    let f = crate::fidelity::compare(task, &pairs);
-    let n = a.inputs.len() as f64;
+    let r = crate::fidelity::outputs_report(&a.file, &orig_path, &a.inputs, task, &device)?;
+    let f = &r.fidelity;
     if a.json {
-        let mut v = serde_json::to_value(&f).expect("serializes");
-        v["task"] = a.task.clone().into();
-        v["load_seconds"] = load_s.into();
-        v["ms_per_input"] = (ms_r / n).into();
-        v["ms_per_input_original"] = (ms_o / n).into();
+        let mut v = serde_json::to_value(&r).expect("serializes");
+        v["task"] = a.task.name().into();
         println!("{v}");
     } else {
         println!(
             "inputs: {} ({}), task {}",
             f.inputs,
             a.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
-            a.task
+            a.task.name()
         );
         println!("relative output error: {:.4} (max |diff| {:.4})", f.rel_error, f.max_abs_diff);
         if let Some(v) = f.top1_agreement {
@@ -791,9 +789,8 @@ fn eval_outputs(a: EvalArgs) -> Result<()> {
             println!("equal CTC decodings:   {:.2}% of {s}", 100.0 * v);
         }
         println!(
-            "load (open + regenerate + rebuild): {load_s:.3} s; run {:.1} ms per input ({:.1} ms original)",
-            ms_r / n,
-            ms_o / n
+            "load (open + regenerate + rebuild): {:.3} s; run {:.1} ms per input ({:.1} ms original)",
+            r.load_seconds, r.ms_per_input, r.ms_per_input_original
         );
     }
     Ok(())

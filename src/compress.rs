@@ -2,13 +2,14 @@
 
 use crate::distill::{self, DistillOptions, Schedule};
 use crate::error::{Error, Result};
+use crate::format::geometry::prediction_ranges;
 use crate::format::{
-    self, read::pack_permutation, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, SectionKind,
+    self, codec::pack_permutation, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, SectionKind,
     Source, SourceKind, Storage, TensorEntry, WeightDtype,
 };
 use crate::ingest::{self, SourceModel};
 use crate::plan::{self, LayerPlan};
-use crate::predictor::{self, Predictor, OUTPUTS};
+use crate::predictor::{self, Predictor};
 use crate::regen;
 use crate::select::{Decision, Selection};
 use crate::train::{self, Progress, TrainConfig, TrainData};
@@ -193,18 +194,37 @@ impl CompressOptions {
 /// Most training steps accepted.
 pub const MAX_STEPS: usize = 100_000_000;
 
-/// The predicted layers (grids, orderings, scales), their values, and every tensor's decision.
-pub type Planned = (Vec<LayerPlan>, Vec<Vec<f32>>, Vec<Decision>);
+/// The compressor's plan of a source model.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The predicted layers (grids, orderings, scales), in layer order.
+    pub layers: Vec<LayerPlan>,
+    /// The f32 values of each predicted layer's tensor, in the same order.
+    pub values: Vec<Vec<f32>>,
+    /// What happens to every tensor of the model, in model order.
+    pub decisions: Vec<Decision>,
+}
+
+/// A laid-out file (for a trained or untrained predictor).
+#[derive(Debug, Clone)]
+pub struct BuiltFile {
+    /// The complete file image.
+    pub bytes: Vec<u8>,
+    /// One line per tensor (the predictor's share of the bytes not yet added).
+    pub tensors: Vec<TensorReport>,
+    /// RMSE over all predicted weights.
+    pub weight_rmse: f64,
+}
 
 /// The predicted layers of a source model (grids, orderings, scales), their values, and the
 /// decision for every tensor.
-pub fn make_plan(model: &SourceModel, opts: &CompressOptions) -> Result<Planned> {
+pub fn make_plan(model: &SourceModel, opts: &CompressOptions) -> Result<Plan> {
     let decisions = opts.selection.decide_all(model)?;
     let mut plans = Vec::new();
     let mut values = Vec::new();
     for (i, t) in model.tensors.iter().enumerate() {
         let Decision::Predict(layout) = decisions[i] else { continue };
-        let v = format::read::to_f32(t.dtype, &t.data).expect("float");
+        let v = format::codec::to_f32(t.dtype, &t.data).expect("float");
         if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
             return Err(Error::Training(format!(
                 "tensor {} contains {bad}; nerp cannot fit non-finite weights",
@@ -221,7 +241,7 @@ pub fn make_plan(model: &SourceModel, opts: &CompressOptions) -> Result<Planned>
         plans.push(LayerPlan { tensor: i, layer, grid, perm, scales });
         values.push(v);
     }
-    Ok((plans, values, decisions))
+    Ok(Plan { layers: plans, values, decisions })
 }
 
 /// Training data for the plans: coordinates, 3×3 targets and masks in chain order.
@@ -255,7 +275,7 @@ pub fn compress(
     crate::format::output::check_not_an_input(output, &inputs, "--output")?;
     let model = ingest::load(input)?;
     if opts.check_runnable && model.kind == SourceKind::Onnx {
-        let shapes = match opts.metadata.get(crate::runtime::INPUT_SHAPES_KEY) {
+        let shapes = match opts.metadata.get(crate::format::metadata::INPUT_SHAPES_KEY) {
             Some(json) => {
                 serde_json::from_str(json).map_err(|e| Error::usage("--input-shape", format!("{e}")))?
             }
@@ -269,7 +289,7 @@ pub fn compress(
             ),
         })?;
     }
-    let (plans, values, decisions) = make_plan(&model, opts)?;
+    let Plan { layers: plans, values, decisions } = make_plan(&model, opts)?;
     let represented: usize = values.iter().map(Vec::len).sum();
     let levels = opts.embedding.levels as usize;
     let hidden = match (opts.hidden, opts.target_ratio) {
@@ -303,7 +323,8 @@ pub fn compress(
         final_loss = losses.iter().rev().find(|l| l.is_finite()).copied().unwrap_or(f64::NAN);
         Some(p.rounded(opts.predictor_dtype)?)
     };
-    let (bytes, mut tensors, weight_rmse) = build_file(&model, &plans, &values, predictor.as_ref(), opts)?;
+    let BuiltFile { bytes, mut tensors, weight_rmse } =
+        build_file(&model, &plans, &values, predictor.as_ref(), opts)?;
     for (t, d) in tensors.iter_mut().zip(&decisions) {
         if let Decision::Raw(why) = d {
             t.stored = format!("raw: {why}");
@@ -351,7 +372,7 @@ fn distiller(
             "distillation needs an ONNX source model (it runs the network)",
         ));
     }
-    let preprocess = match opts.metadata.get(crate::cli::PREPROCESS_KEY) {
+    let preprocess = match opts.metadata.get(crate::format::metadata::PREPROCESS_KEY) {
         Some(json) => serde_json::from_str::<crate::data::Preprocess>(json)
             .map_err(|e| Error::usage("--preprocess", format!("stored preprocessing is not valid: {e}")))?,
         None => {
@@ -367,22 +388,21 @@ fn distiller(
     distill::Distiller::new(student, &opts.distill, &preprocess, opts.seed, device)
 }
 
-/// Lays out the file for a (trained or not) predictor; returns its bytes, the per-tensor report (predictor share not yet
-/// added) and the RMSE over all predicted weights.
+/// Lays out the file for a (trained or not) predictor.
 pub fn build_file(
     model: &SourceModel,
     plans: &[LayerPlan],
     values: &[Vec<f32>],
     predictor: Option<&Predictor>,
     opts: &CompressOptions,
-) -> Result<(Vec<u8>, Vec<TensorReport>, f64)> {
+) -> Result<BuiltFile> {
     let mut b = FileBuilder::new();
     let skeleton = model.skeleton.as_ref().map(|s| b.add(SectionKind::Skeleton, Encoding::Zstd, s));
     let predictor_spec = match predictor {
         Some(p) => {
             let bytes = predictor::encode_weights(opts.predictor_dtype, &p.to_flat()?);
             Some(PredictorSpec {
-                arch: "mlp_relu".into(),
+                arch: predictor::ARCH.into(),
                 hidden: p.hidden as u32,
                 embedding: p.embedding,
                 dtype: opts.predictor_dtype,
@@ -398,21 +418,19 @@ pub fn build_file(
         None => Vec::new(),
     };
     let mut plan_of = vec![None; model.tensors.len()];
-    let mut at = 0;
-    for (k, p) in plans.iter().enumerate() {
-        plan_of[p.tensor] = Some((k, at));
-        at += p.blocks() * OUTPUTS;
+    for (k, (p, range)) in plans.iter().zip(prediction_ranges(plans)).enumerate() {
+        plan_of[p.tensor] = Some((k, range));
     }
     let (mut se_all, mut n_all) = (0f64, 0usize);
     let mut entries = Vec::with_capacity(model.tensors.len());
     let mut reports = Vec::with_capacity(model.tensors.len());
     for (i, t) in model.tensors.iter().enumerate() {
         let before = t.data.len() as u64;
-        let (storage, report) = match plan_of[i] {
-            Some((k, at)) => {
+        let (storage, report) = match plan_of[i].clone() {
+            Some((k, range)) => {
                 let p = &plans[k];
                 let mut rebuilt = vec![0f32; values[k].len()];
-                plan::scatter(&predictions[at..at + p.blocks() * OUTPUTS], p, &mut rebuilt);
+                plan::scatter(&predictions[range], p, &mut rebuilt);
                 let se: f64 = rebuilt.iter().zip(&values[k]).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
                 se_all += se;
                 n_all += rebuilt.len();
@@ -456,7 +474,7 @@ pub fn build_file(
     metadata.extend(opts.metadata.clone());
     let source = Source { kind: model.kind, file_bytes: model.file_bytes, skeleton };
     let bytes = b.finish(source, predictor_spec, entries, metadata);
-    Ok((bytes, reports, (se_all / n_all.max(1) as f64).sqrt()))
+    Ok(BuiltFile { bytes, tensors: reports, weight_rmse: (se_all / n_all.max(1) as f64).sqrt() })
 }
 
 /// Checks, before training allocates anything, that a predictor of width `hidden` can be
@@ -473,7 +491,7 @@ pub fn check_training_budget(
 ) -> Result<()> {
     let levels = opts.embedding.levels as u64;
     let params = predictor::param_count(hidden, levels as usize) as u64;
-    let widths = 6 * levels + 4 * hidden as u64 + OUTPUTS as u64;
+    let widths = 6 * levels + 4 * hidden as u64 + crate::format::predictor::OUTPUTS as u64;
     let need = 40u64
         .saturating_mul(params)
         .saturating_add(8 * opts.batch as u64 * widths)

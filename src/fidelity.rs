@@ -164,7 +164,7 @@ pub fn compare_tensors(
                 w.name, o.dtype, o.shape, w.dtype, w.shape
             )));
         }
-        let (Some(a), Some(b)) = (crate::format::read::to_f32(o.dtype, &o.data), w.to_f32()) else {
+        let (Some(a), Some(b)) = (crate::format::codec::to_f32(o.dtype, &o.data), w.to_f32()) else {
             continue;
         };
         out.push(TensorFidelity {
@@ -175,6 +175,132 @@ pub fn compare_tensors(
         });
     }
     Ok(out)
+}
+
+/// `nerp eval` of a safetensors source: every float tensor's fidelity against the original.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WeightsReport {
+    /// Every float tensor, in file order.
+    pub tensors: Vec<TensorFidelity>,
+    /// Number of predicted tensors.
+    pub predicted: usize,
+    /// Mean relative error of the predicted tensors.
+    pub mean_rel_error: f64,
+    /// Whether every raw tensor came back exactly.
+    pub raw_tensors_exact: bool,
+    /// Open + regenerate.
+    pub load_seconds: f64,
+    /// The predicted tensors, worst first.
+    #[serde(skip)]
+    pub worst: Vec<TensorFidelity>,
+}
+
+/// Regenerates `file` on `device` and compares every tensor with the model at `original`.
+pub fn weights_report(
+    file: &std::path::Path,
+    original: &std::path::Path,
+    device: &crate::Device,
+) -> crate::error::Result<WeightsReport> {
+    let t = std::time::Instant::now();
+    let file = crate::open(file)?;
+    let weights = crate::regen::regenerate(&file, device)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let original = crate::ingest::load(original)?;
+    let all = compare_tensors(&original.tensors, &weights)?;
+    let predicted: std::collections::HashSet<&str> = file.header().predicted_names().into_iter().collect();
+    let mut pred: Vec<&TensorFidelity> = all.iter().filter(|t| predicted.contains(t.name.as_str())).collect();
+    pred.sort_by(|x, y| y.rel_error.total_cmp(&x.rel_error));
+    let mean = pred.iter().map(|t| t.rel_error).sum::<f64>() / pred.len().max(1) as f64;
+    let raw_exact =
+        all.iter().filter(|t| !predicted.contains(t.name.as_str())).all(|t| t.max_abs_diff == 0.0);
+    let worst = pred.into_iter().cloned().collect::<Vec<_>>();
+    Ok(WeightsReport {
+        predicted: worst.len(),
+        tensors: all,
+        mean_rel_error: mean,
+        raw_tensors_exact: raw_exact,
+        load_seconds: load_s,
+        worst,
+    })
+}
+
+/// `nerp eval --inputs`: output fidelity of an ONNX model on input arrays.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutputsReport {
+    #[serde(flatten)]
+    pub fidelity: OutputFidelity,
+    /// Open + regenerate + rebuild.
+    pub load_seconds: f64,
+    /// Run time of the regenerated model per input.
+    pub ms_per_input: f64,
+    /// Run time of the original model per input.
+    pub ms_per_input_original: f64,
+}
+
+/// What to do about a model output that is not finite (the inputs are checked when read).
+pub const NON_FINITE_OUTPUT: &str =
+    "the inputs are finite, so the model overflowed: check the input's scale and the preprocessing, \
+     and compare with the original model";
+
+/// Regenerates `file` on `device`, runs it and the model at `original` on each `.npy` input
+/// (one model pair per input shape) and compares their first outputs for `task`; a non-finite
+/// output is an error ([`Error::NonFinite`](crate::Error::NonFinite)), not a NaN error figure.
+pub fn outputs_report(
+    file: &std::path::Path,
+    original: &std::path::Path,
+    inputs: &[std::path::PathBuf],
+    task: Task,
+    device: &crate::Device,
+) -> crate::error::Result<OutputsReport> {
+    use crate::error::Error;
+    use crate::{npy, regen, runtime};
+    use std::time::Instant;
+    let orig_path = original;
+    let t = Instant::now();
+    let file = crate::open(file)?;
+    let weights = regen::regenerate(&file, device)?;
+    let proto = runtime::rebuild_onnx(&file, &weights)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let mut models: Vec<(Vec<usize>, runtime::Model, runtime::Model)> = Vec::new();
+    let mut pairs = Vec::new();
+    let (mut ms_r, mut ms_o) = (0f64, 0f64);
+    for path in inputs {
+        let x = npy::read(path)?;
+        let shape = x.shape().to_vec();
+        if !models.iter().any(|(s, _, _)| *s == shape) {
+            let shapes = [shape.clone()];
+            let r = runtime::Model::from_proto_shaped(&proto, &shapes)?;
+            let o = runtime::Model::from_onnx_file_shaped(orig_path, &shapes)?;
+            models.push((shape.clone(), r, o));
+        }
+        let (_, r, o) = models.iter().find(|(s, _, _)| *s == shape).expect("built above");
+        let first = |m: &runtime::Model, ms: &mut f64| -> crate::error::Result<(Vec<f32>, Vec<usize>)> {
+            let t = Instant::now();
+            let out = m.run(std::iter::once(x.clone().into()).collect())?;
+            *ms += t.elapsed().as_secs_f64() * 1e3;
+            let y = out
+                .first()
+                .ok_or_else(|| Error::Rebuild("the model has no outputs".into()))?
+                .cast_to::<f32>()?;
+            Ok((y.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(), y.shape().to_vec()))
+        };
+        let (yo, so) = first(o, &mut ms_o)?;
+        let (yr, sr) = first(r, &mut ms_r)?;
+        let on = |model: &str| format!("output 0 of the {model} model on {}", path.display());
+        crate::error::check_finite(|| on("original"), &yo, NON_FINITE_OUTPUT)?;
+        crate::error::check_finite(|| on("regenerated"), &yr, NON_FINITE_OUTPUT)?;
+        if so != sr {
+            return Err(Error::Rebuild(format!("output shapes differ: original {so:?}, regenerated {sr:?}")));
+        }
+        pairs.push((yo, yr, so));
+    }
+    let n = inputs.len() as f64;
+    Ok(OutputsReport {
+        fidelity: compare(task, &pairs),
+        load_seconds: load_s,
+        ms_per_input: ms_r / n,
+        ms_per_input_original: ms_o / n,
+    })
 }
 
 #[cfg(test)]

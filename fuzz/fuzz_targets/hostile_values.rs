@@ -1,7 +1,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nerp::format::read::pack_permutation;
+use nerp::format::codec::pack_permutation;
 use nerp::format::{
     DType, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, SectionKind, Source, SourceKind, Storage,
     TensorEntry, WeightDtype,

@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::format::Embedding;
 use crate::ingest::SourceModel;
 use crate::plan::{self, LayerPlan};
-use crate::predictor::{embed, Predictor, OUTPUTS};
+use crate::predictor::{embed, Predictor};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 
@@ -39,8 +39,8 @@ impl PredictedKernels {
         let n = coords.len() / 3;
         let inputs = embed(&Tensor::from_vec(coords, (n, 3), device)?, embedding)?;
         let mut layers = Vec::with_capacity(plans.len());
-        let mut offset = 0;
-        for p in plans {
+        for (p, range) in plans.iter().zip(plan::prediction_ranges(plans)) {
+            let offset = range.start;
             let numel = p.grid.numel();
             let mut source = vec![0u32; numel];
             let mut scales = p.scales.as_ref().map(|_| vec![1f32; numel]);
@@ -57,7 +57,6 @@ impl PredictedKernels {
                 source: Tensor::from_vec(source, numel, device)?,
                 scales: scales.map(|s| Tensor::from_vec(s, numel, device)).transpose()?,
             });
-            offset += p.blocks() * OUTPUTS;
         }
         Ok(PredictedKernels { inputs, layers })
     }
@@ -100,20 +99,17 @@ mod tests {
             .join("examples/models/resnet20_fashion_mnist.onnx");
         let model = crate::ingest::load(&path).unwrap();
         let opts = CompressOptions::default();
-        let (plans, _, _) = make_plan(&model, &opts).unwrap();
+        let plans = make_plan(&model, &opts).unwrap().layers;
         let names: Vec<String> = model.tensors.iter().map(|t| t.name.clone()).collect();
         let p = crate::train::init_predictor(8, opts.embedding, 3, &Device::Cpu).unwrap();
         let got =
             PredictedKernels::new(&plans, &model, opts.embedding, &Device::Cpu).unwrap().weights(&p).unwrap();
         let pred = crate::regen::predict_layers(&p, &plans, plans.len() as u32).unwrap();
-        let mut at = 0;
         let matrices = plans.iter().filter(|p| p.grid.layout == crate::format::Layout::Matrix).count();
         assert!(matrices > 0 && matrices < plans.len(), "the model should have 1×1 kernels (matrices) too");
-        for plan in &plans {
-            let n = plan.blocks() * OUTPUTS;
+        for (plan, range) in plans.iter().zip(plan::prediction_ranges(&plans)) {
             let mut expect = vec![0f32; plan.grid.numel()];
-            plan::scatter(&pred[at..at + n], plan, &mut expect);
-            at += n;
+            plan::scatter(&pred[range], plan, &mut expect);
             let w = got[&names[plan.tensor]].flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let max = w.iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(

@@ -421,7 +421,7 @@ fn add(a: Vec<Linear>, b: Vec<Linear>) -> Result<Vec<Linear>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compress::{make_plan, CompressOptions};
+    use crate::compress::{make_plan, CompressOptions, Plan};
 
     /// A distiller for the bundled ResNet-20 (teacher: itself) without a dataset, a predictor
     /// after a short reconstruction, and a fixed batch of noise images.
@@ -430,7 +430,7 @@ mod tests {
             .join("examples/models/resnet20_fashion_mnist.onnx");
         let model = crate::ingest::load(&path).unwrap();
         let opts = CompressOptions::default();
-        let (plans, values, _) = make_plan(&model, &opts).unwrap();
+        let Plan { layers: plans, values, .. } = make_plan(&model, &opts).unwrap();
         let graph = Graph::from_onnx_file(&path).unwrap();
         let kernels = PredictedKernels::new(&plans, &model, opts.embedding, &Device::Cpu).unwrap();
         let distiller = Distiller {

@@ -5,14 +5,18 @@
 //! end rounded up to 64 bytes, the last one ending exactly at the end of the file.
 
 pub mod budget;
+pub mod codec;
+pub mod geometry;
+pub mod metadata;
 pub mod output;
+pub mod predictor;
 pub mod read;
 pub mod write;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub use read::{read_header, NerpFile};
+pub use read::{layer_plans, read_header, NerpFile};
 pub use write::{write_atomic, FileBuilder};
 
 /// Magic bytes at offset 0 (PNG-style: a high byte, the name, CR LF, EOF marker).
@@ -326,4 +330,31 @@ pub struct PredictorSpec {
 /// Rounds `n` up to a multiple of [`ALIGN`], `None` on overflow.
 pub fn align_up(n: u64) -> Option<u64> {
     n.checked_add(ALIGN - 1).map(|v| v / ALIGN * ALIGN)
+}
+
+/// Why a tensor cannot be stored in format 1 (the `major == 1` rules of spec check 23), or
+/// `None` when it can: a predicted tensor of rank 4 `[F≥1, C≥1, kh, kw]` with `kh, kw ≤ 3` and
+/// the `conv` layout. The one rule behind the major version, for writer and reader.
+pub fn needs_format_2(t: &TensorEntry) -> Option<String> {
+    let Storage::Predicted { layout, .. } = t.storage else { return None };
+    let [f, c, kh, kw] = t.shape[..] else {
+        return Some(format!("predicted tensors have rank 4 in format 1, found shape {:?}", t.shape));
+    };
+    if f == 0 || c == 0 || !(1..=3).contains(&kh) || !(1..=3).contains(&kw) {
+        return Some(format!("shape {:?} is not [F≥1, C≥1, 1..3, 1..3] (format 1)", t.shape));
+    }
+    if layout != Layout::Conv {
+        return Some(format!("layout {} needs format 2, the file says 1", layout.name()));
+    }
+    None
+}
+
+/// The lowest major version that expresses these tensors: 1 unless one of them
+/// [`needs_format_2`], so that files a v1 reader can open are written as v1.
+pub fn major_for(tensors: &[TensorEntry]) -> u16 {
+    if tensors.iter().any(|t| needs_format_2(t).is_some()) {
+        MAJOR
+    } else {
+        1
+    }
 }

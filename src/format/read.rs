@@ -1,9 +1,12 @@
 //! Reading and validating `.nerp` files. Every rule of spec/nerp-v1.md "Validation" is checked
 //! here, before any count, size or offset from the file is used.
 
+use super::codec::{packed_len, to_f32, ungroup, unpack_permutation};
+use super::geometry::{Grid, LayerPlan};
+use super::predictor::{frequencies, param_count, ARCH};
 use super::{
-    align_up, limits, DType, Encoding, Header, Layout, SectionKind, SourceKind, Storage, ALIGN, MAGIC, MAJOR,
-    MIN_MAJOR, PREAMBLE_LEN,
+    align_up, limits, needs_format_2, DType, Encoding, Header, SectionKind, SourceKind, Storage, ALIGN,
+    MAGIC, MAJOR, MIN_MAJOR, PREAMBLE_LEN,
 };
 use crate::error::{Error, FormatError, Result};
 use crate::mmap::FileBytes;
@@ -346,8 +349,8 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
     let n_predicted = predicted.count() as u32;
     if let Some(p) = &h.predictor {
         let bad = |what: String| Err(FormatError::Predictor(what));
-        if p.arch != "mlp_relu" {
-            return bad(format!("unknown architecture {:?} (this reader knows mlp_relu)", p.arch));
+        if p.arch != ARCH {
+            return bad(format!("unknown architecture {:?} (this reader knows {ARCH})", p.arch));
         }
         if p.hidden == 0 || p.hidden > limits::MAX_HIDDEN {
             return bad(format!("hidden width {} is not in 1..={}", p.hidden, limits::MAX_HIDDEN));
@@ -359,7 +362,7 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
         if !(e.base.is_finite() && e.base > 0.0) {
             return bad(format!("embedding base {} is not a positive number", e.base));
         }
-        if crate::predictor::frequencies(e).iter().any(|f| !f.is_finite()) {
+        if frequencies(e).iter().any(|f| !f.is_finite()) {
             return bad(format!(
                 "embedding base {} with {} levels overflows f32 frequencies",
                 e.base, e.levels
@@ -370,8 +373,7 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
         }
         claim(p.section, SectionKind::Predictor, "predictor")?;
         let s = &h.sections[p.section];
-        let need = crate::predictor::param_count(p.hidden as usize, e.levels as usize) as u64
-            * p.dtype.size() as u64;
+        let need = param_count(p.hidden as usize, e.levels as usize) as u64 * p.dtype.size() as u64;
         if s.encoding != Encoding::Plain || s.decoded_length != need {
             return bad(format!(
                 "weights section must be plain and {need} bytes, found {:?} of {} bytes",
@@ -417,22 +419,11 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
                 if !t.dtype.is_float() {
                     return bad(format!("dtype {:?} cannot be predicted", t.dtype));
                 }
-                if major == 1 {
-                    let [f, c, kh, kw] = t.shape[..] else {
-                        return bad(format!(
-                            "predicted tensors have rank 4 in format 1, found shape {:?}",
-                            t.shape
-                        ));
-                    };
-                    if f == 0 || c == 0 || !(1..=3).contains(&kh) || !(1..=3).contains(&kw) {
-                        return bad(format!("shape {:?} is not [F≥1, C≥1, 1..3, 1..3] (format 1)", t.shape));
-                    }
-                    if layout != Layout::Conv {
-                        return bad(format!("layout {} needs format 2, the file says 1", layout.name()));
-                    }
+                if let Some(what) = needs_format_2(t).filter(|_| major == 1) {
+                    return bad(what);
                 }
                 let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-                let grid = crate::plan::Grid::new(layout, &shape)
+                let grid = Grid::new(layout, &shape)
                     .map_err(|what| FormatError::Tensor { tensor: t.name.clone(), what })?;
                 let (f, blocks) = (grid.rows as u64, grid.blocks() as u64);
                 match layers.get_mut(layer as usize) {
@@ -593,80 +584,39 @@ pub fn decode(encoding: Encoding, stored: &[u8], decoded_length: u64) -> Result<
         Encoding::Plain => Ok(Cow::Borrowed(stored)),
         Encoding::Zstd => unzstd(stored).map(Cow::Owned),
         Encoding::ZstdBytegroup { element } => {
-            unzstd(stored).map(|v| Cow::Owned(super::write::ungroup(&v, element as usize)))
+            unzstd(stored).map(|v| Cow::Owned(ungroup(&v, element as usize)))
         }
     }
 }
 
-/// Bits per entry of a packed permutation of `n` items.
-pub fn perm_bits(n: u64) -> u32 {
-    (64 - n.saturating_sub(1).leading_zeros()).max(1)
-}
-
-/// Bytes of a packed permutation of `n` items.
-pub fn packed_len(n: u64) -> u64 {
-    (n * perm_bits(n) as u64).div_ceil(8)
-}
-
-/// Packs a permutation, `perm_bits(n)` bits per entry, least significant bit first.
-pub fn pack_permutation(perm: &[u32]) -> Vec<u8> {
-    let bits = perm_bits(perm.len() as u64);
-    let mut out = vec![0u8; packed_len(perm.len() as u64) as usize];
-    for (i, &v) in perm.iter().enumerate() {
-        let pos = i as u64 * bits as u64;
-        for b in 0..bits as u64 {
-            if (v >> b) & 1 == 1 {
-                let bit = pos + b;
-                out[(bit / 8) as usize] |= 1 << (bit % 8);
+/// The predicted layers of a file, sorted by layer, with their permutations and scales decoded
+/// and checked (spec checks 28–29: every permutation entry below `n` and used once, every scale
+/// finite).
+pub fn layer_plans(file: &NerpFile) -> Result<Vec<LayerPlan>> {
+    let mut plans = Vec::new();
+    for (tensor, t) in file.header().tensors.iter().enumerate() {
+        let Storage::Predicted { layer, permutation, scales, layout } = t.storage else { continue };
+        let bad = |what: String| file.fmt_error(FormatError::Tensor { tensor: t.name.clone(), what });
+        // The grid was validated at open; this cannot fail for an open file.
+        let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        let grid = Grid::new(layout, &dims).map_err(&bad)?;
+        let perm = unpack_permutation(&file.decode_section(permutation)?, grid.blocks())
+            .map_err(|e| bad(format!("permutation: {e}")))?;
+        let scales = match scales {
+            Some(s) => {
+                let v = to_f32(DType::F32, &file.decode_section(s)?).expect("f32");
+                if let Some(x) = v.iter().find(|&&x| !bounded(x)) {
+                    return Err(bad(format!(
+                        "scale {x} is not a finite number of magnitude at most {:e}",
+                        limits::MAX_ABS_VALUE
+                    )));
+                }
+                Some(v)
             }
-        }
+            None => None,
+        };
+        plans.push(LayerPlan { tensor, layer, grid, perm, scales });
     }
-    out
-}
-
-/// Unpacks and checks a permutation of `n` items (each index below `n`, each exactly once).
-pub fn unpack_permutation(bytes: &[u8], n: usize) -> Result<Vec<u32>, String> {
-    if bytes.len() as u64 != packed_len(n as u64) {
-        return Err(format!("{} bytes, expected {}", bytes.len(), packed_len(n as u64)));
-    }
-    let bits = perm_bits(n as u64) as u64;
-    let mut seen = vec![false; n];
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n as u64 {
-        let mut v = 0u64;
-        for b in 0..bits {
-            let bit = i * bits + b;
-            v |= (((bytes[(bit / 8) as usize] >> (bit % 8)) & 1) as u64) << b;
-        }
-        match seen.get_mut(v as usize) {
-            Some(s) if !*s => *s = true,
-            _ => return Err(format!("entry {i} ({v}) is out of range or repeated: not a permutation")),
-        }
-        out.push(v as u32);
-    }
-    Ok(out)
-}
-
-/// Converts little-endian bytes of `dtype` to f32 values.
-pub fn to_f32(dtype: DType, bytes: &[u8]) -> Option<Vec<f32>> {
-    let n = dtype.size();
-    let chunks = bytes.chunks_exact(n);
-    Some(match dtype {
-        DType::F32 => chunks.map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect(),
-        DType::F16 => chunks.map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        DType::Bf16 => chunks.map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        DType::F64 => chunks.map(|c| f64::from_le_bytes(c.try_into().expect("8")) as f32).collect(),
-        _ => return None,
-    })
-}
-
-/// Converts f32 values to little-endian bytes of a float `dtype`.
-pub fn from_f32(dtype: DType, values: &[f32]) -> Option<Vec<u8>> {
-    Some(match dtype {
-        DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
-        DType::Bf16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
-        DType::F64 => values.iter().flat_map(|&v| (v as f64).to_le_bytes()).collect(),
-        _ => return None,
-    })
+    plans.sort_by_key(|p| p.layer);
+    Ok(plans)
 }

@@ -1,8 +1,9 @@
 //! Building `.nerp` bytes and writing them atomically.
 
+use super::codec::bytegroup;
 use super::{
-    align_up, Encoding, Header, Layout, PredictorSpec, SectionEntry, SectionKind, Source, Storage,
-    TensorEntry, ALIGN, MAGIC, MAJOR, MINOR, PREAMBLE_LEN,
+    align_up, major_for, Encoding, Header, PredictorSpec, SectionEntry, SectionKind, Source, TensorEntry,
+    ALIGN, MAGIC, MINOR, PREAMBLE_LEN,
 };
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -84,24 +85,6 @@ impl FileBuilder {
     }
 }
 
-/// The lowest major version that expresses these tensors: 1 unless a predicted tensor uses a
-/// format-2 layout (a matrix, or a kernel that is not `[F, C, ≤3, ≤3]`), so that files a v1
-/// reader can open are written as v1.
-pub fn major_for(tensors: &[TensorEntry]) -> u16 {
-    let v2 = tensors.iter().any(|t| match t.storage {
-        Storage::Predicted { layout: Layout::Conv, .. } => {
-            !matches!(t.shape[..], [_, _, kh, kw] if (1..=3).contains(&kh) && (1..=3).contains(&kw))
-        }
-        Storage::Predicted { .. } => true,
-        Storage::Raw { .. } => false,
-    });
-    if v2 {
-        MAJOR
-    } else {
-        1
-    }
-}
-
 /// Encodes a section body.
 pub fn encode(encoding: Encoding, decoded: &[u8]) -> Vec<u8> {
     match encoding {
@@ -116,37 +99,6 @@ fn zstd_compress(data: &[u8]) -> Vec<u8> {
     c.include_contentsize(true).expect("zstd parameter");
     c.include_checksum(false).expect("zstd parameter");
     c.compress(data).expect("zstd compresses in memory")
-}
-
-/// Regroups bytes by their position inside `element`-byte elements (a trailing partial element
-/// is left as is).
-pub fn bytegroup(data: &[u8], element: usize) -> Vec<u8> {
-    if element <= 1 {
-        return data.to_vec();
-    }
-    let n = data.len() / element;
-    let mut out = Vec::with_capacity(data.len());
-    for b in 0..element {
-        out.extend((0..n).map(|i| data[i * element + b]));
-    }
-    out.extend_from_slice(&data[n * element..]);
-    out
-}
-
-/// Inverse of [`bytegroup`].
-pub fn ungroup(data: &[u8], element: usize) -> Vec<u8> {
-    if element <= 1 {
-        return data.to_vec();
-    }
-    let n = data.len() / element;
-    let mut out = vec![0u8; data.len()];
-    for b in 0..element {
-        for i in 0..n {
-            out[i * element + b] = data[b * n + i];
-        }
-    }
-    out[n * element..].copy_from_slice(&data[n * element..]);
-    out
 }
 
 /// The folder a file at `path` is written into (`.` for a bare file name).

@@ -1,9 +1,8 @@
 //! The GPU backend: cudarc (driver + cuBLAS, loaded at run time) and the PTX of `kernels.cu`.
 
 use crate::error::{Error, Result};
+use crate::format::predictor::{frequencies, ParamLayout, DEPTH, OUTPUTS};
 use crate::format::Embedding;
-use crate::predictor::{frequencies, layer_dims, param_count, DEPTH, OUTPUTS};
-use crate::regen::BATCH;
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
@@ -128,19 +127,21 @@ impl Gpu {
     }
 
     /// Runs the predictor with `hidden` units, `embedding` and flat f32 parameters (storage
-    /// order, see `Predictor::from_flat`) over flat `N×3` coordinates; returns `N×9` values.
+    /// order, [`ParamLayout`]) over flat `N×3` coordinates, `batch` rows at a time; returns `N×9`
+    /// values.
     pub fn predict(
         &self,
         hidden: usize,
         embedding: Embedding,
         flat: &[f32],
         coords: &[f32],
+        batch: usize,
     ) -> Result<Vec<f32>> {
-        let need = param_count(hidden, embedding.levels as usize);
+        let need = ParamLayout::new(hidden, embedding.levels as usize).len;
         if flat.len() != need {
             return Err(Error::Rebuild(format!("predictor needs {need} parameters, got {}", flat.len())));
         }
-        self.forward(hidden, embedding, flat, coords)
+        self.forward(hidden, embedding, flat, coords, batch.max(1))
             .map_err(|what| Error::Gpu { device: format!("cuda:{}", self.ordinal), what })
     }
 
@@ -150,37 +151,37 @@ impl Gpu {
         embedding: Embedding,
         flat: &[f32],
         coords: &[f32],
+        batch: usize,
     ) -> std::result::Result<Vec<f32>, String> {
         fn ctx<E: Display>(what: &'static str) -> impl FnOnce(E) -> String {
             move |e| format!("{what}: {e}")
         }
         let s = &self.stream;
         let levels = embedding.levels as usize;
-        let dims = layer_dims(hidden, levels);
+        let layout = ParamLayout::new(hidden, levels);
+        let dims = layout.dims;
         let mut layers = Vec::with_capacity(DEPTH);
-        let mut at = 0;
-        for (i, o) in dims {
-            let w = s.clone_htod(&flat[at..at + i * o]).map_err(ctx("upload weights"))?;
-            let b = s.clone_htod(&flat[at + i * o..at + i * o + o]).map_err(ctx("upload biases"))?;
-            at += i * o + o;
+        for l in 0..DEPTH {
+            let w = s.clone_htod(&flat[layout.weight(l)]).map_err(ctx("upload weights"))?;
+            let b = s.clone_htod(&flat[layout.bias(l)]).map_err(ctx("upload biases"))?;
             layers.push((w, b));
         }
         let freqs = s.clone_htod(&frequencies(embedding)).map_err(ctx("upload frequencies"))?;
         let n = coords.len() / 3;
         let coords = s.clone_htod(coords).map_err(ctx("upload coordinates"))?;
         let width = dims.iter().map(|&(i, o)| i.max(o)).max().unwrap_or(OUTPUTS);
-        let buffer = n.clamp(1, BATCH) * width;
+        let buffer = n.clamp(1, batch) * width;
         let mut a: CudaSlice<f32> = s.alloc_zeros(buffer).map_err(ctx("allocate activations"))?;
         let mut b: CudaSlice<f32> = s.alloc_zeros(buffer).map_err(ctx("allocate activations"))?;
         let mut out = Vec::with_capacity(n * OUTPUTS);
-        for start in (0..n).step_by(BATCH) {
-            let rows = (start + BATCH).min(n) - start;
-            let batch = coords.slice(start * 3..(start + rows) * 3);
+        for start in (0..n).step_by(batch) {
+            let rows = (start + batch).min(n) - start;
+            let chunk = coords.slice(start * 3..(start + rows) * 3);
             let mut launch = s.launch_builder(&self.embed);
             let (rows_i, levels_i) = (rows as i32, levels as i32);
-            launch.arg(&batch).arg(&freqs).arg(&mut a).arg(&rows_i).arg(&levels_i);
+            launch.arg(&chunk).arg(&freqs).arg(&mut a).arg(&rows_i).arg(&levels_i);
             // SAFETY: the kernel writes rows·6·levels values into `a`, which holds
-            // BATCH·width ≥ rows·input_dim(levels); it reads rows·3 coordinates and `levels` frequencies.
+            // batch·width ≥ rows·input_dim(levels); it reads rows·3 coordinates and `levels` frequencies.
             unsafe { launch.launch(launch_config(rows * 3 * levels)) }.map_err(ctx("embedding kernel"))?;
             let (mut x, mut y) = (&mut a, &mut b);
             for (l, ((i, o), (w, bias))) in dims.iter().zip(&layers).enumerate() {
@@ -197,7 +198,7 @@ impl Gpu {
                     beta: 0.0f32,
                     ldc: *o as i32,
                 };
-                // SAFETY: w is i×o, x holds ≥ rows·i values and y ≥ rows·o (both BATCH·width).
+                // SAFETY: w is i×o, x holds ≥ rows·i values and y ≥ rows·o (both batch·width).
                 unsafe { self.blas.gemm(cfg, w, &*x, &mut *y) }.map_err(ctx("cuBLAS sgemm"))?;
                 let (total, cols, relu) = ((rows * o) as i64, *o as i32, i32::from(l + 1 < DEPTH));
                 let mut launch = s.launch_builder(&self.bias_act);

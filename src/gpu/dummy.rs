@@ -30,7 +30,7 @@ impl Gpu {
         match *self {}
     }
 
-    pub fn predict(&self, _: usize, _: Embedding, _: &[f32], _: &[f32]) -> Result<Vec<f32>> {
+    pub fn predict(&self, _: usize, _: Embedding, _: &[f32], _: &[f32], _: usize) -> Result<Vec<f32>> {
         match *self {}
     }
 }

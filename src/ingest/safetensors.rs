@@ -7,7 +7,7 @@ use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
 
 /// Prefix of metadata keys carried over from the safetensors header.
-pub const META_PREFIX: &str = "safetensors.";
+pub use crate::format::metadata::SAFETENSORS_PREFIX as META_PREFIX;
 
 /// Maps a safetensors dtype to a stored dtype.
 pub fn dtype_of(d: Dtype) -> Option<DType> {

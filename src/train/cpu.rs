@@ -1,15 +1,15 @@
 //! The reconstruction step on the CPU, written out on top of gemm: forward with bias + ReLU
 //! fused into one pass, the backward pass by hand, AdamW in one loop over the flat parameters,
-//! and no allocation per step. Parameters use the predictor's storage order, so the result is
-//! loaded with [`Predictor::from_flat`](crate::predictor::Predictor::from_flat) like any stored
-//! predictor.
+//! and no allocation per step. Parameters use the predictor's storage order ([`ParamLayout`]),
+//! so the result is loaded with [`Predictor::from_flat`](crate::predictor::Predictor::from_flat)
+//! like any stored predictor.
 //!
 //! Each batch is split into [`CHUNKS`] fixed parts that run forward and backward on their own
 //! threads (single-threaded gemm each); their gradients are summed in chunk order. The result
 //! therefore does not depend on the number of cores.
 
 use super::{TrainConfig, TrainData};
-use crate::predictor::{layer_dims, DEPTH, OUTPUTS};
+use crate::format::predictor::{ParamLayout, DEPTH, OUTPUTS};
 
 /// Parts each batch is split into (and the most threads used).
 pub const CHUNKS: usize = 4;
@@ -49,19 +49,8 @@ fn sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool,
     }
 }
 
-/// Layer shapes and where each layer's parameters start.
-struct Layout {
-    dims: [(usize, usize); DEPTH],
-    /// Offset of each layer's weight; its bias follows it.
-    offsets: [usize; DEPTH],
-}
-
-impl Layout {
-    fn wb(&self, l: usize) -> (usize, usize) {
-        let (i, o) = self.dims[l];
-        (self.offsets[l], self.offsets[l] + i * o)
-    }
-}
+/// Layer shapes and where each layer's parameters start: the format's one description.
+type Layout = ParamLayout;
 
 /// Buffers of one chunk: activations, gradient scratch and its share of the gradients.
 struct Workspace {
@@ -107,7 +96,7 @@ impl Workspace {
         // Forward: z = a·W, then + b and ReLU in one pass.
         for l in 0..DEPTH {
             let (i, o) = lay.dims[l];
-            let (w, b) = lay.wb(l);
+            let (w, b) = (lay.weight(l).start, lay.bias(l).start);
             let (lo, hi) = self.acts.split_at_mut(l + 1);
             let (a, z) = (&lo[l][..rows * i], &mut hi[0][..rows * o]);
             sgemm(rows, o, i, a, false, &params[w..w + i * o], false, z);
@@ -136,7 +125,7 @@ impl Workspace {
         // Backward.
         for l in (0..DEPTH).rev() {
             let (i, o) = lay.dims[l];
-            let (w, b) = lay.wb(l);
+            let (w, b) = (lay.weight(l).start, lay.bias(l).start);
             let a = &self.acts[l][..rows * i];
             let g = &self.g[..rows * o];
             sgemm(i, o, rows, a, true, g, false, &mut self.grads[w..w + i * o]);
@@ -177,15 +166,9 @@ pub struct CpuTrainer {
 
 impl CpuTrainer {
     pub fn new(hidden: usize, levels: usize, params: Vec<f32>, inputs: Vec<f32>, batch: usize) -> Self {
-        let dims = layer_dims(hidden, levels);
-        let mut offsets = [0; DEPTH];
-        let mut at = 0;
-        for (l, (i, o)) in dims.iter().enumerate() {
-            offsets[l] = at;
-            at += i * o + o;
-        }
+        let layout = ParamLayout::new(hidden, levels);
+        let at = layout.len;
         assert_eq!(at, params.len(), "parameter count");
-        let layout = Layout { dims, offsets };
         let rows = batch.div_ceil(CHUNKS);
         let work = (0..CHUNKS).map(|_| Workspace::new(&layout, rows, at)).collect();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(CHUNKS);

@@ -21,3 +21,65 @@ pub fn noise(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = nerp::train::Rng::new(seed);
     (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) as f32).collect()
 }
+
+/// Whether an optional input of an `#[ignore]`d test is there. Those tests run only on request
+/// (`cargo test -- --ignored`); when their input is absent they print why and return, unless
+/// `NERP_REQUIRE_<THING>=1` says the input must be there (CI sets it where it provides the
+/// input), and then they fail.
+pub fn optional_input(thing: &str, present: bool, how: &str) -> bool {
+    if present {
+        return true;
+    }
+    let var = format!("NERP_REQUIRE_{thing}");
+    if std::env::var(&var).is_ok_and(|v| v == "1") {
+        panic!("{var}=1 but the input is missing: {how}");
+    }
+    eprintln!("not run: {how} (set {var}=1 to make this a failure)");
+    false
+}
+
+/// The Fashion-MNIST train split (Debian package dataset-fashion-mnist, installed by
+/// tools/setup.sh, which the README's test command runs). Fails, saying so, when it is absent.
+pub fn train_set() -> PathBuf {
+    let dir = PathBuf::from("/usr/share/datasets/fashion-mnist");
+    let images = dir.join("train-images-idx3-ubyte.gz");
+    assert!(images.is_file(), "{} is missing: run tools/setup.sh", images.display());
+    dir
+}
+
+/// The stored predictor evaluated independently of nerp's code (candle, gemm, the format's
+/// description), in f64, from the definitions of spec section 5.2: embedding
+/// `[sin(π·p_j·base^k)…, cos(…)…]` per coordinate (frequencies rounded to f32), then five
+/// linear layers `6K → h → h → h → h → 9` (`w` stored `(in, out)` row-major, then `b`) with ReLU
+/// between them.
+pub fn reference_predict(spec: &nerp::format::PredictorSpec, weights: &[f32], coord: [f32; 3]) -> [f64; 9] {
+    let k = spec.embedding.levels as usize;
+    let h = spec.hidden as usize;
+    let freqs: Vec<f64> =
+        (0..k).map(|i| (std::f64::consts::PI * spec.embedding.base.powi(i as i32)) as f32 as f64).collect();
+    let mut x: Vec<f64> = Vec::new();
+    for &p in &coord {
+        x.extend(freqs.iter().map(|w| (p as f64 * w).sin()));
+        x.extend(freqs.iter().map(|w| (p as f64 * w).cos()));
+    }
+    let mut at = 0;
+    let dims = [(6 * k, h), (h, h), (h, h), (h, h), (h, 9)];
+    for (layer, (i, o)) in dims.into_iter().enumerate() {
+        assert_eq!(x.len(), i);
+        let w = &weights[at..at + i * o];
+        let b = &weights[at + i * o..at + i * o + o];
+        at += i * o + o;
+        x = (0..o)
+            .map(|col| {
+                let y = b[col] as f64 + (0..i).map(|row| x[row] * w[row * o + col] as f64).sum::<f64>();
+                if layer + 1 < dims.len() {
+                    y.max(0.0)
+                } else {
+                    y
+                }
+            })
+            .collect();
+    }
+    assert_eq!(at, weights.len());
+    x.try_into().unwrap()
+}
