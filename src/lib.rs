@@ -1,6 +1,6 @@
 //! nerp stores a neural network's weights as a small *predictor network* that maps each
 //! convolution kernel's coordinate (layer, filter, channel) to its values (the NeRN method,
-//! with the improvements of Choi et al. 2024), in a compact, memory-mapped `.nerp` file.
+//! with the improvements of Choi et al. 2024), in a compact `.nerp` file.
 //!
 //! The modules follow the data flow: [`ingest`] → [`plan`] → `train` → [`format`] →
 //! [`mmap`]/validation → [`regen`] → [`runtime`]. The format is specified in `spec/nerp-v1.md`.
@@ -48,7 +48,7 @@ pub use device::Device;
 pub use error::{Error, FormatError, Result};
 pub use format::NerpFile;
 
-/// Opens and fully validates a `.nerp` file (memory-mapped).
+/// Opens and fully validates a `.nerp` file (read into an aligned buffer; see [`NerpFile::open`]).
 pub fn open(path: impl AsRef<std::path::Path>) -> Result<NerpFile> {
     NerpFile::open(path)
 }

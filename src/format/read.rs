@@ -41,7 +41,14 @@ impl NerpFile {
         let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, "opening", e))?;
         let len = Self::checked_len(path, &file)?;
         super::budget::current().check(|| format!("reading {}", path.display()), len)?;
-        let bytes = FileBytes::read(&mut file, len).map_err(|e| Error::io(path, "reading", e))?;
+        let bytes = FileBytes::read(&mut file, len).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Error::io(
+                path,
+                "reading (the file shrank while being read: is another program writing it?)",
+                e,
+            ),
+            _ => Error::io(path, "reading", e),
+        })?;
         Self::validate(path.to_path_buf(), bytes)
     }
 
