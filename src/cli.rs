@@ -411,6 +411,9 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
             .insert(runtime::INPUT_SHAPES_KEY.into(), serde_json::to_string(&shapes).expect("serializes"));
     }
     let report = compress_with_progress(&a.input, &a.output, &opts, a.quiet)?;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     if let Some(path) = &a.distill.kd_log {
         let json = serde_json::to_vec_pretty(&report.kd_losses).expect("serializes");
         format::write_atomic(path, &json)?;
@@ -430,32 +433,38 @@ fn compress_with_progress(
     opts: &crate::compress::CompressOptions,
     quiet: bool,
 ) -> Result<crate::compress::CompressReport> {
+    let bar = training_bar(opts.steps, quiet);
+    let report = crate::compress::compress(input, output, opts, &mut training_progress(&bar, opts.steps));
+    bar.finish_and_clear();
+    report
+}
+
+/// The training progress bar (hidden with `--quiet` or when stderr is not a terminal).
+#[cfg(feature = "compress")]
+fn training_bar(steps: usize, quiet: bool) -> indicatif::ProgressBar {
     use indicatif::{ProgressBar, ProgressStyle};
-    let bar = if show_progress(quiet) {
-        let b = ProgressBar::new(opts.steps as u64);
-        b.set_style(
-            ProgressStyle::with_template(
-                "training {bar:30} {pos}/{len} steps, loss {msg}, {per_sec}, ETA {eta}",
-            )
-            .expect("valid template"),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
-    let mut progress = |step: usize, loss: f64| {
+    if !show_progress(quiet) {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(steps as u64);
+    let style = "training {bar:30} {pos}/{len} steps, loss {msg}, {per_sec}, ETA {eta}";
+    b.set_style(ProgressStyle::with_template(style).expect("valid template"));
+    b
+}
+
+/// Compression's progress callback, drawing on `bar`.
+#[cfg(feature = "compress")]
+fn training_progress(bar: &indicatif::ProgressBar, steps: usize) -> impl FnMut(usize, f64) + '_ {
+    move |step, loss| {
         if step == 0 {
             // Ingest and ordering happened before: start the rate and ETA from here.
             bar.reset();
         }
-        if step.is_multiple_of(10) || step + 1 == opts.steps {
+        if step.is_multiple_of(10) || step + 1 == steps {
             bar.set_position(step as u64 + 1);
             bar.set_message(format!("{loss:.5}"));
         }
-    };
-    let report = crate::compress::compress(input, output, opts, &mut progress);
-    bar.finish_and_clear();
-    report
+    }
 }
 
 #[cfg(feature = "compress")]
@@ -907,54 +916,39 @@ fn print_eval(r: &eval::EvalReport, origin: &Path) {
     );
 }
 
-/// The bundled default model of `nerp demo`.
-#[cfg(feature = "compress")]
-pub const DEMO_MODEL: &[u8] = include_bytes!("../examples/models/resnet20_fashion_mnist.onnx");
-/// Its metadata (test accuracy, preprocessing).
-#[cfg(feature = "compress")]
-pub const DEMO_MODEL_JSON: &str = include_str!("../examples/models/resnet20_fashion_mnist.json");
-
 #[cfg(feature = "compress")]
 fn demo(a: DemoArgs) -> Result<()> {
-    let mut opts =
-        crate::compress::CompressOptions { hidden: Some(a.hidden), steps: a.steps, ..Default::default() };
-    opts.validate()?;
-    if a.limit == Some(0) {
-        return Err(Error::usage("--limit", "must be at least 1"));
+    let o = crate::demo::DemoOptions {
+        out_dir: a.out_dir,
+        steps: a.steps,
+        hidden: a.hidden,
+        limit: a.limit,
+        threads: default_threads(),
+    };
+    o.compress_options()?;
+    eprintln!("compressing the bundled ResNet-20 (Fashion-MNIST) into {} ...", o.paths().nerp.display());
+    let bar = training_bar(o.steps, a.quiet);
+    let prepared = crate::demo::prepare(&o, &mut training_progress(&bar, o.steps));
+    bar.finish_and_clear();
+    let prepared = prepared?;
+    eprintln!("evaluating on {} ...", data::resolve_fashion_mnist());
+    let eval_bar = show_progress(a.quiet).then(|| indicatif_bar(prepared.work() as u64));
+    let tick = |n: usize| {
+        if let Some(b) = &eval_bar {
+            b.inc(n as u64)
+        }
+    };
+    let r = prepared.evaluate(&tick);
+    if let Some(b) = eval_bar {
+        b.finish_and_clear();
     }
-    let meta: serde_json::Value = serde_json::from_str(DEMO_MODEL_JSON).expect("bundled JSON is valid");
-    let (mean, std) =
-        (meta["normalize"]["mean"].as_f64().unwrap_or(0.0), meta["normalize"]["std"].as_f64().unwrap_or(1.0));
-    let pre = Preprocess::parse(&format!("mean={mean},std={std}"))?;
-    opts.metadata.insert(PREPROCESS_KEY.into(), serde_json::to_string(&pre).expect("serializes"));
-    let dir = &a.out_dir;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "creating output folder", e))?;
-    let onnx = dir.join("resnet20_fashion_mnist.onnx");
-    format::write_atomic(&onnx, DEMO_MODEL)?;
-    let nerp_path = dir.join("resnet20_fashion_mnist.nerp");
-    eprintln!("compressing the bundled ResNet-20 (Fashion-MNIST) into {} ...", nerp_path.display());
-    let c = compress_with_progress(&onnx, &nerp_path, &opts, a.quiet)?;
-
-    let t = Instant::now();
-    let file = crate::open(&nerp_path)?;
-    let weights = regen::regenerate(&file, &crate::Device::Cpu)?;
-    let regen_s = t.elapsed().as_secs_f64();
-    let model = runtime::Model::from_proto(&runtime::rebuild_onnx(&file, &weights)?)?;
-    let load_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let original = runtime::Model::from_onnx_file(&onnx)?;
-    let orig_load_s = t.elapsed().as_secs_f64();
-
-    let location = data::resolve_fashion_mnist();
-    eprintln!("evaluating on {location} ...");
-    let data = data::load(&DataSource::FashionMnist(None), Split::Test, a.limit, &pre)?;
-    let r = run_eval(&model, Some(&original), &data, default_threads(), a.quiet)?;
-
+    let r = r?;
+    let (c, e) = (&r.compress, &r.eval);
     println!();
-    println!("| nerp demo: ResNet-20 on Fashion-MNIST ({} test images) | |", r.images);
+    println!("| nerp demo: ResNet-20 on Fashion-MNIST ({} test images) | |", e.images);
     println!("|---|---|");
     println!("| original ONNX | {} bytes |", c.source_bytes);
-    println!("| .nerp file | {} bytes ({}) |", c.file_bytes, nerp_path.display());
+    println!("| .nerp file | {} bytes ({}) |", c.file_bytes, r.paths.nerp.display());
     println!("| byte ratio (ONNX ÷ .nerp) | {:.2}x |", c.byte_ratio());
     println!(
         "| predictor | hidden {}, {} parameters for {} kernel weights |",
@@ -962,22 +956,22 @@ fn demo(a: DemoArgs) -> Result<()> {
     );
     println!("| parameter ratio | {:.2}x |", c.param_ratio());
     println!("| weight RMSE | {:.5} |", c.weight_rmse);
-    println!("| accuracy, original | {} |", pct(r.original_accuracy));
-    println!("| accuracy, regenerated | {:.2}% |", 100.0 * r.regenerated_accuracy);
-    println!("| drop | {:.2} points |", r.drop_points().unwrap_or(f64::NAN));
-    println!("| top-1 agreement | {} |", pct(r.agreement));
-    println!("| compression time | {:.1} s ({} steps, {} threads) |", c.seconds, c.steps, default_threads());
-    println!("| load: open + regenerate | {:.3} s |", regen_s);
+    println!("| accuracy, original | {} |", pct(e.original_accuracy));
+    println!("| accuracy, regenerated | {:.2}% |", 100.0 * e.regenerated_accuracy);
+    println!("| drop | {:.2} points |", e.drop_points().unwrap_or(f64::NAN));
+    println!("| top-1 agreement | {} |", pct(e.agreement));
+    println!("| compression time | {:.1} s ({} steps, {} threads) |", c.seconds, c.steps, o.threads);
+    println!("| load: open + regenerate | {:.3} s |", r.regen_seconds);
     println!(
         "| load: + build tract model | {:.3} s (original ONNX into tract: {:.3} s) |",
-        load_s, orig_load_s
+        r.load_seconds, r.original_load_seconds
     );
     println!(
         "| inference per image | {:.3} ms regenerated, {} ms original |",
-        r.ms_per_image,
-        r.ms_per_image_original.map_or("-".into(), |v| format!("{v:.3}"))
+        e.ms_per_image,
+        e.ms_per_image_original.map_or("-".into(), |v| format!("{v:.3}"))
     );
-    println!("| data | {location} |");
+    println!("| data | {} |", r.data);
     Ok(())
 }
 

@@ -109,6 +109,8 @@ pub struct CompressReport {
     pub weight_rmse: f64,
     /// Losses of every distillation step (empty for `--schedule recon`).
     pub kd_losses: Vec<distill::KdLosses>,
+    /// What the user should know about the file (e.g. that tract cannot run the model).
+    pub warnings: Vec<String>,
 }
 
 impl CompressReport {
@@ -274,6 +276,7 @@ pub fn compress(
     inputs.extend(opts.distill.teacher.as_deref());
     crate::format::output::check_not_an_input(output, &inputs, "--output")?;
     let model = ingest::load(input)?;
+    let mut warnings = Vec::new();
     if opts.check_runnable && model.kind == SourceKind::Onnx {
         let shapes = match opts.metadata.get(crate::format::metadata::INPUT_SHAPES_KEY) {
             Some(json) => {
@@ -281,13 +284,22 @@ pub fn compress(
             }
             None => Vec::new(),
         };
-        crate::runtime::Model::from_onnx_file_shaped(input, &shapes).map_err(|e| Error::Ingest {
-            path: input.to_path_buf(),
-            what: format!(
-                "the inference engine cannot run this model, so nerp will not compress it: {e} \
-                 (a model with dynamic input dimensions needs --input-shape, e.g. 1,3,224,224)"
-            ),
-        })?;
+        if let Err(e) = crate::runtime::Model::from_onnx_file_shaped(input, &shapes) {
+            let hint = "a model with dynamic input dimensions needs --input-shape, e.g. 1,3,224,224";
+            if opts.distill.schedule != distill::Schedule::Recon {
+                return Err(Error::Ingest {
+                    path: input.to_path_buf(),
+                    what: format!(
+                        "distillation runs the model, and the inference engine cannot: {e} ({hint})"
+                    ),
+                });
+            }
+            // `decompress` to ONNX serves every other engine, so the file is still useful.
+            warnings.push(format!(
+                "the inference engine (tract) cannot run this model: {e}; compressed anyway: \
+                 `nerp decompress` gives an ONNX file for other engines, `run`/`eval` will fail ({hint})"
+            ));
+        }
     }
     let Plan { layers: plans, values, decisions } = make_plan(&model, opts)?;
     let represented: usize = values.iter().map(Vec::len).sum();
@@ -354,6 +366,7 @@ pub fn compress(
         final_loss,
         weight_rmse,
         kd_losses: kd_log,
+        warnings,
     })
 }
 

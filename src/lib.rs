@@ -21,6 +21,8 @@ pub mod cli;
 #[cfg(feature = "compress")]
 pub mod compress;
 pub mod data;
+#[cfg(feature = "compress")]
+pub mod demo;
 pub mod device;
 #[cfg(feature = "compress")]
 pub mod distill;

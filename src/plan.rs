@@ -236,27 +236,7 @@ mod tests {
         assert_eq!(p, (0..n as u32).collect::<Vec<_>>());
     }
 
-    /// Shapes of every kind: v1 kernels, k > 3, 1-D/3-D convs, depthwise, matrices, LSTM.
-    fn cases() -> Vec<(Layout, Vec<usize>)> {
-        vec![
-            (Layout::Conv, vec![4, 3, 3, 3]),
-            (Layout::Conv, vec![4, 3, 1, 1]),
-            (Layout::Conv, vec![4, 3, 2, 2]),
-            (Layout::Conv, vec![4, 3, 1, 3]),
-            (Layout::Conv, vec![5, 2, 5, 5]),
-            (Layout::Conv, vec![3, 2, 7, 7]),
-            (Layout::Conv, vec![2, 3, 4, 6]),
-            (Layout::Conv, vec![6, 1, 5, 5]),
-            (Layout::Conv, vec![4, 2, 9]),
-            (Layout::Conv, vec![2, 2, 3, 3, 3]),
-            (Layout::Matrix, vec![7, 20]),
-            (Layout::Matrix, vec![5, 9]),
-            (Layout::Matrix, vec![3, 1]),
-            (Layout::Matrix, vec![2, 12, 5]),
-            (Layout::Matrix, vec![6, 20, 1, 1]),
-            (Layout::Matrix, vec![4, 1, 1]),
-        ]
-    }
+    use crate::format::geometry::tests::cases;
 
     #[test]
     fn targets_and_scatter_are_inverse() {

@@ -142,3 +142,61 @@ fn verify_and_inspect_the_frozen_fixture() {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+/// The bundled ResNet-20 with one more node of an operator no engine knows after its output:
+/// nerp reads the weights, tract cannot build the model.
+fn model_tract_cannot_run(path: &std::path::Path) {
+    use prost::Message;
+    use tract_onnx::pb::{ModelProto, NodeProto};
+    let bytes = std::fs::read("examples/models/resnet20_fashion_mnist.onnx").unwrap();
+    let mut proto = ModelProto::decode(bytes.as_slice()).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    let out = graph.output[0].name.clone();
+    graph.node.push(NodeProto {
+        op_type: "NerpNoSuchOperator".into(),
+        input: vec![out],
+        output: vec!["mystery".into()],
+        name: "mystery".into(),
+        ..Default::default()
+    });
+    graph.output[0].name = "mystery".into();
+    std::fs::write(path, proto.encode_to_vec()).unwrap();
+}
+
+#[test]
+fn a_model_tract_cannot_run_compresses_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out) = (dir.path().join("odd.onnx"), dir.path().join("odd.nerp"));
+    model_tract_cannot_run(&src);
+    let (s, o) = (src.to_str().unwrap(), out.to_str().unwrap());
+    let c = nerp(&["compress", s, "-o", o, "--steps", "20", "--hidden", "8", "--quiet"]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    assert!(
+        stderr(&c).contains("warning: the inference engine (tract) cannot run this model"),
+        "{}",
+        stderr(&c)
+    );
+    let back = dir.path().join("back.onnx");
+    let d = nerp(&["decompress", o, "-o", back.to_str().unwrap()]);
+    assert!(d.status.success(), "{}", stderr(&d));
+    assert!(std::fs::metadata(&back).unwrap().len() > 1000);
+    // Distillation has to run the model: refused, naming the problem, nothing written.
+    let kd = dir.path().join("kd.nerp");
+    let args = [
+        "compress",
+        s,
+        "-o",
+        kd.to_str().unwrap(),
+        "--steps",
+        "20",
+        "--schedule",
+        "decoupled",
+        "--kd-steps",
+        "5",
+        "--quiet",
+    ];
+    let k = nerp(&args);
+    assert_eq!(k.status.code(), Some(1), "{}", stderr(&k));
+    assert!(stderr(&k).contains("distillation runs the model"), "{}", stderr(&k));
+    assert!(!kd.exists());
+}

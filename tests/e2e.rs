@@ -187,3 +187,25 @@ fn regeneration_beyond_one_batch_matches_the_reference_predictor() {
     }
     assert_eq!(checked, channels * channels * layers);
 }
+
+/// `nerp demo` as a library call: what it reports is what it wrote.
+#[test]
+fn demo_reports_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = nerp::demo::DemoOptions {
+        out_dir: dir.path().join("demo"),
+        steps: 5,
+        hidden: 16,
+        limit: Some(8),
+        threads: 1,
+    };
+    let prepared = nerp::demo::prepare(&o, &mut |_, _| {}).unwrap();
+    assert_eq!(prepared.work(), 16);
+    let r = prepared.evaluate(&|_| {}).unwrap();
+    assert_eq!(r.eval.images, 8);
+    assert!(r.eval.original_accuracy.is_some());
+    assert_eq!(std::fs::metadata(&r.paths.nerp).unwrap().len(), r.compress.file_bytes);
+    assert_eq!(std::fs::read(&r.paths.onnx).unwrap(), nerp::demo::DEMO_MODEL);
+    assert_eq!(r.compress.hidden, 16);
+    assert!(r.load_seconds >= r.regen_seconds);
+}

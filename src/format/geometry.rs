@@ -190,11 +190,11 @@ pub fn prediction_ranges(plans: &[LayerPlan]) -> Vec<std::ops::Range<usize>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Shapes of every kind: v1 kernels, k > 3, 1-D/3-D convs, depthwise, matrices, LSTM.
-    fn cases() -> Vec<(Layout, Vec<usize>)> {
+    pub(crate) fn cases() -> Vec<(Layout, Vec<usize>)> {
         vec![
             (Layout::Conv, vec![4, 3, 3, 3]),
             (Layout::Conv, vec![4, 3, 1, 1]),
