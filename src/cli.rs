@@ -79,11 +79,14 @@ pub struct CompressArgs {
     #[arg(short, long)]
     pub output: PathBuf,
     /// Hidden width of the predictor [default: 180].
-    #[arg(long, conflicts_with = "target_ratio")]
+    #[arg(long, conflicts_with_all = ["target_ratio", "size_ratio"])]
     pub hidden: Option<usize>,
     /// Choose the hidden width for this ratio of represented weights to predictor parameters.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "size_ratio")]
     pub target_ratio: Option<f64>,
+    /// Make the file at most 1/R of the source file's bytes: the widest predictor that fits.
+    #[arg(long, value_name = "R")]
+    pub size_ratio: Option<f64>,
     /// Training steps.
     #[arg(long, default_value_t = CompressOptions::default().steps)]
     pub steps: usize,
@@ -385,6 +388,7 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
     let mut opts = CompressOptions {
         hidden: a.hidden,
         target_ratio: a.target_ratio,
+        size_ratio: a.size_ratio,
         steps: a.steps,
         batch: a.batch,
         lr: a.lr,

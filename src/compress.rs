@@ -24,6 +24,9 @@ pub struct CompressOptions {
     pub hidden: Option<usize>,
     /// Represented weights ÷ predictor parameters; used when `hidden` is not given.
     pub target_ratio: Option<f64>,
+    /// Source file bytes ÷ `.nerp` file bytes at least this: the widest predictor whose file
+    /// fits is chosen ([`hidden_for_size`]); used when `hidden` is not given.
+    pub size_ratio: Option<f64>,
     pub steps: usize,
     pub batch: usize,
     pub lr: f64,
@@ -49,6 +52,7 @@ impl Default for CompressOptions {
         CompressOptions {
             hidden: None,
             target_ratio: None,
+            size_ratio: None,
             steps: DEFAULT_STEPS,
             batch: 4096,
             lr: DEFAULT_LR,
@@ -125,6 +129,59 @@ impl CompressReport {
     }
 }
 
+/// The widest predictor (at most the format's limit) whose file takes at most `max_bytes`:
+/// the file is laid out with an untrained predictor of the candidate width (its section's size
+/// does not depend on the values), so the answer is exact, header and alignment included.
+pub fn hidden_for_size(
+    model: &SourceModel,
+    plans: &[LayerPlan],
+    values: &[Vec<f32>],
+    opts: &CompressOptions,
+    max_bytes: u64,
+) -> Result<usize> {
+    let file_len = |h: usize| -> Result<u64> {
+        let zeros = vec![0f32; predictor::param_count(h, opts.embedding.levels as usize)];
+        let p = Predictor::from_flat(h, opts.embedding, &zeros, &Device::Cpu)?;
+        Ok(build_file(model, plans, values, Some(&p), opts)?.bytes.len() as u64)
+    };
+    let smallest = file_len(1)?;
+    if smallest > max_bytes {
+        return Err(Error::usage(
+            "--size-ratio",
+            format!(
+                "even a predictor of width 1 gives a file of {smallest} bytes, above the {max_bytes} allowed: \
+                 lower the ratio (everything beside the predictor takes about that much)"
+            ),
+        ));
+    }
+    // Only the predictor section grows with the width: estimate from its encoded length, then
+    // check the estimate with the real layout and step down while it does not fit.
+    let section = |h: usize| {
+        let n = predictor::param_count(h, opts.embedding.levels as usize);
+        predictor::encode_weights(opts.predictor_dtype, &vec![0f32; n]).len() as u64
+    };
+    let fixed = smallest - section(1);
+    let max = format::limits::MAX_HIDDEN as usize;
+    let (mut lo, mut hi) = (1, max);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fixed + format::align_up(section(mid)).unwrap_or(u64::MAX) <= max_bytes {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let mut h = lo;
+    // Laying out a candidate runs the predictor: check the width fits in memory first.
+    let blocks: usize = plans.iter().map(LayerPlan::blocks).sum();
+    let source: u64 = model.tensors.iter().map(|t| t.data.len() as u64).sum();
+    check_training_budget(h, opts, blocks as u64, source)?;
+    while h > 1 && file_len(h)? > max_bytes {
+        h -= 1;
+    }
+    Ok(h)
+}
+
 /// Largest hidden width whose parameter count stays within `represented / ratio` (at least 1,
 /// at most the format's limit).
 pub fn hidden_for_ratio(represented: usize, ratio: f64, levels: usize) -> usize {
@@ -147,6 +204,15 @@ impl CompressOptions {
         }
         if matches!(self.target_ratio, Some(r) if !(r.is_finite() && r > 0.0)) {
             return Err(Error::usage("--target-ratio", "must be a positive number"));
+        }
+        if matches!(self.size_ratio, Some(r) if !(r.is_finite() && r >= 1.0)) {
+            return Err(Error::usage("--size-ratio", "must be a number of at least 1"));
+        }
+        if self.size_ratio.is_some() && (self.hidden.is_some() || self.target_ratio.is_some()) {
+            return Err(Error::usage(
+                "--size-ratio",
+                "chooses the width: give it without --hidden or --target-ratio",
+            ));
         }
         let max = format::limits::MAX_HIDDEN as usize;
         if matches!(self.hidden, Some(h) if h == 0 || h > max) {
@@ -304,10 +370,14 @@ pub fn compress(
     let Plan { layers: plans, values, decisions } = make_plan(&model, opts)?;
     let represented: usize = values.iter().map(Vec::len).sum();
     let levels = opts.embedding.levels as usize;
-    let hidden = match (opts.hidden, opts.target_ratio) {
-        (Some(h), _) => h,
-        (None, Some(r)) => hidden_for_ratio(represented, r, levels),
-        (None, None) => DEFAULT_HIDDEN,
+    let hidden = match (opts.hidden, opts.target_ratio, opts.size_ratio) {
+        (Some(h), _, _) => h,
+        (None, Some(r), _) => hidden_for_ratio(represented, r, levels),
+        (None, None, Some(r)) if !plans.is_empty() => {
+            let max_bytes = (model.file_bytes as f64 / r).floor() as u64;
+            hidden_for_size(&model, &plans, &values, opts, max_bytes)?
+        }
+        _ => DEFAULT_HIDDEN,
     };
     if !plans.is_empty() {
         let blocks: usize = plans.iter().map(LayerPlan::blocks).sum();

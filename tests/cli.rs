@@ -53,6 +53,9 @@ fn bad_options_are_usage_errors() {
         (vec!["compress", m, "-o", o, "--lr=-1"], "--lr"),
         (vec!["compress", m, "-o", o, "--hidden", "0"], "--hidden"),
         (vec!["compress", m, "-o", o, "--hidden", "8", "--target-ratio", "2"], "--target-ratio"),
+        (vec!["compress", m, "-o", o, "--size-ratio", "0.5"], "--size-ratio"),
+        (vec!["compress", m, "-o", o, "--size-ratio", "10", "--hidden", "8"], "--size-ratio"),
+        (vec!["compress", m, "-o", o, "--size-ratio", "1000", "--steps", "1"], "--size-ratio"),
         (vec!["compress", m, "-o", o, "--preprocess", "mean=abc"], "--preprocess"),
         (vec!["compress", m, "-o", o, "--preprocess", "mean=0,std=1e-45"], "--preprocess"),
         (vec!["compress", m, "-o", o, "--max-memory", "lots"], "--max-memory"),
@@ -199,4 +202,16 @@ fn a_model_tract_cannot_run_compresses_with_a_warning() {
     assert_eq!(k.status.code(), Some(1), "{}", stderr(&k));
     assert!(stderr(&k).contains("distillation runs the model"), "{}", stderr(&k));
     assert!(!kd.exists());
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(env!("CARGO_BIN_EXE_nerp"))
+        .args(["inspect", "tests/fixtures/tiny-v1.nerp"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
 }

@@ -209,3 +209,22 @@ fn demo_reports_what_it_wrote() {
     assert_eq!(r.compress.hidden, 16);
     assert!(r.load_seconds >= r.regen_seconds);
 }
+
+/// `--size-ratio R`: the file fits in 1/R of the source, and one unit wider would not.
+#[test]
+fn size_ratio_picks_the_widest_predictor_that_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = shared_model(RESNET20);
+    let source_bytes = std::fs::metadata(&src).unwrap().len();
+    let budget = source_bytes / 8;
+    let compress = |opts: nerp::compress::CompressOptions, name: &str| {
+        nerp::compress::compress(&src, &dir.path().join(name), &opts, &mut |_, _| {}).unwrap()
+    };
+    let base = nerp::compress::CompressOptions { steps: 2, ..Default::default() };
+    let fit = compress(nerp::compress::CompressOptions { size_ratio: Some(8.0), ..base.clone() }, "fit.nerp");
+    assert!(fit.file_bytes <= budget, "{} > {budget}", fit.file_bytes);
+    assert!(fit.hidden > 8, "width {}", fit.hidden);
+    let wider =
+        compress(nerp::compress::CompressOptions { hidden: Some(fit.hidden + 1), ..base }, "wider.nerp");
+    assert!(wider.file_bytes > budget, "width {} also fits: {}", fit.hidden + 1, wider.file_bytes);
+}

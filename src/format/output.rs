@@ -140,7 +140,9 @@ extern "C" fn on_signal(sig: libc::c_int) {
 }
 
 /// Installs handlers for SIGINT, SIGTERM and SIGHUP that remove registered temporary files,
-/// then die of the signal as before. Called once by the CLI; a library leaves signals alone.
+/// then die of the signal as before, and restores SIGPIPE's default so that `nerp inspect |
+/// head` ends quietly like other Unix tools instead of panicking on a closed stdout. Called
+/// once by the CLI; a library leaves signals alone.
 pub fn install_interrupt_cleanup() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -149,6 +151,8 @@ pub fn install_interrupt_cleanup() {
             // SAFETY: `on_signal` only touches atomics and async-signal-safe calls.
             unsafe { libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
         }
+        // SAFETY: restoring the default disposition of a signal.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     });
 }
 
