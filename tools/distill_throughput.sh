@@ -39,11 +39,21 @@ print("Command: `tools/distill_throughput.sh` (nerp: `examples/distill_step.rs`;
       "`tools/distill_throughput.py`, 2 threads). Each number is the mean of the step's wall time "
       "over REPEATS steps after one warm-up step; nerp and PyTorch alternate within one run.")
 print("Ratio = PyTorch ms ÷ nerp ms (> 1: nerp is faster).\n")
+print("**Read with care.** The machine is shared; at a load average of 11–14 (other helpers' "
+      "builds) PyTorch's 2-thread step slowed far more than nerp's: the same PyTorch step (batch 32, "
+      "h = 64) took 1,284 ms at load ≈ 2.9 (`tools/distill_throughput.py MODEL 32 64 3`, 23:17 UTC) and "
+      "24,328 ms in the run below, while nerp's took 1,551–1,737 ms at load ≈ 7.6 "
+      "(`examples/distill_step MODEL 32 64 3`, 23:42 UTC) and 3,027 ms below. Those two lone "
+      "measurements were not side by side. So the ratios below are what this loaded machine gave, not "
+      "a quiet-machine comparison, where PyTorch may well be faster; rerun `tools/distill_throughput.sh` "
+      "on a quiet machine. PyTorch's `predict` includes the gather; its backward includes the "
+      "predictor's. nerp predicts 30,032 blocks (its plan), the PyTorch tool 29,997 (1×1 weights packed "
+      "9 to a block), 0.1% apart.\n")
 for run in runs:
     rs = [r for r in rows if r["run"] == run]
     print(f"## Run {run}\n")
-    print("| batch | h | nerp ms | PyTorch ms | ratio | load (nerp / PyTorch) | candle-autograd step ms (before) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| batch | h | nerp ms | PyTorch ms | ratio | repeats | load (nerp / PyTorch) | candle-autograd step ms (before) |")
+    print("|---|---|---|---|---|---|---|---|")
     by = {}
     for r in rs:
         res = r["result"]
@@ -53,7 +63,7 @@ for run in runs:
             continue
         n, p = d["nerp"][0], d["pytorch"][0]
         old = n.get("old_candle_autograd_ms")
-        print(f"| {b} | {h} | {n['step_ms']} | {p['step_ms']} | {p['step_ms'] / n['step_ms']:.2f} | "
+        print(f"| {b} | {h} | {n['step_ms']} | {p['step_ms']} | {p['step_ms'] / n['step_ms']:.2f} | {n['repeats']} | "
               f"{d['nerp'][1]} / {d['pytorch'][1]} | {old if old is not None else '–'} |")
     print("\nPieces (ms):\n")
     keys = ["predict", "gather", "teacher", "forward", "backward", "scatter", "predictor_backward", "adamw"]
