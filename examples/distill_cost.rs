@@ -44,7 +44,7 @@ fn main() -> nerp::Result<()> {
     let xs = x.flatten_all()?.to_vec1::<f32>()?;
     let t = time(repeats, || tract.run_f32(&xs, &[batch, 1, 28, 28]))?;
     println!("| tract forward, batch {batch} | {:.0} |", t * 1e3);
-    for imp in [ConvImpl::Im2col, ConvImpl::Candle] {
+    for imp in [ConvImpl::Gemm, ConvImpl::Im2col, ConvImpl::Candle] {
         graph.conv_impl = imp;
         let t = time(repeats, || {
             let y = graph.forward(&x, &weights, false)?.output;

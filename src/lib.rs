@@ -33,6 +33,7 @@ pub mod format;
 pub mod gpu;
 pub mod graph;
 pub mod ingest;
+pub mod linalg;
 pub mod mmap;
 pub mod npy;
 pub mod plan;

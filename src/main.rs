@@ -4,6 +4,7 @@
 use clap::Parser;
 
 fn main() {
+    nerp::linalg::single_threaded_candle();
     let args = nerp::cli::Cli::parse();
     match nerp::cli::run(args) {
         Ok(code) => std::process::exit(code),

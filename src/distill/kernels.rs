@@ -20,6 +20,17 @@ struct Layer {
     scales: Option<Tensor>,
 }
 
+/// One predicted tensor as plain vectors, for the CPU distillation step
+/// ([`super::KernelTrainer`]).
+pub struct HostLayer {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// Element (row-major) → index into the flat `N×9` predictions.
+    pub source: Vec<u32>,
+    /// Element → the scale of its row (`None`: scale 1).
+    pub scales: Option<Vec<f32>>,
+}
+
 /// Everything needed to turn the predictor into the network's predicted tensors.
 pub struct PredictedKernels {
     /// Embedded coordinates of every chain position, `(N, input_dim)`.
@@ -69,6 +80,24 @@ impl PredictedKernels {
     /// Whether nothing is predicted.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The embedded coordinates (`N × input_dim`, row-major) and every predicted tensor's
+    /// element sources, as plain vectors.
+    pub fn host(&self) -> Result<(Vec<f32>, Vec<HostLayer>)> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(HostLayer {
+                    name: l.name.clone(),
+                    shape: l.shape.clone(),
+                    source: l.source.to_vec1::<u32>()?,
+                    scales: l.scales.as_ref().map(|s| s.to_vec1::<f32>()).transpose()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((self.inputs.flatten_all()?.to_vec1::<f32>()?, layers))
     }
 
     /// Runs the predictor over every coordinate and lays the result out as the network's

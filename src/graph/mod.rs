@@ -6,6 +6,7 @@
 //! gradients flow from the network's outputs back into whatever computed them. Only the op set
 //! of [`OPS`] is supported; any other op is an error naming the op and the node.
 
+pub mod conv;
 pub mod ops;
 
 use crate::error::{Error, Result};
@@ -81,11 +82,15 @@ pub struct Node {
     pub output: String,
 }
 
-/// How `Conv` runs: nerp's im2col + matmul (hand-written col2im backward), or candle's
-/// `conv2d` (kept for comparison: its input gradient is a direct-loop transposed convolution).
+/// How `Conv` runs: one-group convolutions on the CPU as one custom op with a hand-written
+/// gemm backward ([`conv`]), the rest as im2col + matmul; or everything as im2col of the whole
+/// batch + candle matmul (hand-written col2im backward; the default before [`conv`]); or
+/// candle's `conv2d` (its input gradient is a direct-loop transposed convolution). The last two
+/// are kept for comparison (`examples/distill_step.rs`, `examples/distill_cost.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConvImpl {
     #[default]
+    Gemm,
     Im2col,
     /// Symmetric pads only.
     Candle,

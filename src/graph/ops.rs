@@ -19,7 +19,9 @@ pub fn run(op: &Op, args: &[Option<Tensor>], conv_impl: ConvImpl) -> Result<Tens
         Op::Conv { window, groups } if conv_impl == ConvImpl::Candle => {
             candle_conv(arg(0)?, arg(1)?, opt(2), *window, *groups)
         }
-        Op::Conv { window, groups } => conv(arg(0)?, arg(1)?, opt(2), *window, *groups),
+        Op::Conv { window, groups } => {
+            conv(arg(0)?, arg(1)?, opt(2), *window, *groups, conv_impl == ConvImpl::Gemm)
+        }
         Op::BatchNormalization { epsilon } => {
             batch_norm(arg(0)?, arg(1)?, arg(2)?, arg(3)?, arg(4)?, *epsilon)
         }
@@ -184,7 +186,15 @@ pub fn im2col(x: &Tensor, window: Window, pad_value: f32) -> Result<(Tensor, usi
     Ok((cols, g[4], g[5]))
 }
 
-fn conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, mut window: Window, groups: usize) -> Result<Tensor> {
+/// `fused`: one-group convolutions on the CPU go through [`super::conv::conv2d`].
+fn conv(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    mut window: Window,
+    groups: usize,
+    fused: bool,
+) -> Result<Tensor> {
     let (n, c, _, _) = dims4(x)?;
     let (f, cg, kh, kw) = dims4(w)?;
     if c != cg * groups || f % groups != 0 {
@@ -195,6 +205,9 @@ fn conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, mut window: Window, groups: 
         )));
     }
     window.kernel = [kh, kw];
+    if fused && groups == 1 && x.device().is_cpu() {
+        return super::conv::conv2d(x, w, b, window);
+    }
     let fg = f / groups;
     let mut outs = Vec::with_capacity(groups);
     let mut size = (0, 0);

@@ -18,35 +18,7 @@ pub const CHUNKS: usize = 4;
 /// transposed (`a` as k×m, `b` as n×k). Single-threaded: the caller parallelizes.
 #[allow(clippy::too_many_arguments)] // the BLAS signature, kept whole
 fn sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool, c: &mut [f32]) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm operands too small");
-    let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
-    let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
-    // SAFETY: the assert above guarantees that every element addressed through these strides
-    // (row < m / k, column < k / n) lies inside its slice; `c` is exclusively borrowed and does
-    // not alias `a` or `b`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    crate::linalg::sgemm(m, n, k, a, ta, b, tb, c, false)
 }
 
 /// Layer shapes and where each layer's parameters start: the format's one description.
@@ -233,5 +205,130 @@ impl CpuTrainer {
             *v = b2 * *v + (1.0 - b2) * g * g;
             *p = *p * decay - lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
         }
+    }
+}
+
+/// Forward and backward over every block at once (distillation: the network needs all of its
+/// kernels each step), in [`CHUNKS`] fixed row ranges with their own workspaces; gradients are
+/// summed in chunk order, so the result does not depend on the number of cores.
+pub struct BlockPass {
+    work: Vec<Workspace>,
+    rows: Vec<std::ops::Range<usize>>,
+}
+
+impl Workspace {
+    /// Forward over `inputs` (rows × in), keeping every layer's activations; the output is
+    /// left in `acts[DEPTH]`.
+    fn forward_rows(&mut self, lay: &Layout, params: &[f32], inputs: &[f32]) {
+        let d = lay.dims[0].0;
+        let rows = inputs.len() / d;
+        self.acts[0][..rows * d].copy_from_slice(inputs);
+        for l in 0..DEPTH {
+            let (i, o) = lay.dims[l];
+            let (w, b) = (lay.weight(l).start, lay.bias(l).start);
+            let (lo, hi) = self.acts.split_at_mut(l + 1);
+            let (a, z) = (&lo[l][..rows * i], &mut hi[0][..rows * o]);
+            sgemm(rows, o, i, a, false, &params[w..w + i * o], false, z);
+            let bias = &params[b..b + o];
+            let relu = l + 1 < DEPTH;
+            for row in z.chunks_exact_mut(o) {
+                for (v, bb) in row.iter_mut().zip(bias) {
+                    let s = *v + bb;
+                    *v = if relu && s < 0.0 { 0.0 } else { s };
+                }
+            }
+        }
+    }
+
+    /// Backward of [`Self::forward_rows`] (same rows) from the output gradient `dout`
+    /// (rows × 9): this chunk's parameter gradients into `grads`.
+    fn backward_rows(&mut self, lay: &Layout, params: &[f32], dout: &[f32]) {
+        let rows = dout.len() / OUTPUTS;
+        self.g[..rows * OUTPUTS].copy_from_slice(dout);
+        for l in (0..DEPTH).rev() {
+            let (i, o) = lay.dims[l];
+            let (w, b) = (lay.weight(l).start, lay.bias(l).start);
+            let a = &self.acts[l][..rows * i];
+            let g = &self.g[..rows * o];
+            sgemm(i, o, rows, a, true, g, false, &mut self.grads[w..w + i * o]);
+            let gb = &mut self.grads[b..b + o];
+            gb.fill(0.0);
+            for row in g.chunks_exact(o) {
+                for (s, v) in gb.iter_mut().zip(row) {
+                    *s += v;
+                }
+            }
+            if l > 0 {
+                let gp = &mut self.g_prev[..rows * i];
+                sgemm(rows, i, o, g, false, &params[w..w + i * o], true, gp);
+                for (gv, av) in gp.iter_mut().zip(a) {
+                    if *av <= 0.0 {
+                        *gv = 0.0;
+                    }
+                }
+                std::mem::swap(&mut self.g, &mut self.g_prev);
+            }
+        }
+    }
+}
+
+impl CpuTrainer {
+    /// Workspaces for [`Self::predict_all`] / [`Self::backward_all`] over every row of the
+    /// trainer's inputs.
+    pub fn block_pass(&self) -> BlockPass {
+        let n = self.inputs.len() / self.layout.dims[0].0;
+        let per = n.div_ceil(CHUNKS).max(1);
+        let rows: Vec<_> = (0..CHUNKS).map(|c| (c * per).min(n)..((c + 1) * per).min(n)).collect();
+        let work = rows.iter().map(|_| Workspace::new(&self.layout, per, self.layout.len)).collect();
+        BlockPass { work, rows }
+    }
+
+    /// The predictor's output for every input row, `N×9`, into `out`; `pass` keeps the
+    /// activations for [`Self::backward_all`].
+    pub fn predict_all(&self, pass: &mut BlockPass, out: &mut [f32]) {
+        let (lay, params, inputs) = (&self.layout, &self.params[..], &self.inputs[..]);
+        let d = lay.dims[0].0;
+        let rows = &pass.rows;
+        let mut parts: Vec<(&mut Workspace, &mut [f32])> = Vec::with_capacity(CHUNKS);
+        let mut rest = out;
+        for (w, r) in pass.work.iter_mut().zip(rows) {
+            let (head, tail) = rest.split_at_mut(r.len() * OUTPUTS);
+            parts.push((w, head));
+            rest = tail;
+        }
+        crate::linalg::for_parts(&mut parts, self.threads, |c, (w, o)| {
+            let r = rows[c].clone();
+            w.forward_rows(lay, params, &inputs[r.start * d..r.end * d]);
+            o.copy_from_slice(&w.acts[DEPTH][..o.len()]);
+        });
+    }
+
+    /// Gradient of the parameters from the gradient `dout` (`N×9`) of the outputs of the last
+    /// [`Self::predict_all`] with `pass`; left for [`Self::apply_adamw`].
+    pub fn backward_all(&mut self, pass: &mut BlockPass, dout: &[f32]) {
+        let (lay, params) = (&self.layout, &self.params[..]);
+        let rows = &pass.rows;
+        crate::linalg::for_parts(&mut pass.work, self.threads, |c, w| {
+            let r = rows[c].clone();
+            w.backward_rows(lay, params, &dout[r.start * OUTPUTS..r.end * OUTPUTS]);
+        });
+        // Sum in chunk order: the same bits whatever the number of threads.
+        self.grads.copy_from_slice(&pass.work[0].grads);
+        for w in &pass.work[1..] {
+            for (g, x) in self.grads.iter_mut().zip(&w.grads) {
+                *g += x;
+            }
+        }
+    }
+
+    /// The gradient of the last [`Self::backward_all`], in storage order.
+    #[cfg(test)]
+    pub fn grads(&self) -> &[f32] {
+        &self.grads
+    }
+
+    /// One AdamW step with the gradient of the last [`Self::backward_all`].
+    pub fn apply_adamw(&mut self, cfg: &TrainConfig, step: usize) {
+        self.adamw(cfg, step);
     }
 }

@@ -2,7 +2,7 @@
 //! pass and AdamW: on the CPU a fused gemm kernel ([`cpu`]), elsewhere candle tensor ops. No
 //! autograd graph is built per step.
 
-mod cpu;
+pub(crate) mod cpu;
 
 use crate::error::{Error, Result};
 use crate::format::Embedding;

@@ -1,0 +1,116 @@
+//! The one single-threaded f32 matrix product nerp calls directly (the predictor trainer,
+//! the distillation convolution). Callers parallelize over fixed parts of their work, so results
+//! do not depend on the number of cores, and gemm's own threads would oversubscribe the cores
+//! those parts already occupy.
+
+/// `c (m×n) = op(a) (m×k) · op(b) (k×n)`, or `c += …` when `accumulate`; all row-major.
+/// `ta`/`tb`: the operand is stored transposed (`a` as k×m, `b` as n×k).
+#[allow(clippy::too_many_arguments)] // the BLAS signature, kept whole
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    ta: bool,
+    b: &[f32],
+    tb: bool,
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm operands too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let (a_rs, a_cs) = if ta { (1, m as isize) } else { (k as isize, 1) };
+    let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
+    // SAFETY: the assert above guarantees that every element addressed through these strides
+    // (row < m / k, column < k / n) lies inside its slice; `c` is exclusively borrowed and does
+    // not alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Runs `f(part)` for `part in 0..parts` on up to `threads` scoped threads (each thread takes
+/// a contiguous run of parts). Which thread runs a part never changes what it computes.
+pub fn for_parts<T: Send>(items: &mut [T], threads: usize, f: impl Fn(usize, &mut T) + Sync) {
+    let per = items.len().div_ceil(threads.max(1)).max(1);
+    if items.len() <= per {
+        for (i, it) in items.iter_mut().enumerate() {
+            f(i, it);
+        }
+        return;
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        for (t, chunk) in items.chunks_mut(per).enumerate() {
+            s.spawn(move || {
+                for (k, it) in chunk.iter_mut().enumerate() {
+                    f(t * per + k, it);
+                }
+            });
+        }
+    });
+}
+
+/// Makes candle's element-wise thread pool single-threaded (`CANDLE_NUM_THREADS=1`) unless
+/// the environment already chooses. Its caller spins until the pool's workers finish, which on
+/// 2 busy cores, between nerp's own parallel convolutions, cost more than it saved: one
+/// distillation step (ResNet-20, batch 32, h = 64, load ≈ 7) took 2.0 s with one candle thread
+/// and 2.9 s with two (`examples/distill_step.rs`). Call it first thing in `main`, before any
+/// other thread exists (it sets an environment variable).
+pub fn single_threaded_candle() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+/// Cores available to this process.
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sgemm_transposes_and_accumulates() {
+        // a = [[1,2,3],[4,5,6]] (2×3), b = [[1,0],[0,1],[1,1]] (3×2): a·b = [[4,5],[10,11]].
+        let a = [1f32, 2., 3., 4., 5., 6.];
+        let at = [1f32, 4., 2., 5., 3., 6.];
+        let b = [1f32, 0., 0., 1., 1., 1.];
+        let bt = [1f32, 0., 1., 0., 1., 1.];
+        let mut c = [0f32; 4];
+        sgemm(2, 2, 3, &a, false, &b, false, &mut c, false);
+        assert_eq!(c, [4., 5., 10., 11.]);
+        sgemm(2, 2, 3, &at, true, &bt, true, &mut c, true);
+        assert_eq!(c, [8., 10., 20., 22.]);
+    }
+}
