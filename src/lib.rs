@@ -33,6 +33,7 @@ pub mod graph;
 pub mod ingest;
 pub mod mmap;
 pub mod npy;
+pub mod permute;
 pub mod plan;
 pub mod predictor;
 pub mod regen;
