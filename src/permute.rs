@@ -214,7 +214,7 @@ impl<'a> Walk<'a> {
                 } else {
                     n.input.get(1).and_then(|s| self.tensor(s)).is_some_and(|s| {
                         let v = to_i64(s.dtype, &s.data);
-                        matches!(v.as_deref(), Some([a, b]) if matches!(a, 0 | 1 | -1) && *b == -1)
+                        matches!(v.as_deref(), Some([a, b]) if (-1..=1).contains(a) && *b == -1)
                     })
                 };
                 if !(pooled && to_matrix) {
@@ -427,7 +427,8 @@ pub fn as_weights(model: &SourceModel) -> Vec<crate::regen::WeightTensor> {
 /// [`permute_model`] to the original first.
 pub const CHANNEL_ORDER_KEY: &str = "channel_order";
 
-#[cfg(all(test, feature = "compress"))]
+#[cfg(feature = "compress")]
+#[cfg(test)]
 mod tests {
     use super::*;
 
