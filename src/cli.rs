@@ -96,9 +96,11 @@ pub struct CompressArgs {
     /// Peak learning rate.
     #[arg(long, default_value_t = CompressOptions::default().lr)]
     pub lr: f64,
-    /// Kernel ordering.
-    #[arg(long, value_enum, default_value_t = CompressOptions::default().ordering)]
-    pub ordering: format::Ordering,
+    /// Kernel ordering: `channels` reorders an ONNX model's channels without changing its
+    /// function and stores no permutation (a safetensors source falls back to `crossfilter`);
+    /// the others store a permutation per layer (see docs/results/permutations.md).
+    #[arg(long, value_enum, default_value_t = default_ordering())]
+    pub ordering: OrderingArg,
     /// Positional-embedding base (frequencies π·base^k).
     #[arg(long, default_value_t = CompressOptions::default().embedding.base)]
     pub pe_base: f64,
@@ -297,7 +299,63 @@ impl TaskName {
     }
 }
 
-/// `--ordering`: the format's names (spec section 3).
+/// The command line's default ordering: the library's ([`CompressOptions::default`]).
+fn default_ordering() -> OrderingArg {
+    OrderingArg::of(&CompressOptions::default())
+}
+
+/// `--ordering`: the format's stored orderings (spec section 3), or `channels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderingArg {
+    Stored(format::Ordering),
+    /// Function-preserving channel order ([`crate::permute`]), nothing stored.
+    Channels,
+}
+
+impl OrderingArg {
+    /// The ordering `opts` asks for.
+    pub fn of(opts: &CompressOptions) -> Self {
+        if opts.channels {
+            OrderingArg::Channels
+        } else {
+            OrderingArg::Stored(opts.ordering)
+        }
+    }
+
+    /// Sets `opts.ordering` and `opts.channels`.
+    pub fn apply(self, opts: &mut CompressOptions) {
+        (opts.ordering, opts.channels) = match self {
+            OrderingArg::Stored(o) => (o, false),
+            OrderingArg::Channels => (format::Ordering::None, true),
+        };
+    }
+}
+
+impl std::fmt::Display for OrderingArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.to_possible_value().expect("named").get_name())
+    }
+}
+
+impl ValueEnum for OrderingArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            OrderingArg::Stored(format::Ordering::None),
+            OrderingArg::Stored(format::Ordering::Infilter),
+            OrderingArg::Stored(format::Ordering::Crossfilter),
+            OrderingArg::Channels,
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        match self {
+            OrderingArg::Stored(o) => o.to_possible_value(),
+            OrderingArg::Channels => Some(PossibleValue::new("channels")),
+        }
+    }
+}
+
+/// The format's names of the stored orderings (spec section 3).
 impl ValueEnum for format::Ordering {
     fn value_variants<'a>() -> &'a [Self] {
         &[format::Ordering::None, format::Ordering::Infilter, format::Ordering::Crossfilter]
@@ -392,7 +450,7 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         steps: a.steps,
         batch: a.batch,
         lr: a.lr,
-        ordering: a.ordering,
+        ordering: CompressOptions::default().ordering,
         embedding: format::Embedding { base: a.pe_base, levels: a.pe_levels },
         predictor_dtype: a.predictor_dtype,
         filter_scales: !a.no_filter_scales,
@@ -405,6 +463,7 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         distill: a.distill.options()?,
         ..CompressOptions::default()
     };
+    a.ordering.apply(&mut opts);
     if let Some(p) = &a.preprocess {
         let pre = Preprocess::parse(p)?;
         opts.metadata.insert(PREPROCESS_KEY.into(), serde_json::to_string(&pre).expect("serializes"));

@@ -205,7 +205,12 @@ pub fn weights_report(
     let file = crate::open(file)?;
     let weights = crate::regen::regenerate(&file, device)?;
     let load_s = t.elapsed().as_secs_f64();
-    let original = crate::ingest::load(original)?;
+    let mut original = crate::ingest::load(original)?;
+    // A file of a channel-reordered network holds the permuted weights (same function); the
+    // order is a deterministic function of the original's weights, so it is recomputed.
+    if file.header().metadata.contains_key(crate::permute::CHANNEL_ORDER_KEY) {
+        crate::permute::permute_model(&mut original)?;
+    }
     let all = compare_tensors(&original.tensors, &weights)?;
     let predicted: std::collections::HashSet<&str> = file.header().predicted_names().into_iter().collect();
     let mut pred: Vec<&TensorFidelity> = all.iter().filter(|t| predicted.contains(t.name.as_str())).collect();

@@ -36,6 +36,7 @@ pub mod ingest;
 pub mod linalg;
 pub mod mmap;
 pub mod npy;
+pub mod permute;
 pub mod plan;
 pub mod predictor;
 pub mod regen;

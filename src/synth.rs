@@ -110,6 +110,99 @@ pub fn conv_stack_onnx(channels: usize, layers: usize, seed: u64) -> Vec<u8> {
     prost::Message::encode_to_vec(&model)
 }
 
+/// ONNX bytes of a tiny residual network (input `1×2×6×6`, output `1×3`), random weights from
+/// `seed`: `conv0` (2→4, bias) → BatchNormalization → Relu = `r0`; `conv1` (4→4) on `r0`;
+/// Add(`r0`, conv1) → Relu → `conv2` (4→5) → `mid_op` → GlobalAveragePool → Flatten → Gemm
+/// (`fc.weight` `[3, 5]`, transB, bias). Channel groups: {conv0 out, bias, norm, conv1 in and
+/// out, conv2 in} and {conv2 out, fc in}; `mid_op` other than `Relu` is for testing pins.
+pub fn residual_onnx(mid_op: &str, seed: u64) -> Vec<u8> {
+    use tract_onnx::pb::{self, attribute_proto::AttributeType, tensor_proto::DataType};
+    let mut rng = Rng::new(seed);
+    let mut init = Vec::new();
+    let mut tensor = |name: &str, dims: &[i64], lo: f64, hi: f64| {
+        let n: i64 = dims.iter().product();
+        let raw_data = (0..n).flat_map(|_| ((lo + (hi - lo) * rng.uniform()) as f32).to_le_bytes()).collect();
+        init.push(pb::TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: DataType::Float as i32,
+            raw_data,
+            ..Default::default()
+        });
+    };
+    tensor("conv0.weight", &[4, 2, 3, 3], -0.5, 0.5);
+    tensor("conv0.bias", &[4], -0.1, 0.1);
+    for p in ["bn.scale", "bn.bias", "bn.mean", "bn.var"] {
+        let (lo, hi) = if p == "bn.bias" || p == "bn.mean" { (-0.2, 0.2) } else { (0.5, 1.5) };
+        tensor(p, &[4], lo, hi);
+    }
+    tensor("conv1.weight", &[4, 4, 3, 3], -0.3, 0.3);
+    tensor("conv2.weight", &[5, 4, 3, 3], -0.3, 0.3);
+    tensor("fc.weight", &[3, 5], -0.5, 0.5);
+    tensor("fc.bias", &[3], -0.1, 0.1);
+    let attr_ints = |name: &str, v: &[i64]| pb::AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    };
+    let attr_int = |name: &str, i: i64| pb::AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i,
+        ..Default::default()
+    };
+    let node = |op: &str, input: &[&str], output: &str, attribute: Vec<pb::AttributeProto>| pb::NodeProto {
+        op_type: op.into(),
+        name: output.into(),
+        input: input.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    };
+    let conv = || vec![attr_ints("kernel_shape", &[3, 3]), attr_ints("pads", &[1, 1, 1, 1])];
+    let nodes = vec![
+        node("Conv", &["x", "conv0.weight", "conv0.bias"], "c0", conv()),
+        node("BatchNormalization", &["c0", "bn.scale", "bn.bias", "bn.mean", "bn.var"], "b0", vec![]),
+        node("Relu", &["b0"], "r0", vec![]),
+        node("Conv", &["r0", "conv1.weight"], "c1", conv()),
+        node("Add", &["r0", "c1"], "s", vec![]),
+        node("Relu", &["s"], "s2", vec![]),
+        node("Conv", &["s2", "conv2.weight"], "c2", conv()),
+        node(mid_op, &["c2"], "m", vec![]),
+        node("GlobalAveragePool", &["m"], "g", vec![]),
+        node("Flatten", &["g"], "f", vec![attr_int("axis", 1)]),
+        node("Gemm", &["f", "fc.weight", "fc.bias"], "y", vec![attr_int("transB", 1)]),
+    ];
+    let value = |name: &str, dims: &[i64]| {
+        use pb::tensor_shape_proto::{dimension::Value, Dimension};
+        let dim = dims.iter().map(|&d| Dimension { value: Some(Value::DimValue(d)), ..Default::default() });
+        let shape = Some(pb::TensorShapeProto { dim: dim.collect() });
+        let tensor = pb::type_proto::Tensor { elem_type: DataType::Float as i32, shape };
+        let r#type = Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(tensor)),
+            ..Default::default()
+        });
+        pb::ValueInfoProto { name: name.into(), r#type, ..Default::default() }
+    };
+    let graph = pb::GraphProto {
+        name: "residual".into(),
+        node: nodes,
+        initializer: init,
+        input: vec![value("x", &[1, 2, 6, 6])],
+        output: vec![value("y", &[1, 3])],
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
+        producer_name: "nerp::synth".into(),
+        graph: Some(graph),
+        ..Default::default()
+    };
+    prost::Message::encode_to_vec(&model)
+}
+
 /// A complete `.nerp` (bytes) of `model` whose predictor (width `hidden`, stored as `dtype`) is
 /// freshly initialized from `seed` instead of trained; with the predictor it holds.
 pub fn untrained_file(

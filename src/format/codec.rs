@@ -60,8 +60,12 @@ pub fn pack_permutation(perm: &[u32]) -> Vec<u8> {
     out
 }
 
-/// Unpacks and checks a permutation of `n` items (each index below `n`, each exactly once).
+/// Unpacks and checks a permutation of `n` items (each index below `n`, each exactly once);
+/// no bytes is the identity (spec section 4).
 pub fn unpack_permutation(bytes: &[u8], n: usize) -> Result<Vec<u32>, String> {
+    if bytes.is_empty() {
+        return Ok((0..n as u32).collect());
+    }
     if bytes.len() as u64 != packed_len(n as u64) {
         return Err(format!("{} bytes, expected {}", bytes.len(), packed_len(n as u64)));
     }

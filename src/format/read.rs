@@ -440,8 +440,10 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
                 claim(permutation, SectionKind::Permutation, &format!("tensor {}", t.name))?;
                 let need = packed_len(blocks);
                 let got = h.sections[permutation].decoded_length;
-                if got != need {
-                    return bad(format!("permutation is {got} bytes, {blocks} blocks need {need}"));
+                if got != need && got != 0 {
+                    return bad(format!(
+                        "permutation is {got} bytes, {blocks} blocks need {need} (or 0: identity)"
+                    ));
                 }
                 if let Some(sc) = scales {
                     claim(sc, SectionKind::Scales, &format!("tensor {}", t.name))?;
