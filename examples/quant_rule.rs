@@ -1,7 +1,8 @@
 //! Measures the quantizer's scale rules (max-abs vs MSE clip search, `nerp::format::quant`) on
 //! a model: per-channel int-k PTQ of its Conv/Gemm/MatMul weights, top-1 on the full
 //! Fashion-MNIST test set. Usage: `cargo run --release --example quant_rule -- MODEL.onnx [BITS…]`
-//! (preprocessing mean=0.286,std=0.353, the shared ResNets'). Results: docs/results/format3.md.
+//! (preprocessing mean=0.286,std=0.353, the shared ResNets'; `QUANT_RULE_LIMIT=N`: first N
+//! test images). Results: docs/results/format3.md.
 
 use nerp::baselines;
 use nerp::data::{self, DataSource, Preprocess, Split};
@@ -18,7 +19,9 @@ fn main() -> Result<()> {
     };
     let model = ingest::load(std::path::Path::new(path))?;
     let pre = Preprocess::parse("mean=0.286,std=0.353")?;
-    let data = data::load(&DataSource::FashionMnist(None), Split::Test, None, &pre)?;
+    // QUANT_RULE_LIMIT=N evaluates the first N test images only.
+    let limit = std::env::var("QUANT_RULE_LIMIT").ok().and_then(|v| v.parse().ok());
+    let data = data::load(&DataSource::FashionMnist(None), Split::Test, limit, &pre)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let skeleton = model.skeleton.as_deref().expect("an ONNX model");
     for b in bits {

@@ -4,7 +4,7 @@
 //! compare storage precisions on one trained predictor (docs/results/format3.md): storing an
 //! f32-trained predictor as X gives the bytes `nerp compress --predictor-dtype X` writes.
 //!
-//! Usage: `cargo run --release --example transcode -- IN.nerp OUT.nerp PREDICTOR_DTYPE SCALE_DTYPE`
+//! Usage: `cargo run --release --example transcode -- IN.nerp OUT.nerp PREDICTOR_DTYPE SCALE_DTYPE [maxabs]`
 //! (dtypes: f32 f16 bf16 int8 int4; f32 f16).
 
 use nerp::format::{Encoding, FileBuilder, ScaleDtype, SectionKind, Storage, WeightDtype};
@@ -17,8 +17,14 @@ fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [input, output, pd, sd] = &args[..] else {
-        return Err(Error::usage("arguments", "IN.nerp OUT.nerp PREDICTOR_DTYPE SCALE_DTYPE"));
+    let (input, output, pd, sd) = match &args[..] {
+        [i, o, p, s] | [i, o, p, s, _] => (i, o, p, s),
+        _ => return Err(Error::usage("arguments", "IN.nerp OUT.nerp PREDICTOR_DTYPE SCALE_DTYPE [maxabs]")),
+    };
+    // A fifth argument `maxabs` quantizes with max-abs scales instead of the MSE clip search.
+    let rule = match args.get(4).map(String::as_str) {
+        Some("maxabs") => nerp::format::quant::ScaleRule::MaxAbs,
+        _ => nerp::format::quant::ScaleRule::Mse,
     };
     let (pdtype, sdtype): (WeightDtype, ScaleDtype) = (parse(pd)?, parse(sd)?);
     let file = NerpFile::open(input)?;
@@ -38,7 +44,9 @@ fn main() -> Result<()> {
         let content = file.decode_section(i)?;
         match s.kind {
             SectionKind::Predictor => {
-                b.add(s.kind, Encoding::Plain, &predictor::encode_weights(pdtype, hidden, levels, &flat)?)
+                let bytes = nerp::format::predictor::encode_params_with(pdtype, hidden, levels, &flat, rule)
+                    .map_err(Error::Training)?;
+                b.add(s.kind, Encoding::Plain, &bytes)
             }
             SectionKind::Scales => {
                 let values = nerp::format::codec::to_f32(scale_of[&i].dtype(), &content).expect("float");

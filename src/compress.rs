@@ -84,7 +84,7 @@ pub fn quant_group(row: u64, bits: u8) -> u64 {
     if bits >= 8 || row <= 128 {
         return row;
     }
-    (16..=128).rev().find(|g| row % g == 0).unwrap_or(row)
+    (16..=128).rev().find(|g| row.is_multiple_of(*g)).unwrap_or(row)
 }
 
 impl Default for CompressOptions {

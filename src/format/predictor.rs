@@ -97,6 +97,17 @@ pub fn encode_params(
     levels: usize,
     flat: &[f32],
 ) -> Result<Vec<u8>, String> {
+    encode_params_with(dtype, hidden, levels, flat, ScaleRule::default())
+}
+
+/// [`encode_params`] with the scale rule `rule` (to measure the rules).
+pub fn encode_params_with(
+    dtype: WeightDtype,
+    hidden: usize,
+    levels: usize,
+    flat: &[f32],
+    rule: ScaleRule,
+) -> Result<Vec<u8>, String> {
     let layout = ParamLayout::new(hidden, levels);
     if flat.len() != layout.len {
         return Err(format!("{} parameters, the predictor has {}", flat.len(), layout.len));
@@ -109,8 +120,7 @@ pub fn encode_params(
         let (i, o) = layout.dims[l];
         let w = &flat[layout.weight(l)];
         let transposed: Vec<f32> = (0..o).flat_map(|c| (0..i).map(move |r| w[r * o + c])).collect();
-        let q = quant::quantize(&transposed, i, bits, ScaleRule::default())
-            .map_err(|e| format!("layer {l}: {e}"))?;
+        let q = quant::quantize(&transposed, i, bits, rule).map_err(|e| format!("layer {l}: {e}"))?;
         out.extend(q.encode());
         out.extend(from_f32(DType::F16, &flat[layout.bias(l)]).expect("f16"));
     }

@@ -128,7 +128,7 @@ pub fn quantize(values: &[f32], group: usize, bits: u8, rule: ScaleRule) -> Resu
     if !valid_bits(bits) {
         return Err(format!("{bits} bits is not in {MIN_BITS}..={MAX_BITS}"));
     }
-    if group == 0 || values.len() % group != 0 {
+    if group == 0 || !values.len().is_multiple_of(group) {
         return Err(format!("group of {group} does not divide {} values", values.len()));
     }
     let mut scales = Vec::with_capacity(values.len() / group);
@@ -201,7 +201,7 @@ pub fn unpack(bytes: &[u8], n: usize, bits: u8) -> Result<Vec<i8>, String> {
         out.push(v as i8);
     }
     let used = n * bits as usize;
-    if used % 8 != 0 && bytes[used / 8] >> (used % 8) != 0 {
+    if !used.is_multiple_of(8) && bytes[used / 8] >> (used % 8) != 0 {
         return Err("unused bits of the last byte are not zero".into());
     }
     Ok(out)
@@ -213,7 +213,7 @@ pub fn decode(bytes: &[u8], n: usize, group: usize, bits: u8, max_abs: f32) -> R
     if !valid_bits(bits) {
         return Err(format!("{bits} bits is not in {MIN_BITS}..={MAX_BITS}"));
     }
-    if group == 0 || n % group != 0 {
+    if group == 0 || !n.is_multiple_of(group) {
         return Err(format!("group of {group} does not divide {n} values"));
     }
     let need = encoded_len(n as u64, group as u64, bits).ok_or("length overflows")?;

@@ -596,7 +596,7 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
                     return bad(format!("{bits} bits is not in {}..={}", quant::MIN_BITS, quant::MAX_BITS));
                 }
                 let row = row_len(&t.shape).unwrap_or(0);
-                if group == 0 || row % group != 0 {
+                if group == 0 || !row.is_multiple_of(group) {
                     return bad(format!("group of {group} values does not divide the row length {row}"));
                 }
                 claim(section, SectionKind::Quantized, &format!("tensor {}", t.name))?;
