@@ -15,6 +15,7 @@ use candle_core::Device;
 use clap::{Parser, Subcommand};
 use nerp::compress::{make_plan, train_data, CompressOptions, Plan};
 use nerp::data::{self, DataSource, Preprocess, Split};
+use nerp::format::quant::ScaleRule;
 use nerp::format::{DType, NerpFile, SectionKind, WeightDtype};
 use nerp::regen::WeightTensor;
 use nerp::{baselines, eval, ingest, runtime, train, Error, Result};
@@ -243,6 +244,8 @@ fn measure(
         baselines::half_weights(&model, DType::F16)?,
         baselines::half_weights(&model, DType::Bf16)?,
         baselines::int8_per_channel(&model)?,
+        baselines::int_per_channel(&model, 4, ScaleRule::default())?,
+        baselines::int_per_channel(&model, 3, ScaleRule::default())?,
     ] {
         let acc = accuracy_of(&model, &b.weights, &data, threads)?;
         add(&mut points, "baseline", b.name.into(), b.bytes, acc);
@@ -345,11 +348,7 @@ fn nern_point(
 }
 
 fn dtype_name(d: WeightDtype) -> &'static str {
-    match d {
-        WeightDtype::F32 => "f32",
-        WeightDtype::F16 => "f16",
-        WeightDtype::Bf16 => "bf16",
-    }
+    d.name()
 }
 
 fn machine() -> String {

@@ -1,10 +1,11 @@
-//! The simple alternatives to nerp, for the size–accuracy sweep: fp16 and bf16 weights, int8
-//! per-channel symmetric post-training quantization, and lossless byte-grouped zstd. Each gives
+//! The simple alternatives to nerp, for the size–accuracy sweep: fp16 and bf16 weights, int8,
+//! int4 and int3 per-channel symmetric post-training quantization, and lossless byte-grouped zstd. Each gives
 //! the bytes its file would take and the tensors the model sees after loading (dequantized to
 //! the source dtype), so accuracy is measured by the same patched-ONNX path as nerp's.
 
 use crate::compress::{build_file, CompressOptions};
 use crate::error::{Error, Result};
+use crate::format::quant::{self, ScaleRule};
 use crate::format::{codec, DType, SourceKind};
 use crate::ingest::{self, SourceModel};
 use crate::regen::WeightTensor;
@@ -56,10 +57,20 @@ pub fn half_weights(model: &SourceModel, half: DType) -> Result<Baseline> {
     Ok(Baseline { name, bytes, weights })
 }
 
-/// Int8 per-output-channel symmetric quantization (scale = max|w|/127, values in ±127) of the
-/// f32 weights of `Conv`, `Gemm` and `MatMul` nodes; the file holds the int8 values plus one f32
-/// scale per channel, everything else as in the source.
-pub fn int8_per_channel(model: &SourceModel) -> Result<Baseline> {
+/// Int-`bits` per-output-channel symmetric post-training quantization (through
+/// [`quant`], the format's quantizer: one f16 scale per channel, values in ±(2^(bits−1) − 1),
+/// scale rule `rule`) of the f32 weights of `Conv`, `Gemm` and `MatMul` nodes; the file holds
+/// the values bit-packed plus one f16 scale per channel, everything else as in the source.
+pub fn int_per_channel(model: &SourceModel, bits: u8, rule: ScaleRule) -> Result<Baseline> {
+    let name = match (bits, rule) {
+        (8, ScaleRule::MaxAbs) => "int8 per-channel PTQ",
+        (8, ScaleRule::Mse) => "int8 per-channel PTQ (mse clip)",
+        (4, ScaleRule::MaxAbs) => "int4 per-channel PTQ",
+        (4, ScaleRule::Mse) => "int4 per-channel PTQ (mse clip)",
+        (3, ScaleRule::MaxAbs) => "int3 per-channel PTQ",
+        (3, ScaleRule::Mse) => "int3 per-channel PTQ (mse clip)",
+        _ => return Err(Error::usage("baseline", format!("int{bits} is not a listed baseline (8, 4, 3)"))),
+    };
     let axes = weight_axes(model)?;
     let mut weights = original_weights(model);
     let mut stored = HashMap::new();
@@ -68,27 +79,32 @@ pub fn int8_per_channel(model: &SourceModel) -> Result<Baseline> {
         let Some(&axis) = axes.get(&w.name) else { continue };
         let dims: Vec<usize> = w.shape.iter().map(|&d| d as usize).collect();
         let Some(&channels) = dims.get(axis) else { continue };
-        let inner: usize = dims[axis + 1..].iter().product();
-        let channel_of = |i: usize| (i / inner) % channels;
+        let (outer, inner): (usize, usize) =
+            (dims[..axis].iter().product(), dims[axis + 1..].iter().product());
         let values = w.to_f32().expect("f32");
-        let mut scale = vec![0f32; channels];
-        for (i, v) in values.iter().enumerate() {
-            scale[channel_of(i)] = scale[channel_of(i)].max(v.abs() / 127.0);
-        }
-        scale.iter_mut().filter(|s| **s == 0.0).for_each(|s| *s = 1.0);
-        let q: Vec<i8> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (v / scale[channel_of(i)]).round().clamp(-127.0, 127.0) as i8)
+        // Channel-major copy, so that each channel is one contiguous group.
+        let at = |c: usize, j: usize| (j / inner * channels + c) * inner + j % inner;
+        let per = outer * inner;
+        let grouped: Vec<f32> = (0..channels)
+            .flat_map(|c| (0..per).map(move |j| (c, j)))
+            .map(|(c, j)| values[at(c, j)])
             .collect();
-        let deq: Vec<f32> = q.iter().enumerate().map(|(i, &q)| q as f32 * scale[channel_of(i)]).collect();
-        w.data = codec::from_f32(DType::F32, &deq).expect("f32");
-        stored.insert(w.name.clone(), (onnx_code(DType::I8), q.iter().map(|&v| v as u8).collect()));
+        let q = quant::quantize(&grouped, per.max(1), bits, rule)
+            .map_err(|e| Error::Rebuild(format!("{}: {e}", w.name)))?;
+        let deq = q.dequantize();
+        let mut out = vec![0f32; values.len()];
+        for c in 0..channels {
+            for j in 0..per {
+                out[at(c, j)] = deq[c * per + j];
+            }
+        }
+        w.data = codec::from_f32(DType::F32, &out).expect("f32");
+        stored.insert(w.name.clone(), (onnx_code(DType::I8), quant::pack(&q.values, bits)));
         scales.push(TensorProto {
             name: format!("{}_scale", w.name),
             dims: vec![channels as i64],
-            data_type: onnx_code(DType::F32),
-            raw_data: scale.iter().flat_map(|s| s.to_le_bytes()).collect(),
+            data_type: onnx_code(DType::F16),
+            raw_data: q.scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
             ..Default::default()
         });
     }
@@ -96,7 +112,12 @@ pub fn int8_per_channel(model: &SourceModel) -> Result<Baseline> {
         return Err(Error::Rebuild("the model has no f32 Conv/Gemm/MatMul weights to quantize".into()));
     }
     let bytes = onnx_file_len(model, &stored, scales)?;
-    Ok(Baseline { name: "int8 per-channel PTQ", bytes, weights })
+    Ok(Baseline { name, bytes, weights })
+}
+
+/// [`int_per_channel`] with 8 bits and max-abs scales.
+pub fn int8_per_channel(model: &SourceModel) -> Result<Baseline> {
+    int_per_channel(model, 8, ScaleRule::MaxAbs)
 }
 
 /// Every tensor stored raw in a `.nerp` file (byte-grouped zstd at the format's level 19, the
@@ -217,7 +238,8 @@ mod tests {
         let orig = codec::to_f32(DType::F32, &orig).unwrap();
         let per = orig.len() / m.tensors[conv].shape[0] as usize;
         for (o, d) in orig.chunks(per).zip(deq.chunks(per)) {
-            let step = o.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+            // The scale is the f16 at or above max|w|/127 (at most 2^-10 above it).
+            let step = o.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0 * (1.0 + 1.0 / 1024.0);
             assert!(o.iter().zip(d).all(|(a, b)| (a - b).abs() <= step * 0.5 + 1e-7));
             assert!(d.iter().any(|v| v.abs() > 0.0));
         }

@@ -107,9 +107,17 @@ pub struct CompressArgs {
     /// Positional-embedding levels.
     #[arg(long, default_value_t = CompressOptions::default().embedding.levels)]
     pub pe_levels: u32,
-    /// Storage precision of the predictor weights.
+    /// Storage precision of the predictor weights (int8/int4: per-output-unit quantization,
+    /// format 3).
     #[arg(long, value_enum, default_value_t = CompressOptions::default().predictor_dtype)]
     pub predictor_dtype: format::WeightDtype,
+    /// Element type of the per-filter scales (f16 needs format 3).
+    #[arg(long, value_enum, default_value_t = CompressOptions::default().scale_dtype)]
+    pub scale_dtype: format::ScaleDtype,
+    /// How float tensors that are not predicted are stored: raw (lossless), f16/bf16 (cast),
+    /// int8/int4 (quantized per row); all but raw need format 3.
+    #[arg(long, value_enum, default_value_t = CompressOptions::default().raw_codec)]
+    pub raw_codec: crate::compress::Codec,
     /// Do not normalize each filter by its RMS before fitting.
     #[arg(long)]
     pub no_filter_scales: bool,
@@ -373,15 +381,39 @@ impl ValueEnum for format::Ordering {
 /// `--predictor-dtype`: the format's names (spec section 3).
 impl ValueEnum for format::WeightDtype {
     fn value_variants<'a>() -> &'a [Self] {
-        &[format::WeightDtype::F32, format::WeightDtype::F16, format::WeightDtype::Bf16]
+        use format::WeightDtype::*;
+        &[F32, F16, Bf16, Int8, Int4]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.name()))
+    }
+}
+
+/// `--scale-dtype`: the format's names (spec section 3).
+impl ValueEnum for format::ScaleDtype {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[format::ScaleDtype::F32, format::ScaleDtype::F16]
     }
 
     fn to_possible_value(&self) -> Option<PossibleValue> {
         Some(PossibleValue::new(match self {
-            format::WeightDtype::F32 => "f32",
-            format::WeightDtype::F16 => "f16",
-            format::WeightDtype::Bf16 => "bf16",
+            format::ScaleDtype::F32 => "f32",
+            format::ScaleDtype::F16 => "f16",
         }))
+    }
+}
+
+/// `--raw-codec`.
+#[cfg(feature = "compress")]
+impl ValueEnum for crate::compress::Codec {
+    fn value_variants<'a>() -> &'a [Self] {
+        use crate::compress::Codec::*;
+        &[Raw, F16, Bf16, Int8, Int4]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.name()))
     }
 }
 
@@ -453,6 +485,8 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         ordering: CompressOptions::default().ordering,
         embedding: format::Embedding { base: a.pe_base, levels: a.pe_levels },
         predictor_dtype: a.predictor_dtype,
+        scale_dtype: a.scale_dtype,
+        raw_codec: a.raw_codec,
         filter_scales: !a.no_filter_scales,
         selection: crate::select::Selection {
             include: a.include,
@@ -589,13 +623,62 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
+/// Stored bytes of a file by what they hold: predictor, permutations, scales, header
+/// (preamble, header and padding), raw tensors, quantized (and cast) tensors, skeleton.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ByteBreakdown {
+    pub predictor: u64,
+    pub permutations: u64,
+    pub scales: u64,
+    pub header: u64,
+    pub raw: u64,
+    pub quantized: u64,
+    pub skeleton: u64,
+}
+
+impl ByteBreakdown {
+    /// The breakdown of a file from its header; `data_offset` counts as header. Gaps between
+    /// sections (alignment) are counted with the section before them.
+    pub fn of(h: &format::Header, data_offset: u64, file_len: u64) -> Self {
+        let mut b = ByteBreakdown { header: data_offset, ..Default::default() };
+        let mut quantized = vec![false; h.sections.len()];
+        for t in &h.tensors {
+            if let Storage::Cast { section, .. } = t.storage {
+                quantized[section] = true;
+            }
+        }
+        for (i, s) in h.sections.iter().enumerate() {
+            let end = h.sections.get(i + 1).map_or(file_len - data_offset, |n| n.offset);
+            let len = end.saturating_sub(s.offset);
+            let slot = match s.kind {
+                format::SectionKind::Skeleton => &mut b.skeleton,
+                format::SectionKind::Predictor => &mut b.predictor,
+                format::SectionKind::Permutation => &mut b.permutations,
+                format::SectionKind::Scales => &mut b.scales,
+                format::SectionKind::Quantized => &mut b.quantized,
+                format::SectionKind::Tensor if quantized[i] => &mut b.quantized,
+                format::SectionKind::Tensor => &mut b.raw,
+            };
+            *slot += len;
+        }
+        b
+    }
+}
+
 fn inspect(path: &Path, json: bool) -> Result<()> {
-    let (h, file_len, major) = format::read::read_header_version(path)?;
+    let info = format::read::read_header_info(path)?;
+    let (h, file_len, major) = (&info.header, info.file_len, info.major);
+    let data_offset = format::align_up(format::PREAMBLE_LEN + info.header_len).unwrap_or(file_len);
+    let bytes = ByteBreakdown::of(h, data_offset, file_len);
     if json {
-        println!("{}", serde_json::to_string_pretty(&h).expect("serializes"));
+        let mut v = serde_json::to_value(h).expect("serializes");
+        v["major"] = major.into();
+        v["file_bytes"] = file_len.into();
+        v["header_json_bytes"] = info.json_len.into();
+        v["bytes"] = serde_json::to_value(bytes).expect("serializes");
+        println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
         return Ok(());
     }
-    let header_bytes = serde_json::to_vec(&h).expect("serializes").len();
     println!("{}: nerp format v{major}, {} bytes", path.display(), file_len);
     println!(
         "source: {:?}, {} bytes ({:.2}x)",
@@ -603,7 +686,14 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
         h.source.file_bytes,
         h.source.file_bytes as f64 / file_len as f64
     );
-    println!("header: {header_bytes} bytes");
+    let compressed =
+        if major >= 3 { format!(" (JSON {} bytes, zstd-compressed)", info.json_len) } else { String::new() };
+    println!("header: {} bytes{compressed}", info.header_len);
+    let ByteBreakdown { predictor, permutations, scales, header, raw, quantized, skeleton } = bytes;
+    println!(
+        "bytes: predictor {predictor}, permutations {permutations}, scales {scales}, header {header}, \
+         raw {raw}, quantized {quantized}, skeleton {skeleton}"
+    );
     let mut by_kind: std::collections::BTreeMap<&str, (usize, u64)> = Default::default();
     for s in &h.sections {
         let e = by_kind.entry(s.kind.name()).or_default();
@@ -622,17 +712,19 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
     if let Some(p) = &h.predictor {
         let params = crate::predictor::param_count(p.hidden as usize, p.embedding.levels as usize);
         println!(
-            "predictor: {} hidden {}, embedding base {} levels {}, {:?} weights, ordering {:?}; {} parameters for {} weights ({:.2}x)",
-            p.arch, p.hidden, p.embedding.base, p.embedding.levels, p.dtype, p.ordering, params, predicted,
+            "predictor: {} hidden {}, embedding base {} levels {}, {} weights, ordering {:?}; {} parameters for {} weights ({:.2}x)",
+            p.arch, p.hidden, p.embedding.base, p.embedding.levels, p.dtype.name(), p.ordering, params, predicted,
             predicted as f64 / params as f64
         );
     }
     println!("{:<40} {:>6} {:>18} {:>10} {:>10}", "tensor", "dtype", "shape", "stored", "bytes");
     for t in &h.tensors {
         let (kind, bytes) = match t.storage {
-            Storage::Raw { section } => ("raw", h.sections[section].length),
+            Storage::Raw { section } => ("raw".to_string(), h.sections[section].length),
+            Storage::Cast { to, section } => (format!("{to:?}").to_lowercase(), h.sections[section].length),
+            Storage::Quantized { bits, section, .. } => (format!("int{bits}"), h.sections[section].length),
             Storage::Predicted { permutation, scales, layout, .. } => (
-                if layout == format::Layout::Conv { "predicted" } else { "pred:matrix" },
+                if layout == format::Layout::Conv { "predicted" } else { "pred:matrix" }.to_string(),
                 h.sections[permutation].length + scales.map_or(0, |s| h.sections[s].length),
             ),
         };

@@ -4,8 +4,8 @@ use crate::distill::{self, DistillOptions, Schedule};
 use crate::error::{Error, Result};
 use crate::format::geometry::prediction_ranges;
 use crate::format::{
-    self, codec::pack_permutation, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, SectionKind,
-    Source, SourceKind, Storage, TensorEntry, WeightDtype,
+    self, codec::pack_permutation, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, ScaleDtype,
+    SectionKind, Source, SourceKind, Storage, TensorEntry, WeightDtype,
 };
 use crate::ingest::{self, SourceModel};
 use crate::plan::{self, LayerPlan};
@@ -50,6 +50,49 @@ pub struct CompressOptions {
     pub check_runnable: bool,
     /// Training schedule and distillation settings.
     pub distill: DistillOptions,
+    /// Element type of the per-row scales (`--scale-dtype`).
+    pub scale_dtype: ScaleDtype,
+    /// How the float tensors that are not predicted are stored (`--raw-codec`).
+    pub raw_codec: Codec,
+}
+
+/// How a float tensor that is not predicted is stored (`--raw-codec`; spec section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Codec {
+    /// As is (byte-grouped zstd): lossless.
+    #[default]
+    Raw,
+    /// f32/f64 values cast to f16 (format 3); other dtypes stay raw.
+    F16,
+    /// f32/f64 values cast to bf16 (format 3); other dtypes stay raw.
+    Bf16,
+    /// Quantized to int8, one f16 scale per row (format 3).
+    Int8,
+    /// Quantized to int4, one f16 scale per row or per group of at most 128 values (format 3).
+    Int4,
+}
+
+impl Codec {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Raw => "raw",
+            Codec::F16 => "f16",
+            Codec::Bf16 => "bf16",
+            Codec::Int8 => "int8",
+            Codec::Int4 => "int4",
+        }
+    }
+}
+
+/// Values per scale when quantizing rows of `row` values to `bits` bits: the whole row for
+/// int8 or rows of at most 128 values, else the largest divisor of the row at most 128 (at
+/// least 16; else the whole row) — int4 needs small groups to keep the error down.
+pub fn quant_group(row: u64, bits: u8) -> u64 {
+    if bits >= 8 || row <= 128 {
+        return row;
+    }
+    (16..=128).rev().find(|g| row.is_multiple_of(*g)).unwrap_or(row)
 }
 
 impl Default for CompressOptions {
@@ -74,6 +117,8 @@ impl Default for CompressOptions {
             metadata: BTreeMap::new(),
             check_runnable: true,
             distill: DistillOptions::default(),
+            scale_dtype: ScaleDtype::F16,
+            raw_codec: Codec::Raw,
         }
     }
 }
@@ -311,7 +356,14 @@ pub fn make_plan(model: &SourceModel, opts: &CompressOptions) -> Result<Plan> {
         let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
         let grid = plan::Grid::new(layout, &dims)
             .map_err(|what| Error::Training(format!("tensor {}: {what}", t.name)))?;
-        let scales = opts.filter_scales.then(|| plan::filter_scales(&v, grid.rows));
+        // Rounded to the stored precision first, so the predictor is fitted to what is stored.
+        let scales = opts.filter_scales.then(|| {
+            let s = plan::filter_scales(&v, grid.rows);
+            let stored = format::codec::from_f32(opts.scale_dtype.dtype(), &s).expect("float");
+            let back = format::codec::to_f32(opts.scale_dtype.dtype(), &stored).expect("float");
+            // A scale that rounds to 0 in f16 (RMS below 3e-8) keeps scale 1, as in plan.
+            back.into_iter().map(|x| if x.is_normal() { x } else { 1.0 }).collect()
+        });
         let blocks = plan::blocks(&v, &grid, scales.as_deref());
         let perm = plan::order(&blocks, grid.rows, grid.cols, opts.ordering);
         let layer = plans.len() as u32;
@@ -449,10 +501,9 @@ pub fn compress(
     format::write_atomic(output, &bytes)?;
     let file_bytes = bytes.len() as u64;
     // Spread the predictor's bytes over the predicted tensors by their share of the values.
-    let predictor_bytes = predictor
-        .as_ref()
-        .map_or(0, |_| predictor::param_count(hidden, levels) * opts.predictor_dtype.size())
-        as f64;
+    let predictor_bytes =
+        predictor.as_ref().map_or(0, |_| format::predictor::stored_len(opts.predictor_dtype, hidden, levels))
+            as f64;
     for (p, v) in plans.iter().zip(&values) {
         tensors[p.tensor].bytes_after += (predictor_bytes * v.len() as f64 / represented as f64) as u64;
     }
@@ -523,7 +574,8 @@ pub fn build_file(
     let skeleton = model.skeleton.as_ref().map(|s| b.add(SectionKind::Skeleton, Encoding::Zstd, s));
     let predictor_spec = match predictor {
         Some(p) => {
-            let bytes = predictor::encode_weights(opts.predictor_dtype, &p.to_flat()?);
+            let levels = p.embedding.levels as usize;
+            let bytes = predictor::encode_weights(opts.predictor_dtype, p.hidden, levels, &p.to_flat()?)?;
             Some(PredictorSpec {
                 arch: predictor::ARCH.into(),
                 hidden: p.hidden as u32,
@@ -565,25 +617,31 @@ pub fn build_file(
                 };
                 let mut after = b.stored_len(perm);
                 let scales = p.scales.as_ref().map(|s| {
-                    let bytes: Vec<u8> = s.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    let bytes = format::codec::from_f32(opts.scale_dtype.dtype(), s).expect("float");
                     let idx = b.add(SectionKind::Scales, Encoding::Zstd, &bytes);
                     after += b.stored_len(idx);
                     idx
                 });
                 let rmse = (se / rebuilt.len() as f64).sqrt();
                 let rel = crate::fidelity::relative_error(&values[k], &rebuilt);
-                let storage =
-                    Storage::Predicted { layer: p.layer, permutation: perm, scales, layout: p.grid.layout };
+                let storage = Storage::Predicted {
+                    layer: p.layer,
+                    permutation: perm,
+                    scales,
+                    layout: p.grid.layout,
+                    scale_dtype: opts.scale_dtype,
+                };
                 (storage, (Some(p.grid.layout), rmse, rel, after))
             }
             None => {
-                let encoding = match t.dtype.size() {
-                    1 => Encoding::Zstd,
-                    n => Encoding::ZstdBytegroup { element: n as u8 },
-                };
-                let section = b.add(SectionKind::Tensor, encoding, &t.data);
-                (Storage::Raw { section }, (None, 0.0, 0.0, b.stored_len(section)))
+                let (storage, section) = store_unpredicted(&mut b, t, opts.raw_codec)?;
+                (storage, (None, 0.0, 0.0, b.stored_len(section)))
             }
+        };
+        let codec = match storage {
+            Storage::Quantized { bits, .. } => format!("int{bits}"),
+            Storage::Cast { to, .. } => format!("{to:?}").to_lowercase(),
+            _ => "raw".into(),
         };
         let (predicted, rmse, rel_error, bytes_after) = report;
         entries.push(TensorEntry { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), storage });
@@ -591,7 +649,7 @@ pub fn build_file(
             name: t.name.clone(),
             shape: t.shape.clone(),
             predicted: predicted.is_some(),
-            stored: predicted.map_or("raw".into(), |l| l.name().into()),
+            stored: predicted.map_or(codec, |l| l.name().into()),
             rmse,
             rel_error,
             bytes_before: before,
@@ -603,6 +661,49 @@ pub fn build_file(
     let source = Source { kind: model.kind, file_bytes: model.file_bytes, skeleton };
     let bytes = b.finish(source, predictor_spec, entries, metadata);
     Ok(BuiltFile { bytes, tensors: reports, weight_rmse: (se_all / n_all.max(1) as f64).sqrt() })
+}
+
+/// Stores a tensor that is not predicted with `codec` (float tensors only; the others, and
+/// f16/bf16 tensors asked to be cast, stay raw); returns its storage and section.
+fn store_unpredicted(
+    b: &mut FileBuilder,
+    t: &ingest::SourceTensor,
+    codec: Codec,
+) -> Result<(Storage, usize)> {
+    let wide = matches!(t.dtype, format::DType::F32 | format::DType::F64);
+    let cast = |to: format::DType| {
+        format::codec::from_f32(to, &format::codec::to_f32(t.dtype, &t.data).expect("float"))
+    };
+    match codec {
+        Codec::F16 | Codec::Bf16 if wide => {
+            let to = if codec == Codec::F16 { format::DType::F16 } else { format::DType::Bf16 };
+            let bytes = cast(to).expect("half dtype");
+            let section = b.add(SectionKind::Tensor, Encoding::ZstdBytegroup { element: 2 }, &bytes);
+            Ok((Storage::Cast { to, section }, section))
+        }
+        Codec::Int8 | Codec::Int4 if t.dtype.is_float() && !t.data.is_empty() => {
+            let bits = if codec == Codec::Int8 { 8 } else { 4 };
+            let group = quant_group(format::row_len(&t.shape).expect("ingested shapes fit"), bits);
+            let values = format::codec::to_f32(t.dtype, &t.data).expect("float");
+            let q =
+                format::quant::quantize(&values, group as usize, bits, Default::default()).map_err(|e| {
+                    Error::usage(
+                        "--raw-codec",
+                        format!("tensor {} cannot be stored as int{bits}: {e}", t.name),
+                    )
+                })?;
+            let section = b.add(SectionKind::Quantized, Encoding::Zstd, &q.encode());
+            Ok((Storage::Quantized { bits, group, section }, section))
+        }
+        _ => {
+            let encoding = match t.dtype.size() {
+                1 => Encoding::Zstd,
+                n => Encoding::ZstdBytegroup { element: n as u8 },
+            };
+            let section = b.add(SectionKind::Tensor, encoding, &t.data);
+            Ok((Storage::Raw { section }, section))
+        }
+    }
 }
 
 /// Checks, before training allocates anything, that a predictor of width `hidden` can be

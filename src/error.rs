@@ -128,6 +128,10 @@ pub enum FormatError {
     Section { index: usize, what: String },
     #[error("predictor: {0}")]
     Predictor(String),
+    #[error("compressed header (format 3): {0}")]
+    HeaderCompression(String),
+    #[error("tensor {tensor}: quantized storage: {what}")]
+    Quantization { tensor: String, what: String },
 }
 
 impl Error {

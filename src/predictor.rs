@@ -4,7 +4,6 @@
 //! regeneration both use this definition.
 
 use crate::error::Result;
-use crate::format::codec::{from_f32, to_f32};
 pub use crate::format::predictor::{
     frequencies, input_dim, layer_dims, param_count, ParamLayout, ARCH, DEPTH, OUTPUTS,
 };
@@ -70,7 +69,8 @@ impl Predictor {
 
     /// Decodes stored weights of `spec.dtype`.
     pub fn from_stored(spec: &PredictorSpec, bytes: &[u8], device: &Device) -> Result<Self> {
-        Self::from_flat(spec.hidden as usize, spec.embedding, &decode_weights(spec.dtype, bytes), device)
+        let (h, k) = (spec.hidden as usize, spec.embedding.levels as usize);
+        Self::from_flat(h, spec.embedding, &decode_weights(spec.dtype, h, k, bytes)?, device)
     }
 
     /// Forward pass over embedded coordinates `(N, input_dim)` → `(N, 9)`.
@@ -95,20 +95,22 @@ impl Predictor {
         self.layers[0].w.device()
     }
 
-    /// Casts the weights to `dtype` precision and back (what storing them does).
+    /// The weights stored as `dtype` and read back (what storing them does).
     pub fn rounded(&self, dtype: WeightDtype) -> Result<Self> {
-        let flat = self.to_flat()?;
-        let bytes = encode_weights(dtype, &flat);
-        Self::from_flat(self.hidden, self.embedding, &decode_weights(dtype, &bytes), self.device())
+        let (h, k) = (self.hidden, self.embedding.levels as usize);
+        let bytes = encode_weights(dtype, h, k, &self.to_flat()?)?;
+        Self::from_flat(h, self.embedding, &decode_weights(dtype, h, k, &bytes)?, self.device())
     }
 }
 
-/// Stores f32 parameters as little-endian `dtype`.
-pub fn encode_weights(dtype: WeightDtype, flat: &[f32]) -> Vec<u8> {
-    from_f32(dtype.dtype(), flat).expect("float dtype")
+/// Stores f32 parameters (storage order) as `dtype` (spec section 5.2; quantized dtypes go
+/// through [`crate::format::quant`]).
+pub fn encode_weights(dtype: WeightDtype, hidden: usize, levels: usize, flat: &[f32]) -> Result<Vec<u8>> {
+    crate::format::predictor::encode_params(dtype, hidden, levels, flat).map_err(crate::Error::Training)
 }
 
-/// Reads little-endian `dtype` parameters as f32.
-pub fn decode_weights(dtype: WeightDtype, bytes: &[u8]) -> Vec<f32> {
-    to_f32(dtype.dtype(), bytes).expect("float dtype")
+/// Reads stored `dtype` parameters as f32 in storage order.
+pub fn decode_weights(dtype: WeightDtype, hidden: usize, levels: usize, bytes: &[u8]) -> Result<Vec<f32>> {
+    crate::format::predictor::decode_params(dtype, hidden, levels, bytes)
+        .map_err(|e| crate::Error::Rebuild(format!("predictor weights: {e}")))
 }

@@ -58,7 +58,12 @@ fn predict_stored(
         Device::Cuda(gpu) => gpu.predict(
             spec.hidden as usize,
             spec.embedding,
-            &predictor::decode_weights(spec.dtype, stored),
+            &predictor::decode_weights(
+                spec.dtype,
+                spec.hidden as usize,
+                spec.embedding.levels as usize,
+                stored,
+            )?,
             &layer_coordinates(plans, spec.layers),
             BATCH,
         ),
@@ -85,7 +90,7 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
     let predicted = match &h.predictor {
         Some(spec) if !plans.is_empty() => {
             let stored = file.decode_section(spec.section)?;
-            read::check_predictor_weights(spec.dtype, &stored).map_err(|kind| file.fmt_error(kind))?;
+            read::predictor_params(spec, &stored).map_err(|kind| file.fmt_error(kind))?;
             predict_stored(spec, &stored, &plans, device)?
         }
         _ => Vec::new(),
@@ -100,6 +105,7 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
         .map(|(t, pred)| {
             let data = match (t.storage.clone(), pred) {
                 (Storage::Raw { section }, _) => file.decode_section(section)?.into_owned(),
+                (Storage::Quantized { .. } | Storage::Cast { .. }, _) => stored_bytes(file, t)?,
                 (Storage::Predicted { .. }, Some((p, pred))) => predicted_bytes(file, p, pred)?,
                 (Storage::Predicted { .. }, None) => {
                     return Err(Error::Rebuild(format!("tensor {} has no layer plan", t.name)))
@@ -108,6 +114,46 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
             Ok(WeightTensor { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), data })
         })
         .collect()
+}
+
+/// The bytes of a tensor stored `quantized` or `cast`, in its dtype: dequantized (spec
+/// section 4.3; the section's scales and codes checked, check 32) or widened, then converted
+/// to the tensor's dtype and checked to be finite in it (check 31).
+pub fn stored_bytes(file: &NerpFile, t: &crate::format::TensorEntry) -> Result<Vec<u8>> {
+    let values = match t.storage {
+        Storage::Quantized { bits, group, section } => {
+            let numel = t.shape.iter().product::<u64>() as usize;
+            crate::format::quant::decode(
+                &file.decode_section(section)?,
+                numel,
+                group as usize,
+                bits,
+                crate::format::limits::MAX_ABS_VALUE,
+            )
+            .map_err(|what| {
+                file.fmt_error(FormatError::Quantization {
+                    tensor: t.name.clone(),
+                    what: format!("{what} (spec check 32)"),
+                })
+            })?
+            .dequantize()
+        }
+        Storage::Cast { to, section } => to_f32(to, &file.decode_section(section)?).expect("float"),
+        _ => return Err(Error::Rebuild(format!("tensor {} is not quantized or cast", t.name))),
+    };
+    let data = from_f32(t.dtype, &values).expect("quantized and cast tensors are float");
+    if matches!(t.storage, Storage::Quantized { .. }) {
+        if let Some((i, v)) = first_non_finite(t.dtype, &data) {
+            return Err(file.fmt_error(FormatError::Tensor {
+                tensor: t.name.clone(),
+                what: format!(
+                    "dequantizes to {v} at element {i} (in {:?}), outside its dtype (spec check 31)",
+                    t.dtype
+                ),
+            }));
+        }
+    }
+    Ok(data)
 }
 
 /// The stored bytes of one predicted tensor from its predictions (`blocks × 9`, chain order):
@@ -149,7 +195,7 @@ pub fn check_predicted(file: &NerpFile) -> Result<()> {
         return Ok(());
     }
     let stored = file.decode_section(spec.section)?;
-    read::check_predictor_weights(spec.dtype, &stored).map_err(|kind| file.fmt_error(kind))?;
+    read::predictor_params(spec, &stored).map_err(|kind| file.fmt_error(kind))?;
     let p = Predictor::from_stored(spec, &stored, &candle_core::Device::Cpu)?;
     for plan in &plans {
         let pred = predict_layers(&p, std::slice::from_ref(plan), spec.layers)?;
@@ -174,6 +220,7 @@ pub fn check_budget(file: &NerpFile) -> Result<()> {
         let bytes = numel * t.dtype.size() as u64;
         let working = match t.storage {
             Storage::Raw { .. } => bytes,
+            Storage::Quantized { .. } | Storage::Cast { .. } => bytes + 4 * numel,
             Storage::Predicted { layout, .. } => {
                 let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
                 let grid = crate::format::geometry::Grid::new(layout, &dims)

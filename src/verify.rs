@@ -16,8 +16,8 @@ pub fn verify(file: &NerpFile) -> Result<()> {
         .tensors
         .iter()
         .filter_map(|t| match t.storage {
-            Storage::Raw { section } => Some(section),
-            Storage::Predicted { .. } => None,
+            Storage::Raw { section } | Storage::Cast { section, .. } => Some(section),
+            Storage::Predicted { .. } | Storage::Quantized { .. } => None,
         })
         .collect();
     for index in 0..h.sections.len() {
@@ -26,6 +26,9 @@ pub fn verify(file: &NerpFile) -> Result<()> {
         } else {
             file.decode_section(index)?;
         }
+    }
+    for t in h.tensors.iter().filter(|t| matches!(t.storage, Storage::Quantized { .. })) {
+        crate::regen::stored_bytes(file, t)?;
     }
     crate::regen::check_predicted(file)?;
     crate::runtime::check_skeleton(file)?;

@@ -138,6 +138,16 @@ fn verify_and_inspect_the_frozen_fixture() {
     assert!(o.status.success(), "{}", stderr(&o));
     let header: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON");
     assert!(header["tensors"].as_array().is_some_and(|t| !t.is_empty()));
+    // The byte breakdown covers the file exactly; the predictor's share is its section.
+    let bytes = &header["bytes"];
+    let keys = ["predictor", "permutations", "scales", "header", "raw", "quantized", "skeleton"];
+    let total: u64 = keys.iter().map(|k| bytes[k].as_u64().unwrap()).sum();
+    assert_eq!(total, std::fs::metadata(f).unwrap().len());
+    assert_eq!(header["file_bytes"].as_u64(), Some(total));
+    let predictor =
+        header["sections"][header["predictor"]["section"].as_u64().unwrap() as usize]["length"].as_u64();
+    assert!(bytes["predictor"].as_u64().unwrap() >= predictor.unwrap());
+    assert_eq!(header["major"].as_u64(), Some(1));
     let o = nerp(&["inspect", f]);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("predictor: mlp_relu"),

@@ -220,6 +220,7 @@ fn sample_file_with(metadata: BTreeMap<String, String>) -> Vec<u8> {
                 permutation: perm1,
                 scales: Some(scales1),
                 layout: Layout::Conv,
+                scale_dtype: Default::default(),
             },
         },
         raw_entry(&raw[0], bias),
@@ -227,7 +228,13 @@ fn sample_file_with(metadata: BTreeMap<String, String>) -> Vec<u8> {
             name: "conv2.weight".into(),
             dtype: DType::F16,
             shape: vec![5, 4, 1, 1],
-            storage: Storage::Predicted { layer: 1, permutation: perm2, scales: None, layout: Layout::Conv },
+            storage: Storage::Predicted {
+                layer: 1,
+                permutation: perm2,
+                scales: None,
+                layout: Layout::Conv,
+                scale_dtype: Default::default(),
+            },
         },
         raw_entry(&raw[1], rest[0]),
         raw_entry(&raw[2], rest[1]),
@@ -570,11 +577,15 @@ fn bad_magic() {
 
 #[test]
 fn unsupported_version() {
-    for major in [0u16, 3, u16::MAX] {
+    for major in [0u16, 4, u16::MAX] {
         let mut bytes = sample_file();
         bytes[8..10].copy_from_slice(&major.to_le_bytes());
-        assert_format_err!(bytes, FormatError::UnsupportedVersion { found, supported: 2 } if found == major);
+        assert_format_err!(bytes, FormatError::UnsupportedVersion { found, supported: 3 } if found == major);
     }
+    // A format-2 file relabelled 3: its JSON header is not a zstd frame.
+    let mut bytes = sample_file();
+    bytes[8..10].copy_from_slice(&3u16.to_le_bytes());
+    assert_format_err!(bytes, FormatError::HeaderCompression(_));
 }
 
 #[test]
@@ -1765,6 +1776,7 @@ fn frozen_fixture_opens() {
                 Storage::Raw { .. } => "raw",
                 Storage::Predicted { scales: Some(_), .. } => "predicted+scales",
                 Storage::Predicted { scales: None, .. } => "predicted",
+                Storage::Quantized { .. } | Storage::Cast { .. } => "format 3",
             };
             (t.name.as_str(), t.dtype, &t.shape[..], kind)
         })
@@ -1801,7 +1813,13 @@ fn frozen_fixture_opens() {
     // Predicted values: chain position p of layer l has coordinate (l/L, f/F, c/C) with
     // f = p / C, c = p % C; its 3×3 output, centre-cropped to kh×kw and multiplied by the scale
     // of its filter, is kernel perm[p].
-    let flat = nerp::predictor::decode_weights(spec.dtype, &file.decode_section(spec.section).unwrap());
+    let flat = nerp::predictor::decode_weights(
+        spec.dtype,
+        spec.hidden as usize,
+        spec.embedding.levels as usize,
+        &file.decode_section(spec.section).unwrap(),
+    )
+    .unwrap();
     let perm2 = perm2();
     type Case<'a> = (&'a str, u32, &'a [u32], Option<&'a [f32]>);
     let cases: [Case; 2] = [("conv1.weight", 0, &PERM1, Some(&SCALES1)), ("conv2.weight", 1, &perm2, None)];

@@ -7,8 +7,8 @@ mod common;
 
 use nerp::format::codec::pack_permutation;
 use nerp::format::{
-    DType, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, SectionKind, Source, SourceKind,
-    Storage, TensorEntry, WeightDtype,
+    quant, DType, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, ScaleDtype, SectionKind, Source,
+    SourceKind, Storage, TensorEntry, WeightDtype,
 };
 use nerp::{Device, Error, FormatError, NerpFile};
 use std::collections::BTreeMap;
@@ -61,6 +61,7 @@ fn predicted_file(params: &[f32], scales: &[f32]) -> Vec<u8> {
                 permutation: perm,
                 scales: Some(scales),
                 layout: Default::default(),
+                scale_dtype: Default::default(),
             },
         },
         TensorEntry {
@@ -582,4 +583,394 @@ fn run_and_eval_report_non_finite_outputs() {
     );
     let args = ["eval", s(&f), "--inputs", s(&big), "--original", s(&onnx), "--device", "cpu"];
     expect(&nerp(&args), 1, &["output 0 of the regenerated model", "big.npy"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Format 3: compressed header, int predictor, f16 scales, quantized and cast tensors
+// ---------------------------------------------------------------------------------------------
+
+/// The parts of a format-3 file: an int8 predictor, f16 scales, `conv.bias` [4] quantized
+/// (`bits`, `group`, section content `quantized`) and `fc.weight` [3, 4] f32 cast to f16.
+struct V3 {
+    predictor: Vec<u8>,
+    bits: u8,
+    group: u64,
+    quantized: Vec<u8>,
+    cast_to: DType,
+    cast: Vec<u8>,
+}
+
+fn bias() -> Vec<f32> {
+    vec![0.5, -0.25, 0.125, 1.0]
+}
+
+fn fc() -> Vec<f32> {
+    (0..12).map(|i| i as f32 / 8.0 - 0.7).collect()
+}
+
+impl V3 {
+    fn good() -> Self {
+        let predictor = nerp::format::predictor::encode_params(
+            WeightDtype::Int8,
+            HIDDEN,
+            LEVELS as usize,
+            &good_params(),
+        )
+        .unwrap();
+        let q = quant::quantize(&bias(), 4, 8, quant::ScaleRule::MaxAbs).unwrap();
+        let cast = nerp::format::codec::from_f32(DType::F16, &fc()).unwrap();
+        V3 { predictor, bits: 8, group: 4, quantized: q.encode(), cast_to: DType::F16, cast }
+    }
+
+    fn header_and_sections(&self) -> (nerp::format::Header, Vec<Vec<u8>>) {
+        let mut b = FileBuilder::new();
+        let section = b.add(SectionKind::Predictor, Encoding::Plain, &self.predictor);
+        let perm =
+            b.add(SectionKind::Permutation, Encoding::Zstd, &pack_permutation(&(0..8).collect::<Vec<_>>()));
+        let sc = nerp::format::codec::from_f32(DType::F16, &[1.0; 4]).unwrap();
+        let scales = b.add(SectionKind::Scales, Encoding::Zstd, &sc);
+        let q = b.add(SectionKind::Quantized, Encoding::Zstd, &self.quantized);
+        let cast = b.add(SectionKind::Tensor, Encoding::ZstdBytegroup { element: 2 }, &self.cast);
+        let tensors = vec![
+            TensorEntry {
+                name: "conv.weight".into(),
+                dtype: DType::F32,
+                shape: vec![4, 2, 3, 3],
+                storage: Storage::Predicted {
+                    layer: 0,
+                    permutation: perm,
+                    scales: Some(scales),
+                    layout: Default::default(),
+                    scale_dtype: ScaleDtype::F16,
+                },
+            },
+            TensorEntry {
+                name: "conv.bias".into(),
+                dtype: DType::F32,
+                shape: vec![4],
+                storage: Storage::Quantized { bits: self.bits, group: self.group, section: q },
+            },
+            TensorEntry {
+                name: "fc.weight".into(),
+                dtype: DType::F32,
+                shape: vec![3, 4],
+                storage: Storage::Cast { to: self.cast_to, section: cast },
+            },
+        ];
+        let spec = PredictorSpec {
+            arch: "mlp_relu".into(),
+            hidden: HIDDEN as u32,
+            embedding: Embedding { base: 1.25, levels: LEVELS },
+            dtype: WeightDtype::Int8,
+            ordering: Ordering::None,
+            layers: 1,
+            section,
+        };
+        let source = Source { kind: SourceKind::Safetensors, file_bytes: 1000, skeleton: None };
+        let file = b.finish(source, Some(spec), tensors, BTreeMap::new());
+        let file = NerpFile::from_bytes(file, "v3.nerp").unwrap();
+        let sections =
+            (0..file.header().sections.len()).map(|i| file.decode_section(i).unwrap().into_owned()).collect();
+        (file.header().clone(), sections)
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let (h, sections) = self.header_and_sections();
+        relayout(&h, &sections)
+    }
+}
+
+/// Lays `h` out again with `sections` (decoded content), in the lowest major version.
+fn relayout(h: &nerp::format::Header, sections: &[Vec<u8>]) -> Vec<u8> {
+    let mut b = FileBuilder::new();
+    for (s, content) in h.sections.iter().zip(sections) {
+        b.add(s.kind, s.encoding, content);
+    }
+    b.finish(h.source.clone(), h.predictor.clone(), h.tensors.clone(), h.metadata.clone())
+}
+
+/// A file image with preamble `major` and stored header `header` (no sections).
+fn with_header(major: u16, header: &[u8]) -> Vec<u8> {
+    let mut out = nerp::format::MAGIC.to_vec();
+    out.extend_from_slice(&major.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(header).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(header);
+    out.resize(nerp::format::align_up(out.len() as u64).unwrap() as usize, 0);
+    out
+}
+
+fn format_err(bytes: Vec<u8>) -> FormatError {
+    match NerpFile::from_bytes(bytes, "x.nerp") {
+        Err(Error::Format { kind, .. }) => kind,
+        Err(e) => panic!("not a format error: {e}"),
+        Ok(_) => panic!("accepted"),
+    }
+}
+
+#[test]
+fn a_format_3_file_loads_verifies_and_regenerates() {
+    let bytes = V3::good().bytes();
+    let file = NerpFile::from_bytes(bytes.clone(), "v3.nerp").unwrap();
+    assert_eq!(file.major(), 3);
+    // The stored header is a zstd frame, not JSON.
+    assert_eq!(&bytes[32..36], &0xFD2F_B528u32.to_le_bytes());
+    nerp::verify::verify(&file).unwrap();
+    let w = nerp::regen::regenerate(&file, &Device::Cpu).unwrap();
+    let step = 1.0 / 127.0;
+    for (a, b) in w[1].to_f32().unwrap().iter().zip(bias()) {
+        assert!((a - b).abs() <= step * 0.5 * 1.001, "{a} vs {b}");
+    }
+    let f16: Vec<f32> = fc().iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+    assert_eq!(w[2].to_f32().unwrap(), f16);
+    assert!(w[0].to_f32().unwrap().iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn a_header_decompression_bomb_is_refused_before_allocating() {
+    // 1 TiB of zeros declared by a 40-byte frame... in RLE blocks that would take 32 MiB to
+    // write, so declare it in the frame header only and give one block.
+    let mut frame = zero_frame(128 * 1024, 0x38);
+    frame[6..14].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    assert!(matches!(
+        format_err(with_header(3, &frame)),
+        FormatError::HeaderTooLarge { len, .. } if len == 1 << 40
+    ));
+    // Just above the limit, truthfully.
+    let frame = zero_frame(nerp::format::limits::MAX_HEADER_LEN + 1, 0x38);
+    assert!(matches!(format_err(with_header(3, &frame)), FormatError::HeaderTooLarge { .. }));
+    // Window descriptor 0x88 (exponent 17): 2^27, the limit, so the frame decodes (to zeros,
+    // which are not JSON); 0x90 (exponent 18): 2^28, refused.
+    let frame = zero_frame(1000, 0x88);
+    assert!(matches!(format_err(with_header(3, &frame)), FormatError::HeaderJson(_)));
+    let frame = zero_frame(1000, 0x90);
+    assert!(
+        matches!(format_err(with_header(3, &frame)), FormatError::HeaderCompression(w) if w.contains("window"))
+    );
+}
+
+#[test]
+fn a_malformed_compressed_header_is_a_typed_error() {
+    // Plain JSON in a format-3 file.
+    let json = br#"{"source":{"kind":"safetensors","file_bytes":0},"tensors":[],"sections":[]}"#;
+    assert!(
+        matches!(format_err(with_header(3, json)), FormatError::HeaderCompression(w) if w.contains("zstd"))
+    );
+    // The same JSON compressed is a valid (empty) format-3 file.
+    let z = zstd::bulk::compress(json, 19).unwrap();
+    NerpFile::from_bytes(with_header(3, &z), "x.nerp").unwrap();
+    // Truncated frame; trailing bytes after the frame; corrupted content.
+    let e = format_err(with_header(3, &z[..z.len() - 3]));
+    assert!(matches!(e, FormatError::HeaderCompression(_)), "{e}");
+    let mut extra = z.clone();
+    extra.extend_from_slice(&[0, 0, 0, 0]);
+    let e = format_err(with_header(3, &extra));
+    assert!(matches!(e, FormatError::HeaderCompression(_)), "{e}");
+    // A section with an `offset` (derived in format 3) or a plain section with a
+    // `decoded_length`, or a zstd section without one.
+    for (json, needle) in [
+        (
+            r#"{"source":{"kind":"safetensors","file_bytes":0},"tensors":[],"sections":[{"kind":"tensor","offset":0,"length":1,"encoding":"plain","crc32":0}]}"#,
+            "offset",
+        ),
+        (
+            r#"{"source":{"kind":"safetensors","file_bytes":0},"tensors":[],"sections":[{"kind":"tensor","length":1,"encoding":"plain","decoded_length":1,"crc32":0}]}"#,
+            "decoded_length",
+        ),
+        (
+            r#"{"source":{"kind":"safetensors","file_bytes":0},"tensors":[],"sections":[{"kind":"tensor","length":1,"encoding":"zstd","crc32":0}]}"#,
+            "decoded_length",
+        ),
+    ] {
+        let z = zstd::bulk::compress(json.as_bytes(), 19).unwrap();
+        let e = format_err(with_header(3, &z));
+        assert!(matches!(&e, FormatError::HeaderJson(w) if w.contains(needle)), "{e}");
+    }
+    // Major 4 is not read.
+    assert!(matches!(
+        format_err(with_header(4, &z)),
+        FormatError::UnsupportedVersion { found: 4, supported: 3 }
+    ));
+}
+
+#[test]
+fn format_3_features_in_a_format_2_file_are_rejected() {
+    let (h, sections) = V3::good().header_and_sections();
+    let mut out = Vec::new();
+    // Lay out by hand with major 2 and a plain JSON header.
+    let mut offset = 0u64;
+    let mut h2 = h.clone();
+    for (s, content) in h2.sections.iter_mut().zip(&sections) {
+        let stored = nerp::format::write::encode(s.encoding, content);
+        s.offset = offset;
+        s.length = stored.len() as u64;
+        s.crc32 = crc32fast::hash(&stored);
+        offset = nerp::format::align_up(offset + s.length).unwrap();
+        out.push(stored);
+    }
+    let json = nerp::format::read::header_bytes(&h2, 2, 19);
+    let mut bytes = with_header(2, &json);
+    let data = bytes.len();
+    for (s, stored) in h2.sections.iter().zip(&out) {
+        bytes.resize(data + s.offset as usize, 0);
+        bytes.extend_from_slice(stored);
+    }
+    let e = format_err(bytes);
+    assert!(matches!(&e, FormatError::Predictor(w) if w.contains("int8") && w.contains("format 3")), "{e}");
+}
+
+#[test]
+fn quantized_storage_with_bad_bits_group_or_length_is_rejected() {
+    for (bits, group, needle) in
+        [(0, 4, "bits"), (9, 4, "bits"), (1, 4, "bits"), (8, 3, "divide"), (8, 0, "divide"), (8, 8, "divide")]
+    {
+        let v = V3 { bits, group, ..V3::good() };
+        let (mut h, sections) = V3::good().header_and_sections();
+        h.tensors[1].storage = Storage::Quantized { bits: v.bits, group: v.group, section: 3 };
+        let e = format_err(relayout(&h, &sections));
+        assert!(
+            matches!(&e, FormatError::Quantization { tensor, what } if tensor == "conv.bias" && what.contains(needle)),
+            "{bits} {group}: {e}"
+        );
+    }
+    // Content of the wrong length (int4 data declared int8).
+    let q = quant::quantize(&bias(), 4, 4, quant::ScaleRule::MaxAbs).unwrap();
+    let e = format_err(V3 { quantized: q.encode(), ..V3::good() }.bytes_unchecked());
+    assert!(matches!(&e, FormatError::Quantization { what, .. } if what.contains("need")), "{e}");
+    // A quantized int tensor.
+    let (mut h, sections) = V3::good().header_and_sections();
+    h.tensors[1].dtype = DType::I32;
+    let e = format_err(relayout(&h, &sections));
+    assert!(matches!(&e, FormatError::Quantization { what, .. } if what.contains("float")), "{e}");
+}
+
+impl V3 {
+    /// [`V3::bytes`] for parts the reader refuses: the header is built from the good file's
+    /// and the sections' contents replaced.
+    fn bytes_unchecked(&self) -> Vec<u8> {
+        let (h, mut sections) = V3::good().header_and_sections();
+        sections[0] = self.predictor.clone();
+        sections[3] = self.quantized.clone();
+        sections[4] = self.cast.clone();
+        relayout(&h, &sections)
+    }
+}
+
+#[test]
+fn hostile_quantized_content_is_rejected_by_verify_and_regenerate() {
+    let good = V3::good().quantized;
+    let inf = half::f16::INFINITY.to_le_bytes();
+    let big = half::f16::MAX.to_le_bytes(); // finite, within MAX_ABS_VALUE
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        ([&inf[..], &good[2..]].concat(), "finite"),
+        ([&good[..2], &[0x80], &good[3..]].concat(), "outside"), // code −128
+    ];
+    for (content, needle) in cases {
+        let file = NerpFile::from_bytes(V3 { quantized: content, ..V3::good() }.bytes_unchecked(), "q.nerp")
+            .unwrap();
+        for e in [
+            nerp::verify::verify(&file).unwrap_err(),
+            nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&e, Error::Format { kind: FormatError::Quantization { tensor, what }, .. }
+                    if tensor == "conv.bias" && what.contains(needle) && what.contains("check 32")),
+                "{needle}: {e}"
+            );
+        }
+    }
+    // A finite scale that overflows an f16 tensor: caught after conversion (check 31).
+    let (mut h, mut sections) = V3::good().header_and_sections();
+    h.tensors[1].dtype = DType::F16;
+    sections[3] = [&big[..], &[127, 127, 127, 127]].concat();
+    let file = NerpFile::from_bytes(relayout(&h, &sections), "q.nerp").unwrap();
+    let e = nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("conv.bias") && e.contains("inf"), "{e}");
+}
+
+#[test]
+fn hostile_int_predictor_weights_are_rejected() {
+    let good = V3::good().predictor;
+    // The first layer's first scale infinite; a code −128; one byte short (open refuses).
+    let inf = half::f16::INFINITY.to_le_bytes();
+    let mut bad_scale = good.clone();
+    bad_scale[..2].copy_from_slice(&inf);
+    let mut bad_code = good.clone();
+    bad_code[2 * HIDDEN] = 0x80;
+    for (p, needle) in [(bad_scale, "finite"), (bad_code, "outside")] {
+        let file =
+            NerpFile::from_bytes(V3 { predictor: p, ..V3::good() }.bytes_unchecked(), "p.nerp").unwrap();
+        for e in [
+            nerp::verify::verify(&file).unwrap_err(),
+            nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&e, Error::Format { kind: FormatError::Predictor(w), .. } if w.contains(needle)),
+                "{e}"
+            );
+        }
+    }
+    let e = format_err(V3 { predictor: good[1..].to_vec(), ..V3::good() }.bytes_unchecked());
+    assert!(matches!(&e, FormatError::Predictor(w) if w.contains("bytes")), "{e}");
+}
+
+#[test]
+fn cast_storage_with_a_bad_type_or_length_is_rejected() {
+    let (mut h, sections) = V3::good().header_and_sections();
+    h.tensors[2].storage = Storage::Cast { to: DType::F32, section: 4 };
+    let e = format_err(relayout(&h, &sections));
+    assert!(
+        matches!(&e, FormatError::Tensor { tensor, what } if tensor == "fc.weight" && what.contains("cast")),
+        "{e}"
+    );
+    let e = format_err(V3 { cast: vec![0; 22], ..V3::good() }.bytes_unchecked());
+    assert!(matches!(&e, FormatError::Tensor { what, .. } if what.contains("cast data is 22 bytes")), "{e}");
+}
+
+#[test]
+fn f16_scales_of_the_wrong_length_are_rejected() {
+    let (h, mut sections) = V3::good().header_and_sections();
+    sections[2] = vec![0; 16]; // f32-sized scales declared f16
+    let e = format_err(relayout(&h, &sections));
+    assert!(matches!(&e, FormatError::Tensor { what, .. } if what.contains("scales are 16 bytes")), "{e}");
+}
+
+#[test]
+fn huge_quantized_declarations_are_refused_by_the_budget() {
+    // A truthful 2^32-element int8 tensor: 4 GiB of codes from a small zstd frame.
+    let n = 1u64 << 32;
+    let group = 1u64 << 16;
+    let decoded = 2 * (n / group) + n;
+    let frame = zero_frame(decoded, 0x38);
+    let h = nerp::format::Header {
+        source: Source { kind: SourceKind::Safetensors, file_bytes: 0, skeleton: None },
+        predictor: None,
+        tensors: vec![TensorEntry {
+            name: "big".into(),
+            dtype: DType::F32,
+            shape: vec![group, group],
+            storage: Storage::Quantized { bits: 8, group, section: 0 },
+        }],
+        sections: vec![nerp::format::SectionEntry {
+            kind: SectionKind::Quantized,
+            offset: 0,
+            length: frame.len() as u64,
+            encoding: Encoding::Zstd,
+            decoded_length: decoded,
+            crc32: crc32fast::hash(&frame),
+        }],
+        metadata: BTreeMap::new(),
+    };
+    let json = nerp::format::read::header_bytes(&h, 3, 19);
+    let mut bytes = with_header(3, &json);
+    bytes.extend_from_slice(&frame);
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "big.nerp", &bytes);
+    let o = nerp(&["--max-memory", "1G", "verify", s(&f)]);
+    let t = text(&o);
+    assert!(!t.contains("panicked") && o.status.code() != Some(0), "{t}");
+    assert!(t.contains("memory budget"), "{t}");
 }

@@ -9,7 +9,7 @@ mod common;
 
 use candle_core::Device;
 use nerp::compress::{build_file, make_plan, CompressOptions, Plan};
-use nerp::format::{codec, Layout, Storage, WeightDtype};
+use nerp::format::{codec, Layout, ScaleDtype, Storage, WeightDtype};
 use nerp::select::{Decision, Selection};
 use nerp::{ingest, regen, runtime, train};
 use std::path::PathBuf;
@@ -100,9 +100,14 @@ fn include_patterns_that_name_nothing_predictable_are_refused() {
 }
 
 /// The bytes of a .nerp of the fixture, every weight predicted by an untrained predictor.
-fn random_file(dtype: WeightDtype, hidden: usize) -> nerp::NerpFile {
+fn random_file(dtype: WeightDtype, scale_dtype: ScaleDtype, hidden: usize) -> nerp::NerpFile {
     let model = ingest::load(&kinds_path()).unwrap();
-    let opts = CompressOptions { predictor_dtype: dtype, selection: all_weights(), ..Default::default() };
+    let opts = CompressOptions {
+        predictor_dtype: dtype,
+        scale_dtype,
+        selection: all_weights(),
+        ..Default::default()
+    };
     let Plan { layers: plans, values, .. } = make_plan(&model, &opts).unwrap();
     assert_eq!(plans.len(), EXPECTED.len());
     let p = train::init_predictor(hidden, opts.embedding, 11, &Device::Cpu).unwrap().rounded(dtype).unwrap();
@@ -168,17 +173,37 @@ fn locate(layout: Layout, shape: &[usize], e: usize) -> (usize, usize, usize, us
 
 #[test]
 fn regenerated_values_follow_the_spec_for_every_kind() {
-    let file = random_file(WeightDtype::F32, 12);
+    let file = random_file(WeightDtype::F32, ScaleDtype::F32, 12);
     assert_eq!(file.major(), 2, "matrices and large kernels need format 2");
+    check_regenerated_values(&file);
+}
+
+#[test]
+fn format_3_int8_predictor_and_f16_scales_regenerate_as_the_spec_says() {
+    for dtype in [WeightDtype::Int8, WeightDtype::Int4] {
+        let file = random_file(dtype, ScaleDtype::F16, 12);
+        assert_eq!(file.major(), 3, "int predictors and f16 scales need format 3");
+        check_regenerated_values(&file);
+    }
+}
+
+/// Every predicted value of `file` equals the f64 evaluation of spec section 5 (up to f32).
+fn check_regenerated_values(file: &nerp::NerpFile) {
     let h = file.header();
     let spec = h.predictor.as_ref().unwrap();
-    let params =
-        codec::to_f32(nerp::format::DType::F32, &file.decode_section(spec.section).unwrap()).unwrap();
-    let weights = regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
+    let (hidden, levels) = (spec.hidden as usize, spec.embedding.levels as usize);
+    let params = nerp::predictor::decode_weights(
+        spec.dtype,
+        hidden,
+        levels,
+        &file.decode_section(spec.section).unwrap(),
+    )
+    .unwrap();
+    let weights = regen::regenerate(file, &nerp::Device::Cpu).unwrap();
     let source = ingest::load(&kinds_path()).unwrap();
     let mut seen = 0;
     for ((t, w), s) in h.tensors.iter().zip(&weights).zip(&source.tensors) {
-        let Storage::Predicted { layer, permutation, scales, layout } = t.storage else {
+        let Storage::Predicted { layer, permutation, scales, layout, scale_dtype } = t.storage else {
             assert_eq!(w.data, s.data, "raw tensor {} changed", t.name);
             continue;
         };
@@ -193,8 +218,8 @@ fn regenerated_values_follow_the_spec_for_every_kind() {
         for (p, &b) in perm.iter().enumerate() {
             inv[b as usize] = p;
         }
-        let scales = scales
-            .map(|s| codec::to_f32(nerp::format::DType::F32, &file.decode_section(s).unwrap()).unwrap());
+        let scales =
+            scales.map(|s| codec::to_f32(scale_dtype.dtype(), &file.decode_section(s).unwrap()).unwrap());
         let got = w.to_f32().unwrap();
         let l = layer as f32 / spec.layers as f32;
         let mut worst = 0f64;

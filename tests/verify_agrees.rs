@@ -5,27 +5,30 @@
 //! it), and compares `verify` with what the loaders do.
 
 use candle_core::Device as CandleDevice;
-use nerp::compress::{build_file, make_plan, CompressOptions};
+use nerp::compress::{build_file, make_plan, Codec, CompressOptions};
 use nerp::format::{FileBuilder, Header, SectionKind, WeightDtype};
 use nerp::{regen, runtime, Device, NerpFile};
 use proptest::prelude::*;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-/// The base file's header and decoded sections.
-fn base() -> &'static (Header, Vec<Vec<u8>>) {
-    static BASE: OnceLock<(Header, Vec<Vec<u8>>)> = OnceLock::new();
-    BASE.get_or_init(|| {
+/// The base files' headers and decoded sections: 0 with an f16 predictor and raw tensors,
+/// 1 with an int8 predictor and every other float tensor int8-quantized (format 3); both with
+/// f16 scales.
+fn base(which: usize) -> &'static (Header, Vec<Vec<u8>>) {
+    static BASES: [OnceLock<(Header, Vec<Vec<u8>>)>; 2] = [OnceLock::new(), OnceLock::new()];
+    BASES[which].get_or_init(|| {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kinds/kinds.onnx");
         let model = nerp::ingest::load(&path).unwrap();
-        let mut opts = CompressOptions { predictor_dtype: WeightDtype::F16, ..Default::default() };
+        let (dtype, raw_codec) = [(WeightDtype::F16, Codec::Raw), (WeightDtype::Int8, Codec::Int8)][which];
+        let mut opts = CompressOptions { predictor_dtype: dtype, raw_codec, ..Default::default() };
         opts.metadata.insert(runtime::INPUT_SHAPES_KEY.into(), "[[1,3,16,16]]".into());
         opts.metadata.insert("preprocess".into(), r#"{"scale":0.0039,"mean":[0.5],"std":[0.25]}"#.into());
         let nerp::compress::Plan { layers: plans, values, .. } = make_plan(&model, &opts).unwrap();
         assert!(!plans.is_empty());
         let p = nerp::train::init_predictor(8, opts.embedding, 5, &CandleDevice::Cpu)
             .unwrap()
-            .rounded(WeightDtype::F16)
+            .rounded(dtype)
             .unwrap();
         let bytes = build_file(&model, &plans, &values, Some(&p), &opts).unwrap().bytes;
         let file = NerpFile::from_bytes(bytes, "kinds.nerp").unwrap();
@@ -49,7 +52,7 @@ enum Mutation {
         at: usize,
         bits: u16,
     },
-    /// Overwrite a scale (f32) with a special value.
+    /// Overwrite a scale (f16) with a special value.
     Scale {
         at: usize,
         value: f32,
@@ -64,8 +67,12 @@ enum Mutation {
     },
 }
 
-fn mutation() -> impl Strategy<Value = Mutation> {
-    let (h, sections) = base();
+fn mutation() -> impl Strategy<Value = (usize, Mutation)> {
+    (0..2usize).prop_flat_map(|which| (Just(which), mutation_of(which)))
+}
+
+fn mutation_of(which: usize) -> impl Strategy<Value = Mutation> {
+    let (h, sections) = base(which);
     let n_sections = sections.len();
     let n_tensors = h.tensors.len();
     let predictor_len = sections[h.predictor.as_ref().unwrap().section].len() / 2;
@@ -94,9 +101,9 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-/// The base file with `m` applied, laid out again; `None` if the writer refuses it.
-fn mutated(m: &Mutation) -> Option<NerpFile> {
-    let (h, sections) = base();
+/// Base file `which` with `m` applied, laid out again; `None` if the reader refuses it.
+fn mutated(which: usize, m: &Mutation) -> Option<NerpFile> {
+    let (h, sections) = base(which);
     let (mut h, mut sections) = (h.clone(), sections.clone());
     match *m {
         Mutation::Flip { section, at, xor } => {
@@ -115,8 +122,8 @@ fn mutated(m: &Mutation) -> Option<NerpFile> {
             let idx: Vec<usize> =
                 (0..h.sections.len()).filter(|&i| h.sections[i].kind == SectionKind::Scales).collect();
             let s = &mut sections[*idx.get(at % idx.len().max(1))?];
-            let i = (at / 7) % (s.len() / 4);
-            s[4 * i..4 * i + 4].copy_from_slice(&value.to_le_bytes());
+            let i = (at / 7) % (s.len() / 2);
+            s[2 * i..2 * i + 2].copy_from_slice(&half::f16::from_f32(value).to_le_bytes());
         }
         Mutation::SwapShapes(a, b) => {
             let sa = h.tensors[a].shape.clone();
@@ -148,18 +155,23 @@ fn loads(file: &NerpFile) -> nerp::Result<()> {
 }
 
 #[test]
-fn the_base_file_verifies_and_loads() {
-    let file = mutated(&Mutation::Metadata { key: "unregistered", value: "x" }).unwrap();
-    nerp::verify::verify(&file).unwrap();
-    loads(&file).unwrap();
+fn the_base_files_verify_and_load() {
+    for which in 0..2 {
+        let file = mutated(which, &Mutation::Metadata { key: "unregistered", value: "x" }).unwrap();
+        assert_eq!(file.major(), 3);
+        nerp::verify::verify(&file).unwrap();
+        loads(&file).unwrap();
+    }
+    let h = &base(1).0;
+    assert!(h.tensors.iter().any(|t| matches!(t.storage, nerp::format::Storage::Quantized { .. })));
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn verify_never_accepts_what_the_loaders_reject(m in mutation()) {
-        if let Some(file) = mutated(&m) {
+    fn verify_never_accepts_what_the_loaders_reject((which, m) in mutation()) {
+        if let Some(file) = mutated(which, &m) {
             if nerp::verify::verify(&file).is_ok() {
                 let loaded = loads(&file);
                 prop_assert!(loaded.is_ok(), "verify said valid, loading failed: {:?}", loaded.err());

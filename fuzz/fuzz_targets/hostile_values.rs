@@ -33,7 +33,13 @@ fuzz_target!(|data: &[u8]| {
         name: "w".into(),
         dtype,
         shape: vec![4, 2, 3, 3],
-        storage: Storage::Predicted { layer: 0, permutation: perm, scales: Some(scales), layout: Default::default() },
+        storage: Storage::Predicted {
+            layer: 0,
+            permutation: perm,
+            scales: Some(scales),
+            layout: Default::default(),
+            scale_dtype: Default::default(),
+        },
     }];
     let spec = PredictorSpec {
         arch: "mlp_relu".into(),

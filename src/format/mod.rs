@@ -10,6 +10,7 @@ pub mod geometry;
 pub mod metadata;
 pub mod output;
 pub mod predictor;
+pub mod quant;
 pub mod read;
 pub mod write;
 
@@ -21,10 +22,10 @@ pub use write::{write_atomic, FileBuilder};
 
 /// Magic bytes at offset 0 (PNG-style: a high byte, the name, CR LF, EOF marker).
 pub const MAGIC: [u8; 8] = *b"\x89NERP\r\n\x1a";
-/// Major version written for files that use a feature of format 2 (a `layout` other than a
-/// v1 convolution kernel); files expressible in version 1 are written as 1.0 so that v1
-/// readers open them.
-pub const MAJOR: u16 = 2;
+/// Newest major version: 3 (compressed header, f16 scales, quantized predictor and tensors).
+/// A file is written with the lowest major version that expresses it ([`major_for`]), so that
+/// older readers open what they can.
+pub const MAJOR: u16 = 3;
 /// Oldest major version this reader opens.
 pub const MIN_MAJOR: u16 = 1;
 /// Minor version: bumped for additions an older reader of the same major version may ignore.
@@ -36,7 +37,8 @@ pub const ALIGN: u64 = 64;
 
 /// Hard limits a reader enforces before using any count or size from the header.
 pub mod limits {
-    /// Largest header (JSON) accepted.
+    /// Largest header (JSON) accepted; in format 3 also the largest the compressed header may
+    /// decompress to (checked from the zstd frame header before allocating).
     pub const MAX_HEADER_LEN: u64 = 16 << 20;
     /// Most tensors in one file.
     pub const MAX_TENSORS: usize = 1 << 16;
@@ -166,12 +168,57 @@ pub enum Storage {
         layer: u32,
         /// `permutation` section: chain position → kernel index `f·C + c`.
         permutation: usize,
-        /// Optional `scales` section: one f32 per filter the prediction is multiplied by.
+        /// Optional `scales` section: one value per grid row the prediction is multiplied by.
         scales: Option<usize>,
         /// How the tensor maps to blocks; absent means `conv` (format 2.0; v1 files omit it).
         #[serde(default, skip_serializing_if = "Layout::is_conv")]
         layout: Layout,
+        /// Element type of the `scales` section; absent means `f32` (format 3 adds `f16`).
+        #[serde(default, skip_serializing_if = "ScaleDtype::is_f32")]
+        scale_dtype: ScaleDtype,
     },
+    /// Format 3: the values quantized by [`quant`] (symmetric, `bits` bits, one f16 scale per
+    /// `group` contiguous values; `group` divides the row length, spec section 4.3) in a
+    /// `quantized` section. Float tensors only.
+    Quantized { bits: u8, group: u64, section: usize },
+    /// Format 3: a float tensor's values stored in the narrower float `to` (`f16` or `bf16`,
+    /// round-to-nearest-even) in a `tensor` section.
+    Cast { to: DType, section: usize },
+}
+
+/// Element type of a predicted tensor's `scales` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleDtype {
+    #[default]
+    F32,
+    /// Format 3. On the ResNet-20 the accuracy is unchanged (docs/results/format3.md).
+    F16,
+}
+
+impl ScaleDtype {
+    /// Whether this is the default (formats 1 and 2).
+    pub fn is_f32(&self) -> bool {
+        *self == ScaleDtype::F32
+    }
+
+    /// The tensor element type.
+    pub fn dtype(self) -> DType {
+        match self {
+            ScaleDtype::F32 => DType::F32,
+            ScaleDtype::F16 => DType::F16,
+        }
+    }
+}
+
+/// Row length of a tensor for row-wise quantization: `numel / shape[0]` for rank ≥ 2, else
+/// `numel` (a vector or scalar is one row).
+pub fn row_len(shape: &[u64]) -> Option<u64> {
+    let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d))?;
+    match shape {
+        [first, _, ..] => numel.checked_div(*first),
+        _ => Some(numel),
+    }
 }
 
 /// How a predicted tensor is cut into 3×3 blocks (spec section 5.1).
@@ -214,8 +261,10 @@ pub enum SectionKind {
     Tensor,
     /// A bit-packed permutation.
     Permutation,
-    /// Per-filter f32 scales.
+    /// Per-row scales (f32, or f16 in format 3).
     Scales,
+    /// Format 3: a quantized tensor (group scales, then packed values).
+    Quantized,
 }
 
 impl SectionKind {
@@ -227,6 +276,7 @@ impl SectionKind {
             SectionKind::Tensor => "tensor",
             SectionKind::Permutation => "permutation",
             SectionKind::Scales => "scales",
+            SectionKind::Quantized => "quantized",
         }
     }
 }
@@ -280,23 +330,40 @@ pub enum WeightDtype {
     F32,
     F16,
     Bf16,
+    /// Format 3: weights int8, one f16 scale per output unit; biases f16 (spec section 5.2).
+    Int8,
+    /// Format 3: as `int8` with 4-bit values, two per byte.
+    Int4,
 }
 
 impl WeightDtype {
-    /// Bytes per stored weight.
-    pub fn size(self) -> usize {
+    /// The float element type of every parameter, `None` for the quantized dtypes.
+    pub fn float(self) -> Option<DType> {
         match self {
-            WeightDtype::F32 => 4,
-            WeightDtype::F16 | WeightDtype::Bf16 => 2,
+            WeightDtype::F32 => Some(DType::F32),
+            WeightDtype::F16 => Some(DType::F16),
+            WeightDtype::Bf16 => Some(DType::Bf16),
+            WeightDtype::Int8 | WeightDtype::Int4 => None,
         }
     }
 
-    /// The tensor element type it corresponds to.
-    pub fn dtype(self) -> DType {
+    /// Bits per quantized weight, `None` for the float dtypes.
+    pub fn bits(self) -> Option<u8> {
         match self {
-            WeightDtype::F32 => DType::F32,
-            WeightDtype::F16 => DType::F16,
-            WeightDtype::Bf16 => DType::Bf16,
+            WeightDtype::Int8 => Some(8),
+            WeightDtype::Int4 => Some(4),
+            _ => None,
+        }
+    }
+
+    /// The name used in the header and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::F16 => "f16",
+            WeightDtype::Bf16 => "bf16",
+            WeightDtype::Int8 => "int8",
+            WeightDtype::Int4 => "int4",
         }
     }
 }
@@ -349,11 +416,37 @@ pub fn needs_format_2(t: &TensorEntry) -> Option<String> {
     None
 }
 
-/// The lowest major version that expresses these tensors: 1 unless one of them
-/// [`needs_format_2`], so that files a v1 reader can open are written as v1.
-pub fn major_for(tensors: &[TensorEntry]) -> u16 {
-    if tensors.iter().any(|t| needs_format_2(t).is_some()) {
-        MAJOR
+/// Why a tensor cannot be stored in format 1 or 2 (the `major < 3` rules of spec check 23),
+/// or `None`: quantized and cast storage and f16 scales are format 3.
+pub fn needs_format_3(t: &TensorEntry) -> Option<String> {
+    match t.storage {
+        Storage::Quantized { .. } => Some("quantized storage needs format 3".into()),
+        Storage::Cast { .. } => Some("cast storage needs format 3".into()),
+        Storage::Predicted { scale_dtype: ScaleDtype::F16, .. } => Some("f16 scales need format 3".into()),
+        _ => None,
+    }
+}
+
+/// Why a predictor cannot be stored in format 1 or 2 (spec check 20), or `None`.
+pub fn predictor_needs_format_3(p: &PredictorSpec) -> Option<String> {
+    p.dtype.bits().map(|_| format!("predictor dtype {} needs format 3", p.dtype.name()))
+}
+
+/// The lowest major version that expresses a file: 3 if the predictor or a tensor
+/// [`needs_format_3`] or a permutation is the identity (an empty section), else 2 if a tensor
+/// [`needs_format_2`], else 1 — so that files an older reader can open are written in its version.
+pub fn major_for(h: &Header) -> u16 {
+    let tensors = &h.tensors;
+    let identity = |t: &TensorEntry| match t.storage {
+        Storage::Predicted { permutation, .. } => h.sections.get(permutation).is_some_and(|s| s.decoded_length == 0),
+        _ => false,
+    };
+    if tensors.iter().any(|t| needs_format_3(t).is_some() || identity(t))
+        || h.predictor.as_ref().and_then(predictor_needs_format_3).is_some()
+    {
+        3
+    } else if tensors.iter().any(|t| needs_format_2(t).is_some()) {
+        2
     } else {
         1
     }

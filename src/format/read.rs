@@ -3,14 +3,17 @@
 
 use super::codec::{packed_len, to_f32, ungroup, unpack_permutation};
 use super::geometry::{Grid, LayerPlan};
-use super::predictor::{frequencies, param_count, ARCH};
+use super::predictor::{frequencies, stored_len, ARCH};
 use super::{
-    align_up, limits, needs_format_2, DType, Encoding, Header, SectionKind, SourceKind, Storage, ALIGN,
-    MAGIC, MAJOR, MIN_MAJOR, PREAMBLE_LEN,
+    align_up, limits, needs_format_2, needs_format_3, predictor_needs_format_3, quant, row_len, DType,
+    Encoding, Header, PredictorSpec, SectionEntry, SectionKind, Source, SourceKind, Storage, TensorEntry,
+    ALIGN, MAGIC, MAJOR, MIN_MAJOR, PREAMBLE_LEN,
 };
 use crate::error::{Error, FormatError, Result};
 use crate::mmap::FileBytes;
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -88,7 +91,7 @@ impl NerpFile {
         }
     }
 
-    /// The file's major format version (1 or 2).
+    /// The file's major format version (1, 2 or 3).
     pub fn major(&self) -> u16 {
         self.major
     }
@@ -165,6 +168,23 @@ pub fn read_header(path: impl AsRef<Path>) -> Result<(Header, u64)> {
 
 /// [`read_header`], also returning the file's major version.
 pub fn read_header_version(path: impl AsRef<Path>) -> Result<(Header, u64, u16)> {
+    read_header_info(path).map(|i| (i.header, i.file_len, i.major))
+}
+
+/// What [`read_header_info`] reads: the header and the numbers of the preamble.
+#[derive(Debug, Clone)]
+pub struct HeaderInfo {
+    pub header: Header,
+    pub file_len: u64,
+    pub major: u16,
+    /// Stored header bytes (compressed in format 3).
+    pub header_len: u64,
+    /// The header's JSON length (after decompression in format 3).
+    pub json_len: u64,
+}
+
+/// [`read_header`] with the major version and the header's stored and JSON lengths.
+pub fn read_header_info(path: impl AsRef<Path>) -> Result<HeaderInfo> {
     let path = path.as_ref();
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, "opening", e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, "reading metadata of", e))?.len();
@@ -176,8 +196,8 @@ pub fn read_header_version(path: impl AsRef<Path>) -> Result<(Header, u64, u16)>
     let p = parse_preamble(&pre, file_len).map_err(|k| fmt_err(path, k))?;
     let mut json = vec![0u8; p.header_len as usize];
     file.read_exact(&mut json).map_err(|e| Error::io(path, "reading header of", e))?;
-    let header = parse_header(&p, &json, file_len).map_err(|k| fmt_err(path, k))?;
-    Ok((header, file_len, p.major))
+    let (header, json_len) = parse_header(&p, &json, file_len).map_err(|k| fmt_err(path, k))?;
+    Ok(HeaderInfo { header, file_len, major: p.major, header_len: p.header_len, json_len })
 }
 
 fn parse_preamble(b: &[u8], file_len: u64) -> Result<Preamble, FormatError> {
@@ -208,17 +228,156 @@ fn parse_preamble(b: &[u8], file_len: u64) -> Result<Preamble, FormatError> {
     Ok(Preamble { major, header_len, header_crc: u32_at(24) })
 }
 
-/// Parses the header JSON and checks everything that needs only the header and file length.
-fn parse_header(p: &Preamble, json: &[u8], file_len: u64) -> Result<Header, FormatError> {
-    let computed = crc32fast::hash(json);
+/// Parses the header (decompressing it in format 3) and checks everything that needs only the
+/// header and file length; also returns the JSON's length.
+fn parse_header(p: &Preamble, stored: &[u8], file_len: u64) -> Result<(Header, u64), FormatError> {
+    let computed = crc32fast::hash(stored);
     if computed != p.header_crc {
         return Err(FormatError::HeaderChecksum { stored: p.header_crc, computed });
     }
-    let header: Header = serde_json::from_slice(json).map_err(|e| FormatError::HeaderJson(e.to_string()))?;
+    let (header, json_len) = if p.major >= 3 {
+        let json = decompress_header(stored)?;
+        (header_from_v3_json(&json)?, json.len() as u64)
+    } else {
+        let h = serde_json::from_slice(stored).map_err(|e| FormatError::HeaderJson(e.to_string()))?;
+        (h, stored.len() as u64)
+    };
     let data_offset = data_offset(p.header_len)?;
     check_layout(&header, data_offset, file_len)?;
     check_semantics(&header, p.major)?;
-    Ok(header)
+    Ok((header, json_len))
+}
+
+/// Decompresses a format-3 header (spec check 8a): one zstd frame declaring its content size,
+/// at most [`limits::MAX_HEADER_LEN`] (checked before allocating: a small frame declaring
+/// gigabytes is a decompression bomb), a window of at most [`limits::MAX_ZSTD_WINDOW`], and
+/// decoding to exactly that size.
+pub fn decompress_header(stored: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let bad = |what: String| FormatError::HeaderCompression(what);
+    if !stored.starts_with(&ZSTD_MAGIC) {
+        return Err(bad("the header does not start with a zstd frame (format 3 compresses it)".into()));
+    }
+    let declared = match zstd::zstd_safe::get_frame_content_size(stored) {
+        Ok(Some(n)) => n,
+        _ => return Err(bad("the header's zstd frame has no valid content size".into())),
+    };
+    if declared > limits::MAX_HEADER_LEN {
+        return Err(FormatError::HeaderTooLarge { len: declared, limit: limits::MAX_HEADER_LEN });
+    }
+    check_frame(stored, declared).map_err(bad)?;
+    let mut out = Vec::with_capacity(declared.min(stored.len() as u64 * PLAUSIBLE_ZSTD_RATIO) as usize);
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(stored)
+        .map_err(|e| bad(format!("zstd decoder: {e}")))?
+        .single_frame();
+    (&mut decoder)
+        .take(declared.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| bad(format!("the header's zstd data is corrupt: {e}")))?;
+    if out.len() as u64 != declared {
+        return Err(bad(format!("the header decoded to {} bytes, its frame declares {declared}", out.len())));
+    }
+    if !decoder.finish().is_empty() {
+        return Err(bad("bytes follow the header's zstd frame".into()));
+    }
+    Ok(out)
+}
+
+/// A section as a format-3 header stores it: no `offset` (derived, spec section 2) and, for a
+/// `plain` section, no `decoded_length` (it equals `length`).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SectionV3 {
+    kind: SectionKind,
+    length: u64,
+    encoding: Encoding,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    decoded_length: Option<u64>,
+    crc32: u32,
+}
+
+/// The format-3 header as stored (members in the order of [`Header`]).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderV3 {
+    source: Source,
+    predictor: Option<PredictorSpec>,
+    tensors: Vec<TensorEntry>,
+    sections: Vec<SectionV3>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+/// Parses a format-3 header JSON and derives what it leaves out.
+fn header_from_v3_json(json: &[u8]) -> Result<Header, FormatError> {
+    let bad = |e: String| Err(FormatError::HeaderJson(e));
+    let h: HeaderV3 = match serde_json::from_slice(json) {
+        Ok(h) => h,
+        Err(e) => return bad(e.to_string()),
+    };
+    limit("sections", h.sections.len() as u64, limits::MAX_SECTIONS as u64)?;
+    let mut sections = Vec::with_capacity(h.sections.len());
+    let mut offset = 0u64;
+    for (i, s) in h.sections.into_iter().enumerate() {
+        let decoded_length = match (s.encoding, s.decoded_length) {
+            (Encoding::Plain, None) => s.length,
+            (Encoding::Plain, Some(_)) => {
+                return bad(format!("section {i}: a plain section has no `decoded_length` in format 3"))
+            }
+            (_, Some(n)) => n,
+            (_, None) => return bad(format!("section {i}: missing field `decoded_length`")),
+        };
+        sections.push(SectionEntry {
+            kind: s.kind,
+            offset,
+            length: s.length,
+            encoding: s.encoding,
+            decoded_length,
+            crc32: s.crc32,
+        });
+        offset = offset
+            .checked_add(s.length)
+            .and_then(align_up)
+            .ok_or_else(|| FormatError::Overflow(format!("end of section {i}")))?;
+    }
+    Ok(Header {
+        source: h.source,
+        predictor: h.predictor,
+        tensors: h.tensors,
+        sections,
+        metadata: h.metadata,
+    })
+}
+
+/// The stored form of a header in major version `major`: JSON for 1 and 2; for 3 the JSON
+/// without derived fields (section `offset`, a plain section's `decoded_length`), compressed
+/// with zstd at `level`.
+pub fn header_bytes(header: &Header, major: u16, level: i32) -> Vec<u8> {
+    if major < 3 {
+        return serde_json::to_vec(header).expect("header serializes");
+    }
+    let sections = header
+        .sections
+        .iter()
+        .map(|s| SectionV3 {
+            kind: s.kind,
+            length: s.length,
+            encoding: s.encoding,
+            decoded_length: (s.encoding != Encoding::Plain).then_some(s.decoded_length),
+            crc32: s.crc32,
+        })
+        .collect();
+    let h = HeaderV3 {
+        source: header.source.clone(),
+        predictor: header.predictor.clone(),
+        tensors: header.tensors.clone(),
+        sections,
+        metadata: header.metadata.clone(),
+    };
+    let json = serde_json::to_vec(&h).expect("header serializes");
+    let mut c = zstd::bulk::Compressor::new(level).expect("zstd level is valid");
+    c.include_contentsize(true).expect("zstd parameter");
+    c.include_checksum(false).expect("zstd parameter");
+    c.compress(&json).expect("zstd compresses in memory")
 }
 
 fn data_offset(header_len: u64) -> Result<u64, FormatError> {
@@ -230,7 +389,7 @@ fn check_all(b: &[u8]) -> Result<(Header, u64, u16), FormatError> {
     let file_len = b.len() as u64;
     let p = parse_preamble(b, file_len)?;
     let header_end = (PREAMBLE_LEN + p.header_len) as usize;
-    let header = parse_header(&p, &b[PREAMBLE_LEN as usize..header_end], file_len)?;
+    let (header, _) = parse_header(&p, &b[PREAMBLE_LEN as usize..header_end], file_len)?;
     let data_offset = data_offset(p.header_len)?;
     check_zero(b, header_end as u64, data_offset)?;
     let mut prev_end = data_offset;
@@ -378,9 +537,12 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
         if p.layers != n_predicted {
             return bad(format!("declares {} layers but {n_predicted} tensors are predicted", p.layers));
         }
+        if let Some(what) = predictor_needs_format_3(p).filter(|_| major < 3) {
+            return bad(what);
+        }
         claim(p.section, SectionKind::Predictor, "predictor")?;
         let s = &h.sections[p.section];
-        let need = param_count(p.hidden as usize, e.levels as usize) as u64 * p.dtype.size() as u64;
+        let need = stored_len(p.dtype, p.hidden as usize, e.levels as usize);
         if s.encoding != Encoding::Plain || s.decoded_length != need {
             return bad(format!(
                 "weights section must be plain and {need} bytes, found {:?} of {} bytes",
@@ -413,6 +575,9 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
                 tensor: t.name.clone(),
                 what: format!("shape {:?} has more than {} elements", t.shape, limits::MAX_TENSOR_ELEMENTS),
             })?;
+        if let Some(what) = needs_format_3(t).filter(|_| major < 3) {
+            return bad(what);
+        }
         match t.storage {
             Storage::Raw { section } => {
                 claim(section, SectionKind::Tensor, &format!("tensor {}", t.name))?;
@@ -422,7 +587,42 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
                     return bad(format!("raw data is {got} bytes, shape and dtype need {need}"));
                 }
             }
-            Storage::Predicted { layer, permutation, scales, layout } => {
+            Storage::Quantized { bits, group, section } => {
+                let bad = |what: String| Err(FormatError::Quantization { tensor: t.name.clone(), what });
+                if !t.dtype.is_float() {
+                    return bad(format!("dtype {:?} cannot be quantized (float tensors only)", t.dtype));
+                }
+                if !quant::valid_bits(bits) {
+                    return bad(format!("{bits} bits is not in {}..={}", quant::MIN_BITS, quant::MAX_BITS));
+                }
+                let row = row_len(&t.shape).unwrap_or(0);
+                if group == 0 || !row.is_multiple_of(group) {
+                    return bad(format!("group of {group} values does not divide the row length {row}"));
+                }
+                claim(section, SectionKind::Quantized, &format!("tensor {}", t.name))?;
+                let need = quant::encoded_len(numel, group, bits).expect("numel ≤ 2^32");
+                let got = h.sections[section].decoded_length;
+                if got != need {
+                    return bad(format!(
+                        "quantized data is {got} bytes; {numel} values of {bits} bits in groups of {group} need {need}"
+                    ));
+                }
+            }
+            Storage::Cast { to, section } => {
+                if !matches!(t.dtype, DType::F32 | DType::F64) || !matches!(to, DType::F16 | DType::Bf16) {
+                    return bad(format!(
+                        "cast storage stores f32 or f64 values as f16 or bf16, not {:?} as {to:?}",
+                        t.dtype
+                    ));
+                }
+                claim(section, SectionKind::Tensor, &format!("tensor {}", t.name))?;
+                let need = numel * to.size() as u64;
+                let got = h.sections[section].decoded_length;
+                if got != need {
+                    return bad(format!("cast data is {got} bytes, shape and {to:?} need {need}"));
+                }
+            }
+            Storage::Predicted { layer, permutation, scales, layout, scale_dtype } => {
                 if !t.dtype.is_float() {
                     return bad(format!("dtype {:?} cannot be predicted", t.dtype));
                 }
@@ -445,11 +645,17 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
                         "permutation is {got} bytes, {blocks} blocks need {need} (or 0: identity)"
                     ));
                 }
+                if got == 0 && need != 0 && major < 3 {
+                    return bad(format!("an identity permutation (0 bytes) needs format 3, the file says {major}"));
+                }
                 if let Some(sc) = scales {
                     claim(sc, SectionKind::Scales, &format!("tensor {}", t.name))?;
                     let got = h.sections[sc].decoded_length;
-                    if got != 4 * f {
-                        return bad(format!("scales are {got} bytes, {f} rows need {}", 4 * f));
+                    let need = scale_dtype.dtype().size() as u64 * f;
+                    if got != need {
+                        return bad(format!(
+                            "scales are {got} bytes, {f} rows of {scale_dtype:?} need {need}"
+                        ));
                     }
                 }
             }
@@ -476,7 +682,8 @@ pub fn section_owner(h: &Header, index: usize) -> String {
     }
     for t in &h.tensors {
         let part = match t.storage {
-            Storage::Raw { section } if section == index => "data",
+            Storage::Raw { section } | Storage::Cast { section, .. } if section == index => "data",
+            Storage::Quantized { section, .. } if section == index => "quantized data",
             Storage::Predicted { permutation, .. } if permutation == index => "permutation",
             Storage::Predicted { scales: Some(s), .. } if s == index => "scales",
             _ => continue,
@@ -550,17 +757,24 @@ pub fn bounded(v: f32) -> bool {
     v.is_finite() && v.abs() <= limits::MAX_ABS_VALUE
 }
 
-/// Checks stored predictor parameters (spec check 30): each finite and at most
-/// [`limits::MAX_ABS_VALUE`] in magnitude.
-pub fn check_predictor_weights(dtype: super::WeightDtype, stored: &[u8]) -> Result<(), FormatError> {
-    let values = to_f32(dtype.dtype(), stored).expect("float dtype");
+/// Decodes stored predictor parameters to f32 in storage order and checks them (spec check
+/// 30): each float parameter, and each scale of a quantized one, finite and at most
+/// [`limits::MAX_ABS_VALUE`] in magnitude; quantized codes in range.
+pub fn predictor_params(spec: &PredictorSpec, stored: &[u8]) -> Result<Vec<f32>, FormatError> {
+    let values = super::predictor::decode_params(
+        spec.dtype,
+        spec.hidden as usize,
+        spec.embedding.levels as usize,
+        stored,
+    )
+    .map_err(FormatError::Predictor)?;
     match values.iter().position(|&v| !bounded(v)) {
         Some(i) => Err(FormatError::Predictor(format!(
             "parameter {i} is {}; parameters must be finite and at most {:e} in magnitude",
             values[i],
             limits::MAX_ABS_VALUE
         ))),
-        None => Ok(()),
+        None => Ok(values),
     }
 }
 
@@ -604,7 +818,9 @@ pub fn decode(encoding: Encoding, stored: &[u8], decoded_length: u64) -> Result<
 pub fn layer_plans(file: &NerpFile) -> Result<Vec<LayerPlan>> {
     let mut plans = Vec::new();
     for (tensor, t) in file.header().tensors.iter().enumerate() {
-        let Storage::Predicted { layer, permutation, scales, layout } = t.storage else { continue };
+        let Storage::Predicted { layer, permutation, scales, layout, scale_dtype } = t.storage else {
+            continue;
+        };
         let bad = |what: String| file.fmt_error(FormatError::Tensor { tensor: t.name.clone(), what });
         // The grid was validated at open; this cannot fail for an open file.
         let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
@@ -613,7 +829,7 @@ pub fn layer_plans(file: &NerpFile) -> Result<Vec<LayerPlan>> {
             .map_err(|e| bad(format!("permutation: {e}")))?;
         let scales = match scales {
             Some(s) => {
-                let v = to_f32(DType::F32, &file.decode_section(s)?).expect("f32");
+                let v = to_f32(scale_dtype.dtype(), &file.decode_section(s)?).expect("float");
                 if let Some(x) = v.iter().find(|&&x| !bounded(x)) {
                     return Err(bad(format!(
                         "scale {x} is not a finite number of magnitude at most {:e}",

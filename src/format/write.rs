@@ -46,7 +46,8 @@ impl FileBuilder {
         self.sections[index].0.length
     }
 
-    /// Lays out preamble, header and sections; the result is a complete file image.
+    /// Lays out preamble, header and sections; the result is a complete file image, in the
+    /// lowest major version that expresses it ([`major_for`]; format 3 compresses the header).
     pub fn finish(
         self,
         source: Source,
@@ -62,12 +63,13 @@ impl FileBuilder {
             sections.push(entry);
         }
         let header = Header { source, predictor, tensors, sections, metadata };
-        let json = serde_json::to_vec(&header).expect("header serializes");
+        let major = major_for(&header);
+        let json = super::read::header_bytes(&header, major, ZSTD_LEVEL);
         let data_offset = align_up(PREAMBLE_LEN + json.len() as u64).expect("fits u64");
 
         let mut out = Vec::with_capacity(data_offset as usize + offset as usize);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&major_for(&header.tensors).to_le_bytes());
+        out.extend_from_slice(&major.to_le_bytes());
         out.extend_from_slice(&MINOR.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes()); // flags
         out.extend_from_slice(&(json.len() as u64).to_le_bytes());

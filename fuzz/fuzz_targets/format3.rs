@@ -1,0 +1,77 @@
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use nerp::format::codec::pack_permutation;
+use nerp::format::{
+    predictor::stored_len, quant, DType, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, ScaleDtype,
+    SectionKind, Source, SourceKind, Storage, TensorEntry, WeightDtype,
+};
+use std::collections::BTreeMap;
+
+/// Predictor width and levels of the crafted files.
+const HIDDEN: usize = 4;
+const LEVELS: u32 = 1;
+
+// Valid format-3 containers with hostile values: the input supplies the int8 or int4
+// predictor section, the f16 scales, and a quantized tensor's bits, group and content (first
+// byte: predictor dtype and bits). Opening may refuse the lengths; whatever opens must not
+// panic in `verify` or `regenerate`, and what `verify` accepts must regenerate to finite values.
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, data)) = data.split_first() else { return };
+    let dtype = if mode & 1 == 0 { WeightDtype::Int8 } else { WeightDtype::Int4 };
+    let bits = (mode >> 1) % 10; // 0..=9: out-of-range widths included
+    let group = [1u64, 2, 3, 4, 8][(mode >> 5) as usize % 5];
+    let plen = stored_len(dtype, HIDDEN, LEVELS as usize) as usize;
+    let qlen = quant::encoded_len(8, group.max(1), bits.clamp(1, 8)).unwrap_or(0) as usize;
+    let mut bytes = data.to_vec();
+    bytes.resize(plen + 8 + qlen, 0);
+    let (weights, rest) = bytes.split_at(plen);
+    let (scales, quantized) = rest.split_at(8);
+
+    let mut b = FileBuilder::new();
+    let section = b.add(SectionKind::Predictor, Encoding::Plain, weights);
+    let perm = b.add(SectionKind::Permutation, Encoding::Zstd, &pack_permutation(&(0..8).collect::<Vec<_>>()));
+    let scales = b.add(SectionKind::Scales, Encoding::Zstd, scales);
+    let q = b.add(SectionKind::Quantized, Encoding::Zstd, quantized);
+    let tensors = vec![
+        TensorEntry {
+            name: "w".into(),
+            dtype: DType::F32,
+            shape: vec![4, 2, 3, 3],
+            storage: Storage::Predicted {
+                layer: 0,
+                permutation: perm,
+                scales: Some(scales),
+                layout: Default::default(),
+                scale_dtype: ScaleDtype::F16,
+            },
+        },
+        TensorEntry {
+            name: "q".into(),
+            dtype: if mode & 0x10 == 0 { DType::F32 } else { DType::F16 },
+            shape: vec![2, 4],
+            storage: Storage::Quantized { bits, group, section: q },
+        },
+    ];
+    let spec = PredictorSpec {
+        arch: "mlp_relu".into(),
+        hidden: HIDDEN as u32,
+        embedding: Embedding { base: 1.25, levels: LEVELS },
+        dtype,
+        ordering: Ordering::None,
+        layers: 1,
+        section,
+    };
+    let source = Source { kind: SourceKind::Safetensors, file_bytes: 0, skeleton: None };
+    let Ok(file) = nerp::NerpFile::from_bytes(b.finish(source, Some(spec), tensors, BTreeMap::new()), "fuzz")
+    else {
+        return;
+    };
+    assert_eq!(file.major(), 3);
+    let verified = nerp::verify::verify(&file);
+    let regenerated = nerp::regen::regenerate(&file, &nerp::Device::Cpu);
+    if verified.is_ok() {
+        let w = regenerated.expect("verify accepted a file that does not regenerate");
+        assert!(w.iter().all(|t| t.to_f32().expect("float").iter().all(|v| v.is_finite())));
+    }
+});
