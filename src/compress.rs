@@ -210,10 +210,8 @@ pub fn hidden_for_size(
     }
     // Only the predictor section grows with the width: estimate from its encoded length, then
     // check the estimate with the real layout and step down while it does not fit.
-    let section = |h: usize| {
-        let n = predictor::param_count(h, opts.embedding.levels as usize);
-        predictor::encode_weights(opts.predictor_dtype, &vec![0f32; n]).len() as u64
-    };
+    let levels = opts.embedding.levels as usize;
+    let section = |h: usize| format::predictor::stored_len(opts.predictor_dtype, h, levels);
     let fixed = smallest - section(1);
     let max = format::limits::MAX_HIDDEN as usize;
     let (mut lo, mut hi) = (1, max);

@@ -21,8 +21,13 @@ fn model(rel: &str) -> Option<PathBuf> {
 
 /// A tiny, fast budget: these tests check that everything is handled, not fidelity.
 fn tiny(shape: Option<&[usize]>) -> CompressOptions {
-    let mut o =
-        CompressOptions { hidden: Some(8), steps: 5, ordering: Ordering::None, channels: false, ..Default::default() };
+    let mut o = CompressOptions {
+        hidden: Some(8),
+        steps: 5,
+        ordering: Ordering::None,
+        channels: false,
+        ..Default::default()
+    };
     if let Some(s) = shape {
         o.metadata
             .insert(nerp::format::metadata::INPUT_SHAPES_KEY.into(), serde_json::to_string(&[s]).unwrap());

@@ -438,7 +438,9 @@ pub fn predictor_needs_format_3(p: &PredictorSpec) -> Option<String> {
 pub fn major_for(h: &Header) -> u16 {
     let tensors = &h.tensors;
     let identity = |t: &TensorEntry| match t.storage {
-        Storage::Predicted { permutation, .. } => h.sections.get(permutation).is_some_and(|s| s.decoded_length == 0),
+        Storage::Predicted { permutation, .. } => {
+            h.sections.get(permutation).is_some_and(|s| s.decoded_length == 0)
+        }
         _ => false,
     };
     if tensors.iter().any(|t| needs_format_3(t).is_some() || identity(t))

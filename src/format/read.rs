@@ -646,7 +646,9 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
                     ));
                 }
                 if got == 0 && need != 0 && major < 3 {
-                    return bad(format!("an identity permutation (0 bytes) needs format 3, the file says {major}"));
+                    return bad(format!(
+                        "an identity permutation (0 bytes) needs format 3, the file says {major}"
+                    ));
                 }
                 if let Some(sc) = scales {
                     claim(sc, SectionKind::Scales, &format!("tensor {}", t.name))?;
