@@ -65,22 +65,7 @@ impl Workspace {
             let i = i as usize;
             self.acts[0][r * d..(r + 1) * d].copy_from_slice(&inputs[i * d..(i + 1) * d]);
         }
-        // Forward: z = a·W, then + b and ReLU in one pass.
-        for l in 0..DEPTH {
-            let (i, o) = lay.dims[l];
-            let (w, b) = (lay.weight(l).start, lay.bias(l).start);
-            let (lo, hi) = self.acts.split_at_mut(l + 1);
-            let (a, z) = (&lo[l][..rows * i], &mut hi[0][..rows * o]);
-            sgemm(rows, o, i, a, false, &params[w..w + i * o], false, z);
-            let bias = &params[b..b + o];
-            let relu = l + 1 < DEPTH;
-            for row in z.chunks_exact_mut(o) {
-                for (v, bb) in row.iter_mut().zip(bias) {
-                    let s = *v + bb;
-                    *v = if relu && s < 0.0 { 0.0 } else { s };
-                }
-            }
-        }
+        self.forward_layers(lay, params, rows);
         // Loss and its gradient with respect to the output.
         let out = &self.acts[DEPTH];
         let scale = 2.0 / count;
@@ -94,32 +79,7 @@ impl Workspace {
                 self.g[r * OUTPUTS + j] = w * diff * scale;
             }
         }
-        // Backward.
-        for l in (0..DEPTH).rev() {
-            let (i, o) = lay.dims[l];
-            let (w, b) = (lay.weight(l).start, lay.bias(l).start);
-            let a = &self.acts[l][..rows * i];
-            let g = &self.g[..rows * o];
-            sgemm(i, o, rows, a, true, g, false, &mut self.grads[w..w + i * o]);
-            let gb = &mut self.grads[b..b + o];
-            gb.fill(0.0);
-            for row in g.chunks_exact(o) {
-                for (s, v) in gb.iter_mut().zip(row) {
-                    *s += v;
-                }
-            }
-            if l > 0 {
-                let gp = &mut self.g_prev[..rows * i];
-                sgemm(rows, i, o, g, false, &params[w..w + i * o], true, gp);
-                // ReLU backward: the gradient passes where the activation was positive.
-                for (gv, av) in gp.iter_mut().zip(a) {
-                    if *av <= 0.0 {
-                        *gv = 0.0;
-                    }
-                }
-                std::mem::swap(&mut self.g, &mut self.g_prev);
-            }
-        }
+        self.backward_layers(lay, params, rows);
     }
 }
 
@@ -217,12 +177,9 @@ pub struct BlockPass {
 }
 
 impl Workspace {
-    /// Forward over `inputs` (rows × in), keeping every layer's activations; the output is
-    /// left in `acts[DEPTH]`.
-    fn forward_rows(&mut self, lay: &Layout, params: &[f32], inputs: &[f32]) {
-        let d = lay.dims[0].0;
-        let rows = inputs.len() / d;
-        self.acts[0][..rows * d].copy_from_slice(inputs);
+    /// The forward pass over the first `rows` rows of `acts[0]`: `z = a·W`, then `+ b` and ReLU
+    /// in one pass; every layer's activations are kept, the output is left in `acts[DEPTH]`.
+    fn forward_layers(&mut self, lay: &Layout, params: &[f32], rows: usize) {
         for l in 0..DEPTH {
             let (i, o) = lay.dims[l];
             let (w, b) = (lay.weight(l).start, lay.bias(l).start);
@@ -240,11 +197,9 @@ impl Workspace {
         }
     }
 
-    /// Backward of [`Self::forward_rows`] (same rows) from the output gradient `dout`
-    /// (rows × 9): this chunk's parameter gradients into `grads`.
-    fn backward_rows(&mut self, lay: &Layout, params: &[f32], dout: &[f32]) {
-        let rows = dout.len() / OUTPUTS;
-        self.g[..rows * OUTPUTS].copy_from_slice(dout);
+    /// The backward pass of [`Self::forward_layers`] from the output gradient in the first
+    /// `rows × 9` values of `g`: the parameter gradients into `grads`.
+    fn backward_layers(&mut self, lay: &Layout, params: &[f32], rows: usize) {
         for l in (0..DEPTH).rev() {
             let (i, o) = lay.dims[l];
             let (w, b) = (lay.weight(l).start, lay.bias(l).start);
@@ -261,6 +216,7 @@ impl Workspace {
             if l > 0 {
                 let gp = &mut self.g_prev[..rows * i];
                 sgemm(rows, i, o, g, false, &params[w..w + i * o], true, gp);
+                // ReLU backward: the gradient passes where the activation was positive.
                 for (gv, av) in gp.iter_mut().zip(a) {
                     if *av <= 0.0 {
                         *gv = 0.0;
@@ -269,6 +225,23 @@ impl Workspace {
                 std::mem::swap(&mut self.g, &mut self.g_prev);
             }
         }
+    }
+
+    /// Forward over `inputs` (rows × in), keeping every layer's activations; the output is
+    /// left in `acts[DEPTH]`.
+    fn forward_rows(&mut self, lay: &Layout, params: &[f32], inputs: &[f32]) {
+        let d = lay.dims[0].0;
+        let rows = inputs.len() / d;
+        self.acts[0][..rows * d].copy_from_slice(inputs);
+        self.forward_layers(lay, params, rows);
+    }
+
+    /// Backward of [`Self::forward_rows`] (same rows) from the output gradient `dout`
+    /// (rows × 9): this chunk's parameter gradients into `grads`.
+    fn backward_rows(&mut self, lay: &Layout, params: &[f32], dout: &[f32]) {
+        let rows = dout.len() / OUTPUTS;
+        self.g[..rows * OUTPUTS].copy_from_slice(dout);
+        self.backward_layers(lay, params, rows);
     }
 }
 
