@@ -607,7 +607,11 @@ pub fn build_file(
                 let se: f64 = rebuilt.iter().zip(&values[k]).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
                 se_all += se;
                 n_all += rebuilt.len();
-                let identity = p.perm.iter().enumerate().all(|(i, &k)| i == k as usize);
+                // Without a stored ordering every permutation is the identity: an empty section
+                // (format 3). A chain that happens to be the identity (one block) stays stored, so
+                // a chained file keeps the lowest major version its tensors need.
+                let identity = opts.ordering == Ordering::None
+                    && p.perm.iter().enumerate().all(|(i, &k)| i == k as usize);
                 let perm = if identity {
                     b.add(SectionKind::Permutation, Encoding::Plain, &[])
                 } else {

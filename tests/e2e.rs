@@ -159,13 +159,13 @@ fn regeneration_beyond_one_batch_matches_the_reference_predictor() {
     let weights = regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
     let mut checked = 0;
     for (t, w) in h.tensors.iter().zip(&weights) {
-        let Storage::Predicted { layer, permutation, scales, .. } = t.storage else { continue };
+        let Storage::Predicted { layer, permutation, scales, scale_dtype, .. } = t.storage else { continue };
         let (f, c) = (t.shape[0] as usize, t.shape[1] as usize);
         assert_eq!(&t.shape[2..], &[3, 3]);
         let perm = nerp::format::codec::unpack_permutation(&file.decode_section(permutation).unwrap(), f * c)
             .unwrap();
         let scales = scales.map(|s| {
-            nerp::format::codec::to_f32(nerp::format::DType::F32, &file.decode_section(s).unwrap()).unwrap()
+            nerp::format::codec::to_f32(scale_dtype.dtype(), &file.decode_section(s).unwrap()).unwrap()
         });
         let got = w.to_f32().unwrap();
         for (p, &kernel) in perm.iter().enumerate() {

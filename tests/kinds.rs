@@ -106,6 +106,9 @@ fn random_file(dtype: WeightDtype, scale_dtype: ScaleDtype, hidden: usize) -> ne
         predictor_dtype: dtype,
         scale_dtype,
         selection: all_weights(),
+        // A stored chain, so that the permutations are exercised (and f32 scales stay format 2).
+        ordering: nerp::format::Ordering::Crossfilter,
+        channels: false,
         ..Default::default()
     };
     let Plan { layers: plans, values, .. } = make_plan(&model, &opts).unwrap();
