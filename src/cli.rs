@@ -118,6 +118,22 @@ pub struct CompressArgs {
     /// int8/int4 (quantized per row); all but raw need format 3.
     #[arg(long, value_enum, default_value_t = CompressOptions::default().raw_codec)]
     pub raw_codec: crate::compress::Codec,
+    /// Keep the model's outputs within this relative error (e.g. 0.05) with the smallest file:
+    /// a storage per tensor (predicted, raw, f16, int8/4/3/2) from errors measured on
+    /// calibration inputs (weights' errors without them). By default the predictor's file is
+    /// checked against 0.05 and tensors it cannot keep get other codecs; `off` skips the check.
+    #[arg(long, value_name = "E|off", value_parser = parse_max_error)]
+    pub max_error: Option<crate::compress::ErrorBudget>,
+    /// Training images of --data run to measure output errors (with --preprocess).
+    #[arg(long, value_name = "N", default_value_t = CompressOptions::default().calibration_images)]
+    pub calibration: usize,
+    /// Input arrays (.npy) run to measure output errors instead of images (repeatable).
+    #[arg(long, value_name = "NPY")]
+    pub calibration_inputs: Vec<PathBuf>,
+    /// Round quantized tensors to the nearest step even with calibration images (default:
+    /// data-aware rounding, GPTQ, weighted by each layer's inputs).
+    #[arg(long)]
+    pub nearest_rounding: bool,
     /// Do not normalize each filter by its RMS before fitting.
     #[arg(long)]
     pub no_filter_scales: bool,
@@ -409,7 +425,7 @@ impl ValueEnum for format::ScaleDtype {
 impl ValueEnum for crate::compress::Codec {
     fn value_variants<'a>() -> &'a [Self] {
         use crate::compress::Codec::*;
-        &[Raw, F16, Bf16, Int8, Int4]
+        &[Raw, F16, Bf16, Int8, Int4, Int3, Int2]
     }
 
     fn to_possible_value(&self) -> Option<PossibleValue> {
@@ -487,6 +503,10 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         predictor_dtype: a.predictor_dtype,
         scale_dtype: a.scale_dtype,
         raw_codec: a.raw_codec,
+        error_budget: a.max_error.unwrap_or(CompressOptions::default().error_budget),
+        calibration_images: a.calibration,
+        calibration_inputs: a.calibration_inputs,
+        data_aware_rounding: !a.nearest_rounding,
         filter_scales: !a.no_filter_scales,
         selection: crate::select::Selection {
             include: a.include,
@@ -564,6 +584,19 @@ fn training_progress(bar: &indicatif::ProgressBar, steps: usize) -> impl FnMut(u
     }
 }
 
+/// `--max-error`: a relative error in (0, ∞), or `off`.
+#[cfg(feature = "compress")]
+fn parse_max_error(s: &str) -> std::result::Result<crate::compress::ErrorBudget, String> {
+    use crate::compress::ErrorBudget;
+    if s == "off" {
+        return Ok(ErrorBudget::Off);
+    }
+    match s.parse::<f64>() {
+        Ok(e) if e.is_finite() && e >= 0.0 => Ok(ErrorBudget::Target(e)),
+        _ => Err(format!("{s:?} is not a relative error (a number such as 0.05) or `off`")),
+    }
+}
+
 #[cfg(feature = "compress")]
 fn print_compress_report(r: &crate::compress::CompressReport) {
     println!(
@@ -575,11 +608,17 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
         let shape = format!("{:?}", t.shape);
         let (kind, rmse, rel) = if t.predicted {
             (t.stored.as_str(), format!("{:.5}", t.rmse), format!("{:.2}%", 100.0 * t.rel_error))
-        } else {
+        } else if t.stored.starts_with("raw") {
             if t.stored.len() > 4 && !raw_reasons.contains(&t.stored) {
                 raw_reasons.push(t.stored.clone());
             }
             ("raw", "-".into(), "-".into())
+        } else {
+            (t.stored.as_str(), "-".into(), "-".into())
+        };
+        let rel = match t.error_alone {
+            Some(e) => format!("{rel} e={:.2}%", 100.0 * e),
+            None => rel,
         };
         println!(
             "{:<40} {:>18} {:>9} {:>10} {:>8} {:>10} -> {:>9}",
@@ -596,7 +635,10 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
         let n = r.tensors.iter().filter(|t| t.stored == why).count();
         println!("{n} tensor(s) {why}");
     }
-    println!(
+    if r.predictor_params == 0 {
+        println!("predictor: none stored");
+    } else {
+        println!(
         "predictor: hidden {}, {} parameters for {} weights ({:.2}x); weight RMSE {:.5}; final loss {:.5}",
         r.hidden,
         r.predictor_params,
@@ -605,6 +647,19 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
         r.weight_rmse,
         r.final_loss
     );
+    }
+    if let Some(s) = &r.storage {
+        let measured = s.measured_error.map_or(String::new(), |m| format!(", measured {:.2}%", 100.0 * m));
+        println!(
+            "storage chosen per tensor under {} ({} errors{}): {}; error estimated {:.2}%{measured}; budget {}",
+            s.budget,
+            s.measure,
+            if s.calibration_batches > 0 { format!(", {} calibration batches", s.calibration_batches) } else { String::new() },
+            if s.with_predictor { "predictor and codecs" } else { "codecs only" },
+            100.0 * s.estimated_error,
+            if s.met { "met" } else { "NOT met" },
+        );
+    }
     println!(
         "file: {} -> {} bytes ({:.2}x) in {:.1} s",
         r.source_bytes,

@@ -1,5 +1,6 @@
 //! The compressor pipeline: ingest → plan → train → write.
 
+use crate::choose::{Budget, Choice, Encoded};
 use crate::distill::{self, DistillOptions, Schedule};
 use crate::error::{Error, Result};
 use crate::format::geometry::prediction_ranges;
@@ -7,6 +8,7 @@ use crate::format::{
     self, codec::pack_permutation, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, ScaleDtype,
     SectionKind, Source, SourceKind, Storage, TensorEntry, WeightDtype,
 };
+use crate::gptq::Hessians;
 use crate::ingest::{self, SourceModel};
 use crate::plan::{self, LayerPlan};
 use crate::predictor::{self, Predictor};
@@ -54,46 +56,42 @@ pub struct CompressOptions {
     pub scale_dtype: ScaleDtype,
     /// How the float tensors that are not predicted are stored (`--raw-codec`).
     pub raw_codec: Codec,
+    /// The output error the file must keep (`--max-error`): chooses a storage per tensor.
+    pub error_budget: ErrorBudget,
+    /// Training images (of `distill.data`) run to measure output errors, when `--preprocess`
+    /// is given.
+    pub calibration_images: usize,
+    /// Input arrays (`.npy`) run to measure output errors instead of images.
+    pub calibration_inputs: Vec<std::path::PathBuf>,
+    /// With calibration images, round quantized tensors data-aware ([`crate::gptq`]) instead
+    /// of to the nearest step.
+    pub data_aware_rounding: bool,
 }
 
-/// How a float tensor that is not predicted is stored (`--raw-codec`; spec section 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Codec {
-    /// As is (byte-grouped zstd): lossless.
-    #[default]
-    Raw,
-    /// f32/f64 values cast to f16 (format 3); other dtypes stay raw.
-    F16,
-    /// f32/f64 values cast to bf16 (format 3); other dtypes stay raw.
-    Bf16,
-    /// Quantized to int8, one f16 scale per row (format 3).
-    Int8,
-    /// Quantized to int4, one f16 scale per row or per group of at most 128 values (format 3).
-    Int4,
+/// What `compress` does about the error of the file it writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ErrorBudget {
+    /// Nothing: the predictor's file as trained.
+    Off,
+    /// Measure the file's error; above the limit, say so and choose a storage per tensor that
+    /// keeps it (relative output error on calibration inputs; without them, the relative
+    /// weight error of [`DEFAULT_MAX_WEIGHT_ERROR`]).
+    Check(f64),
+    /// The smallest file within this relative output error (or weight error without
+    /// calibration inputs), a storage chosen per tensor.
+    Target(f64),
 }
 
-impl Codec {
-    /// The name used on the command line and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Codec::Raw => "raw",
-            Codec::F16 => "f16",
-            Codec::Bf16 => "bf16",
-            Codec::Int8 => "int8",
-            Codec::Int4 => "int4",
-        }
-    }
-}
+/// Largest relative output error of a file written with default options: beyond it a model
+/// counts as broken (issue 15's threshold).
+pub const DEFAULT_MAX_ERROR: f64 = 0.05;
+/// The default check without calibration inputs: relative weight error over all eligible
+/// tensors.
+pub const DEFAULT_MAX_WEIGHT_ERROR: f64 = 0.5;
+/// Calibration images by default.
+pub const DEFAULT_CALIBRATION_IMAGES: usize = 64;
 
-/// Values per scale when quantizing rows of `row` values to `bits` bits: the whole row for
-/// int8 or rows of at most 128 values, else the largest divisor of the row at most 128 (at
-/// least 16; else the whole row) — int4 needs small groups to keep the error down.
-pub fn quant_group(row: u64, bits: u8) -> u64 {
-    if bits >= 8 || row <= 128 {
-        return row;
-    }
-    (16..=128).rev().find(|g| row.is_multiple_of(*g)).unwrap_or(row)
-}
+pub use crate::choose::{quant_group, Codec};
 
 impl Default for CompressOptions {
     fn default() -> Self {
@@ -119,6 +117,10 @@ impl Default for CompressOptions {
             distill: DistillOptions::default(),
             scale_dtype: ScaleDtype::F16,
             raw_codec: Codec::Raw,
+            error_budget: ErrorBudget::Check(DEFAULT_MAX_ERROR),
+            calibration_images: DEFAULT_CALIBRATION_IMAGES,
+            calibration_inputs: Vec::new(),
+            data_aware_rounding: true,
         }
     }
 }
@@ -148,6 +150,32 @@ pub struct TensorReport {
     pub rel_error: f64,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Under a budget: the error this tensor's storage causes alone (see [`StorageReport`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_alone: Option<f64>,
+}
+
+/// How the storage of each tensor was chosen (`--size-ratio`, `--max-error`, or the default
+/// check), and what it gave.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StorageReport {
+    /// What had to be kept: `bytes <= N` or `error <= E`.
+    pub budget: String,
+    /// `output` (relative output error on calibration inputs) or `weights` (relative weight
+    /// error; no calibration inputs).
+    pub measure: &'static str,
+    /// Calibration batches run (0 for `weights`).
+    pub calibration_batches: usize,
+    /// The error of the file the predictor alone would have given (the default check).
+    pub predictor_only_error: Option<f64>,
+    /// Whether a predictor is stored (the alternative: codecs only).
+    pub with_predictor: bool,
+    /// `√Σ` of the per-tensor errors.
+    pub estimated_error: f64,
+    /// The error of the chosen model, measured in one run (`output` only).
+    pub measured_error: Option<f64>,
+    /// Whether the budget is met.
+    pub met: bool,
 }
 
 /// What a compression did.
@@ -169,6 +197,9 @@ pub struct CompressReport {
     pub kd_losses: Vec<distill::KdLosses>,
     /// What the user should know about the file (e.g. that tract cannot run the model).
     pub warnings: Vec<String>,
+    /// How the storage per tensor was chosen; `None`: predicted tensors as planned, the others
+    /// with `--raw-codec`.
+    pub storage: Option<StorageReport>,
 }
 
 impl CompressReport {
@@ -281,6 +312,14 @@ impl CompressOptions {
             ));
         }
         self.distill.validate(self.steps)?;
+        if self.calibration_images == 0 {
+            return Err(Error::usage("--calibration", "must be at least 1 image"));
+        }
+        if let ErrorBudget::Target(e) | ErrorBudget::Check(e) = self.error_budget {
+            if !(e.is_finite() && e >= 0.0) {
+                return Err(Error::usage("--max-error", "must be a relative error of at least 0, or off"));
+            }
+        }
         if predictor::frequencies(e).iter().any(|f| !f.is_finite()) {
             let what = format!(
                 "{} with {} levels overflows f32 frequencies; lower --pe-base or --pe-levels",
@@ -452,11 +491,11 @@ pub fn compress(
     let Plan { layers: plans, values, decisions } = make_plan(&model, opts)?;
     let represented: usize = values.iter().map(Vec::len).sum();
     let levels = opts.embedding.levels as usize;
-    let hidden = match (opts.hidden, opts.target_ratio, opts.size_ratio) {
+    let max_bytes = opts.size_ratio.map(|r| (model.file_bytes as f64 / r).floor() as u64);
+    let hidden = match (opts.hidden, opts.target_ratio, max_bytes) {
         (Some(h), _, _) => h,
         (None, Some(r), _) => hidden_for_ratio(represented, r, levels),
-        (None, None, Some(r)) if !plans.is_empty() => {
-            let max_bytes = (model.file_bytes as f64 / r).floor() as u64;
+        (None, None, Some(max_bytes)) if !plans.is_empty() => {
             hidden_for_size(&model, &plans, &values, opts, max_bytes)?
         }
         _ => DEFAULT_HIDDEN,
@@ -466,10 +505,36 @@ pub fn compress(
         let source: u64 = model.tensors.iter().map(|t| t.data.len() as u64).sum();
         check_training_budget(hidden, opts, blocks as u64, source)?;
     }
+    // The per-tensor choice is measured before training: where codecs alone already do as
+    // well as a predictor could, none is trained.
+    let chooser = if opts.error_budget == ErrorBudget::Off && max_bytes.is_none() {
+        None
+    } else {
+        let (cal, hessians) = calibration(&model, opts, warnings.is_empty(), &mut warnings)?;
+        Some(Chooser::new(&model, cal, hessians)?)
+    };
+    let early = match (max_bytes, opts.error_budget, &chooser) {
+        (Some(b), _, Some(_)) => Some(Budget::Bytes(b)),
+        (None, ErrorBudget::Target(e), Some(_)) => Some(Budget::Error(e)),
+        (None, ErrorBudget::Check(e), Some(c)) if c.cal.is_some() => Some(Budget::Error(e)),
+        _ => None,
+    };
+    let predictor_bytes = format::predictor::stored_len(opts.predictor_dtype, hidden, levels);
+    let skip = match (early, &chooser) {
+        (Some(b), Some(c)) if !plans.is_empty() => c.codecs_suffice(&model, b, predictor_bytes),
+        _ => false,
+    };
+    if skip {
+        warnings.push(format!(
+            "codecs alone meet the budget in fewer bytes or within {:.0}% output error: no predictor was \
+             trained (its {predictor_bytes} bytes would not pay for themselves; --max-error off trains one)",
+            100.0 * DEFAULT_MAX_ERROR
+        ));
+    }
     let device = Device::Cpu;
     let mut final_loss = f64::NAN;
     let mut kd_log = Vec::new();
-    let predictor = if plans.is_empty() {
+    let predictor = if plans.is_empty() || skip {
         None
     } else {
         let cfg = opts.train_config(hidden);
@@ -487,23 +552,48 @@ pub fn compress(
         final_loss = losses.iter().rev().find(|l| l.is_finite()).copied().unwrap_or(f64::NAN);
         Some(p.rounded(opts.predictor_dtype)?)
     };
-    let BuiltFile { bytes, mut tensors, weight_rmse } =
-        build_file(&model, &plans, &values, predictor.as_ref(), opts)?;
+    let chosen = match &chooser {
+        Some(c) => {
+            choose_storage(&model, &plans, &values, predictor.as_ref(), opts, c, max_bytes, &mut warnings)?
+        }
+        None => None,
+    };
+    let no_hessians = Hessians::default();
+    let hessians = chooser.as_ref().map_or(&no_hessians, |c| &c.hessians);
+    let (choices, storage) = match chosen {
+        Some((c, report)) => (Some(c), Some(report)),
+        None => (None, None),
+    };
+    let BuiltFile { bytes, mut tensors, weight_rmse } = build_file_with(
+        &model,
+        &plans,
+        &values,
+        predictor.as_ref(),
+        opts,
+        choices.as_ref().map(|c| (c.0.as_slice(), hessians)),
+    )?;
     for (t, d) in tensors.iter_mut().zip(&decisions) {
-        if let Decision::Raw(why) = d {
+        if let (Decision::Raw(why), "raw") = (d, t.stored.as_str()) {
             t.stored = format!("raw: {why}");
         }
     }
+    if let Some((_, errors)) = &choices {
+        for (t, e) in tensors.iter_mut().zip(errors) {
+            t.error_alone = Some(*e);
+        }
+    }
+    let predicted_any = choices.as_ref().is_none_or(|c| c.0.contains(&Choice::Predicted));
+    let predictor = predictor.filter(|_| predicted_any);
     // Never write a file the reader would refuse (e.g. a model beyond the format's limits).
     format::NerpFile::from_bytes(bytes.clone(), output)?;
     format::write_atomic(output, &bytes)?;
     let file_bytes = bytes.len() as u64;
     // Spread the predictor's bytes over the predicted tensors by their share of the values.
-    let predictor_bytes =
-        predictor.as_ref().map_or(0, |_| format::predictor::stored_len(opts.predictor_dtype, hidden, levels))
-            as f64;
-    for (p, v) in plans.iter().zip(&values) {
-        tensors[p.tensor].bytes_after += (predictor_bytes * v.len() as f64 / represented as f64) as u64;
+    let predictor_bytes = predictor.as_ref().map_or(0.0, |_| predictor_bytes as f64);
+    let shares: Vec<_> = plans.iter().zip(&values).filter(|(p, _)| tensors[p.tensor].predicted).collect();
+    let on_predicted: usize = shares.iter().map(|(_, v)| v.len()).sum();
+    for (p, v) in shares {
+        tensors[p.tensor].bytes_after += (predictor_bytes * v.len() as f64 / on_predicted as f64) as u64;
     }
     Ok(CompressReport {
         tensors,
@@ -518,7 +608,340 @@ pub fn compress(
         weight_rmse,
         kd_losses: kd_log,
         warnings,
+        storage,
     })
+}
+
+/// The inputs that measure output errors: `--calibration-inputs` arrays, else the first
+/// `--calibration` training images of `--data` when `--preprocess` is given; `None` for a model
+/// without a graph tract runs (then weight errors are used). A dataset that cannot be read is a
+/// warning (weight errors again), arrays that cannot be read an error.
+fn calibration(
+    model: &SourceModel,
+    opts: &CompressOptions,
+    runnable: bool,
+    warnings: &mut Vec<String>,
+) -> Result<(Option<crate::calibrate::Calibration>, Hessians)> {
+    let none = || Ok((None, Hessians::default()));
+    if model.kind != SourceKind::Onnx || !runnable {
+        return none();
+    }
+    let mut hessians = Hessians::default();
+    let shapes: Vec<Vec<usize>> = match opts.metadata.get(crate::format::metadata::INPUT_SHAPES_KEY) {
+        Some(json) => {
+            serde_json::from_str(json).map_err(|e| Error::usage("--input-shape", format!("{e}")))?
+        }
+        None => Vec::new(),
+    };
+    let inputs = if !opts.calibration_inputs.is_empty() {
+        let mut batches = Vec::new();
+        for path in &opts.calibration_inputs {
+            let x = crate::npy::read(path)?;
+            let shape = x.shape().to_vec();
+            let x = x.cast_to::<f32>().map_err(|e| {
+                Error::usage("--calibration-inputs", format!("{}: not a float array: {e}", path.display()))
+            })?;
+            let values = x.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+            batches.push((values, shape));
+        }
+        batches
+    } else if let Some(json) = opts.metadata.get(crate::format::metadata::PREPROCESS_KEY) {
+        let pre: crate::data::Preprocess = serde_json::from_str(json)
+            .map_err(|e| Error::usage("--preprocess", format!("stored preprocessing is not valid: {e}")))?;
+        let limit = Some(opts.calibration_images);
+        match crate::data::load(&opts.distill.data, crate::data::Split::Train, limit, &pre) {
+            Ok(images) => {
+                if opts.data_aware_rounding {
+                    hessians = input_moments(model, &images).unwrap_or_else(|e| {
+                        warnings.push(format!("quantized tensors are rounded to nearest: {e}"));
+                        Hessians::default()
+                    });
+                }
+                crate::calibrate::Calibration::image_batches(&images)
+            }
+            Err(e) => {
+                warnings.push(format!("no calibration images ({e}); errors are measured on the weights"));
+                return none();
+            }
+        }
+    } else {
+        return none();
+    };
+    if inputs.is_empty() {
+        return none();
+    }
+    Ok((Some(crate::calibrate::Calibration::new(model, inputs, shapes)?), hessians))
+}
+
+/// The input second moments of `model`'s layers on `images` ([`crate::gptq`]), running its
+/// graph (with the model's current, possibly channel-permuted tensors).
+fn input_moments(model: &SourceModel, images: &crate::data::Dataset) -> Result<Hessians> {
+    let skeleton = model.skeleton.as_ref().ok_or_else(|| Error::Rebuild("no graph".into()))?;
+    let weights: Vec<crate::regen::WeightTensor> = model
+        .tensors
+        .iter()
+        .map(|t| crate::regen::WeightTensor {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            data: t.data.clone(),
+        })
+        .collect();
+    let graph = crate::graph::Graph::from_proto(&crate::runtime::patch_skeleton(skeleton, &weights)?)?;
+    Hessians::collect(&graph, images)
+}
+
+/// The storage chosen per tensor, with each one's error alone.
+type Choices = (Vec<Choice>, Vec<f64>);
+
+/// What the per-tensor choice measures with, prepared before training: the calibration run,
+/// the layers' input moments, and every tensor's codec candidates (measured once).
+pub struct Chooser {
+    cal: Option<crate::calibrate::Calibration>,
+    hessians: Hessians,
+    total_norm: f64,
+    codecs: Vec<Vec<crate::choose::Candidate>>,
+}
+
+impl Chooser {
+    /// Measures every codec of every tensor of `model` (see [`crate::choose::candidates`]).
+    fn new(
+        model: &SourceModel,
+        cal: Option<crate::calibrate::Calibration>,
+        hessians: Hessians,
+    ) -> Result<Self> {
+        let total_norm = model
+            .tensors
+            .iter()
+            .filter(|t| crate::choose::eligible(t))
+            .map(|t| {
+                let v = format::codec::to_f32(t.dtype, &t.data).expect("float");
+                v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>()
+            })
+            .sum::<f64>()
+            .sqrt();
+        let mut c = Chooser { cal, hessians, total_norm, codecs: Vec::new() };
+        let none = vec![None; model.tensors.len()];
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        c.codecs = crate::choose::candidates(model, &none, &c.measure(), &c.hessians, threads)?;
+        Ok(c)
+    }
+
+    fn measure(&self) -> crate::choose::Measure<'_> {
+        match &self.cal {
+            Some(c) => crate::choose::Measure::Output(c),
+            None => crate::choose::Measure::Weights { total_norm: self.total_norm },
+        }
+    }
+
+    /// Bytes beside the tensors: the skeleton, and an estimate of header and alignment.
+    fn base_bytes(model: &SourceModel) -> u64 {
+        let skeleton =
+            model.skeleton.as_ref().map_or(0, |s| format::write::encode(Encoding::Zstd, s).len() as u64);
+        skeleton + 1024 + 64 * model.tensors.len() as u64
+    }
+
+    /// Whether codecs alone already do at least as well as any file with a predictor of
+    /// `predictor_bytes` could: under an error budget, their file is smaller than the predictor
+    /// alone; under a byte budget, they meet it within the default error (output errors only).
+    /// Then no predictor is trained.
+    fn codecs_suffice(&self, model: &SourceModel, budget: Budget, predictor_bytes: u64) -> bool {
+        let base = Self::base_bytes(model);
+        let a = crate::choose::allocate(&self.codecs, base, budget);
+        a.feasible
+            && match budget {
+                Budget::Error(_) => a.bytes <= base + predictor_bytes,
+                Budget::Bytes(_) => self.cal.is_some() && a.error <= DEFAULT_MAX_ERROR,
+            }
+    }
+}
+
+/// Chooses a storage per tensor under the budget (`max_bytes` from `--size-ratio`, else the
+/// error budget), or returns `None` to keep the planned storage (no budget, or the default
+/// check passed). Two alternatives are allocated and the better one kept: with the trained
+/// predictor (its bytes counted once, each planned tensor predicted or given a codec) and with
+/// codecs only.
+#[allow(clippy::too_many_arguments)] // the pipeline's state, passed once
+fn choose_storage(
+    model: &SourceModel,
+    plans: &[LayerPlan],
+    values: &[Vec<f32>],
+    predictor: Option<&Predictor>,
+    opts: &CompressOptions,
+    chooser: &Chooser,
+    max_bytes: Option<u64>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<(Choices, StorageReport)>> {
+    use crate::choose;
+    let (cal, hessians, total_norm) = (chooser.cal.as_ref(), &chooser.hessians, chooser.total_norm);
+    let measure = chooser.measure();
+    let f32s = |t: &ingest::SourceTensor| format::codec::to_f32(t.dtype, &t.data).expect("float");
+    // The predictor's values and the bytes each predicted tensor adds beside the predictor.
+    let mut predicted: Vec<Option<(Vec<f32>, u64)>> = vec![None; model.tensors.len()];
+    if let Some(p) = predictor {
+        for ((plan, rebuilt), v) in plans.iter().zip(predicted_values(p, plans, values)?).zip(values) {
+            debug_assert_eq!(rebuilt.len(), v.len());
+            let scales = plan.scales.as_ref().map_or(0, |s| s.len() * opts.scale_dtype.dtype().size());
+            let perm = if opts.ordering == Ordering::None { 0 } else { pack_permutation(&plan.perm).len() };
+            predicted[plan.tensor] = Some((rebuilt, (scales + perm) as u64));
+        }
+    }
+    let change_of = |i: usize, c: Choice| -> Result<Option<Vec<f32>>> {
+        Ok(match c {
+            Choice::Predicted => predicted[i].as_ref().map(|(v, _)| v.clone()),
+            Choice::Stored(Codec::Raw) => None,
+            Choice::Stored(codec) => {
+                match choose::encode(&model.tensors[i], codec, hessians.0.get(&model.tensors[i].name))
+                    .map_err(Error::Training)?
+                {
+                    Encoded::Raw => None,
+                    e => Some(e.decode(&model.tensors[i])),
+                }
+            }
+        })
+    };
+    // The error of a whole assignment: one run (output), or the weights' error.
+    let error_of = |picks: &[Choice]| -> Result<f64> {
+        let mut changes = Vec::new();
+        for (i, &c) in picks.iter().enumerate() {
+            if let Some(v) = change_of(i, c)? {
+                changes.push((i, v));
+            }
+        }
+        match cal {
+            Some(c) => c.error(&changes.iter().map(|(i, v)| (*i, v.as_slice())).collect::<Vec<_>>()),
+            None => {
+                let d: f64 = changes
+                    .iter()
+                    .map(|(i, v)| {
+                        let o = f32s(&model.tensors[*i]);
+                        o.iter().zip(v).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>()
+                    })
+                    .sum();
+                Ok(d.sqrt() / total_norm.max(f64::MIN_POSITIVE))
+            }
+        }
+    };
+    let planned: Vec<Choice> = (0..model.tensors.len())
+        .map(|i| if predicted[i].is_some() { Choice::Predicted } else { Choice::Stored(opts.raw_codec) })
+        .collect();
+    let mut predictor_only_error = None;
+    let budget = match (max_bytes, opts.error_budget) {
+        (Some(b), _) => Budget::Bytes(b),
+        (None, ErrorBudget::Target(e)) => Budget::Error(e),
+        (None, ErrorBudget::Check(e)) if predictor.is_none() => Budget::Error(e),
+        (None, ErrorBudget::Check(e)) => {
+            let limit = if cal.is_some() { e } else { DEFAULT_MAX_WEIGHT_ERROR };
+            let err = error_of(&planned)?;
+            if err <= limit {
+                return Ok(None);
+            }
+            predictor_only_error = Some(err);
+            warnings.push(format!(
+                "the predicted file would change the model's {} by {:.1}% (more than {:.1}%): \
+                 storing the tensors it cannot keep with other codecs (--max-error off keeps the predictor's file)",
+                if cal.is_some() { "outputs" } else { "weights" },
+                100.0 * err,
+                100.0 * limit
+            ));
+            Budget::Error(e)
+        }
+        (None, ErrorBudget::Off) => return Ok(None),
+    };
+    // Each tensor's codecs (measured before training), and the predicted option.
+    let mut cands = chooser.codecs.clone();
+    for (i, p) in predicted.iter().enumerate() {
+        if let Some((v, bytes)) = p {
+            let error = measure.error(i, &f32s(&model.tensors[i]), v)?;
+            cands[i].push(choose::Candidate { choice: Choice::Predicted, bytes: *bytes, error });
+        }
+    }
+    let without: Vec<Vec<choose::Candidate>> =
+        cands.iter().map(|c| c.iter().copied().filter(|x| x.choice != Choice::Predicted).collect()).collect();
+    let predictor_bytes = predictor.map_or(0, |p| {
+        format::predictor::stored_len(opts.predictor_dtype, p.hidden, p.embedding.levels as usize)
+    });
+    let base = Chooser::base_bytes(model);
+    let allocate = |budget: Budget| {
+        let mut best = (choose::allocate(&without, base, budget), false);
+        if predictor.is_some() {
+            let with = choose::allocate(&cands, base + predictor_bytes, budget);
+            let uses = with.picks.iter().zip(&cands).any(|(&k, c)| c[k].choice == Choice::Predicted);
+            let better = match budget {
+                Budget::Bytes(_) => (with.feasible, -with.error) > (best.0.feasible, -best.0.error),
+                Budget::Error(_) => {
+                    (with.feasible, -(with.bytes as f64)) > (best.0.feasible, -(best.0.bytes as f64))
+                }
+            };
+            if uses && better {
+                best = (with, true);
+            }
+        }
+        best
+    };
+    // Check the estimate with the real file (zstd, alignment) and the measured error, and move
+    // the allocation's target by what it missed, a few times; keep the best result that meets
+    // the budget (else the last).
+    let what = match budget {
+        Budget::Bytes(b) => format!("bytes <= {b}"),
+        Budget::Error(e) => format!("error <= {e}"),
+    };
+    let mut target = budget;
+    let mut best: Option<(f64, Choices, StorageReport)> = None;
+    let mut last = None;
+    for _ in 0..5 {
+        let (alloc, with_predictor) = allocate(target);
+        let table = if with_predictor { &cands } else { &without };
+        let picks: Vec<Choice> = alloc.picks.iter().zip(table).map(|(&k, c)| c[k].choice).collect();
+        let errors: Vec<f64> = alloc.picks.iter().zip(table).map(|(&k, c)| c[k].error).collect();
+        let measured = if cal.is_some() { Some(error_of(&picks)?) } else { None };
+        let bytes = build_file_with(model, plans, values, predictor, opts, Some((&picks, hessians)))?
+            .bytes
+            .len() as u64;
+        let got = measured.unwrap_or(alloc.error);
+        let (met, score, next) = match (budget, target) {
+            (Budget::Bytes(max), Budget::Bytes(t)) => {
+                (bytes <= max, got, Budget::Bytes((t + max).saturating_sub(bytes)))
+            }
+            (Budget::Error(max), Budget::Error(t)) => {
+                (got <= max, bytes as f64, Budget::Error(t * max / got.max(f64::MIN_POSITIVE)))
+            }
+            _ => unreachable!("the target keeps the budget's kind"),
+        };
+        let report = StorageReport {
+            budget: what.clone(),
+            measure: measure.name(),
+            calibration_batches: cal.map_or(0, |c| c.batches()),
+            predictor_only_error,
+            with_predictor,
+            estimated_error: alloc.error,
+            measured_error: measured,
+            met,
+        };
+        if met && best.as_ref().is_none_or(|(s, _, _)| score < *s) {
+            best = Some((score, (picks.clone(), errors.clone()), report.clone()));
+        }
+        last = Some(((picks, errors), report, bytes));
+        // Close enough (within 1%), or nothing left to move.
+        let close = match budget {
+            Budget::Bytes(max) => met && bytes * 100 >= max * 99,
+            Budget::Error(max) => met && got * 10.0 >= max * 9.0,
+        };
+        if close || next == target || !alloc.feasible {
+            break;
+        }
+        target = next;
+    }
+    if let Some((_, choices, report)) = best {
+        return Ok(Some((choices, report)));
+    }
+    let (choices, report, bytes) = last.expect("one allocation ran");
+    warnings.push(format!(
+        "the budget ({what}) could not be met: {bytes} bytes, estimated error {:.4}{}",
+        report.estimated_error,
+        report.measured_error.map_or(String::new(), |m| format!(", measured {m:.4}"))
+    ));
+    Ok(Some((choices, report)))
 }
 
 /// The distillation term of a schedule: the source network with predicted kernels, the
@@ -568,6 +991,44 @@ pub fn build_file(
     predictor: Option<&Predictor>,
     opts: &CompressOptions,
 ) -> Result<BuiltFile> {
+    build_file_with(model, plans, values, predictor, opts, None)
+}
+
+/// The predictor's values of each planned tensor (in plan order), as the file regenerates them.
+pub fn predicted_values(
+    predictor: &Predictor,
+    plans: &[LayerPlan],
+    values: &[Vec<f32>],
+) -> Result<Vec<Vec<f32>>> {
+    let predictions = regen::predict_layers(predictor, plans, plans.len() as u32)?;
+    Ok(plans
+        .iter()
+        .zip(prediction_ranges(plans))
+        .zip(values)
+        .map(|((p, range), v)| {
+            let mut rebuilt = vec![0f32; v.len()];
+            plan::scatter(&predictions[range], p, &mut rebuilt);
+            rebuilt
+        })
+        .collect())
+}
+
+/// [`build_file`] with a storage per tensor (`choices`, in model order; `None`: planned tensors
+/// predicted, the others with `--raw-codec`). A planned tensor given a codec is stored with it,
+/// and its layer index stays unused (format 3); no predictor is stored if nothing is predicted.
+pub fn build_file_with(
+    model: &SourceModel,
+    plans: &[LayerPlan],
+    values: &[Vec<f32>],
+    predictor: Option<&Predictor>,
+    opts: &CompressOptions,
+    chosen: Option<(&[Choice], &Hessians)>,
+) -> Result<BuiltFile> {
+    let choices = chosen.map(|(c, _)| c);
+    let hessian = |name: &str| chosen.and_then(|(_, h)| h.0.get(name));
+    let choice = |i: usize| choices.map(|c| c[i]);
+    let any_predicted = choices.is_none_or(|c| c.contains(&Choice::Predicted));
+    let predictor = predictor.filter(|_| any_predicted);
     let mut b = FileBuilder::new();
     let skeleton = model.skeleton.as_ref().map(|s| b.add(SectionKind::Skeleton, Encoding::Zstd, s));
     let predictor_spec = match predictor {
@@ -586,24 +1047,26 @@ pub fn build_file(
         }
         None => None,
     };
-    let predictions = match predictor {
-        Some(p) => regen::predict_layers(p, plans, plans.len() as u32)?,
+    let predicted = match predictor {
+        Some(p) => predicted_values(p, plans, values)?,
         None => Vec::new(),
     };
     let mut plan_of = vec![None; model.tensors.len()];
-    for (k, (p, range)) in plans.iter().zip(prediction_ranges(plans)).enumerate() {
-        plan_of[p.tensor] = Some((k, range));
+    for (k, p) in plans.iter().enumerate() {
+        let stored_otherwise = matches!(choice(p.tensor), Some(Choice::Stored(_)));
+        if predictor.is_some() && !stored_otherwise {
+            plan_of[p.tensor] = Some(k);
+        }
     }
     let (mut se_all, mut n_all) = (0f64, 0usize);
     let mut entries = Vec::with_capacity(model.tensors.len());
     let mut reports = Vec::with_capacity(model.tensors.len());
     for (i, t) in model.tensors.iter().enumerate() {
         let before = t.data.len() as u64;
-        let (storage, report) = match plan_of[i].clone() {
-            Some((k, range)) => {
+        let (storage, report) = match plan_of[i] {
+            Some(k) => {
                 let p = &plans[k];
-                let mut rebuilt = vec![0f32; values[k].len()];
-                plan::scatter(&predictions[range], p, &mut rebuilt);
+                let rebuilt = &predicted[k];
                 let se: f64 = rebuilt.iter().zip(&values[k]).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
                 se_all += se;
                 n_all += rebuilt.len();
@@ -625,7 +1088,7 @@ pub fn build_file(
                     idx
                 });
                 let rmse = (se / rebuilt.len() as f64).sqrt();
-                let rel = crate::fidelity::relative_error(&values[k], &rebuilt);
+                let rel = crate::fidelity::relative_error(&values[k], rebuilt);
                 let storage = Storage::Predicted {
                     layer: p.layer,
                     permutation: perm,
@@ -636,7 +1099,11 @@ pub fn build_file(
                 (storage, (Some(p.grid.layout), rmse, rel, after))
             }
             None => {
-                let (storage, section) = store_unpredicted(&mut b, t, opts.raw_codec)?;
+                let codec = match choice(i) {
+                    Some(Choice::Stored(c)) => c,
+                    _ => opts.raw_codec,
+                };
+                let (storage, section) = store_unpredicted(&mut b, t, codec, hessian(&t.name))?;
                 (storage, (None, 0.0, 0.0, b.stored_len(section)))
             }
         };
@@ -656,6 +1123,7 @@ pub fn build_file(
             rel_error,
             bytes_before: before,
             bytes_after,
+            error_alone: None,
         });
     }
     let mut metadata = model.metadata.clone();
@@ -671,41 +1139,27 @@ fn store_unpredicted(
     b: &mut FileBuilder,
     t: &ingest::SourceTensor,
     codec: Codec,
+    h: Option<&(usize, Vec<f64>)>,
 ) -> Result<(Storage, usize)> {
-    let wide = matches!(t.dtype, format::DType::F32 | format::DType::F64);
-    let cast = |to: format::DType| {
-        format::codec::from_f32(to, &format::codec::to_f32(t.dtype, &t.data).expect("float"))
-    };
-    match codec {
-        Codec::F16 | Codec::Bf16 if wide => {
-            let to = if codec == Codec::F16 { format::DType::F16 } else { format::DType::Bf16 };
-            let bytes = cast(to).expect("half dtype");
+    let encoded = crate::choose::encode(t, codec, h).map_err(|e| Error::usage("--raw-codec", e))?;
+    Ok(match encoded {
+        Encoded::Cast { to, bytes } => {
             let section = b.add(SectionKind::Tensor, Encoding::ZstdBytegroup { element: 2 }, &bytes);
-            Ok((Storage::Cast { to, section }, section))
+            (Storage::Cast { to, section }, section)
         }
-        Codec::Int8 | Codec::Int4 if t.dtype.is_float() && !t.data.is_empty() => {
-            let bits = if codec == Codec::Int8 { 8 } else { 4 };
-            let group = quant_group(format::row_len(&t.shape).expect("ingested shapes fit"), bits);
-            let values = format::codec::to_f32(t.dtype, &t.data).expect("float");
-            let q =
-                format::quant::quantize(&values, group as usize, bits, Default::default()).map_err(|e| {
-                    Error::usage(
-                        "--raw-codec",
-                        format!("tensor {} cannot be stored as int{bits}: {e}", t.name),
-                    )
-                })?;
-            let section = b.add(SectionKind::Quantized, Encoding::Zstd, &q.encode());
-            Ok((Storage::Quantized { bits, group, section }, section))
+        Encoded::Quantized { bits, group, bytes } => {
+            let section = b.add(SectionKind::Quantized, Encoding::Zstd, &bytes);
+            (Storage::Quantized { bits, group, section }, section)
         }
-        _ => {
+        Encoded::Raw => {
             let encoding = match t.dtype.size() {
                 1 => Encoding::Zstd,
                 n => Encoding::ZstdBytegroup { element: n as u8 },
             };
             let section = b.add(SectionKind::Tensor, encoding, &t.data);
-            Ok((Storage::Raw { section }, section))
+            (Storage::Raw { section }, section)
         }
-    }
+    })
 }
 
 /// Checks, before training allocates anything, that a predictor of width `hidden` can be

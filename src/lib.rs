@@ -16,6 +16,10 @@
 
 #[cfg(feature = "compress")]
 pub mod baselines;
+#[cfg(feature = "compress")]
+pub mod calibrate;
+#[cfg(feature = "compress")]
+pub mod choose;
 #[cfg(feature = "cli")]
 pub mod cli;
 #[cfg(feature = "compress")]
@@ -30,6 +34,8 @@ pub mod error;
 pub mod eval;
 pub mod fidelity;
 pub mod format;
+#[cfg(feature = "compress")]
+pub mod gptq;
 pub mod gpu;
 pub mod graph;
 pub mod ingest;

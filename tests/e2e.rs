@@ -220,10 +220,20 @@ fn size_ratio_picks_the_widest_predictor_that_fits() {
     let compress = |opts: nerp::compress::CompressOptions, name: &str| {
         nerp::compress::compress(&src, &dir.path().join(name), &opts, &mut |_, _| {}).unwrap()
     };
-    let base = nerp::compress::CompressOptions { steps: 2, ..Default::default() };
+    let base = nerp::compress::CompressOptions {
+        steps: 2,
+        error_budget: nerp::compress::ErrorBudget::Off,
+        ..Default::default()
+    };
     let fit = compress(nerp::compress::CompressOptions { size_ratio: Some(8.0), ..base.clone() }, "fit.nerp");
     assert!(fit.file_bytes <= budget, "{} > {budget}", fit.file_bytes);
     assert!(fit.hidden > 8, "width {}", fit.hidden);
+    // The budget is met storing tensors per their chosen codec; the widest predictor alone
+    // (its file as trained) fits too, and one unit wider does not.
+    assert!(fit.storage.as_ref().is_some_and(|s| s.met), "{:?}", fit.storage);
+    let alone =
+        compress(nerp::compress::CompressOptions { hidden: Some(fit.hidden), ..base.clone() }, "alone.nerp");
+    assert!(alone.file_bytes <= budget, "width {}: {} > {budget}", fit.hidden, alone.file_bytes);
     let wider =
         compress(nerp::compress::CompressOptions { hidden: Some(fit.hidden + 1), ..base }, "wider.nerp");
     assert!(wider.file_bytes > budget, "width {} also fits: {}", fit.hidden + 1, wider.file_bytes);

@@ -292,7 +292,7 @@ fn cli_include_exclude() {
             .arg(kinds_path())
             .arg("-o")
             .arg(&out)
-            .args(["--steps", "20", "--hidden", "8", "--quiet"])
+            .args(["--steps", "20", "--hidden", "8", "--max-error", "off", "--quiet"])
             .args(args)
             .output()
             .unwrap()
@@ -322,7 +322,19 @@ fn cli_label_free_eval() {
     let d = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
     let onnx = common::shared_model("resnet20_fashion_mnist.onnx");
     let onnx = onnx.to_str().unwrap();
-    let o = nerp_cli(&["compress", onnx, "-o", &d("r.nerp"), "--hidden", "8", "--steps", "5", "--quiet"]);
+    let o = nerp_cli(&[
+        "compress",
+        onnx,
+        "-o",
+        &d("r.nerp"),
+        "--hidden",
+        "8",
+        "--steps",
+        "5",
+        "--max-error",
+        "off",
+        "--quiet",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     nerp::npy::write_f32(std::path::Path::new(&d("x.npy")), &common::noise(4 * 28 * 28, 3), &[4, 1, 28, 28])
         .unwrap();
@@ -357,7 +369,19 @@ fn cli_label_free_eval() {
 
     let st = common::shared_model("resnet20_fashion_mnist.safetensors");
     let st = st.to_str().unwrap();
-    let o = nerp_cli(&["compress", st, "-o", &d("s.nerp"), "--hidden", "8", "--steps", "5", "--quiet"]);
+    let o = nerp_cli(&[
+        "compress",
+        st,
+        "-o",
+        &d("s.nerp"),
+        "--hidden",
+        "8",
+        "--steps",
+        "5",
+        "--max-error",
+        "off",
+        "--quiet",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = nerp_cli(&["eval", &d("s.nerp"), "--original", st, "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

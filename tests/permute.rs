@@ -53,6 +53,8 @@ fn channel_options() -> CompressOptions {
         steps: 20,
         ordering: Ordering::None,
         channels: true,
+        // The predictor's file as trained (20 steps do not keep the weights).
+        error_budget: nerp::compress::ErrorBudget::Off,
         ..Default::default()
     }
 }

@@ -443,8 +443,11 @@ pub fn major_for(h: &Header) -> u16 {
         }
         _ => false,
     };
+    let predicted = tensors.iter().filter(|t| matches!(t.storage, Storage::Predicted { .. })).count();
+    let unused_layers = h.predictor.as_ref().is_some_and(|p| p.layers as usize != predicted);
     if tensors.iter().any(|t| needs_format_3(t).is_some() || identity(t))
         || h.predictor.as_ref().and_then(predictor_needs_format_3).is_some()
+        || unused_layers
     {
         3
     } else if tensors.iter().any(|t| needs_format_2(t).is_some()) {

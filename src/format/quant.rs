@@ -81,7 +81,7 @@ fn round_up_f16(s: f32) -> Option<f16> {
 }
 
 /// One value quantized with scale `s`.
-fn quant(x: f32, s: f16, bits: u8) -> i8 {
+pub fn quant(x: f32, s: f16, bits: u8) -> i8 {
     let s = s.to_f32();
     if s == 0.0 {
         return 0;
@@ -91,7 +91,7 @@ fn quant(x: f32, s: f16, bits: u8) -> i8 {
 }
 
 /// One value read back.
-fn dequant(q: i8, s: f16) -> f32 {
+pub fn dequant(q: i8, s: f16) -> f32 {
     q as f32 * s.to_f32()
 }
 

@@ -534,7 +534,14 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
                 e.base, e.levels
             ));
         }
-        if p.layers != n_predicted {
+        // Format 3: a predictor may cover layers that are now stored otherwise (the
+        // compressor's per-tensor choice, `crate::choose`); their indices are simply unused.
+        let layers_ok = if major >= 3 {
+            p.layers >= n_predicted && p.layers as usize <= limits::MAX_TENSORS
+        } else {
+            p.layers == n_predicted
+        };
+        if !layers_ok {
             return bad(format!("declares {} layers but {n_predicted} tensors are predicted", p.layers));
         }
         if let Some(what) = predictor_needs_format_3(p).filter(|_| major < 3) {
@@ -556,7 +563,8 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
     }
 
     let mut names = HashSet::with_capacity(h.tensors.len());
-    let mut layers = vec![false; n_predicted as usize];
+    // Checked above: at most MAX_TENSORS.
+    let mut layers = vec![false; h.predictor.as_ref().map_or(0, |p| p.layers as usize)];
     for t in &h.tensors {
         let bad = |what: String| Err(FormatError::Tensor { tensor: t.name.clone(), what });
         if t.name.is_empty() || t.name.len() > limits::MAX_NAME_LEN {

@@ -215,12 +215,40 @@ impl Graph {
         weights: &HashMap<String, Tensor>,
         record: bool,
     ) -> Result<Forward> {
+        let mut features = Vec::new();
+        let output = self.run(input, weights, &mut |node, _, out| {
+            if record && matches!(node.op, Op::Conv { .. } | Op::Add) {
+                features.push(out.clone());
+            }
+        })?;
+        Ok(Forward { output, features })
+    }
+
+    /// The input activation of every `Conv` and `Gemm` node on `input`, with the node (whose
+    /// second input names the weight): what data-aware quantization weights its errors by.
+    pub fn layer_inputs(&self, input: &Tensor) -> Result<Vec<(Node, Tensor)>> {
+        let mut seen = Vec::new();
+        self.run(input, &HashMap::new(), &mut |node, args, _| {
+            if let (Op::Conv { .. } | Op::Gemm { .. }, Some(Some(x))) = (&node.op, args.first()) {
+                seen.push((node.clone(), x.clone()));
+            }
+        })?;
+        Ok(seen)
+    }
+
+    /// Runs every node in order, calling `on_node` with the node, its arguments and its
+    /// output; returns the graph's output.
+    fn run(
+        &self,
+        input: &Tensor,
+        weights: &HashMap<String, Tensor>,
+        on_node: &mut dyn FnMut(&Node, &[Option<Tensor>], &Tensor),
+    ) -> Result<Tensor> {
         if let Some(bad) = weights.keys().find(|k| !self.constants.contains_key(*k)) {
             return Err(Error::Rebuild(format!("weight {bad:?} is not a constant of the graph")));
         }
         let mut values: HashMap<&str, Tensor> = HashMap::new();
         values.insert(&self.input, input.clone());
-        let mut features = Vec::new();
         let device = input.device();
         for node in &self.nodes {
             let args = node
@@ -248,15 +276,12 @@ impl Graph {
                 }
                 e => Error::Rebuild(format!("node {:?} ({}): {e}", node.name, op_name(&node.op))),
             })?;
-            if record && matches!(node.op, Op::Conv { .. } | Op::Add) {
-                features.push(out.clone());
-            }
+            on_node(node, &args, &out);
             values.insert(&node.output, out);
         }
-        let output = values
+        values
             .remove(self.output.as_str())
-            .ok_or_else(|| Error::Rebuild(format!("graph output {:?} is never computed", self.output)))?;
-        Ok(Forward { output, features })
+            .ok_or_else(|| Error::Rebuild(format!("graph output {:?} is never computed", self.output)))
     }
 }
 

@@ -1,0 +1,157 @@
+//! The per-tensor storage choice under one budget (`--max-error`, `--size-ratio`): the budget
+//! holds when measured independently of the compressor, the choice is never worse than one
+//! codec for every tensor at the same size, and a planned tensor stored otherwise leaves its
+//! predictor layer unused (format 3).
+
+mod common;
+
+use nerp::compress::{compress, CompressOptions, ErrorBudget};
+use nerp::data::{self, DataSource, Preprocess, Split};
+use nerp::format::{metadata::PREPROCESS_KEY, Storage};
+use nerp::runtime::Model;
+use std::path::Path;
+
+const RESNET20: &str = "resnet20_fashion_mnist.onnx";
+
+/// Options with the reference preprocessing stored (so calibration images are used), a
+/// predictor trained for a few steps only.
+fn options() -> CompressOptions {
+    let mut o = CompressOptions { steps: 10, ..Default::default() };
+    let pre = Preprocess::parse(common::PREPROCESS).unwrap();
+    o.metadata.insert(PREPROCESS_KEY.into(), serde_json::to_string(&pre).unwrap());
+    o
+}
+
+/// `‖y − y₀‖ / ‖y₀‖` of the regenerated model against the original on `n` training images,
+/// computed here with tract directly (not with the compressor's calibration code).
+fn output_error(original: &Path, file: &Path, n: usize) -> f64 {
+    let pre = Preprocess::parse(common::PREPROCESS).unwrap();
+    let images = data::load(&DataSource::FashionMnist(None), Split::Train, Some(n), &pre).unwrap();
+    let (a, b) =
+        (Model::from_onnx_file(original).unwrap(), nerp::load_model(file, &nerp::Device::Cpu).unwrap());
+    let (mut diff, mut norm) = (0f64, 0f64);
+    for i in 0..images.len() {
+        let x = images.batch(i, i + 1).0;
+        let (ya, _) = a.run_f32(x, &[1, 1, 28, 28]).unwrap();
+        let (yb, _) = b.run_f32(x, &[1, 1, 28, 28]).unwrap();
+        diff += ya.iter().zip(&yb).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>();
+        norm += ya.iter().map(|p| (*p as f64).powi(2)).sum::<f64>();
+    }
+    (diff / norm).sqrt()
+}
+
+#[test]
+fn an_error_budget_holds_on_the_calibration_images() {
+    common::train_set();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out) = (common::shared_model(RESNET20), dir.path().join("e.nerp"));
+    let opts = CompressOptions { error_budget: ErrorBudget::Target(0.05), ..options() };
+    let r = compress(&src, &out, &opts, &mut |_, _| {}).unwrap();
+    let s = r.storage.as_ref().expect("a storage report");
+    assert!(s.met && s.measure == "output", "{s:?}");
+    let measured = s.measured_error.unwrap();
+    assert!(measured <= 0.05, "{s:?}");
+    // The same figure, computed independently on the same 64 images.
+    let independent = output_error(&src, &out, opts.calibration_images);
+    assert!((independent - measured).abs() <= 1e-4 * measured.max(1e-3), "{independent} vs {measured}");
+    // Smaller than the source by more than int8 alone would be.
+    assert!(r.file_bytes * 4 < r.source_bytes, "{} bytes", r.file_bytes);
+    // Every tensor's report says what it got.
+    assert!(r.tensors.iter().all(|t| t.error_alone.is_some()));
+}
+
+#[test]
+fn the_choice_is_never_worse_than_one_codec_for_every_tensor_at_its_size() {
+    common::train_set();
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::shared_model(RESNET20);
+    for codec in [nerp::compress::Codec::Int8, nerp::compress::Codec::Int4] {
+        // Nothing predicted: every float tensor of rank >= 2 stored with the codec.
+        let single = dir.path().join(format!("{}.nerp", codec.name()));
+        let mut one = CompressOptions { raw_codec: codec, error_budget: ErrorBudget::Off, ..options() };
+        one.selection.min_values = usize::MAX;
+        let r1 = compress(&src, &single, &one, &mut |_, _| {}).unwrap();
+        let chosen = dir.path().join(format!("chosen-{}.nerp", codec.name()));
+        let ratio = r1.source_bytes as f64 / r1.file_bytes as f64;
+        let r2 = compress(
+            &src,
+            &chosen,
+            &CompressOptions { size_ratio: Some(ratio), ..options() },
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert!(r2.file_bytes <= r1.file_bytes, "{}: {} > {}", codec.name(), r2.file_bytes, r1.file_bytes);
+        let (e1, e2) = (output_error(&src, &single, 64), output_error(&src, &chosen, 64));
+        assert!(e2 <= e1, "{} at {} bytes: chosen {e2} vs {e1}", codec.name(), r1.file_bytes);
+    }
+}
+
+#[test]
+fn a_planned_tensor_stored_otherwise_leaves_its_layer_unused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("s.onnx");
+    std::fs::write(&src, nerp::synth::conv_stack_onnx(4, 3, 2)).unwrap();
+    let model = nerp::ingest::load(&src).unwrap();
+    let opts = CompressOptions { hidden: Some(8), ..Default::default() };
+    let plan = nerp::compress::make_plan(&model, &opts).unwrap();
+    assert!(plan.layers.len() >= 2);
+    let p = nerp::train::init_predictor(8, opts.embedding, 1, &candle_core::Device::Cpu).unwrap();
+    let mut choices = vec![nerp::choose::Choice::Stored(nerp::compress::Codec::Raw); model.tensors.len()];
+    for l in &plan.layers {
+        choices[l.tensor] = nerp::choose::Choice::Predicted;
+    }
+    let first = plan.layers[0].tensor;
+    choices[first] = nerp::choose::Choice::Stored(nerp::compress::Codec::Int8);
+    let hessians = nerp::gptq::Hessians::default();
+    let built = nerp::compress::build_file_with(
+        &model,
+        &plan.layers,
+        &plan.values,
+        Some(&p),
+        &opts,
+        Some((&choices, &hessians)),
+    )
+    .unwrap();
+    let path = dir.path().join("m.nerp");
+    std::fs::write(&path, &built.bytes).unwrap();
+    let file = nerp::open(&path).unwrap();
+    let h = file.header();
+    assert_eq!(u16::from_le_bytes([built.bytes[8], built.bytes[9]]), 3, "format 3");
+    assert_eq!(h.predictor.as_ref().unwrap().layers as usize, plan.layers.len());
+    assert_eq!(h.predicted_names().len(), plan.layers.len() - 1);
+    assert!(matches!(h.tensors[first].storage, Storage::Quantized { bits: 8, .. }));
+    // The others regenerate as the predictor gives them, with the layer indices they were
+    // trained with.
+    let weights = nerp::regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
+    let all = nerp::compress::build_file(&model, &plan.layers, &plan.values, Some(&p), &opts).unwrap();
+    let all_path = dir.path().join("all.nerp");
+    std::fs::write(&all_path, &all.bytes).unwrap();
+    let reference = nerp::regen::regenerate(&nerp::open(&all_path).unwrap(), &nerp::Device::Cpu).unwrap();
+    for l in &plan.layers[1..] {
+        assert_eq!(weights[l.tensor].data, reference[l.tensor].data, "{}", weights[l.tensor].name);
+    }
+}
+
+#[test]
+fn cli_budget_flags_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.nerp");
+    let src = common::shared_model(RESNET20);
+    for (flag, value) in [("--max-error", "abc"), ("--max-error", "-1"), ("--calibration", "0")] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_nerp"))
+            .args([
+                "compress",
+                src.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                &format!("{flag}={value}"),
+                "-q",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: a usage error");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+        assert!(!out.exists(), "no output on error");
+    }
+}
