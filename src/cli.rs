@@ -648,6 +648,7 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
         r.final_loss
     );
     }
+    println!("storage: {}", r.storage_summary());
     if let Some(s) = &r.storage {
         let measured = s.measured_error.map_or(String::new(), |m| format!(", measured {:.2}%", 100.0 * m));
         println!(
@@ -1160,17 +1161,25 @@ fn demo(a: DemoArgs) -> Result<()> {
     println!("| original ONNX | {} bytes |", c.source_bytes);
     println!("| .nerp file | {} bytes ({}) |", c.file_bytes, r.paths.nerp.display());
     println!("| byte ratio (ONNX ÷ .nerp) | {:.2}x |", c.byte_ratio());
-    println!(
-        "| predictor | hidden {}, {} parameters for {} kernel weights |",
-        c.hidden, c.predictor_params, c.represented
-    );
-    println!("| parameter ratio | {:.2}x |", c.param_ratio());
-    println!("| weight RMSE | {:.5} |", c.weight_rmse);
+    println!("| storage | {} |", c.storage_summary());
+    if c.predictor_params > 0 {
+        println!(
+            "| predictor | hidden {}, {} parameters for {} kernel weights |",
+            c.hidden, c.predictor_params, c.represented
+        );
+        println!("| parameter ratio | {:.2}x |", c.param_ratio());
+        println!("| weight RMSE | {:.5} |", c.weight_rmse);
+    }
+    if let Some(s) = &c.storage {
+        let measured = s.measured_error.map_or("-".into(), |m| format!("{:.2}%", 100.0 * m));
+        println!("| output error on the calibration images | {measured} (budget {}) |", s.budget);
+    }
     println!("| accuracy, original | {} |", pct(e.original_accuracy));
     println!("| accuracy, regenerated | {:.2}% |", 100.0 * e.regenerated_accuracy);
     println!("| drop | {:.2} points |", e.drop_points().unwrap_or(f64::NAN));
     println!("| top-1 agreement | {} |", pct(e.agreement));
-    println!("| compression time | {:.1} s ({} steps, {} threads) |", c.seconds, c.steps, o.threads);
+    let steps = if c.predictor_params > 0 { format!("{} steps, ", c.steps) } else { String::new() };
+    println!("| compression time | {:.1} s ({steps}{} threads) |", c.seconds, o.threads);
     println!("| load: open + regenerate | {:.3} s |", r.regen_seconds);
     println!(
         "| load: + build tract model | {:.3} s (original ONNX into tract: {:.3} s) |",

@@ -212,6 +212,19 @@ impl CompressReport {
     pub fn byte_ratio(&self) -> f64 {
         self.source_bytes as f64 / self.file_bytes.max(1) as f64
     }
+
+    /// How many tensors got each storage, e.g. `int8 ×8, int4 ×13, raw ×22`.
+    pub fn storage_summary(&self) -> String {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for t in &self.tensors {
+            let kind = if t.predicted { "predicted" } else { t.stored.split(':').next().unwrap_or("raw") };
+            match counts.iter_mut().find(|(k, _)| k == kind) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((kind.to_string(), 1)),
+            }
+        }
+        counts.iter().map(|(k, n)| format!("{k} ×{n}")).collect::<Vec<_>>().join(", ")
+    }
 }
 
 /// The widest predictor (at most the format's limit) whose file takes at most `max_bytes`:

@@ -58,6 +58,10 @@ fn an_error_budget_holds_on_the_calibration_images() {
     assert!(r.file_bytes * 4 < r.source_bytes, "{} bytes", r.file_bytes);
     // Every tensor's report says what it got.
     assert!(r.tensors.iter().all(|t| t.error_alone.is_some()));
+    // Deterministic: the same input and options give the same bytes.
+    let again = dir.path().join("again.nerp");
+    compress(&src, &again, &opts, &mut |_, _| {}).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
 }
 
 #[test]

@@ -32,6 +32,12 @@ fn base(which: usize) -> &'static (Header, Vec<Vec<u8>>) {
             .unwrap();
         let bytes = build_file(&model, &plans, &values, Some(&p), &opts).unwrap().bytes;
         let file = NerpFile::from_bytes(bytes, "kinds.nerp").unwrap();
+        let quantized = file
+            .header()
+            .tensors
+            .iter()
+            .filter(|t| matches!(t.storage, nerp::format::Storage::Quantized { .. }));
+        assert!(which == 0 || quantized.count() > 0, "the int8 base file has quantized tensors to mutate");
         let sections =
             (0..file.header().sections.len()).map(|i| file.decode_section(i).unwrap().into_owned()).collect();
         (file.header().clone(), sections)
