@@ -131,6 +131,9 @@ pub const OPS: &[(&str, Translate)] = &[
     ("Concat", |n| Ok(Op::Concat { axis: attr_i(n, "axis").ok_or_else(|| node_err(n, "has no axis"))? })),
 ];
 
+/// Called after each node runs, with the node, its arguments and its output.
+type NodeHook<'a> = dyn FnMut(&Node, &[Option<Tensor>], &Tensor) + 'a;
+
 /// What a forward pass produced.
 pub struct Forward {
     pub output: Tensor,
@@ -242,7 +245,7 @@ impl Graph {
         &self,
         input: &Tensor,
         weights: &HashMap<String, Tensor>,
-        on_node: &mut dyn FnMut(&Node, &[Option<Tensor>], &Tensor),
+        on_node: &mut NodeHook,
     ) -> Result<Tensor> {
         if let Some(bad) = weights.keys().find(|k| !self.constants.contains_key(*k)) {
             return Err(Error::Rebuild(format!("weight {bad:?} is not a constant of the graph")));
