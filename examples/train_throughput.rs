@@ -34,6 +34,8 @@ fn main() -> nerp::Result<()> {
         weight_decay: 0.0,
         magnitude_fraction: 0.2,
         seed: 0,
+        quantize: None,
+        qat_fraction: 0.0,
     };
     // Warm up (allocator, thread pool), then time.
     let warm = TrainConfig { steps: 3, ..cfg.clone() };
