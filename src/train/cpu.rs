@@ -343,3 +343,50 @@ impl CpuTrainer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::predictor::param_count;
+    use crate::train::Rng;
+
+    /// While quantization-aware, every step computes with the round trip of the f32
+    /// parameters as they are after the previous optimizer step, and switching off goes back
+    /// to the f32 parameters.
+    #[test]
+    fn quantization_aware_steps_compute_with_the_current_round_trip() {
+        let (h, k, n) = (8, 2, 64);
+        let mut rng = Rng::new(9);
+        let mut uniform = |len: usize| (0..len).map(|_| rng.uniform() as f32 - 0.5).collect::<Vec<_>>();
+        let params = uniform(param_count(h, k));
+        let data = TrainData { coords: uniform(3 * n), targets: uniform(9 * n), masks: vec![1.0; 9 * n] };
+        let inputs = uniform(6 * k * n);
+        let cfg = TrainConfig {
+            hidden: h,
+            embedding: crate::format::Embedding { base: 1.25, levels: k as u32 },
+            steps: 10,
+            batch: n,
+            lr: 1e-2,
+            lr_min: 1e-4,
+            warmup: 1,
+            betas: (0.9, 0.999),
+            weight_decay: 0.0,
+            magnitude_fraction: 0.0,
+            seed: 0,
+            quantize: Some(WeightDtype::Int8),
+            qat_fraction: 1.0,
+        };
+        let idx: Vec<u32> = (0..n as u32).collect();
+        let mut t = CpuTrainer::new(h, k, params, inputs, n);
+        t.quantize(Some(WeightDtype::Int8)).unwrap();
+        let round_trip = |p: &[f32]| crate::predictor::round_trip(WeightDtype::Int8, h, k, p).unwrap();
+        for step in 0..3 {
+            assert_eq!(t.effective(), &round_trip(&t.params)[..], "step {step}");
+            assert_ne!(t.effective(), &t.params[..], "int8 rounds some parameter");
+            t.step(&idx, &data, (9 * n) as f32, &cfg, step).unwrap();
+        }
+        assert_eq!(t.effective(), &round_trip(&t.params)[..]);
+        t.quantize(None).unwrap();
+        assert_eq!(t.effective(), &t.params[..]);
+    }
+}
