@@ -11,6 +11,8 @@
 //! Quantization-aware training ([`CpuTrainer::quantize`]): forward and backward run on the
 //! stored round trip of the parameters (what the file will hold), refreshed after every
 //! optimizer step, and the gradient updates the f32 parameters (straight-through estimator).
+//! At h = 180 the int8 round trip (MSE clip search included) takes 13.6 ms against a 56–71 ms
+//! step of 4,096 kernels (`examples/train_throughput`), so it is not amortized over steps.
 
 use super::{AdamW, TrainConfig, TrainData};
 use crate::error::Result;
