@@ -25,6 +25,8 @@ for name, c in comp.items():
         continue
     a, ref = acc(name), reference(name)
     phase = "—" if c["dtype"] in ("f16", "bf16", "f32") else ("PTQ" if c["qat_steps"] == 0 else f"QAT {c['qat_fraction']}")
+    if "dec" in name and phase != "—":
+        phase = f"recon {'PTQ' if c['qat_fraction'] == 0 else phase} + QAT distillation"
     drop = f"{100 * (a - acc(ref)):+.2f} ({ref})" if acc(ref) and ref != name else "—"
     print(f"| {name} | {c['hidden']} | {c['dtype']} | {phase} | {c['qat_steps']} | {insp[name]['bytes']['predictor']:,} "
           f"| {c['file_bytes']:,} | {c['weight_rmse']:.5f} | {100 * a:.2f}% | {drop} | {c['seconds']:.0f} |")
