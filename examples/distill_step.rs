@@ -54,6 +54,8 @@ fn main() -> nerp::Result<()> {
         weight_decay: 0.0,
         magnitude_fraction: 0.0,
         seed: 0,
+        quantize: None,
+        qat_fraction: 0.0,
     };
     let mut kt = d.kernel_trainer(&p)?;
     let mut sum = StepTimes::default();

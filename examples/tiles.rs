@@ -41,6 +41,8 @@ fn fit(name: &str, layout: Layout, shapes: &[Vec<usize>], values: &[Vec<f32>], h
         weight_decay: 0.0,
         magnitude_fraction: 0.2,
         seed: 0,
+        quantize: None,
+        qat_fraction: 0.0,
     };
     let (p, _) = train::train(&cfg, &data, None, &Device::Cpu, &mut |_: usize, _: f64| {}).expect("trains");
     let pred = nerp::regen::predict_layers(&p, &plans, plans.len() as u32).expect("predicts");

@@ -111,6 +111,10 @@ pub struct CompressArgs {
     /// format 3).
     #[arg(long, value_enum, default_value_t = CompressOptions::default().predictor_dtype)]
     pub predictor_dtype: format::WeightDtype,
+    /// With --predictor-dtype int8/int4: fraction of the final training steps that compute
+    /// with the quantized predictor (straight-through); 0 rounds after training only.
+    #[arg(long, value_name = "F", default_value_t = CompressOptions::default().qat_fraction)]
+    pub qat_fraction: f64,
     /// Element type of the per-filter scales (f16 needs format 3).
     #[arg(long, value_enum, default_value_t = CompressOptions::default().scale_dtype)]
     pub scale_dtype: format::ScaleDtype,
@@ -160,6 +164,9 @@ pub struct CompressArgs {
     /// No progress bar and no per-tensor report.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Print the report as one JSON object (instead of the table).
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub distill: DistillArgs,
 }
@@ -501,6 +508,7 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         ordering: CompressOptions::default().ordering,
         embedding: format::Embedding { base: a.pe_base, levels: a.pe_levels },
         predictor_dtype: a.predictor_dtype,
+        qat_fraction: a.qat_fraction,
         scale_dtype: a.scale_dtype,
         raw_codec: a.raw_codec,
         error_budget: a.max_error.unwrap_or(CompressOptions::default().error_budget),
@@ -527,7 +535,7 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         opts.metadata
             .insert(runtime::INPUT_SHAPES_KEY.into(), serde_json::to_string(&shapes).expect("serializes"));
     }
-    let report = compress_with_progress(&a.input, &a.output, &opts, a.quiet)?;
+    let report = compress_with_progress(&a.input, &a.output, &opts, a.quiet || a.json)?;
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
@@ -535,7 +543,9 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         let json = serde_json::to_vec_pretty(&report.kd_losses).expect("serializes");
         format::write_atomic(path, &json)?;
     }
-    if !a.quiet {
+    if a.json {
+        println!("{}", serde_json::to_value(&report).expect("serializes"));
+    } else if !a.quiet {
         print_compress_report(&report);
     }
     Ok(report)
@@ -659,6 +669,12 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
             if s.with_predictor { "predictor and codecs" } else { "codecs only" },
             100.0 * s.estimated_error,
             if s.met { "met" } else { "NOT met" },
+        );
+    }
+    if r.qat_steps > 0 {
+        println!(
+            "quantization-aware: the last {} of {} steps trained on the stored predictor",
+            r.qat_steps, r.steps
         );
     }
     println!(

@@ -98,9 +98,14 @@ impl Predictor {
     /// The weights stored as `dtype` and read back (what storing them does).
     pub fn rounded(&self, dtype: WeightDtype) -> Result<Self> {
         let (h, k) = (self.hidden, self.embedding.levels as usize);
-        let bytes = encode_weights(dtype, h, k, &self.to_flat()?)?;
-        Self::from_flat(h, self.embedding, &decode_weights(dtype, h, k, &bytes)?, self.device())
+        Self::from_flat(h, self.embedding, &round_trip(dtype, h, k, &self.to_flat()?)?, self.device())
     }
+}
+
+/// Flat parameters stored as `dtype` and read back (what the file holds): what
+/// quantization-aware training computes with.
+pub fn round_trip(dtype: WeightDtype, hidden: usize, levels: usize, flat: &[f32]) -> Result<Vec<f32>> {
+    decode_weights(dtype, hidden, levels, &encode_weights(dtype, hidden, levels, flat)?)
 }
 
 /// Stores f32 parameters (storage order) as `dtype` (spec section 5.2; quantized dtypes go

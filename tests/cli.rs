@@ -62,6 +62,12 @@ fn bad_options_are_usage_errors() {
         (vec!["compress", m, "-o", "/nonexistent-dir/x.nerp"], "--output"),
         (vec!["compress", m, "-o", o, "--pe-base", "1e30"], "--pe-base"),
         (vec!["compress", m, "-o", o, "--steps", "1000000000000"], "--steps"),
+        (
+            vec!["compress", m, "-o", o, "--predictor-dtype", "int8", "--qat-fraction", "1.5"],
+            "--qat-fraction",
+        ),
+        (vec!["compress", m, "-o", o, "--qat-fraction=-0.1"], "--qat-fraction"),
+        (vec!["compress", m, "-o", o, "--qat-fraction", "NaN"], "--qat-fraction"),
         (vec!["eval", m, "--data", "imagenet"], "--data"),
         (vec!["eval", m, "--limit", "0"], "--limit"),
         (vec!["demo", "--hidden", "0"], "--hidden"),

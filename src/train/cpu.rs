@@ -1,15 +1,23 @@
 //! The reconstruction step on the CPU, written out on top of gemm: forward with bias + ReLU
-//! fused into one pass, the backward pass by hand, AdamW in one loop over the flat parameters,
-//! and no allocation per step. Parameters use the predictor's storage order ([`ParamLayout`]),
+//! fused into one pass, the backward pass by hand, [`AdamW`] over the flat parameters, and no
+//! allocation per step. Parameters use the predictor's storage order ([`ParamLayout`]),
 //! so the result is loaded with [`Predictor::from_flat`](crate::predictor::Predictor::from_flat)
 //! like any stored predictor.
 //!
 //! Each batch is split into [`CHUNKS`] fixed parts that run forward and backward on their own
 //! threads (single-threaded gemm each); their gradients are summed in chunk order. The result
 //! therefore does not depend on the number of cores.
+//!
+//! Quantization-aware training ([`CpuTrainer::quantize`]): forward and backward run on the
+//! stored round trip of the parameters (what the file will hold), refreshed after every
+//! optimizer step, and the gradient updates the f32 parameters (straight-through estimator).
+//! At h = 180 the int8 round trip (MSE clip search included) takes 13.6 ms against a 56–71 ms
+//! step of 4,096 kernels (`examples/train_throughput`), so it is not amortized over steps.
 
-use super::{TrainConfig, TrainData};
+use super::{AdamW, TrainConfig, TrainData};
+use crate::error::Result;
 use crate::format::predictor::{ParamLayout, DEPTH, OUTPUTS};
+use crate::format::WeightDtype;
 
 /// Parts each batch is split into (and the most threads used).
 pub const CHUNKS: usize = 4;
@@ -83,13 +91,18 @@ impl Workspace {
     }
 }
 
-/// Training state: flat parameters, AdamW moments and one workspace per chunk.
+/// Training state: flat parameters, the optimizer and one workspace per chunk.
 pub struct CpuTrainer {
     layout: Layout,
+    hidden: usize,
+    levels: usize,
+    /// The f32 parameters the optimizer updates.
     pub params: Vec<f32>,
+    /// While quantization-aware: the stored dtype and the round trip of `params` in it, which
+    /// forward and backward use instead of `params`.
+    stored: Option<(WeightDtype, Vec<f32>)>,
     grads: Vec<f32>,
-    m: Vec<f32>,
-    v: Vec<f32>,
+    opt: AdamW,
     /// Embedded coordinates of all kernels, N × in.
     inputs: Vec<f32>,
     work: Vec<Workspace>,
@@ -106,9 +119,11 @@ impl CpuTrainer {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(CHUNKS);
         CpuTrainer {
             layout,
+            hidden,
+            levels,
+            stored: None,
             grads: vec![0.0; at],
-            m: vec![0.0; at],
-            v: vec![0.0; at],
+            opt: AdamW::new(at),
             params,
             inputs,
             work,
@@ -116,13 +131,39 @@ impl CpuTrainer {
         }
     }
 
+    /// Trains through `dtype`'s stored round trip from now on (`None`: on the f32 parameters).
+    /// Switching on computes the round trip; asking for the current mode does nothing.
+    pub fn quantize(&mut self, dtype: Option<WeightDtype>) -> Result<()> {
+        if self.stored.as_ref().map(|(d, _)| *d) == dtype {
+            return Ok(());
+        }
+        self.stored = match dtype {
+            Some(d) => Some((d, crate::predictor::round_trip(d, self.hidden, self.levels, &self.params)?)),
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// The parameters forward and backward use: the stored round trip while
+    /// quantization-aware, else the f32 parameters.
+    pub fn effective(&self) -> &[f32] {
+        effective(&self.stored, &self.params)
+    }
+
     /// One step on the kernels `idx`; `count` is the number of weighted cells. Returns the
-    /// weighted mean squared error.
-    pub fn step(&mut self, idx: &[u32], data: &TrainData, count: f32, cfg: &TrainConfig, step: usize) -> f64 {
+    /// weighted mean squared error (of the parameters the step computed with).
+    pub fn step(
+        &mut self,
+        idx: &[u32],
+        data: &TrainData,
+        count: f32,
+        cfg: &TrainConfig,
+        step: usize,
+    ) -> Result<f64> {
         let rows = idx.len().div_ceil(CHUNKS).max(1);
         let parts: Vec<&[u32]> = idx.chunks(rows).collect();
         let per_thread = CHUNKS.div_ceil(self.threads);
-        let (lay, params, inputs) = (&self.layout, &self.params[..], &self.inputs[..]);
+        let (lay, params, inputs) = (&self.layout, effective(&self.stored, &self.params), &self.inputs[..]);
         std::thread::scope(|s| {
             for (t, work) in self.work.chunks_mut(per_thread).enumerate() {
                 let parts = &parts;
@@ -148,23 +189,17 @@ impl CpuTrainer {
             }
             se += w.se;
         }
-        self.adamw(cfg, step);
-        se / count as f64
+        self.apply_adamw(cfg, step)?;
+        Ok(se / count as f64)
     }
+}
 
-    /// AdamW (PyTorch's formulation, decoupled weight decay) over all parameters.
-    fn adamw(&mut self, cfg: &TrainConfig, step: usize) {
-        let lr = cfg.lr_at(step) as f32;
-        let (b1, b2) = (cfg.betas.0 as f32, cfg.betas.1 as f32);
-        let t = (step + 1) as i32;
-        let c1 = 1.0 - (cfg.betas.0).powi(t) as f32;
-        let c2 = (1.0 - (cfg.betas.1).powi(t)) as f32;
-        let decay = 1.0 - lr * cfg.weight_decay as f32;
-        for (((p, g), m), v) in self.params.iter_mut().zip(&self.grads).zip(&mut self.m).zip(&mut self.v) {
-            *m = b1 * *m + (1.0 - b1) * g;
-            *v = b2 * *v + (1.0 - b2) * g * g;
-            *p = *p * decay - lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
-        }
+/// The stored round trip if there is one, else `params` (a function of the fields, so that
+/// the workspaces can be borrowed beside it).
+fn effective<'a>(stored: &'a Option<(WeightDtype, Vec<f32>)>, params: &'a [f32]) -> &'a [f32] {
+    match stored {
+        Some((_, p)) => p,
+        None => params,
     }
 }
 
@@ -259,7 +294,7 @@ impl CpuTrainer {
     /// The predictor's output for every input row, `N×9`, into `out`; `pass` keeps the
     /// activations for [`Self::backward_all`].
     pub fn predict_all(&self, pass: &mut BlockPass, out: &mut [f32]) {
-        let (lay, params, inputs) = (&self.layout, &self.params[..], &self.inputs[..]);
+        let (lay, params, inputs) = (&self.layout, self.effective(), &self.inputs[..]);
         let d = lay.dims[0].0;
         let rows = &pass.rows;
         let mut parts: Vec<(&mut Workspace, &mut [f32])> = Vec::with_capacity(CHUNKS);
@@ -279,7 +314,7 @@ impl CpuTrainer {
     /// Gradient of the parameters from the gradient `dout` (`N×9`) of the outputs of the last
     /// [`Self::predict_all`] with `pass`; left for [`Self::apply_adamw`].
     pub fn backward_all(&mut self, pass: &mut BlockPass, dout: &[f32]) {
-        let (lay, params) = (&self.layout, &self.params[..]);
+        let (lay, params) = (&self.layout, effective(&self.stored, &self.params));
         let rows = &pass.rows;
         crate::linalg::for_parts(&mut pass.work, self.threads, |c, w| {
             let r = rows[c].clone();
@@ -300,8 +335,60 @@ impl CpuTrainer {
         &self.grads
     }
 
-    /// One AdamW step with the gradient of the last [`Self::backward_all`].
-    pub fn apply_adamw(&mut self, cfg: &TrainConfig, step: usize) {
-        self.adamw(cfg, step);
+    /// One AdamW step on the f32 parameters with the gradient of the last step or
+    /// [`Self::backward_all`]; refreshes the stored round trip while quantization-aware.
+    pub fn apply_adamw(&mut self, cfg: &TrainConfig, step: usize) -> Result<()> {
+        self.opt.step(&mut self.params, &self.grads, cfg, step);
+        if let Some((d, stored)) = &mut self.stored {
+            *stored = crate::predictor::round_trip(*d, self.hidden, self.levels, &self.params)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::predictor::param_count;
+    use crate::train::Rng;
+
+    /// While quantization-aware, every step computes with the round trip of the f32
+    /// parameters as they are after the previous optimizer step, and switching off goes back
+    /// to the f32 parameters.
+    #[test]
+    fn quantization_aware_steps_compute_with_the_current_round_trip() {
+        let (h, k, n) = (8, 2, 64);
+        let mut rng = Rng::new(9);
+        let mut uniform = |len: usize| (0..len).map(|_| rng.uniform() as f32 - 0.5).collect::<Vec<_>>();
+        let params = uniform(param_count(h, k));
+        let data = TrainData { coords: uniform(3 * n), targets: uniform(9 * n), masks: vec![1.0; 9 * n] };
+        let inputs = uniform(6 * k * n);
+        let cfg = TrainConfig {
+            hidden: h,
+            embedding: crate::format::Embedding { base: 1.25, levels: k as u32 },
+            steps: 10,
+            batch: n,
+            lr: 1e-2,
+            lr_min: 1e-4,
+            warmup: 1,
+            betas: (0.9, 0.999),
+            weight_decay: 0.0,
+            magnitude_fraction: 0.0,
+            seed: 0,
+            quantize: Some(WeightDtype::Int8),
+            qat_fraction: 1.0,
+        };
+        let idx: Vec<u32> = (0..n as u32).collect();
+        let mut t = CpuTrainer::new(h, k, params, inputs, n);
+        t.quantize(Some(WeightDtype::Int8)).unwrap();
+        let round_trip = |p: &[f32]| crate::predictor::round_trip(WeightDtype::Int8, h, k, p).unwrap();
+        for step in 0..3 {
+            assert_eq!(t.effective(), &round_trip(&t.params)[..], "step {step}");
+            assert_ne!(t.effective(), &t.params[..], "int8 rounds some parameter");
+            t.step(&idx, &data, (9 * n) as f32, &cfg, step).unwrap();
+        }
+        assert_eq!(t.effective(), &round_trip(&t.params)[..]);
+        t.quantize(None).unwrap();
+        assert_eq!(t.effective(), &t.params[..]);
     }
 }

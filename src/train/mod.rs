@@ -1,11 +1,14 @@
 //! Training the predictor to reconstruct kernels (data-free), with a hand-written backward
-//! pass and AdamW: on the CPU a fused gemm kernel ([`cpu`]), elsewhere candle tensor ops. No
-//! autograd graph is built per step.
+//! pass and the one [`AdamW`]: on the CPU a fused gemm kernel ([`cpu`]), elsewhere candle
+//! tensor ops. No autograd graph is built per step.
 
+mod adamw;
 pub(crate) mod cpu;
 
+pub use adamw::AdamW;
+
 use crate::error::{Error, Result};
-use crate::format::Embedding;
+use crate::format::{Embedding, WeightDtype};
 use crate::predictor::{embed, layer_dims, Linear, Predictor, OUTPUTS};
 use candle_core::{DType, Device, Tensor};
 
@@ -26,6 +29,12 @@ pub struct TrainConfig {
     /// Fraction of steps whose batch is sampled ∝ kernel L2 norm (NeRN: 0.2).
     pub magnitude_fraction: f64,
     pub seed: u64,
+    /// The quantized dtype the predictor will be stored in (int8/int4), for
+    /// quantization-aware training; `None` (or a float dtype): train in f32 only.
+    pub quantize: Option<WeightDtype>,
+    /// Fraction of the final steps that compute with the stored round trip of the parameters
+    /// (straight-through estimator); 0: post-training rounding only.
+    pub qat_fraction: f64,
 }
 
 impl TrainConfig {
@@ -36,6 +45,27 @@ impl TrainConfig {
         }
         let t = (step - self.warmup) as f64 / (self.steps - self.warmup).max(1) as f64;
         self.lr_min + 0.5 * (self.lr - self.lr_min) * (1.0 + (std::f64::consts::PI * t).cos())
+    }
+
+    /// Final steps that train quantization-aware: `qat_fraction` of `steps`, rounded, when
+    /// `quantize` is a quantized dtype, else 0.
+    pub fn qat_steps(&self) -> usize {
+        match self.quantize {
+            Some(d) if d.bits().is_some() => {
+                ((self.qat_fraction * self.steps as f64).round() as usize).min(self.steps)
+            }
+            _ => 0,
+        }
+    }
+
+    /// The dtype whose round trip step `step` computes with, if it is one of the
+    /// [`Self::qat_steps`].
+    pub fn quantized_at(&self, step: usize) -> Option<WeightDtype> {
+        if step + self.qat_steps() >= self.steps {
+            self.quantize
+        } else {
+            None
+        }
     }
 }
 
@@ -149,8 +179,8 @@ fn train_on(
         Backend::Cpu(Box::new(cpu::CpuTrainer::new(predictor.hidden, levels, flat, inputs, cfg.batch.min(n))))
     } else {
         Backend::Tensor {
-            opt: AdamW::new(&predictor)?,
-            params: predictor.layers.clone(),
+            opt: AdamW::new(predictor.to_flat()?.len()),
+            params: predictor.to_flat()?,
             inputs,
             targets: Tensor::from_slice(&data.targets, (n, OUTPUTS), device)?,
             masks: Tensor::from_slice(&data.masks, (n, OUTPUTS), device)?,
@@ -172,14 +202,18 @@ fn train_on(
             .collect();
         let count: f32 = idx.iter().map(|&i| cells[i as usize]).sum::<f32>().max(1.0);
         let mse = match &mut backend {
-            Backend::Cpu(trainer) => trainer.step(&idx, data, count, cfg, step),
+            Backend::Cpu(trainer) => {
+                trainer.quantize(cfg.quantized_at(step))?;
+                trainer.step(&idx, data, count, cfg, step)?
+            }
             Backend::Tensor { opt, params, inputs, targets, masks } => {
                 let ids = Tensor::from_slice(&idx, idx.len(), device)?;
                 let x = inputs.index_select(&ids, 0)?;
                 let t = targets.index_select(&ids, 0)?;
                 let m = masks.index_select(&ids, 0)?;
-                let (loss, grads) = loss_and_grads(params, &x, &t, &m, count)?;
-                opt.step(params, &grads, cfg, step)?;
+                let layers = computing_layers(params, cfg, step, device)?;
+                let (loss, grads) = loss_and_grads(&layers, &x, &t, &m, count)?;
+                opt.step(params, &flatten(cfg, grads)?, cfg, step);
                 loss
             }
         };
@@ -202,16 +236,50 @@ fn train_on(
         Backend::Cpu(trainer) => {
             Predictor::from_flat(predictor.hidden, predictor.embedding, &trainer.params, device)?
         }
-        Backend::Tensor { params, .. } => Predictor { layers: params, ..predictor },
+        Backend::Tensor { params, .. } => {
+            Predictor::from_flat(predictor.hidden, predictor.embedding, &params, device)?
+        }
     };
     Ok((trained, losses))
+}
+
+/// The candle layers step `step` computes with: `params` (flat, storage order), or their
+/// stored round trip on the quantization-aware steps.
+pub(crate) fn computing_layers(
+    params: &[f32],
+    cfg: &TrainConfig,
+    step: usize,
+    device: &Device,
+) -> Result<Vec<Linear>> {
+    let flat = match cfg.quantized_at(step) {
+        Some(d) => std::borrow::Cow::Owned(crate::predictor::round_trip(
+            d,
+            cfg.hidden,
+            cfg.embedding.levels as usize,
+            params,
+        )?),
+        None => std::borrow::Cow::Borrowed(params),
+    };
+    Ok(Predictor::from_flat(cfg.hidden, cfg.embedding, &flat, device)?.layers)
+}
+
+/// Per-layer gradients (or parameters) as flat f32 in storage order, for [`AdamW`].
+pub(crate) fn flatten(cfg: &TrainConfig, layers: Vec<Linear>) -> Result<Vec<f32>> {
+    Predictor { hidden: cfg.hidden, embedding: cfg.embedding, layers }.to_flat()
 }
 
 /// Where the training step runs: the hand-written CPU kernel, or candle tensor ops on any
 /// other device.
 enum Backend {
     Cpu(Box<cpu::CpuTrainer>),
-    Tensor { opt: AdamW, params: Vec<Linear>, inputs: Tensor, targets: Tensor, masks: Tensor },
+    /// `params`: flat f32 in storage order, stepped by the same [`AdamW`].
+    Tensor {
+        opt: AdamW,
+        params: Vec<f32>,
+        inputs: Tensor,
+        targets: Tensor,
+        masks: Tensor,
+    },
 }
 
 /// Weighted mean squared error of the batch and the gradients of every weight and bias.
@@ -276,47 +344,6 @@ impl MagnitudeSampler {
     }
 }
 
-/// AdamW with decoupled weight decay (PyTorch's formulation).
-pub(crate) struct AdamW {
-    m: Vec<Linear>,
-    v: Vec<Linear>,
-}
-
-impl AdamW {
-    pub(crate) fn new(p: &Predictor) -> Result<Self> {
-        let zeros =
-            |l: &Linear| -> Result<Linear> { Ok(Linear { w: l.w.zeros_like()?, b: l.b.zeros_like()? }) };
-        let m = p.layers.iter().map(zeros).collect::<Result<Vec<_>>>()?;
-        let v = p.layers.iter().map(zeros).collect::<Result<Vec<_>>>()?;
-        Ok(AdamW { m, v })
-    }
-
-    pub(crate) fn step(
-        &mut self,
-        params: &mut [Linear],
-        grads: &[Linear],
-        cfg: &TrainConfig,
-        step: usize,
-    ) -> Result<()> {
-        let lr = cfg.lr_at(step);
-        let (b1, b2) = cfg.betas;
-        let t = (step + 1) as i32;
-        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-        let update = |p: &Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor| -> Result<Tensor> {
-            *m = ((&*m * b1)? + (g * (1.0 - b1))?)?;
-            *v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let denom = ((&*v / c2)?.sqrt()? + 1e-8)?;
-            let step = ((&*m / c1)? / denom)?;
-            Ok(((p * (1.0 - lr * cfg.weight_decay))? - (step * lr)?)?)
-        };
-        for (k, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-            p.w = update(&p.w, &g.w, &mut self.m[k].w, &mut self.v[k].w)?;
-            p.b = update(&p.b, &g.b, &mut self.m[k].b, &mut self.v[k].b)?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,20 +371,28 @@ mod tests {
             weight_decay: 0.01,
             magnitude_fraction: 0.2,
             seed: 3,
+            quantize: None,
+            qat_fraction: 0.0,
         }
     }
 
+    /// The gemm kernel and the candle ops agree, in f32 and with the last 3 of 5 steps
+    /// quantization-aware (int8).
     #[test]
     fn cpu_kernel_matches_candle_ops() {
-        let (d, cfg) = (data(100, 1), config(5, 1e-2));
-        let (a, la) = train_on(&cfg, &d, None, &Device::Cpu, &mut |_, _| {}, true).unwrap();
-        let (b, lb) = train_on(&cfg, &d, None, &Device::Cpu, &mut |_, _| {}, false).unwrap();
-        for (x, y) in la.iter().zip(&lb) {
-            assert!((x - y).abs() <= 1e-4 * x.abs(), "losses {la:?} vs {lb:?}");
+        let d = data(100, 1);
+        for quantize in [None, Some(WeightDtype::Int8)] {
+            let cfg = TrainConfig { quantize, qat_fraction: 0.6, ..config(5, 1e-2) };
+            assert_eq!(cfg.qat_steps(), if quantize.is_some() { 3 } else { 0 });
+            let (a, la) = train_on(&cfg, &d, None, &Device::Cpu, &mut |_, _| {}, true).unwrap();
+            let (b, lb) = train_on(&cfg, &d, None, &Device::Cpu, &mut |_, _| {}, false).unwrap();
+            for (x, y) in la.iter().zip(&lb) {
+                assert!((x - y).abs() <= 1e-4 * x.abs(), "{quantize:?}: losses {la:?} vs {lb:?}");
+            }
+            let (pa, pb) = (a.to_flat().unwrap(), b.to_flat().unwrap());
+            let max = pa.iter().zip(&pb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(max < 1e-4, "{quantize:?}: parameters differ by {max}");
         }
-        let (pa, pb) = (a.to_flat().unwrap(), b.to_flat().unwrap());
-        let max = pa.iter().zip(&pb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(max < 1e-4, "parameters differ by {max}");
     }
 
     #[test]
