@@ -52,18 +52,7 @@ fn predicted_file(params: &[f32], scales: &[f32]) -> Vec<u8> {
     let bias: Vec<u8> = [0.5f32; 4].iter().flat_map(|v| v.to_le_bytes()).collect();
     let raw = b.add(SectionKind::Tensor, Encoding::Plain, &bias);
     let tensors = vec![
-        TensorEntry {
-            name: "conv.weight".into(),
-            dtype: DType::F32,
-            shape: vec![4, 2, 3, 3],
-            storage: Storage::Predicted {
-                layer: 0,
-                permutation: perm,
-                scales: Some(scales),
-                layout: Default::default(),
-                scale_dtype: Default::default(),
-            },
-        },
+        conv_weight(perm, scales, Default::default()),
         TensorEntry {
             name: "conv.bias".into(),
             dtype: DType::F32,
@@ -632,18 +621,7 @@ impl V3 {
         let q = b.add(SectionKind::Quantized, Encoding::Zstd, &self.quantized);
         let cast = b.add(SectionKind::Tensor, Encoding::ZstdBytegroup { element: 2 }, &self.cast);
         let tensors = vec![
-            TensorEntry {
-                name: "conv.weight".into(),
-                dtype: DType::F32,
-                shape: vec![4, 2, 3, 3],
-                storage: Storage::Predicted {
-                    layer: 0,
-                    permutation: perm,
-                    scales: Some(scales),
-                    layout: Default::default(),
-                    scale_dtype: ScaleDtype::F16,
-                },
-            },
+            conv_weight(perm, scales, ScaleDtype::F16),
             TensorEntry {
                 name: "conv.bias".into(),
                 dtype: DType::F32,
@@ -973,4 +951,21 @@ fn huge_quantized_declarations_are_refused_by_the_budget() {
     let t = text(&o);
     assert!(!t.contains("panicked") && o.status.code() != Some(0), "{t}");
     assert!(t.contains("memory budget"), "{t}");
+}
+
+/// The predicted `[4, 2, 3, 3]` kernel of the hand-built files, layer 0, with its permutation
+/// and scales sections.
+fn conv_weight(permutation: usize, scales: usize, scale_dtype: ScaleDtype) -> TensorEntry {
+    TensorEntry {
+        name: "conv.weight".into(),
+        dtype: DType::F32,
+        shape: vec![4, 2, 3, 3],
+        storage: Storage::Predicted {
+            layer: 0,
+            permutation,
+            scales: Some(scales),
+            layout: Default::default(),
+            scale_dtype,
+        },
+    }
 }
