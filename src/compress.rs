@@ -677,6 +677,12 @@ fn calibration(
             let values = x.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
             batches.push((values, shape));
         }
+        if opts.data_aware_rounding {
+            hessians = input_moments(model, |g| Hessians::collect(g, &batches)).unwrap_or_else(|e| {
+                warnings.push(format!("quantized tensors are rounded to nearest: {e}"));
+                Hessians::default()
+            });
+        }
         batches
     } else if let Some(json) = opts.metadata.get(crate::format::metadata::PREPROCESS_KEY) {
         let pre: crate::data::Preprocess = serde_json::from_str(json)
@@ -685,10 +691,11 @@ fn calibration(
         match crate::data::load(&opts.distill.data, crate::data::Split::Train, limit, &pre) {
             Ok(images) => {
                 if opts.data_aware_rounding {
-                    hessians = input_moments(model, &images).unwrap_or_else(|e| {
-                        warnings.push(format!("quantized tensors are rounded to nearest: {e}"));
-                        Hessians::default()
-                    });
+                    hessians =
+                        input_moments(model, |g| Hessians::collect_images(g, &images)).unwrap_or_else(|e| {
+                            warnings.push(format!("quantized tensors are rounded to nearest: {e}"));
+                            Hessians::default()
+                        });
                 }
                 crate::calibrate::Calibration::image_batches(&images)
             }
@@ -706,9 +713,12 @@ fn calibration(
     Ok((Some(crate::calibrate::Calibration::new(model, inputs, shapes)?), hessians))
 }
 
-/// The input second moments of `model`'s layers on `images` ([`crate::gptq`]), running its
+/// The input second moments of `model`'s layers ([`crate::gptq`]) by `collect`, running its
 /// graph (with the model's current, possibly channel-permuted tensors).
-fn input_moments(model: &SourceModel, images: &crate::data::Dataset) -> Result<Hessians> {
+fn input_moments(
+    model: &SourceModel,
+    collect: impl Fn(&crate::graph::Graph) -> Result<Hessians>,
+) -> Result<Hessians> {
     let skeleton = model.skeleton.as_ref().ok_or_else(|| Error::Rebuild("no graph".into()))?;
     let weights: Vec<crate::regen::WeightTensor> = model
         .tensors
@@ -721,7 +731,7 @@ fn input_moments(model: &SourceModel, images: &crate::data::Dataset) -> Result<H
         })
         .collect();
     let graph = crate::graph::Graph::from_proto(&crate::runtime::patch_skeleton(skeleton, &weights)?)?;
-    Hessians::collect(&graph, images)
+    collect(&graph)
 }
 
 /// The storage chosen per tensor, with each one's error alone.

@@ -23,15 +23,26 @@ pub const MAX_DIM: usize = 4096;
 pub struct Hessians(pub HashMap<String, (usize, Vec<f64>)>);
 
 impl Hessians {
-    /// Runs `graph` on `images` ([`crate::eval::EVAL_BATCH`] at a time) and accumulates the
-    /// input second moments of every one-group `Conv` and every `Gemm` with `transB = 1`
-    /// (weights stored as output rows), for inputs of at most [`MAX_DIM`] values.
-    pub fn collect(graph: &Graph, images: &Dataset) -> Result<Self> {
+    /// Runs `graph` on `images` ([`crate::eval::EVAL_BATCH`] at a time): see [`Self::collect`].
+    pub fn collect_images(graph: &Graph, images: &Dataset) -> Result<Self> {
         let [c, h, w] = images.shape;
+        let batches: Vec<(Vec<f32>, Vec<usize>)> = (0..images.len())
+            .step_by(crate::eval::EVAL_BATCH)
+            .map(|b| {
+                let e = (b + crate::eval::EVAL_BATCH).min(images.len());
+                (images.batch(b, e).0.to_vec(), vec![e - b, c, h, w])
+            })
+            .collect();
+        Self::collect(graph, &batches)
+    }
+
+    /// Runs `graph` on each batch (flat f32 values with their shape) and accumulates the input
+    /// second moments of every one-group `Conv` and every `Gemm` with `transB = 1` (weights
+    /// stored as output rows), for inputs of at most [`MAX_DIM`] values.
+    pub fn collect(graph: &Graph, batches: &[(Vec<f32>, Vec<usize>)]) -> Result<Self> {
         let mut sums: HashMap<String, (usize, Vec<f64>, usize)> = HashMap::new();
-        for b in (0..images.len()).step_by(crate::eval::EVAL_BATCH) {
-            let e = (b + crate::eval::EVAL_BATCH).min(images.len());
-            let x = Tensor::from_slice(images.batch(b, e).0, (e - b, c, h, w), &Device::Cpu)?;
+        for (values, shape) in batches {
+            let x = Tensor::from_slice(values, shape.as_slice(), &Device::Cpu)?;
             for (node, input) in graph.layer_inputs(&x)? {
                 let Some(weight) = node.inputs.get(1) else { continue };
                 let Some(wt) = graph.constants.get(weight) else { continue };

@@ -159,3 +159,27 @@ fn cli_budget_flags_are_checked() {
         assert!(!out.exists(), "no output on error");
     }
 }
+
+#[test]
+fn calibration_arrays_measure_outputs_and_round_data_aware() {
+    common::train_set();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out) = (common::shared_model(RESNET20), dir.path().join("a.nerp"));
+    // Eight training images as one input array, as `--calibration-inputs X.npy` gives them.
+    let pre = Preprocess::parse(common::PREPROCESS).unwrap();
+    let images = data::load(&DataSource::FashionMnist(None), Split::Train, Some(8), &pre).unwrap();
+    let npy = dir.path().join("x.npy");
+    nerp::npy::write_f32(&npy, images.batch(0, 8).0, &[8, 1, 28, 28]).unwrap();
+    let opts = CompressOptions {
+        steps: 10,
+        error_budget: ErrorBudget::Target(0.05),
+        calibration_inputs: vec![npy],
+        ..Default::default()
+    };
+    let r = compress(&src, &out, &opts, &mut |_, _| {}).unwrap();
+    let s = r.storage.as_ref().expect("a storage report");
+    assert_eq!((s.measure, s.calibration_batches), ("output", 1), "{s:?}");
+    assert!(s.met && s.measured_error.unwrap() <= 0.05, "{s:?}");
+    assert!(!r.warnings.iter().any(|w| w.contains("rounded to nearest")), "{:?}", r.warnings);
+    assert!(r.tensors.iter().any(|t| t.stored.starts_with("int")), "some tensor quantized");
+}
