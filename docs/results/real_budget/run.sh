@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PP-OCR det/rec/cls with one budget (issue 15): `--max-error 0.05` on calibration arrays that
+# PP-OCR det/rec/cls with one budget (issue 15): `--max-error 0.05` and `--size-ratio 4` on calibration arrays that
 # are not the evaluation arrays (rec/cls: lines 0-3 calibrate, lines 4-7 evaluate; det: the page
 # mirrored calibrates, the page evaluates), against fp16 and int8 for every weight tensor.
 # Inputs: tools/fetch_models.sh, then `python3 tools/make_ocr_inputs.py $OCR` and the split
@@ -36,4 +36,5 @@ for spec in "cls classifier 4,3,48,192 cls_cal.npy cls_eval.npy" "rec ctc 4,3,48
   row "$@" f16 --raw-codec f16 --min-values 1000000000 --max-error off
   row "$@" int8 --raw-codec int8 --min-values 1000000000 --max-error off
   row "$@" budget5 --max-error 0.05 --hidden 32 --steps 200
+  row "$@" size4 --size-ratio 4 --steps 20
 done
