@@ -39,16 +39,7 @@ impl Calibration {
         if inputs.is_empty() {
             return Err(Error::usage("--calibration", "needs at least one calibration input"));
         }
-        let tensors = model
-            .tensors
-            .iter()
-            .map(|t| WeightTensor {
-                name: t.name.clone(),
-                dtype: t.dtype,
-                shape: t.shape.clone(),
-                data: t.data.clone(),
-            })
-            .collect();
+        let tensors = crate::permute::as_weights(model);
         let mut c =
             Calibration { skeleton, shapes, tensors, inputs, reference: Vec::new(), reference_norm: 0.0 };
         c.reference = c.outputs(&[])?;

@@ -720,16 +720,7 @@ fn input_moments(
     collect: impl Fn(&crate::graph::Graph) -> Result<Hessians>,
 ) -> Result<Hessians> {
     let skeleton = model.skeleton.as_ref().ok_or_else(|| Error::Rebuild("no graph".into()))?;
-    let weights: Vec<crate::regen::WeightTensor> = model
-        .tensors
-        .iter()
-        .map(|t| crate::regen::WeightTensor {
-            name: t.name.clone(),
-            dtype: t.dtype,
-            shape: t.shape.clone(),
-            data: t.data.clone(),
-        })
-        .collect();
+    let weights = crate::permute::as_weights(model);
     let graph = crate::graph::Graph::from_proto(&crate::runtime::patch_skeleton(skeleton, &weights)?)?;
     collect(&graph)
 }
