@@ -551,7 +551,7 @@ pub fn compress(
     };
     let predictor_bytes = format::predictor::stored_len(opts.predictor_dtype, hidden, levels);
     let skip = match (early, &chooser) {
-        (Some(b), Some(c)) if !plans.is_empty() => c.codecs_suffice(&model, b, predictor_bytes),
+        (Some(b), Some(c)) if !plans.is_empty() => c.codecs_suffice(&model, b, predictor_bytes)?,
         _ => false,
     };
     if skip {
@@ -734,11 +734,13 @@ pub struct Chooser {
     cal: Option<crate::calibrate::Calibration>,
     hessians: Hessians,
     total_norm: f64,
-    codecs: Vec<Vec<crate::choose::Candidate>>,
+    /// Measured on first use: the default check without calibration inputs needs them only
+    /// when the predictor's file fails it.
+    codecs: std::cell::OnceCell<Vec<Vec<crate::choose::Candidate>>>,
 }
 
 impl Chooser {
-    /// Measures every codec of every tensor of `model` (see [`crate::choose::candidates`]).
+    /// What the codecs of `model`'s tensors are measured with.
     fn new(
         model: &SourceModel,
         cal: Option<crate::calibrate::Calibration>,
@@ -754,11 +756,19 @@ impl Chooser {
             })
             .sum::<f64>()
             .sqrt();
-        let mut c = Chooser { cal, hessians, total_norm, codecs: Vec::new() };
+        Ok(Chooser { cal, hessians, total_norm, codecs: std::cell::OnceCell::new() })
+    }
+
+    /// Every codec of every tensor of `model`, measured once (see
+    /// [`crate::choose::candidates`]).
+    fn codecs(&self, model: &SourceModel) -> Result<&Vec<Vec<crate::choose::Candidate>>> {
+        if let Some(c) = self.codecs.get() {
+            return Ok(c);
+        }
         let none = vec![None; model.tensors.len()];
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        c.codecs = crate::choose::candidates(model, &none, &c.measure(), &c.hessians, threads)?;
-        Ok(c)
+        let measured = crate::choose::candidates(model, &none, &self.measure(), &self.hessians, threads)?;
+        Ok(self.codecs.get_or_init(|| measured))
     }
 
     fn measure(&self) -> crate::choose::Measure<'_> {
@@ -779,14 +789,14 @@ impl Chooser {
     /// `predictor_bytes` could: under an error budget, their file is smaller than the predictor
     /// alone; under a byte budget, they meet it within the default error (output errors only).
     /// Then no predictor is trained.
-    fn codecs_suffice(&self, model: &SourceModel, budget: Budget, predictor_bytes: u64) -> bool {
+    fn codecs_suffice(&self, model: &SourceModel, budget: Budget, predictor_bytes: u64) -> Result<bool> {
         let base = Self::base_bytes(model);
-        let a = crate::choose::allocate(&self.codecs, base, budget);
-        a.feasible
+        let a = crate::choose::allocate(self.codecs(model)?, base, budget);
+        Ok(a.feasible
             && match budget {
                 Budget::Error(_) => a.bytes <= base + predictor_bytes,
                 Budget::Bytes(_) => self.cal.is_some() && a.error <= DEFAULT_MAX_ERROR,
-            }
+            })
     }
 }
 
@@ -883,7 +893,7 @@ fn choose_storage(
         (None, ErrorBudget::Off) => return Ok(None),
     };
     // Each tensor's codecs (measured before training), and the predicted option.
-    let mut cands = chooser.codecs.clone();
+    let mut cands = chooser.codecs(model)?.clone();
     for (i, p) in predicted.iter().enumerate() {
         if let Some((v, bytes)) = p {
             let error = measure.error(i, &f32s(&model.tensors[i]), v)?;
