@@ -122,6 +122,12 @@ pub struct CompressArgs {
     /// int8/int4 (quantized per row); all but raw need format 3.
     #[arg(long, value_enum, default_value_t = CompressOptions::default().raw_codec)]
     pub raw_codec: crate::compress::Codec,
+    /// Residuals (value − prediction, quantized per row group) of predicted tensors: by
+    /// default a budget (--size-ratio, a failed --max-error check) tries 2, 3 and 4 bits per
+    /// tensor; BITS (2..=8) gives every predicted tensor one where no budget chooses; `off`
+    /// never stores one.
+    #[arg(long, value_name = "BITS|off", value_parser = parse_residual)]
+    pub residual: Option<crate::compress::ResidualMode>,
     /// Keep the model's outputs within this relative error (e.g. 0.05) with the smallest file:
     /// a storage per tensor (predicted, raw, f16, int8/4/3/2) from errors measured on
     /// calibration inputs (weights' errors without them). By default the predictor's file is
@@ -511,6 +517,7 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         qat_fraction: a.qat_fraction,
         scale_dtype: a.scale_dtype,
         raw_codec: a.raw_codec,
+        residual: a.residual.unwrap_or(crate::compress::ResidualMode::Auto),
         error_budget: a.max_error.unwrap_or(CompressOptions::default().error_budget),
         calibration_images: a.calibration,
         calibration_inputs: a.calibration_inputs,
@@ -604,6 +611,18 @@ fn parse_max_error(s: &str) -> std::result::Result<crate::compress::ErrorBudget,
     match s.parse::<f64>() {
         Ok(e) if e.is_finite() && e >= 0.0 => Ok(ErrorBudget::Target(e)),
         _ => Err(format!("{s:?} is not a relative error (a number such as 0.05) or `off`")),
+    }
+}
+
+#[cfg(feature = "compress")]
+fn parse_residual(s: &str) -> std::result::Result<crate::compress::ResidualMode, String> {
+    use crate::compress::ResidualMode;
+    match s {
+        "off" => Ok(ResidualMode::Off),
+        _ => s
+            .parse::<u8>()
+            .map(ResidualMode::Every)
+            .map_err(|_| format!("{s:?} is not a number of bits or `off`")),
     }
 }
 

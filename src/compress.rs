@@ -60,6 +60,8 @@ pub struct CompressOptions {
     pub scale_dtype: ScaleDtype,
     /// How the float tensors that are not predicted are stored (`--raw-codec`).
     pub raw_codec: Codec,
+    /// Residuals of predicted tensors (`--residual`, spec section 5.3b).
+    pub residual: ResidualMode,
     /// The output error the file must keep (`--max-error`): chooses a storage per tensor.
     pub error_budget: ErrorBudget,
     /// Training images (of `distill.data`) run to measure output errors, when `--preprocess`
@@ -84,6 +86,31 @@ pub enum ErrorBudget {
     /// The smallest file within this relative output error (or weight error without
     /// calibration inputs), a storage chosen per tensor.
     Target(f64),
+}
+
+/// Which residuals (spec section 5.3b) predicted tensors may get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResidualMode {
+    /// The budget tries 2-, 3- and 4-bit residuals per tensor; without a budget, none.
+    Auto,
+    /// None.
+    Off,
+    /// Every predicted tensor gets one of this many bits where no budget chooses; a budget
+    /// tries this width besides the automatic ones.
+    Every(u8),
+}
+
+impl ResidualMode {
+    /// The residual widths the budget tries.
+    pub fn widths(self) -> Vec<u8> {
+        let auto = Choice::RESIDUAL_BITS.to_vec();
+        match self {
+            ResidualMode::Auto => auto,
+            ResidualMode::Off => Vec::new(),
+            ResidualMode::Every(b) if auto.contains(&b) => auto,
+            ResidualMode::Every(b) => auto.into_iter().chain([b]).collect(),
+        }
+    }
 }
 
 /// Largest relative output error of a file written with default options: beyond it a model
@@ -122,6 +149,7 @@ impl Default for CompressOptions {
             distill: DistillOptions::default(),
             scale_dtype: ScaleDtype::F16,
             raw_codec: Codec::Raw,
+            residual: ResidualMode::Auto,
             error_budget: ErrorBudget::Check(DEFAULT_MAX_ERROR),
             calibration_images: DEFAULT_CALIBRATION_IMAGES,
             calibration_inputs: Vec::new(),
@@ -340,6 +368,10 @@ impl CompressOptions {
             ));
         }
         self.distill.validate(self.steps)?;
+        if matches!(self.residual, ResidualMode::Every(b) if !format::quant::valid_bits(b)) {
+            let (lo, hi) = (format::quant::MIN_BITS, format::quant::MAX_BITS);
+            return Err(Error::usage("--residual", format!("must be a number of bits in {lo}..={hi}")));
+        }
         if self.calibration_images == 0 {
             return Err(Error::usage("--calibration", "must be at least 1 image"));
         }
@@ -596,13 +628,23 @@ pub fn compress(
         Some((c, report)) => (Some(c), Some(report)),
         None => (None, None),
     };
+    // `--residual` where the budget did not choose.
+    let forced = match (&choices, opts.residual, &predictor) {
+        (None, ResidualMode::Every(_), Some(_)) => {
+            let mut planned = vec![false; model.tensors.len()];
+            plans.iter().for_each(|p| planned[p.tensor] = true);
+            Some(planned_choices(&planned, opts))
+        }
+        _ => None,
+    };
+    let picks = choices.as_ref().map(|c| c.0.clone()).or(forced);
     let BuiltFile { bytes, mut tensors, weight_rmse } = build_file_with(
         &model,
         &plans,
         &values,
         predictor.as_ref(),
         opts,
-        choices.as_ref().map(|c| (c.0.as_slice(), hessians)),
+        picks.as_deref().map(|c| (c, hessians)),
     )?;
     for (t, d) in tensors.iter_mut().zip(&decisions) {
         if let (Decision::Raw(why), "raw") = (d, t.stored.as_str()) {
@@ -614,7 +656,7 @@ pub fn compress(
             t.error_alone = Some(*e);
         }
     }
-    let predicted_any = choices.as_ref().is_none_or(|c| c.0.contains(&Choice::Predicted));
+    let predicted_any = picks.as_ref().is_none_or(|c| c.iter().any(|c| c.uses_predictor()));
     let predictor = predictor.filter(|_| predicted_any);
     // Never write a file the reader would refuse (e.g. a model beyond the format's limits).
     format::NerpFile::from_bytes(bytes.clone(), output)?;
@@ -830,9 +872,20 @@ fn choose_storage(
             predicted[plan.tensor] = Some((rebuilt, (scales + perm) as u64));
         }
     }
+    // The predictor's output plus a k-bit residual, per predicted tensor and width.
+    let mut residuals = std::collections::BTreeMap::new();
+    for (i, p) in predicted.iter().enumerate() {
+        let (Some((rebuilt, bytes)), t) = (p, &model.tensors[i]) else { continue };
+        for bits in opts.residual.widths() {
+            let (encoded, values) =
+                choose::encode_residual(t, &f32s(t), rebuilt, bits, hessians.0.get(&t.name))?;
+            residuals.insert((i, bits), (bytes + encoded.len(t), values));
+        }
+    }
     let change_of = |i: usize, c: Choice| -> Result<Option<Vec<f32>>> {
         Ok(match c {
             Choice::Predicted => predicted[i].as_ref().map(|(v, _)| v.clone()),
+            Choice::Residual(bits) => residuals.get(&(i, bits)).map(|(_, v)| v.clone()),
             Choice::Stored(Codec::Raw) => None,
             Choice::Stored(codec) => {
                 match choose::encode(&model.tensors[i], codec, hessians.0.get(&model.tensors[i].name))
@@ -866,9 +919,7 @@ fn choose_storage(
             }
         }
     };
-    let planned: Vec<Choice> = (0..model.tensors.len())
-        .map(|i| if predicted[i].is_some() { Choice::Predicted } else { Choice::Stored(opts.raw_codec) })
-        .collect();
+    let planned = planned_choices(&predicted.iter().map(Option::is_some).collect::<Vec<_>>(), opts);
     let mut predictor_only_error = None;
     let budget = match (max_bytes, opts.error_budget) {
         (Some(b), _) => Budget::Bytes(b),
@@ -900,8 +951,12 @@ fn choose_storage(
             cands[i].push(choose::Candidate { choice: Choice::Predicted, bytes: *bytes, error });
         }
     }
+    for (&(i, bits), (bytes, v)) in &residuals {
+        let error = measure.error(i, &f32s(&model.tensors[i]), v)?;
+        cands[i].push(choose::Candidate { choice: Choice::Residual(bits), bytes: *bytes, error });
+    }
     let without: Vec<Vec<choose::Candidate>> =
-        cands.iter().map(|c| c.iter().copied().filter(|x| x.choice != Choice::Predicted).collect()).collect();
+        cands.iter().map(|c| c.iter().copied().filter(|x| !x.choice.uses_predictor()).collect()).collect();
     let predictor_bytes = predictor.map_or(0, |p| {
         format::predictor::stored_len(opts.predictor_dtype, p.hidden, p.embedding.levels as usize)
     });
@@ -910,7 +965,7 @@ fn choose_storage(
         let mut best = (choose::allocate(&without, base, budget), false);
         if predictor.is_some() {
             let with = choose::allocate(&cands, base + predictor_bytes, budget);
-            let uses = with.picks.iter().zip(&cands).any(|(&k, c)| c[k].choice == Choice::Predicted);
+            let uses = with.picks.iter().zip(&cands).any(|(&k, c)| c[k].choice.uses_predictor());
             let better = match budget {
                 Budget::Bytes(_) => (with.feasible, -with.error) > (best.0.feasible, -best.0.error),
                 Budget::Error(_) => {
@@ -986,6 +1041,16 @@ fn choose_storage(
         report.measured_error.map_or(String::new(), |m| format!(", measured {m:.4}"))
     ));
     Ok(Some((choices, report)))
+}
+
+/// The storage `compress` plans without a budget: `planned` tensors predicted (with a
+/// `--residual` if given), the others with `--raw-codec`.
+fn planned_choices(planned: &[bool], opts: &CompressOptions) -> Vec<Choice> {
+    let predicted = match opts.residual {
+        ResidualMode::Every(bits) => Choice::Residual(bits),
+        _ => Choice::Predicted,
+    };
+    planned.iter().map(|&p| if p { predicted } else { Choice::Stored(opts.raw_codec) }).collect()
 }
 
 /// The distillation term of a schedule: the source network with predicted kernels, the
@@ -1071,7 +1136,7 @@ pub fn build_file_with(
     let choices = chosen.map(|(c, _)| c);
     let hessian = |name: &str| chosen.and_then(|(_, h)| h.0.get(name));
     let choice = |i: usize| choices.map(|c| c[i]);
-    let any_predicted = choices.is_none_or(|c| c.contains(&Choice::Predicted));
+    let any_predicted = choices.is_none_or(|c| c.iter().any(|c| c.uses_predictor()));
     let predictor = predictor.filter(|_| any_predicted);
     let mut b = FileBuilder::new();
     let skeleton = model.skeleton.as_ref().map(|s| b.add(SectionKind::Skeleton, Encoding::Zstd, s));
@@ -1110,10 +1175,7 @@ pub fn build_file_with(
         let (storage, report) = match plan_of[i] {
             Some(k) => {
                 let p = &plans[k];
-                let rebuilt = &predicted[k];
-                let se: f64 = rebuilt.iter().zip(&values[k]).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-                se_all += se;
-                n_all += rebuilt.len();
+                let mut rebuilt = std::borrow::Cow::Borrowed(&predicted[k]);
                 // Without a stored ordering every permutation is the identity: an empty section
                 // (format 3). A chain that happens to be the identity (one block) stays stored, so
                 // a chained file keeps the lowest major version its tensors need.
@@ -1131,14 +1193,32 @@ pub fn build_file_with(
                     after += b.stored_len(idx);
                     idx
                 });
+                let residual = match choice(i) {
+                    Some(Choice::Residual(bits)) => {
+                        let (encoded, with_residual) =
+                            crate::choose::encode_residual(t, &values[k], &rebuilt, bits, hessian(&t.name))?;
+                        let Encoded::Quantized { bits, group, bytes } = encoded else {
+                            unreachable!("a residual is quantized")
+                        };
+                        let section = b.add(SectionKind::Quantized, Encoding::Zstd, &bytes);
+                        after += b.stored_len(section);
+                        rebuilt = std::borrow::Cow::Owned(with_residual);
+                        Some(format::Residual { bits, group, section })
+                    }
+                    _ => None,
+                };
+                let se: f64 = rebuilt.iter().zip(&values[k]).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+                se_all += se;
+                n_all += rebuilt.len();
                 let rmse = (se / rebuilt.len() as f64).sqrt();
-                let rel = crate::fidelity::relative_error(&values[k], rebuilt);
+                let rel = crate::fidelity::relative_error(&values[k], &rebuilt);
                 let storage = Storage::Predicted {
                     layer: p.layer,
                     permutation: perm,
                     scales,
                     layout: p.grid.layout,
                     scale_dtype: opts.scale_dtype,
+                    residual,
                 };
                 (storage, (Some(p.grid.layout), rmse, rel, after))
             }
@@ -1153,6 +1233,9 @@ pub fn build_file_with(
         };
         let codec = match storage {
             Storage::Quantized { bits, .. } => format!("int{bits}"),
+            Storage::Predicted { layout, residual: Some(r), .. } => {
+                format!("{} + int{} residual", layout.name(), r.bits)
+            }
             Storage::Cast { to, .. } => format!("{to:?}").to_lowercase(),
             _ => "raw".into(),
         };
@@ -1162,7 +1245,10 @@ pub fn build_file_with(
             name: t.name.clone(),
             shape: t.shape.clone(),
             predicted: predicted.is_some(),
-            stored: predicted.map_or(codec, |l| l.name().into()),
+            stored: match predicted {
+                Some(l) if !codec.contains("residual") => l.name().into(),
+                _ => codec,
+            },
             rmse,
             rel_error,
             bytes_before: before,

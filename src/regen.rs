@@ -122,21 +122,7 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
 pub fn stored_bytes(file: &NerpFile, t: &crate::format::TensorEntry) -> Result<Vec<u8>> {
     let values = match t.storage {
         Storage::Quantized { bits, group, section } => {
-            let numel = t.shape.iter().product::<u64>() as usize;
-            crate::format::quant::decode(
-                &file.decode_section(section)?,
-                numel,
-                group as usize,
-                bits,
-                crate::format::limits::MAX_ABS_VALUE,
-            )
-            .map_err(|what| {
-                file.fmt_error(FormatError::Quantization {
-                    tensor: t.name.clone(),
-                    what: format!("{what} (spec check 32)"),
-                })
-            })?
-            .dequantize()
+            decode_quantized(file, t, section, bits, group, "quantized data")?
         }
         Storage::Cast { to, section } => to_f32(to, &file.decode_section(section)?).expect("float"),
         _ => return Err(Error::Rebuild(format!("tensor {} is not quantized or cast", t.name))),
@@ -157,12 +143,19 @@ pub fn stored_bytes(file: &NerpFile, t: &crate::format::TensorEntry) -> Result<V
 }
 
 /// The stored bytes of one predicted tensor from its predictions (`blocks × 9`, chain order):
-/// scattered, scaled, converted to the tensor's dtype and checked to be finite in it (spec
-/// check 31), so that no NaN or infinity ever reaches a model.
+/// scattered, scaled, its residual added (spec section 5.3b), converted to the tensor's dtype
+/// and checked to be finite in it (spec check 31), so that no NaN or infinity ever reaches a
+/// model.
 fn predicted_bytes(file: &NerpFile, p: &LayerPlan, pred: &[f32]) -> Result<Vec<u8>> {
     let t = &file.header().tensors[p.tensor];
     let mut values = vec![0f32; p.grid.numel()];
     scatter(pred, p, &mut values);
+    if let Storage::Predicted { residual: Some(r), .. } = t.storage {
+        let residual = decode_quantized(file, t, r.section, r.bits, r.group, "residual")?;
+        for (v, r) in values.iter_mut().zip(residual) {
+            *v += r;
+        }
+    }
     let data = from_f32(t.dtype, &values).expect("predicted tensors are float");
     if let Some((i, v)) = first_non_finite(t.dtype, &data) {
         return Err(file.fmt_error(FormatError::Tensor {
@@ -175,6 +168,33 @@ fn predicted_bytes(file: &NerpFile, p: &LayerPlan, pred: &[f32]) -> Result<Vec<u
         }));
     }
     Ok(data)
+}
+
+/// The values of a `quantized` section of tensor `t` (its data or its residual, `what`),
+/// checked (spec check 32).
+fn decode_quantized(
+    file: &NerpFile,
+    t: &crate::format::TensorEntry,
+    section: usize,
+    bits: u8,
+    group: u64,
+    what: &str,
+) -> Result<Vec<f32>> {
+    let numel = t.shape.iter().product::<u64>() as usize;
+    let q = crate::format::quant::decode(
+        &file.decode_section(section)?,
+        numel,
+        group as usize,
+        bits,
+        crate::format::limits::MAX_ABS_VALUE,
+    )
+    .map_err(|why| {
+        file.fmt_error(FormatError::Quantization {
+            tensor: t.name.clone(),
+            what: format!("{what}: {why} (spec check 32)"),
+        })
+    })?;
+    Ok(q.dequantize())
 }
 
 /// The first NaN or infinite value of little-endian float `bytes` of `dtype`.
@@ -221,12 +241,13 @@ pub fn check_budget(file: &NerpFile) -> Result<()> {
         let working = match t.storage {
             Storage::Raw { .. } => bytes,
             Storage::Quantized { .. } | Storage::Cast { .. } => bytes + 4 * numel,
-            Storage::Predicted { layout, .. } => {
+            Storage::Predicted { layout, residual, .. } => {
                 let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
                 let grid = crate::format::geometry::Grid::new(layout, &dims)
                     .map_err(|what| file.fmt_error(FormatError::Tensor { tensor: t.name.clone(), what }))?;
                 blocks += grid.blocks() as u64;
-                bytes + 4 * numel + 52 * grid.blocks() as u64
+                let residual = if residual.is_some() { 4 * numel } else { 0 };
+                bytes + 4 * numel + residual + 52 * grid.blocks() as u64
             }
         };
         budget.check(|| format!("{path}: tensor {} ({:?} {:?})", t.name, t.dtype, t.shape), working)?;

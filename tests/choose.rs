@@ -5,7 +5,7 @@
 
 mod common;
 
-use nerp::compress::{compress, CompressOptions, ErrorBudget};
+use nerp::compress::{compress, CompressOptions, ErrorBudget, ResidualMode};
 use nerp::data::{self, DataSource, Preprocess, Split};
 use nerp::format::{metadata::PREPROCESS_KEY, Storage};
 use nerp::runtime::Model;
@@ -182,4 +182,80 @@ fn calibration_arrays_measure_outputs_and_round_data_aware() {
     assert!(s.met && s.measured_error.unwrap() <= 0.05, "{s:?}");
     assert!(!r.warnings.iter().any(|w| w.contains("rounded to nearest")), "{:?}", r.warnings);
     assert!(r.tensors.iter().any(|t| t.stored.starts_with("int")), "some tensor quantized");
+}
+
+/// Every float tensor of `file` regenerated, by name.
+fn regenerated(file: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let f = nerp::NerpFile::open(file).unwrap();
+    let w = nerp::regen::regenerate(&f, &nerp::Device::Cpu).unwrap();
+    w.into_iter().filter_map(|t| Some((t.name.clone(), t.to_f32()?))).collect()
+}
+
+#[test]
+fn a_residual_keeps_each_value_within_half_its_groups_largest_residual() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::shared_model(RESNET20);
+    // No channel ordering, so the file's tensors are the source's; a weak predictor (few steps)
+    // leaves a large residual.
+    let base = CompressOptions {
+        steps: 10,
+        hidden: Some(16),
+        channels: false,
+        error_budget: ErrorBudget::Off,
+        ..Default::default()
+    };
+    let (plain, with) = (dir.path().join("p.nerp"), dir.path().join("r.nerp"));
+    compress(&src, &plain, &base, &mut |_, _| {}).unwrap();
+    let report = compress(
+        &src,
+        &with,
+        &CompressOptions { residual: ResidualMode::Every(3), ..base.clone() },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let source: std::collections::BTreeMap<_, _> = nerp::ingest::load(&src)
+        .unwrap()
+        .tensors
+        .iter()
+        .filter_map(|t| Some((t.name.clone(), nerp::format::codec::to_f32(t.dtype, &t.data)?)))
+        .collect();
+    let (predicted, rebuilt) = (regenerated(&plain), regenerated(&with));
+    let file = nerp::NerpFile::open(&with).unwrap();
+    assert_eq!(file.major(), 3);
+    let mut seen = 0;
+    for t in &file.header().tensors {
+        let Storage::Predicted { residual, .. } = t.storage else { continue };
+        let r = residual.expect("every predicted tensor has a residual");
+        assert_eq!(r.bits, 3);
+        seen += 1;
+        let (w, p, got) = (&source[&t.name], &predicted[&t.name], &rebuilt[&t.name]);
+        let (mut before, mut after) = (0f64, 0f64);
+        for g in 0..w.len() / r.group as usize {
+            let range = g * r.group as usize..(g + 1) * r.group as usize;
+            let largest = range.clone().map(|i| (w[i] - p[i]).abs()).fold(0f32, f32::max);
+            for i in range {
+                let e = (w[i] - got[i]).abs();
+                assert!(e <= 0.5 * largest * 1.002 + 1e-7, "{} [{i}]: {e} vs {largest}", t.name);
+                before += ((w[i] - p[i]) as f64).powi(2);
+                after += (e as f64).powi(2);
+            }
+        }
+        // Three bits take most of the predictor's error away.
+        assert!(after < 0.25 * before, "{}: {after} vs {before}", t.name);
+    }
+    assert!(seen >= 19, "{seen} predicted tensors");
+    assert!(report.tensors.iter().filter(|t| t.stored.contains("int3 residual")).count() == seen);
+    // The residuals cost about 3 bits per value.
+    let (a, b) = (std::fs::metadata(&plain).unwrap().len(), report.file_bytes);
+    let values: u64 = 270_000;
+    assert!(b > a + values * 3 / 8 / 2 && b < a + values * 3 / 8 * 2, "{a} -> {b}");
+}
+
+#[test]
+fn a_residual_width_out_of_range_is_a_usage_error() {
+    for bits in [0u8, 1, 9] {
+        let opts = CompressOptions { residual: ResidualMode::Every(bits), ..Default::default() };
+        let e = opts.validate().unwrap_err().to_string();
+        assert!(e.contains("--residual") && e.contains("2..=8"), "{e}");
+    }
 }

@@ -869,6 +869,118 @@ fn hostile_quantized_content_is_rejected_by_verify_and_regenerate() {
     assert!(e.contains("conv.bias") && e.contains("inf"), "{e}");
 }
 
+/// The good format-3 file with a residual on `conv.weight` ([4, 2, 3, 3], rows of 18):
+/// `bits`, `group` and the section's decoded `content` (a new `quantized` section, index 5).
+fn with_residual(bits: u8, group: u64, content: &[u8]) -> (nerp::format::Header, Vec<Vec<u8>>) {
+    let (mut h, mut sections) = V3::good().header_and_sections();
+    sections.push(content.to_vec());
+    h.sections.push(nerp::format::SectionEntry { kind: SectionKind::Quantized, ..h.sections[3].clone() });
+    let Storage::Predicted { residual, .. } = &mut h.tensors[0].storage else { unreachable!() };
+    *residual = Some(nerp::format::Residual { bits, group, section: 5 });
+    (h, sections)
+}
+
+fn good_residual() -> (Vec<f32>, Vec<u8>) {
+    let r: Vec<f32> = (0..72).map(|i| ((i * 37) % 17) as f32 / 64.0 - 0.12).collect();
+    let q = quant::quantize(&r, 18, 4, quant::ScaleRule::MaxAbs).unwrap();
+    (q.dequantize(), q.encode())
+}
+
+#[test]
+fn a_residual_is_added_to_the_prediction() {
+    let plain = NerpFile::from_bytes(V3::good().bytes(), "v3.nerp").unwrap();
+    let before = nerp::regen::regenerate(&plain, &Device::Cpu).unwrap()[0].to_f32().unwrap();
+    let (r, content) = good_residual();
+    let (h, sections) = with_residual(4, 18, &content);
+    let file = NerpFile::from_bytes(relayout(&h, &sections), "r.nerp").unwrap();
+    assert_eq!(file.major(), 3);
+    nerp::verify::verify(&file).unwrap();
+    let after = nerp::regen::regenerate(&file, &Device::Cpu).unwrap()[0].to_f32().unwrap();
+    let expected: Vec<f32> = before.iter().zip(&r).map(|(p, r)| p + r).collect();
+    assert_eq!(after, expected);
+    assert!(r.iter().any(|&x| x != 0.0));
+    // A residual needs format 3.
+    let mut t = h.tensors[0].clone();
+    let Storage::Predicted { scale_dtype, .. } = &mut t.storage else { unreachable!() };
+    *scale_dtype = ScaleDtype::F32;
+    assert!(nerp::format::needs_format_3(&t).is_some_and(|w| w.contains("residual")));
+}
+
+#[test]
+fn a_residual_with_bad_bits_group_length_or_section_is_rejected() {
+    let (_, content) = good_residual();
+    for (bits, group, needle) in [
+        (0, 18, "bits"),
+        (1, 18, "bits"),
+        (9, 18, "bits"),
+        (4, 0, "divide"),
+        (4, 5, "divide"),
+        (4, 36, "divide"),
+    ] {
+        let (h, sections) = with_residual(bits, group, &content);
+        let e = format_err(relayout(&h, &sections));
+        assert!(
+            matches!(&e, FormatError::Quantization { tensor, what }
+                if tensor == "conv.weight" && what.contains("residual") && what.contains(needle)),
+            "{bits} {group}: {e}"
+        );
+    }
+    // Content of the wrong length (int4 data declared int3).
+    let (h, sections) = with_residual(3, 18, &content);
+    let e = format_err(relayout(&h, &sections));
+    assert!(matches!(&e, FormatError::Quantization { what, .. } if what.contains("need")), "{e}");
+    // The residual in a section of another kind, or in the quantized tensor's section.
+    let (mut h, sections) = with_residual(4, 18, &content);
+    h.sections[5].kind = SectionKind::Tensor;
+    let e = format_err(relayout(&h, &sections));
+    assert!(e.to_string().contains("quantized"), "{e}");
+    let (mut h, sections) = with_residual(4, 18, &content);
+    let Storage::Predicted { residual: Some(r), .. } = &mut h.tensors[0].storage else { unreachable!() };
+    r.section = 3; // conv.bias's: claimed first by the residual, whose length it fails
+    let e = format_err(relayout(&h, &sections));
+    assert!(
+        matches!(&e, FormatError::Quantization { tensor, what } if tensor == "conv.weight" && what.contains("need")),
+        "{e}"
+    );
+}
+
+#[test]
+fn hostile_residual_content_is_rejected_by_verify_and_regenerate() {
+    let (_, good) = good_residual();
+    let inf = half::f16::INFINITY.to_le_bytes();
+    let scales = 2 * 4; // four rows of one group
+    for (content, needle) in [
+        ([&inf[..], &good[2..]].concat(), "finite"),
+        ([&good[..scales], &[0x08], &good[scales + 1..]].concat(), "outside"), // code −8
+    ] {
+        let (h, sections) = with_residual(4, 18, &content);
+        let file = NerpFile::from_bytes(relayout(&h, &sections), "r.nerp").unwrap();
+        for e in [
+            nerp::verify::verify(&file).unwrap_err(),
+            nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&e, Error::Format { kind: FormatError::Quantization { tensor, what }, .. }
+                    if tensor == "conv.weight" && what.contains("residual") && what.contains(needle)
+                        && what.contains("check 32")),
+                "{needle}: {e}"
+            );
+        }
+    }
+    // Finite scales whose sum with the prediction overflows an f16 tensor (check 31).
+    let big = half::f16::MAX.to_le_bytes();
+    let content: Vec<u8> = [big.repeat(4), vec![0x77; 36]].concat();
+    let (mut h, sections) = with_residual(4, 18, &content);
+    h.tensors[0].dtype = DType::F16;
+    let file = NerpFile::from_bytes(relayout(&h, &sections), "r.nerp").unwrap();
+    for e in
+        [nerp::verify::verify(&file).unwrap_err(), nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err()]
+    {
+        let e = e.to_string();
+        assert!(e.contains("conv.weight") && e.contains("inf") && e.contains("check 31"), "{e}");
+    }
+}
+
 #[test]
 fn hostile_int_predictor_weights_are_rejected() {
     let good = V3::good().predictor;
@@ -966,6 +1078,7 @@ fn conv_weight(permutation: usize, scales: usize, scale_dtype: ScaleDtype) -> Te
             scales: Some(scales),
             layout: Default::default(),
             scale_dtype,
+            residual: None,
         },
     }
 }

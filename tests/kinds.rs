@@ -206,7 +206,7 @@ fn check_regenerated_values(file: &nerp::NerpFile) {
     let source = ingest::load(&kinds_path()).unwrap();
     let mut seen = 0;
     for ((t, w), s) in h.tensors.iter().zip(&weights).zip(&source.tensors) {
-        let Storage::Predicted { layer, permutation, scales, layout, scale_dtype } = t.storage else {
+        let Storage::Predicted { layer, permutation, scales, layout, scale_dtype, .. } = t.storage else {
             assert_eq!(w.data, s.data, "raw tensor {} changed", t.name);
             continue;
         };

@@ -176,6 +176,10 @@ pub enum Storage {
         /// Element type of the `scales` section; absent means `f32` (format 3 adds `f16`).
         #[serde(default, skip_serializing_if = "ScaleDtype::is_f32")]
         scale_dtype: ScaleDtype,
+        /// Format 3: a quantized correction added to the (scaled) prediction (spec section
+        /// 5.3b); absent means none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        residual: Option<Residual>,
     },
     /// Format 3: the values quantized by [`quant`] (symmetric, `bits` bits, one f16 scale per
     /// `group` contiguous values; `group` divides the row length, spec section 4.3) in a
@@ -184,6 +188,19 @@ pub enum Storage {
     /// Format 3: a float tensor's values stored in the narrower float `to` (`f16` or `bf16`,
     /// round-to-nearest-even) in a `tensor` section.
     Cast { to: DType, section: usize },
+}
+
+/// The residual of a predicted tensor: `value − prediction`, quantized like
+/// [`Storage::Quantized`] (`bits` bits, one f16 scale per `group` values of a row, row-major in
+/// the tensor's own element order) in a `quantized` section. The predictor takes the smooth
+/// part of the weights, so the residual is smaller than the weight and `bits` can be fewer at
+/// the same error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Residual {
+    pub bits: u8,
+    pub group: u64,
+    pub section: usize,
 }
 
 /// Element type of a predicted tensor's `scales` section.
@@ -417,12 +434,13 @@ pub fn needs_format_2(t: &TensorEntry) -> Option<String> {
 }
 
 /// Why a tensor cannot be stored in format 1 or 2 (the `major < 3` rules of spec check 23),
-/// or `None`: quantized and cast storage and f16 scales are format 3.
+/// or `None`: quantized and cast storage, f16 scales and residuals are format 3.
 pub fn needs_format_3(t: &TensorEntry) -> Option<String> {
     match t.storage {
         Storage::Quantized { .. } => Some("quantized storage needs format 3".into()),
         Storage::Cast { .. } => Some("cast storage needs format 3".into()),
         Storage::Predicted { scale_dtype: ScaleDtype::F16, .. } => Some("f16 scales need format 3".into()),
+        Storage::Predicted { residual: Some(_), .. } => Some("a residual needs format 3".into()),
         _ => None,
     }
 }

@@ -596,25 +596,14 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
                 }
             }
             Storage::Quantized { bits, group, section } => {
-                let bad = |what: String| Err(FormatError::Quantization { tensor: t.name.clone(), what });
                 if !t.dtype.is_float() {
-                    return bad(format!("dtype {:?} cannot be quantized (float tensors only)", t.dtype));
-                }
-                if !quant::valid_bits(bits) {
-                    return bad(format!("{bits} bits is not in {}..={}", quant::MIN_BITS, quant::MAX_BITS));
-                }
-                let row = row_len(&t.shape).unwrap_or(0);
-                if group == 0 || !row.is_multiple_of(group) {
-                    return bad(format!("group of {group} values does not divide the row length {row}"));
+                    return Err(FormatError::Quantization {
+                        tensor: t.name.clone(),
+                        what: format!("dtype {:?} cannot be quantized (float tensors only)", t.dtype),
+                    });
                 }
                 claim(section, SectionKind::Quantized, &format!("tensor {}", t.name))?;
-                let need = quant::encoded_len(numel, group, bits).expect("numel ≤ 2^32");
-                let got = h.sections[section].decoded_length;
-                if got != need {
-                    return bad(format!(
-                        "quantized data is {got} bytes; {numel} values of {bits} bits in groups of {group} need {need}"
-                    ));
-                }
+                check_quantized(t, numel, bits, group, h.sections[section].decoded_length, "quantized data")?;
             }
             Storage::Cast { to, section } => {
                 if !matches!(t.dtype, DType::F32 | DType::F64) || !matches!(to, DType::F16 | DType::Bf16) {
@@ -630,9 +619,14 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
                     return bad(format!("cast data is {got} bytes, shape and {to:?} need {need}"));
                 }
             }
-            Storage::Predicted { layer, permutation, scales, layout, scale_dtype } => {
+            Storage::Predicted { layer, permutation, scales, layout, scale_dtype, residual } => {
                 if !t.dtype.is_float() {
                     return bad(format!("dtype {:?} cannot be predicted", t.dtype));
+                }
+                if let Some(r) = residual {
+                    claim(r.section, SectionKind::Quantized, &format!("tensor {} residual", t.name))?;
+                    let got = h.sections[r.section].decoded_length;
+                    check_quantized(t, numel, r.bits, r.group, got, "residual")?;
                 }
                 if let Some(what) = needs_format_2(t).filter(|_| major == 1) {
                     return bad(what);
@@ -677,6 +671,34 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
     Ok(())
 }
 
+/// Spec check 30 for values of `t` quantized to `bits` bits in groups of `group` (its own
+/// storage or a predicted tensor's residual): a supported width, a group that divides the row,
+/// and `got` decoded bytes as the encoding needs.
+fn check_quantized(
+    t: &TensorEntry,
+    numel: u64,
+    bits: u8,
+    group: u64,
+    got: u64,
+    what: &str,
+) -> Result<(), FormatError> {
+    let bad = |why: String| Err(FormatError::Quantization { tensor: t.name.clone(), what: why });
+    if !quant::valid_bits(bits) {
+        return bad(format!("{what}: {bits} bits is not in {}..={}", quant::MIN_BITS, quant::MAX_BITS));
+    }
+    let row = row_len(&t.shape).unwrap_or(0);
+    if group == 0 || !row.is_multiple_of(group) {
+        return bad(format!("{what}: group of {group} values does not divide the row length {row}"));
+    }
+    let need = quant::encoded_len(numel, group, bits).expect("numel ≤ 2^32");
+    if got != need {
+        return bad(format!(
+            "{what} is {got} bytes; {numel} values of {bits} bits in groups of {group} need {need}"
+        ));
+    }
+    Ok(())
+}
+
 /// Expansion ratio up to which a zstd section's output is reserved up front.
 const PLAUSIBLE_ZSTD_RATIO: u64 = 64;
 /// Magic number of a (non-skippable) zstd frame.
@@ -696,6 +718,7 @@ pub fn section_owner(h: &Header, index: usize) -> String {
             Storage::Quantized { section, .. } if section == index => "quantized data",
             Storage::Predicted { permutation, .. } if permutation == index => "permutation",
             Storage::Predicted { scales: Some(s), .. } if s == index => "scales",
+            Storage::Predicted { residual: Some(r), .. } if r.section == index => "residual",
             _ => continue,
         };
         return format!("tensor {} ({part}, section {index})", t.name);
@@ -828,7 +851,7 @@ pub fn decode(encoding: Encoding, stored: &[u8], decoded_length: u64) -> Result<
 pub fn layer_plans(file: &NerpFile) -> Result<Vec<LayerPlan>> {
     let mut plans = Vec::new();
     for (tensor, t) in file.header().tensors.iter().enumerate() {
-        let Storage::Predicted { layer, permutation, scales, layout, scale_dtype } = t.storage else {
+        let Storage::Predicted { layer, permutation, scales, layout, scale_dtype, .. } = t.storage else {
             continue;
         };
         let bad = |what: String| file.fmt_error(FormatError::Tensor { tensor: t.name.clone(), what });
