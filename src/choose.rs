@@ -508,7 +508,7 @@ mod tests {
         ) {
             let n = rows * row;
             let noise = |s: u64| -> Vec<f32> {
-                (0..n as u64).map(|i| (((i + 1) * 2_654_435_761 ^ s) % 2001) as f32 / 1000.0 - 1.0).collect()
+                (0..n as u64).map(|i| ((((i + 1) * 2_654_435_761) ^ s) % 2001) as f32 / 1000.0 - 1.0).collect()
             };
             let original = noise(seed);
             let predicted: Vec<f32> = noise(seed + 7).iter().zip(&original).map(|(e, w)| w + 0.3 * e).collect();

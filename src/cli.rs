@@ -78,13 +78,15 @@ pub struct CompressArgs {
     /// Output .nerp file.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Hidden width of the predictor [default: 180].
-    #[arg(long, conflicts_with_all = ["target_ratio", "size_ratio"])]
+    /// Hidden width of the predictor [default: 180; with --size-ratio, the widest that fits].
+    #[arg(long, conflicts_with = "target_ratio")]
     pub hidden: Option<usize>,
     /// Choose the hidden width for this ratio of represented weights to predictor parameters.
     #[arg(long, conflicts_with = "size_ratio")]
     pub target_ratio: Option<f64>,
-    /// Make the file at most 1/R of the source file's bytes: the widest predictor that fits.
+    /// Make the file at most 1/R of the source file's bytes with the smallest output error: a
+    /// storage per tensor (predicted, with a residual, or a codec) around a predictor of
+    /// --hidden width (default: the widest that fits alone).
     #[arg(long, value_name = "R")]
     pub size_ratio: Option<f64>,
     /// Training steps.
@@ -814,10 +816,15 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
             Storage::Raw { section } => ("raw".to_string(), h.sections[section].length),
             Storage::Cast { to, section } => (format!("{to:?}").to_lowercase(), h.sections[section].length),
             Storage::Quantized { bits, section, .. } => (format!("int{bits}"), h.sections[section].length),
-            Storage::Predicted { permutation, scales, layout, .. } => (
-                if layout == format::Layout::Conv { "predicted" } else { "pred:matrix" }.to_string(),
-                h.sections[permutation].length + scales.map_or(0, |s| h.sections[s].length),
-            ),
+            Storage::Predicted { permutation, scales, layout, residual, .. } => {
+                let name = if layout == format::Layout::Conv { "predicted" } else { "pred:matrix" };
+                (
+                    residual.map_or(name.to_string(), |r| format!("{name}+int{}", r.bits)),
+                    h.sections[permutation].length
+                        + scales.map_or(0, |s| h.sections[s].length)
+                        + residual.map_or(0, |r| h.sections[r.section].length),
+                )
+            }
         };
         println!(
             "{:<40} {:>6} {:>18} {:>10} {:>10}",

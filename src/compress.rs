@@ -257,7 +257,12 @@ impl CompressReport {
     pub fn storage_summary(&self) -> String {
         let mut counts: Vec<(String, usize)> = Vec::new();
         for t in &self.tensors {
-            let kind = if t.predicted { "predicted" } else { t.stored.split(':').next().unwrap_or("raw") };
+            let kind = match t.stored.split_once('+') {
+                Some((_, bits)) if t.predicted => format!("predicted+{bits}"),
+                _ if t.predicted => "predicted".into(),
+                _ => t.stored.split(':').next().unwrap_or("raw").into(),
+            };
+            let kind = kind.as_str();
             match counts.iter_mut().find(|(k, _)| k == kind) {
                 Some((_, n)) => *n += 1,
                 None => counts.push((kind.to_string(), 1)),
@@ -347,11 +352,8 @@ impl CompressOptions {
         if matches!(self.size_ratio, Some(r) if !(r.is_finite() && r >= 1.0)) {
             return Err(Error::usage("--size-ratio", "must be a number of at least 1"));
         }
-        if self.size_ratio.is_some() && (self.hidden.is_some() || self.target_ratio.is_some()) {
-            return Err(Error::usage(
-                "--size-ratio",
-                "chooses the width: give it without --hidden or --target-ratio",
-            ));
+        if self.size_ratio.is_some() && self.target_ratio.is_some() {
+            return Err(Error::usage("--size-ratio", "give it without --target-ratio (or with --hidden)"));
         }
         let max = format::limits::MAX_HIDDEN as usize;
         if matches!(self.hidden, Some(h) if h == 0 || h > max) {
@@ -1234,7 +1236,7 @@ pub fn build_file_with(
         let codec = match storage {
             Storage::Quantized { bits, .. } => format!("int{bits}"),
             Storage::Predicted { layout, residual: Some(r), .. } => {
-                format!("{} + int{} residual", layout.name(), r.bits)
+                format!("{}+int{}", layout.name(), r.bits)
             }
             Storage::Cast { to, .. } => format!("{to:?}").to_lowercase(),
             _ => "raw".into(),
@@ -1246,7 +1248,7 @@ pub fn build_file_with(
             shape: t.shape.clone(),
             predicted: predicted.is_some(),
             stored: match predicted {
-                Some(l) if !codec.contains("residual") => l.name().into(),
+                Some(l) if !codec.contains('+') => l.name().into(),
                 _ => codec,
             },
             rmse,
