@@ -722,10 +722,13 @@ fn calibration(
             batches.push((values, shape));
         }
         if opts.data_aware_rounding {
-            hessians = input_moments(model, |g| Hessians::collect(g, &batches)).unwrap_or_else(|e| {
-                warnings.push(format!("quantized tensors are rounded to nearest: {e}"));
-                Hessians::default()
-            });
+            // nerp's own graph where it runs the model (ResNets), else tract's.
+            hessians = input_moments(model, |g| Hessians::collect(g, &batches))
+                .or_else(|_| tract_input_moments(model, &shapes, &batches))
+                .unwrap_or_else(|e| {
+                    warnings.push(format!("quantized tensors are rounded to nearest: {e}"));
+                    Hessians::default()
+                });
         }
         batches
     } else if let Some(json) = opts.metadata.get(crate::format::metadata::PREPROCESS_KEY) {
@@ -767,6 +770,18 @@ fn input_moments(
     let weights = crate::permute::as_weights(model);
     let graph = crate::graph::Graph::from_proto(&crate::runtime::patch_skeleton(skeleton, &weights)?)?;
     collect(&graph)
+}
+
+/// The input second moments of `model`'s layers collected by running it in tract (any model
+/// tract runs; [`Hessians::collect_tract`]).
+fn tract_input_moments(
+    model: &SourceModel,
+    shapes: &[Vec<usize>],
+    batches: &[(Vec<f32>, Vec<usize>)],
+) -> Result<Hessians> {
+    let skeleton = model.skeleton.as_ref().ok_or_else(|| Error::Rebuild("no graph".into()))?;
+    let proto = crate::runtime::patch_skeleton(skeleton, &crate::permute::as_weights(model))?;
+    Hessians::collect_tract(&proto, shapes, batches)
 }
 
 /// The storage chosen per tensor, with each one's error alone.
@@ -963,75 +978,67 @@ fn choose_storage(
         format::predictor::stored_len(opts.predictor_dtype, p.hidden, p.embedding.levels as usize)
     });
     let base = Chooser::base_bytes(model);
-    let allocate = |budget: Budget| {
-        let mut best = (choose::allocate(&without, base, budget), false);
-        if predictor.is_some() {
-            let with = choose::allocate(&cands, base + predictor_bytes, budget);
-            let uses = with.picks.iter().zip(&cands).any(|(&k, c)| c[k].choice.uses_predictor());
-            let better = match budget {
-                Budget::Bytes(_) => (with.feasible, -with.error) > (best.0.feasible, -best.0.error),
-                Budget::Error(_) => {
-                    (with.feasible, -(with.bytes as f64)) > (best.0.feasible, -(best.0.bytes as f64))
-                }
-            };
-            if uses && better {
-                best = (with, true);
-            }
-        }
-        best
-    };
-    // Check the estimate with the real file (zstd, alignment) and the measured error, and move
-    // the allocation's target by what it missed, a few times; keep the best result that meets
-    // the budget (else the last).
+    // Check each alternative's estimate with the real file (zstd, alignment) and the measured
+    // error, and move its allocation's target by what it missed, a few times; keep the best
+    // result that meets the budget (else the last). Alternatives are compared by what was
+    // measured: on ResNet-20 at 14x the estimate (errors added in quadrature) preferred the
+    // widest predictor (estimated 69%, measured 85% output error) over codecs only (estimated
+    // 7.9%, measured 14.9%; 91.59% accuracy against 40.24%).
     let what = match budget {
         Budget::Bytes(b) => format!("bytes <= {b}"),
         Budget::Error(e) => format!("error <= {e}"),
     };
-    let mut target = budget;
     let mut best: Option<(f64, Choices, StorageReport)> = None;
     let mut last = None;
-    for _ in 0..5 {
-        let (alloc, with_predictor) = allocate(target);
-        let table = if with_predictor { &cands } else { &without };
-        let picks: Vec<Choice> = alloc.picks.iter().zip(table).map(|(&k, c)| c[k].choice).collect();
-        let errors: Vec<f64> = alloc.picks.iter().zip(table).map(|(&k, c)| c[k].error).collect();
-        let measured = if cal.is_some() { Some(error_of(&picks)?) } else { None };
-        let bytes = build_file_with(model, plans, values, predictor, opts, Some((&picks, hessians)))?
-            .bytes
-            .len() as u64;
-        let got = measured.unwrap_or(alloc.error);
-        let (met, score, next) = match (budget, target) {
-            (Budget::Bytes(max), Budget::Bytes(t)) => {
-                (bytes <= max, got, Budget::Bytes((t + max).saturating_sub(bytes)))
+    let alternatives: &[bool] = if predictor.is_some() { &[false, true] } else { &[false] };
+    for &with_predictor in alternatives {
+        let (table, fixed) = if with_predictor { (&cands, base + predictor_bytes) } else { (&without, base) };
+        let mut target = budget;
+        for _ in 0..5 {
+            let alloc = choose::allocate(table, fixed, target);
+            let picks: Vec<Choice> = alloc.picks.iter().zip(table).map(|(&k, c)| c[k].choice).collect();
+            if with_predictor && !picks.iter().any(|c| c.uses_predictor()) {
+                break; // the same as codecs only
             }
-            (Budget::Error(max), Budget::Error(t)) => {
-                (got <= max, bytes as f64, Budget::Error(t * max / got.max(f64::MIN_POSITIVE)))
+            let errors: Vec<f64> = alloc.picks.iter().zip(table).map(|(&k, c)| c[k].error).collect();
+            let measured = if cal.is_some() { Some(error_of(&picks)?) } else { None };
+            let bytes = build_file_with(model, plans, values, predictor, opts, Some((&picks, hessians)))?
+                .bytes
+                .len() as u64;
+            let got = measured.unwrap_or(alloc.error);
+            let (met, score, next) = match (budget, target) {
+                (Budget::Bytes(max), Budget::Bytes(t)) => {
+                    (bytes <= max, got, Budget::Bytes((t + max).saturating_sub(bytes)))
+                }
+                (Budget::Error(max), Budget::Error(t)) => {
+                    (got <= max, bytes as f64, Budget::Error(t * max / got.max(f64::MIN_POSITIVE)))
+                }
+                _ => unreachable!("the target keeps the budget's kind"),
+            };
+            let report = StorageReport {
+                budget: what.clone(),
+                measure: measure.name(),
+                calibration_batches: cal.map_or(0, |c| c.batches()),
+                predictor_only_error,
+                with_predictor,
+                estimated_error: alloc.error,
+                measured_error: measured,
+                met,
+            };
+            if met && best.as_ref().is_none_or(|(s, _, _)| score < *s) {
+                best = Some((score, (picks.clone(), errors.clone()), report.clone()));
             }
-            _ => unreachable!("the target keeps the budget's kind"),
-        };
-        let report = StorageReport {
-            budget: what.clone(),
-            measure: measure.name(),
-            calibration_batches: cal.map_or(0, |c| c.batches()),
-            predictor_only_error,
-            with_predictor,
-            estimated_error: alloc.error,
-            measured_error: measured,
-            met,
-        };
-        if met && best.as_ref().is_none_or(|(s, _, _)| score < *s) {
-            best = Some((score, (picks.clone(), errors.clone()), report.clone()));
+            last = Some(((picks, errors), report, bytes));
+            // Close enough (within 1%), or nothing left to move.
+            let close = match budget {
+                Budget::Bytes(max) => met && bytes * 100 >= max * 99,
+                Budget::Error(max) => met && got * 10.0 >= max * 9.0,
+            };
+            if close || next == target || !alloc.feasible {
+                break;
+            }
+            target = next;
         }
-        last = Some(((picks, errors), report, bytes));
-        // Close enough (within 1%), or nothing left to move.
-        let close = match budget {
-            Budget::Bytes(max) => met && bytes * 100 >= max * 99,
-            Budget::Error(max) => met && got * 10.0 >= max * 9.0,
-        };
-        if close || next == target || !alloc.feasible {
-            break;
-        }
-        target = next;
     }
     if let Some((_, choices, report)) = best {
         return Ok(Some((choices, report)));

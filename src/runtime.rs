@@ -204,7 +204,7 @@ impl Model {
 }
 
 /// Sets the input facts of `model` to f32 tensors of `shapes` (none: unchanged).
-fn with_shapes(mut model: InferenceModel, shapes: &[Vec<usize>]) -> Result<InferenceModel> {
+pub(crate) fn with_shapes(mut model: InferenceModel, shapes: &[Vec<usize>]) -> Result<InferenceModel> {
     if shapes.is_empty() {
         return Ok(model);
     }
