@@ -259,3 +259,32 @@ fn a_residual_width_out_of_range_is_a_usage_error() {
         assert!(e.contains("--residual") && e.contains("2..=8"), "{e}");
     }
 }
+
+#[test]
+fn layer_moments_collected_through_tract_equal_nerps_own_graph() {
+    // Two images: 1,568 columns per 3×3 layer, below the tract path's subsampling.
+    let pre = Preprocess::parse(common::PREPROCESS).unwrap();
+    let images = data::load(&DataSource::FashionMnist(None), Split::Test, Some(2), &pre).unwrap();
+    let batches = vec![(images.batch(0, 2).0.to_vec(), vec![2, 1, 28, 28])];
+    let model = nerp::ingest::load(&common::shared_model(RESNET20)).unwrap();
+    let proto =
+        nerp::runtime::patch_skeleton(model.skeleton.as_ref().unwrap(), &nerp::permute::as_weights(&model))
+            .unwrap();
+    let graph = nerp::graph::Graph::from_proto(&proto).unwrap();
+    let ours = nerp::gptq::Hessians::collect(&graph, &batches).unwrap();
+    let tract = nerp::gptq::Hessians::collect_tract(&proto, &[], &batches).unwrap();
+    // Every one-group conv and the classifier (Gemm, transB).
+    assert_eq!(ours.0.len(), 22);
+    let mut names: Vec<_> = ours.0.keys().collect();
+    names.sort();
+    let mut other: Vec<_> = tract.0.keys().collect();
+    other.sort();
+    assert_eq!(names, other);
+    for (name, (d, h)) in &ours.0 {
+        let (d2, h2) = &tract.0[name];
+        assert_eq!(d, d2, "{name}");
+        let scale = h.iter().fold(0f64, |a, v| a.max(v.abs()));
+        let worst = h.iter().zip(h2).fold(0f64, |a, (x, y)| a.max((x - y).abs()));
+        assert!(worst <= 1e-4 * scale, "{name}: {worst} of {scale}");
+    }
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # PP-OCR det/rec/cls with one budget (issue 15): `--max-error 0.05` and `--size-ratio 4` on calibration arrays that
 # are not the evaluation arrays (rec/cls: lines 0-3 calibrate, lines 4-7 evaluate; det: the page
-# mirrored calibrates, the page evaluates), against fp16 and int8 for every weight tensor.
+# mirrored calibrates, the page evaluates), against lossless (zstd), fp16, int8 and int4 for every
+# weight tensor. Quantized tensors round data-aware (GPTQ, layer inputs collected through tract).
 # Inputs: tools/fetch_models.sh, then `python3 tools/make_ocr_inputs.py $OCR` and the split
 # described above (numpy: rec_cal = rec[:4], rec_eval = rec[4:], the same for cls, det_cal =
 # det[..., ::-1]). The predictor is bounded (--hidden 32 --steps 200): it is trained only when
@@ -33,8 +34,13 @@ PY
 }
 for spec in "cls classifier 4,3,48,192 cls_cal.npy cls_eval.npy" "rec ctc 4,3,48,320 rec_cal.npy rec_eval.npy" "det detector 1,3,480,480 det_cal.npy det.npy"; do
   set -- $spec
+  row "$@" lossless --min-values 1000000000 --max-error off
   row "$@" f16 --raw-codec f16 --min-values 1000000000 --max-error off
   row "$@" int8 --raw-codec int8 --min-values 1000000000 --max-error off
+  row "$@" int4 --raw-codec int4 --min-values 1000000000 --max-error off
   row "$@" budget5 --max-error 0.05 --hidden 32 --steps 200
   row "$@" size4 --size-ratio 4 --steps 20
+  # Half the fp16 file (issue 15's second target): twice the fp16 row's ratio.
+  half=$(awk -F'\t' -v m="$1" '$1 == m && $2 ~ /^f16/ { printf "%.4f", 2 * $4 }' "$tsv")
+  row "$@" half-f16 --size-ratio "$half" --steps 20
 done
