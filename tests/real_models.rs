@@ -96,3 +96,35 @@ fn minilm_round_trips() {
         }
     }
 }
+
+#[path = "../examples/minilm_candle/minilm.rs"]
+mod minilm;
+
+/// Issue 15's target through the candle hand-off: `--size-ratio 4` (about int8's size) keeps
+/// the sentence embeddings of candle-transformers' BERT at cosine ≥ 0.99 to the original's.
+#[test]
+#[ignore = "needs all-MiniLM-L6-v2: tools/fetch_models.sh, then --ignored"]
+fn minilm_size_ratio_4_keeps_embeddings_through_candle() {
+    let Some(src) = model("minilm/model.safetensors") else { return };
+    let dir = src.parent().unwrap();
+    let (vocab, config) = (dir.join("vocab.txt"), dir.join("config.json"));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m.nerp");
+    let opts = CompressOptions { size_ratio: Some(4.0), ..Default::default() };
+    let report = compress(&src, &out, &opts, &mut |_: usize, _: f64| {}).unwrap();
+    assert!(report.file_bytes * 4 <= report.source_bytes, "{} bytes", report.file_bytes);
+    let (tok, config) = (minilm::Tokenizer::from_file(&vocab).unwrap(), minilm::config(&config).unwrap());
+    let want = minilm::original_embeddings(&src, &config, &tok).unwrap();
+    let got = minilm::nerp_embeddings(&nerp::open(&out).unwrap(), &config, &tok).unwrap();
+    let cos = minilm::cosines(&want, &got);
+    let min = cos.iter().copied().fold(f32::INFINITY, f32::min);
+    eprintln!(
+        "minilm --size-ratio 4: {} -> {} bytes, cosines {cos:?}",
+        report.source_bytes, report.file_bytes
+    );
+    assert_eq!(cos.len(), minilm::SENTENCES.len());
+    assert!(min >= 0.99, "min cosine {min} < 0.99: {cos:?}");
+    // The tokenizer and pooling follow sentence-transformers' convention for this model.
+    let gap = minilm::documented_gap(&src, &config, &tok).unwrap();
+    assert!(gap < 2e-3, "similarities differ from the documented ones by {gap}");
+}

@@ -183,3 +183,26 @@ pub fn nerp_embeddings(file: &nerp::NerpFile, config: &Config, tok: &Tokenizer) 
 pub fn cosines(a: &[Vec<f32>], b: &[Vec<f32>]) -> Vec<f32> {
     a.iter().zip(b).map(|(x, y)| cosine(x, y)).collect()
 }
+
+/// Sentence pairs with the cosine similarity sentence-transformers documents for
+/// all-MiniLM-L6-v2 (sbert.net, "Semantic Textual Similarity"): a check that this tokenizer
+/// and pooling follow its convention.
+pub const DOCUMENTED: [(&str, &str, f32); 3] = [
+    ("The new movie is awesome", "The new movie is so great", 0.8939),
+    ("The cat sits outside", "The dog plays in the garden", 0.2838),
+    ("A man is playing guitar", "A woman watches TV", -0.0327),
+];
+
+/// The largest difference between the original's similarities of [`DOCUMENTED`] and the
+/// documented values.
+pub fn documented_gap(model: &Path, config: &Config, tok: &Tokenizer) -> BoxResult<f32> {
+    let bytes = std::fs::read(model).map_err(|e| format!("{}: {e}", model.display()))?;
+    let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu)?;
+    let sentences: Vec<&str> = DOCUMENTED.iter().flat_map(|(a, b, _)| [*a, *b]).collect();
+    let e = embed(vb, config, tok, &sentences)?;
+    Ok(DOCUMENTED
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (cosine(&e[2 * i], &e[2 * i + 1]) - d.2).abs())
+        .fold(0.0, f32::max))
+}
