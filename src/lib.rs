@@ -18,6 +18,7 @@
 pub mod baselines;
 #[cfg(feature = "compress")]
 pub mod calibrate;
+pub mod candle;
 #[cfg(feature = "compress")]
 pub mod choose;
 #[cfg(feature = "cli")]
