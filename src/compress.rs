@@ -846,7 +846,7 @@ impl Chooser {
 
     /// Whether codecs alone already do at least as well as any file with a predictor of
     /// `predictor_bytes` could: under an error budget, their file is smaller than the predictor
-    /// alone; under a byte budget, they meet it within the default error (output errors only).
+    /// alone; under a byte budget, they meet it within the default error.
     /// Then no predictor is trained.
     fn codecs_suffice(&self, model: &SourceModel, budget: Budget, predictor_bytes: u64) -> Result<bool> {
         let base = Self::base_bytes(model);
@@ -854,7 +854,10 @@ impl Chooser {
         Ok(a.feasible
             && match budget {
                 Budget::Error(_) => a.bytes <= base + predictor_bytes,
-                Budget::Bytes(_) => self.cal.is_some() && a.error <= DEFAULT_MAX_ERROR,
+                // Output error, or the weights' (without calibration inputs): on MiniLM
+                // `--size-ratio 4` trained an 11 M-parameter predictor for 24 minutes at one
+                // step, whose 90% weight error lost to codecs at under 1%.
+                Budget::Bytes(_) => a.error <= DEFAULT_MAX_ERROR,
             })
     }
 }
