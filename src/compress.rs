@@ -723,12 +723,15 @@ fn calibration(
         }
         if opts.data_aware_rounding {
             // nerp's own graph where it runs the model (ResNets), else tract's.
-            hessians = input_moments(model, |g| Hessians::collect(g, &batches))
-                .or_else(|_| tract_input_moments(model, &shapes, &batches))
-                .unwrap_or_else(|e| {
-                    warnings.push(format!("quantized tensors are rounded to nearest: {e}"));
-                    Hessians::default()
-                });
+            hessians = input_moments(model, |p| {
+                crate::graph::Graph::from_proto(p)
+                    .and_then(|g| Hessians::collect(&g, &batches))
+                    .or_else(|_| Hessians::collect_tract(p, &shapes, &batches))
+            })
+            .unwrap_or_else(|e| {
+                warnings.push(format!("quantized tensors are rounded to nearest: {e}"));
+                Hessians::default()
+            });
         }
         batches
     } else if let Some(json) = opts.metadata.get(crate::format::metadata::PREPROCESS_KEY) {
@@ -738,11 +741,13 @@ fn calibration(
         match crate::data::load(&opts.distill.data, crate::data::Split::Train, limit, &pre) {
             Ok(images) => {
                 if opts.data_aware_rounding {
-                    hessians =
-                        input_moments(model, |g| Hessians::collect_images(g, &images)).unwrap_or_else(|e| {
-                            warnings.push(format!("quantized tensors are rounded to nearest: {e}"));
-                            Hessians::default()
-                        });
+                    hessians = input_moments(model, |p| {
+                        Hessians::collect_images(&crate::graph::Graph::from_proto(p)?, &images)
+                    })
+                    .unwrap_or_else(|e| {
+                        warnings.push(format!("quantized tensors are rounded to nearest: {e}"));
+                        Hessians::default()
+                    });
                 }
                 crate::calibrate::Calibration::image_batches(&images)
             }
@@ -760,28 +765,14 @@ fn calibration(
     Ok((Some(crate::calibrate::Calibration::new(model, inputs, shapes)?), hessians))
 }
 
-/// The input second moments of `model`'s layers ([`crate::gptq`]) by `collect`, running its
-/// graph (with the model's current, possibly channel-permuted tensors).
+/// The input second moments of `model`'s layers ([`crate::gptq`]) by `collect`, given the
+/// model's ONNX with its current (possibly channel-permuted) tensors.
 fn input_moments(
     model: &SourceModel,
-    collect: impl Fn(&crate::graph::Graph) -> Result<Hessians>,
+    collect: impl Fn(&tract_onnx::pb::ModelProto) -> Result<Hessians>,
 ) -> Result<Hessians> {
     let skeleton = model.skeleton.as_ref().ok_or_else(|| Error::Rebuild("no graph".into()))?;
-    let weights = crate::permute::as_weights(model);
-    let graph = crate::graph::Graph::from_proto(&crate::runtime::patch_skeleton(skeleton, &weights)?)?;
-    collect(&graph)
-}
-
-/// The input second moments of `model`'s layers collected by running it in tract (any model
-/// tract runs; [`Hessians::collect_tract`]).
-fn tract_input_moments(
-    model: &SourceModel,
-    shapes: &[Vec<usize>],
-    batches: &[(Vec<f32>, Vec<usize>)],
-) -> Result<Hessians> {
-    let skeleton = model.skeleton.as_ref().ok_or_else(|| Error::Rebuild("no graph".into()))?;
-    let proto = crate::runtime::patch_skeleton(skeleton, &crate::permute::as_weights(model))?;
-    Hessians::collect_tract(&proto, shapes, batches)
+    collect(&crate::runtime::patch_skeleton(skeleton, &crate::permute::as_weights(model))?)
 }
 
 /// The storage chosen per tensor, with each one's error alone.
