@@ -92,8 +92,8 @@ pub enum Encoded {
 /// be quantized (non-finite, beyond f16 scales).
 ///
 /// With the input moments `h` of the tensor's layer ([`crate::gptq`]), quantization rounds
-/// data-aware when `h` matches the tensor's rows.
-pub fn encode(t: &SourceTensor, codec: Codec, h: Option<&(usize, Vec<f64>)>) -> Result<Encoded, String> {
+/// data-aware when `h` fits the tensor's shape ([`crate::gptq::Moments::quantize`]).
+pub fn encode(t: &SourceTensor, codec: Codec, h: Option<&crate::gptq::Moments>) -> Result<Encoded, String> {
     if !eligible(t) {
         return Ok(Encoded::Raw);
     }
@@ -115,12 +115,12 @@ pub fn encode(t: &SourceTensor, codec: Codec, h: Option<&(usize, Vec<f64>)>) -> 
 /// `values` (of `t`'s shape, row-major) quantized to `bits` bits in groups of [`quant_group`]
 /// of `t`'s row length: data-aware (GPTQ) with the input moments `h` of its layer when they
 /// match the rows, else to the nearest level with MSE-chosen scales.
-fn quantize(t: &SourceTensor, values: &[f32], bits: u8, h: Option<&(usize, Vec<f64>)>) -> Result<Encoded> {
+fn quantize(t: &SourceTensor, values: &[f32], bits: u8, h: Option<&crate::gptq::Moments>) -> Result<Encoded> {
     let row = format::row_len(&t.shape).expect("ingested shapes fit");
     let group = quant_group(row, bits);
-    let q = match h {
-        Some((d, h)) if *d as u64 == row => crate::gptq::quantize(values, *d, group as usize, bits, h)?,
-        _ => format::quant::quantize(values, group as usize, bits, Default::default())
+    let q = match h.and_then(|m| m.quantize(values, row as usize, group as usize, bits)) {
+        Some(q) => q?,
+        None => format::quant::quantize(values, group as usize, bits, Default::default())
             .map_err(|e| Error::Training(e.to_string()))?,
     };
     Ok(Encoded::Quantized { bits, group, bytes: q.encode() })
@@ -135,7 +135,7 @@ pub fn encode_residual(
     original: &[f32],
     predicted: &[f32],
     bits: u8,
-    h: Option<&(usize, Vec<f64>)>,
+    h: Option<&crate::gptq::Moments>,
 ) -> Result<(Encoded, Vec<f32>)> {
     let r: Vec<f32> = original.iter().zip(predicted).map(|(a, b)| a - b).collect();
     let encoded = quantize(t, &r, bits, h).map_err(|e| {

@@ -18,9 +18,44 @@ use std::collections::HashMap;
 /// Largest input dimension handled (`H` is d×d f64 and inverted in O(d³)).
 pub const MAX_DIM: usize = 4096;
 
-/// `E[x xᵀ]` of each weight's layer inputs, by weight name: `(d, d×d values)`.
+/// `E[x xᵀ]` of each weight's layer inputs, by weight name.
 #[derive(Debug, Clone, Default)]
-pub struct Hessians(pub HashMap<String, (usize, Vec<f64>)>);
+pub struct Hessians(pub HashMap<String, Moments>);
+
+/// One layer's input second moments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moments {
+    /// Values per input.
+    pub d: usize,
+    /// `E[x xᵀ]`, d × d.
+    pub h: Vec<f64>,
+    /// How the weight's values meet the inputs.
+    pub layout: Layout,
+}
+
+/// Which axis of a stored weight multiplies the layer's inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Each stored row is one output's d weights (`Conv`, `Gemm` with `transB = 1`).
+    OutputRows,
+    /// Each of the d stored rows is one input's weights to all outputs (`MatMul`, `Gemm`
+    /// with `transB = 0`: `x · W` with `W` inputs × outputs, as transformer exports store it).
+    InputRows,
+}
+
+impl Moments {
+    /// `values` of a weight with rows of `row` values quantized data-aware in groups of
+    /// `group` along its rows, or `None` when these moments do not fit its shape.
+    pub fn quantize(&self, values: &[f32], row: usize, group: usize, bits: u8) -> Option<Result<Quantized>> {
+        match self.layout {
+            Layout::OutputRows if self.d == row => Some(quantize(values, self.d, group, bits, &self.h)),
+            Layout::InputRows if values.len() == self.d.checked_mul(row)? => {
+                Some(quantize_input_rows(values, self.d, group, bits, &self.h))
+            }
+            _ => None,
+        }
+    }
+}
 
 impl Hessians {
     /// Runs `graph` on `images` ([`crate::eval::EVAL_BATCH`] at a time): see [`Self::collect`].
@@ -37,8 +72,8 @@ impl Hessians {
     }
 
     /// Runs `graph` on each batch (flat f32 values with their shape) and accumulates the input
-    /// second moments of every one-group `Conv` and every `Gemm` with `transB = 1` (weights
-    /// stored as output rows), for inputs of at most [`MAX_DIM`] values.
+    /// second moments of every one-group `Conv`, `Gemm` and `MatMul` with a constant weight
+    /// (see [`Layout`]), for inputs of at most [`MAX_DIM`] values.
     pub fn collect(graph: &Graph, batches: &[(Vec<f32>, Vec<usize>)]) -> Result<Self> {
         let mut sums = Sums::new(usize::MAX);
         for (values, shape) in batches {
@@ -53,7 +88,7 @@ impl Hessians {
     }
 
     /// [`Self::collect`] for any model tract runs (`proto`, with its weights; `shapes`: the
-    /// `--input-shape`s, if any): the inputs of its one-group `Conv` and `Gemm` (`transB = 1`)
+    /// `--input-shape`s, if any): the inputs of its one-group `Conv`, `Gemm` and `MatMul`
     /// layers with constant weights (initializers or `Constant` nodes) are made outputs of the tract model, and each layer's
     /// columns are subsampled to at most [`MAX_SAMPLES`] per batch (the Gram matrix of a
     /// detector's full-page activations would take minutes on two cores).
@@ -84,7 +119,7 @@ impl Hessians {
             let Some(Ok(op)) = translate(&n.op_type).map(|f| f(n)) else { continue };
             let fits = match op {
                 Op::Conv { groups: 1, .. } => wd.len() == 4,
-                Op::Gemm { trans_a: false, trans_b: true, .. } => wd.len() == 2,
+                Op::Gemm { trans_a: false, .. } | Op::MatMul => wd.len() == 2,
                 _ => false,
             };
             if fits {
@@ -134,10 +169,10 @@ impl Hessians {
 /// Layer-input columns taken per batch at most by [`Hessians::collect_tract`] (evenly spaced).
 pub const MAX_SAMPLES: usize = 8192;
 
-/// Running sums of `x xᵀ` by weight name: `(d, Σ x xᵀ, samples)`, at most `max_samples`
-/// columns of each layer per batch.
+/// Running sums of `x xᵀ` by weight name: `(d, Σ x xᵀ, samples, layout)`, at most
+/// `max_samples` columns of each layer per batch.
 struct Sums {
-    sums: HashMap<String, (usize, Vec<f64>, usize)>,
+    sums: HashMap<String, (usize, Vec<f64>, usize, Layout)>,
     max_samples: usize,
 }
 
@@ -147,16 +182,23 @@ impl Sums {
     }
 
     /// Adds the columns of `input` as layer `op` (weight `weight` of shape `wdims`) sees them:
-    /// a one-group `Conv`'s im2col patches, a `Gemm`'s (`transB = 1`) rows; other ops and
-    /// inputs of more than [`MAX_DIM`] values are skipped.
+    /// a one-group `Conv`'s im2col patches, a `Gemm`'s rows, a `MatMul`'s vectors along its
+    /// last axis; other ops and inputs of more than [`MAX_DIM`] values are skipped.
     fn add(&mut self, weight: &str, op: &Op, input: &Tensor, wdims: &[usize]) -> Result<()> {
-        // Columns (d × samples) of what multiplies the weight's rows.
-        let cols = match *op {
+        // Columns (d × samples) of what multiplies the weight.
+        let (cols, layout) = match *op {
             Op::Conv { mut window, groups: 1 } if wdims.len() == 4 && input.dims().len() == 4 => {
                 window.kernel = [wdims[2], wdims[3]];
-                ops::im2col(input, window, 0.0)?.0
+                (ops::im2col(input, window, 0.0)?.0, Layout::OutputRows)
             }
-            Op::Gemm { trans_a: false, trans_b: true, .. } if input.dims().len() == 2 => input.t()?,
+            Op::Gemm { trans_a: false, trans_b: true, .. } if input.dims().len() == 2 => {
+                (input.t()?, Layout::OutputRows)
+            }
+            Op::Gemm { trans_a: false, trans_b: false, .. } | Op::MatMul
+                if wdims.len() == 2 && input.dims().last() == Some(&wdims[0]) =>
+            {
+                (input.reshape(((), wdims[0]))?.t()?, Layout::InputRows)
+            }
             _ => return Ok(()),
         };
         let (d, n) = cols.dims2()?;
@@ -172,7 +214,10 @@ impl Sums {
             }
         };
         let gram: Vec<f32> = cols.matmul(&cols.t()?)?.flatten_all()?.to_vec1()?;
-        let entry = self.sums.entry(weight.to_string()).or_insert_with(|| (d, vec![0.0; d * d], 0));
+        let entry = self.sums.entry(weight.to_string()).or_insert_with(|| (d, vec![0.0; d * d], 0, layout));
+        if (entry.0, entry.3) != (d, layout) {
+            return Ok(()); // a weight shared by layers of different kinds: the first one's
+        }
         for (s, g) in entry.1.iter_mut().zip(&gram) {
             *s += *g as f64;
         }
@@ -185,9 +230,9 @@ impl Sums {
         Hessians(
             self.sums
                 .into_iter()
-                .map(|(k, (d, mut m, n))| {
-                    m.iter_mut().for_each(|v| *v /= n.max(1) as f64);
-                    (k, (d, m))
+                .map(|(k, (d, mut h, n, layout))| {
+                    h.iter_mut().for_each(|v| *v /= n.max(1) as f64);
+                    (k, Moments { d, h, layout })
                 })
                 .collect(),
         )
@@ -232,6 +277,54 @@ pub fn quantize(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> 
             let err = (row[j] - quant::dequant(code, s) as f64) / u[j * d + j];
             for k in j + 1..d {
                 row[k] -= err * u[j * d + k];
+            }
+        }
+    }
+    Ok(Quantized { bits, group, scales, values: q })
+}
+
+/// [`quantize`] for a weight stored as [`Layout::InputRows`]: `values` is d rows (one per
+/// input) of outputs, quantized in groups of `group` along each row, so one input's weights
+/// are quantized at once and their rounding errors spread over the rows of the inputs not yet
+/// quantized. The same algorithm on the transposed matrix, with the stored form's groups.
+pub fn quantize_input_rows(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> Result<Quantized> {
+    let bad = |what: String| Error::Training(format!("data-aware quantization: {what}"));
+    let n = if d == 0 { 0 } else { values.len() / d };
+    if n == 0 || n * d != values.len() || group == 0 || !n.is_multiple_of(group) || h.len() != d * d {
+        return Err(bad(format!(
+            "{} values, {d} input rows, groups of {group}, H of {}",
+            values.len(),
+            h.len()
+        )));
+    }
+    if !quant::valid_bits(bits) {
+        return Err(bad(format!("{bits} bits")));
+    }
+    let u = inverse_cholesky_upper(h, d)
+        .ok_or_else(|| bad("the input moments are not positive definite".into()))?;
+    let mut w: Vec<f64> = values.iter().map(|&v| v as f64).collect();
+    let groups = n / group;
+    let mut scales = vec![half::f16::ZERO; d * groups];
+    let mut q = vec![0i8; values.len()];
+    let mut err = vec![0.0; n];
+    for i in 0..d {
+        let (done, rest) = w.split_at_mut((i + 1) * n);
+        let row = &done[i * n..];
+        for g in 0..groups {
+            let current: Vec<f32> = row[g * group..(g + 1) * group].iter().map(|&v| v as f32).collect();
+            scales[i * groups + g] = quant::group_scale(&current, bits, ScaleRule::Mse)
+                .ok_or_else(|| bad(format!("input row {i}: the scale exceeds the f16 range")))?;
+        }
+        for (j, e) in err.iter_mut().enumerate() {
+            let s = scales[i * groups + j / group];
+            let code = quant::quant(row[j] as f32, s, bits);
+            q[i * n + j] = code;
+            *e = (row[j] - quant::dequant(code, s) as f64) / u[i * d + i];
+        }
+        for (k, later) in rest.chunks_exact_mut(n).enumerate() {
+            let f = u[i * d + i + 1 + k];
+            if f != 0.0 {
+                later.iter_mut().zip(&err).for_each(|(v, e)| *v -= e * f);
             }
         }
     }
@@ -357,5 +450,40 @@ mod tests {
             let (e_rtn, e_gptq) = (output_error(&w, &rtn, &xs, d), output_error(&w, &gptq, &xs, d));
             assert!(e_gptq < e_rtn, "{bits} bits: GPTQ {e_gptq} vs rounding {e_rtn}");
         }
+    }
+
+    #[test]
+    fn input_rows_give_a_smaller_output_error_than_rounding() {
+        // `x · W` with W stored inputs × outputs (a MatMul weight), correlated inputs.
+        let (d, outputs, n) = (24, 48, 400);
+        let mut rng = Rng::new(9);
+        let mut xs = Vec::with_capacity(n * d);
+        for _ in 0..n {
+            let base = rng.uniform() * 2.0 - 1.0;
+            xs.extend((0..d).map(|j| base + 0.3 * (rng.uniform() - 0.5) + 0.02 * j as f64));
+        }
+        let mut h = vec![0.0; d * d];
+        for x in xs.chunks(d) {
+            for i in 0..d {
+                for j in 0..d {
+                    h[i * d + j] += x[i] * x[j] / n as f64;
+                }
+            }
+        }
+        let w: Vec<f32> = (0..d * outputs).map(|_| (rng.uniform() * 2.0 - 1.0) as f32).collect();
+        let transpose =
+            |m: &[f32]| -> Vec<f32> { (0..outputs * d).map(|k| m[(k % d) * outputs + k / d]).collect() };
+        for bits in [2u8, 3, 4] {
+            let rtn = quant::fake_quantize(&w, 16, bits, ScaleRule::Mse).unwrap();
+            let gptq = quantize_input_rows(&w, d, 16, bits, &h).unwrap();
+            assert_eq!((gptq.scales.len(), gptq.values.len()), (d * outputs / 16, d * outputs));
+            let gptq = gptq.dequantize();
+            let (wt, rt, gt) = (transpose(&w), transpose(&rtn), transpose(&gptq));
+            let (e_rtn, e_gptq) = (output_error(&wt, &rt, &xs, d), output_error(&wt, &gt, &xs, d));
+            assert!(e_gptq < e_rtn, "{bits} bits: GPTQ {e_gptq} vs rounding {e_rtn}");
+        }
+        let m = Moments { d, h, layout: Layout::InputRows };
+        assert!(m.quantize(&w, outputs, 16, 4).is_some());
+        assert!(m.quantize(&w[..d * 16], outputs, 16, 4).is_none(), "wrong shape: nearest rounding");
     }
 }

@@ -280,9 +280,10 @@ fn layer_moments_collected_through_tract_equal_nerps_own_graph() {
     let mut other: Vec<_> = tract.0.keys().collect();
     other.sort();
     assert_eq!(names, other);
-    for (name, (d, h)) in &ours.0 {
-        let (d2, h2) = &tract.0[name];
-        assert_eq!(d, d2, "{name}");
+    for (name, m) in &ours.0 {
+        let (h, t) = (&m.h, &tract.0[name]);
+        let h2 = &t.h;
+        assert_eq!((m.d, m.layout), (t.d, t.layout), "{name}");
         let scale = h.iter().fold(0f64, |a, v| a.max(v.abs()));
         let worst = h.iter().zip(h2).fold(0f64, |a, (x, y)| a.max((x - y).abs()));
         assert!(worst <= 1e-4 * scale, "{name}: {worst} of {scale}");

@@ -219,3 +219,26 @@ fn im2col_conv_gradients_match_candle_conv2d() {
     println!("input grad diff {dx:.2e}, weight grad diff {dw:.2e}");
     assert!(gx.iter().any(|v| v.abs() > 1e-3) && dx < 1e-4 && dw < 1e-4, "{dx} {dw}");
 }
+
+#[test]
+fn matmul_layer_moments_are_the_input_vectors_second_moments() {
+    // `x · b` with b stored inputs × outputs: d = 4, one sample per vector along the last axis.
+    let m = model("MatMul", vec![], &[2, 3, 4], vec![f32_init("b", &[4, 5], 12)], &["b"]);
+    let x = common::noise(24, 7);
+    let batches = vec![(x.clone(), vec![2, 3, 4])];
+    let mut want = vec![0.0f64; 16];
+    for v in x.chunks(4) {
+        for i in 0..4 {
+            for j in 0..4 {
+                want[i * 4 + j] += v[i] as f64 * v[j] as f64 / 6.0;
+            }
+        }
+    }
+    let tract = nerp::gptq::Hessians::collect_tract(&m, &[], &batches).unwrap();
+    let ours = nerp::gptq::Hessians::collect(&Graph::from_proto(&m).unwrap(), &batches).unwrap();
+    for h in [&tract.0["b"], &ours.0["b"]] {
+        assert_eq!((h.d, h.layout), (4, nerp::gptq::Layout::InputRows));
+        let worst = h.h.iter().zip(&want).fold(0f64, |a, (x, y)| a.max((x - y).abs()));
+        assert!(worst < 1e-5, "{worst}");
+    }
+}

@@ -7,30 +7,18 @@ Needs PyTorch (CPU): python3 -m venv /opt/torch-venv && /opt/torch-venv/bin/pip 
 Run: /opt/torch-venv/bin/python tools/minilm_cosine.py ORIGINAL.safetensors OTHER.safetensors VOCAB.txt
 """
 import json
+import os
 import struct
 import sys
 import unicodedata
 
 import torch
 
-SENTENCES = [
-    "A man is eating food.",
-    "A man is eating a piece of bread.",
-    "The girl is carrying a baby.",
-    "A man is riding a horse.",
-    "A woman is playing violin.",
-    "Two men pushed carts through the woods.",
-    "A man is riding a white horse on an enclosed ground.",
-    "A monkey is playing drums.",
-    "Someone in a gorilla costume is playing a set of drums.",
-    "The new movie is awesome.",
-    "The cat sits outside.",
-    "How do I compress a neural network?",
-    "Weights can be stored as a small predictor network.",
-    "The stock market fell sharply on Monday.",
-    "Paris is the capital of France.",
-    "I love hiking in the mountains during summer.",
-]
+# The sentences of examples/minilm_candle (one per line). Before 2026-12-02 this tool had its
+# own 16 sentences (10 shared); docs/results/real-models.md was measured on those.
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "data",
+                       "minilm_sentences.txt")) as f:
+    SENTENCES = [line.strip() for line in f if line.strip()]
 
 
 def load_safetensors(path):

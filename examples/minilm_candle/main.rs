@@ -10,7 +10,7 @@
 
 mod minilm;
 
-use minilm::{BoxResult, SENTENCES};
+use minilm::BoxResult;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -45,7 +45,7 @@ fn main() -> BoxResult<()> {
     let nerp_s = start.elapsed().as_secs_f64();
 
     let cos = minilm::cosines(&want, &got);
-    for (s, c) in SENTENCES.iter().zip(&cos) {
+    for (s, c) in minilm::sentences().iter().zip(&cos) {
         let short: String = s.chars().take(60).collect();
         println!("{c:.6}  {short}");
     }

@@ -12,27 +12,15 @@ use std::path::Path;
 
 pub type BoxResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// Varied English sentences: pairs of paraphrases, unrelated topics, a question, numbers,
-/// punctuation, a rare word (split into word pieces) and a long sentence.
-pub const SENTENCES: [&str; 16] = [
-    "A man is eating food.",
-    "A man is eating a piece of bread.",
-    "The girl is carrying a baby.",
-    "A man is riding a horse.",
-    "A woman is playing violin.",
-    "Two men pushed carts through the woods.",
-    "A monkey is playing drums.",
-    "Someone in a gorilla costume is playing a set of drums.",
-    "The new movie is awesome!",
-    "How do I compress a neural network?",
-    "Weights can be stored as a small predictor network.",
-    "The stock market fell sharply on Monday, by 3.5% before noon.",
-    "Paris is the capital of France.",
-    "I love hiking in the mountains during summer.",
-    "Antidisestablishmentarianism is a notoriously long word.",
-    "After the storm had passed, the fishermen mended their nets, counted the damaged boats and \
-     waited for the harbour master to reopen the channel to the open sea.",
-];
+/// Varied English sentences, one per line: pairs of paraphrases, unrelated topics, a question,
+/// numbers, punctuation, a rare word (split into word pieces) and a long sentence. Shared with
+/// `tools/minilm_cosine.py`.
+const SENTENCES_TXT: &str = include_str!("../data/minilm_sentences.txt");
+
+/// The sentences of [`SENTENCES_TXT`].
+pub fn sentences() -> Vec<&'static str> {
+    SENTENCES_TXT.lines().filter(|l| !l.is_empty()).collect()
+}
 
 /// Longest input, in tokens with `[CLS]` and `[SEP]` (sentence-transformers' limit for this model).
 pub const MAX_TOKENS: usize = 256;
@@ -170,13 +158,13 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 pub fn original_embeddings(model: &Path, config: &Config, tok: &Tokenizer) -> BoxResult<Vec<Vec<f32>>> {
     let bytes = std::fs::read(model).map_err(|e| format!("{}: {e}", model.display()))?;
     let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu)?;
-    embed(vb, config, tok, &SENTENCES)
+    embed(vb, config, tok, &sentences())
 }
 
 /// The embeddings of the weights regenerated from a `.nerp` file (the candle hand-off).
 pub fn nerp_embeddings(file: &nerp::NerpFile, config: &Config, tok: &Tokenizer) -> BoxResult<Vec<Vec<f32>>> {
     let vb = nerp::candle::var_builder(file, &nerp::Device::Cpu, &Device::Cpu, DType::F32)?;
-    embed(vb, config, tok, &SENTENCES)
+    embed(vb, config, tok, &sentences())
 }
 
 /// Per-sentence cosines between two sets of embeddings.

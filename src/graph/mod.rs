@@ -227,12 +227,13 @@ impl Graph {
         Ok(Forward { output, features })
     }
 
-    /// The input activation of every `Conv` and `Gemm` node on `input`, with the node (whose
+    /// The input activation of every `Conv`, `Gemm` and `MatMul` node on `input`, with the node (whose
     /// second input names the weight): what data-aware quantization weights its errors by.
     pub fn layer_inputs(&self, input: &Tensor) -> Result<Vec<(Node, Tensor)>> {
         let mut seen = Vec::new();
         self.run(input, &HashMap::new(), &mut |node, args, _| {
-            if let (Op::Conv { .. } | Op::Gemm { .. }, Some(Some(x))) = (&node.op, args.first()) {
+            if let (Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul, Some(Some(x))) = (&node.op, args.first())
+            {
                 seen.push((node.clone(), x.clone()));
             }
         })?;

@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # PP-OCR det/rec/cls with one budget (issue 15): `--max-error 0.05` and `--size-ratio 4` on calibration arrays that
-# are not the evaluation arrays (rec/cls: lines 0-3 calibrate, lines 4-7 evaluate; det: the page
-# mirrored calibrates, the page evaluates), against lossless (zstd), fp16, int8 and int4 for every
-# weight tensor. Quantized tensors round data-aware (GPTQ, layer inputs collected through tract).
-# Inputs: tools/fetch_models.sh, then `python3 tools/make_ocr_inputs.py $OCR` and the split
-# described above (numpy: rec_cal = rec[:4], rec_eval = rec[4:], the same for cls, det_cal =
-# det[..., ::-1]). The predictor is bounded (--hidden 32 --steps 200): it is trained only when
+# are not the evaluation arrays (rec/cls: 16 lines calibrate, 24 other lines evaluate; det: a page
+# of the calibration lines calibrates, a page of evaluation lines evaluates), against lossless
+# (zstd), fp16, int8 and int4 for every weight tensor. Quantized tensors round data-aware (GPTQ, layer inputs collected through tract).
+# Inputs: tools/fetch_models.sh, then `python3 tools/make_ocr_inputs.py $OCR` (writes the
+# *_cal.npy and *_eval.npy arrays). The predictor is bounded (--hidden 32 --steps 200): it is trained only when
 # codecs alone do not beat it, and it cannot keep these models (docs/results/real-models.md).
 # Usage: OCR=/tmp/ocr docs/results/real_budget/run.sh   (from the repository root)
 set -euo pipefail
@@ -16,7 +15,11 @@ models=${MODELS:-target/models/ppocr}
 ocr=${OCR:?set OCR to the folder of make_ocr_inputs.py}
 out=$(mktemp -d)
 tsv=$here/table.tsv
-printf 'model\tstorage\tbytes\tratio\tfidelity\n' > "$tsv"
+if [ -n "${ONLY:-}" ] && [ -f "$tsv" ]; then  # ONLY=det: replace that model's rows
+  awk -F'\t' -v m="$ONLY" '$1 != m' "$tsv" > "$tsv.tmp" && mv "$tsv.tmp" "$tsv"
+else
+  printf 'model\tstorage\tbytes\tratio\tfidelity\n' > "$tsv"
+fi
 row() { # model task shape cal eval name options...
   local m=$1 task=$2 shape=$3 cal=$4 ev=$5 name=$6; shift 6
   local f=$out/$m-$name.nerp log=$here/$m-$name.log
@@ -32,8 +35,10 @@ print(f"{m}\t{name}\t{b}\t{s/b:.2f}\t{fid}")
 PY
   tail -1 "$tsv"
 }
-for spec in "cls classifier 4,3,48,192 cls_cal.npy cls_eval.npy" "rec ctc 4,3,48,320 rec_cal.npy rec_eval.npy" "det detector 1,3,480,480 det_cal.npy det.npy"; do
+# ONLY=cls|rec|det runs one model and replaces its rows of table.tsv.
+for spec in "cls classifier 16,3,48,192 cls_cal.npy cls_eval.npy" "rec ctc 16,3,48,320 rec_cal.npy rec_eval.npy" "det detector 1,3,480,480 det_cal.npy det_eval.npy"; do
   set -- $spec
+  [ -z "${ONLY:-}" ] || [ "$ONLY" = "$1" ] || continue
   row "$@" lossless --min-values 1000000000 --max-error off
   row "$@" f16 --raw-codec f16 --min-values 1000000000 --max-error off
   row "$@" int8 --raw-codec int8 --min-values 1000000000 --max-error off
