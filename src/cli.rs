@@ -121,7 +121,7 @@ pub struct CompressArgs {
     #[arg(long, value_enum, default_value_t = CompressOptions::default().scale_dtype)]
     pub scale_dtype: format::ScaleDtype,
     /// How float tensors that are not predicted are stored: raw (lossless), f16/bf16 (cast),
-    /// int8/int4 (quantized per row); all but raw need format 3.
+    /// int8/6/5/4/3/2 (quantized per row or row group); all but raw need format 3.
     #[arg(long, value_enum, default_value_t = CompressOptions::default().raw_codec)]
     pub raw_codec: crate::compress::Codec,
     /// Residuals (value − prediction, quantized per row group) of predicted tensors: by
@@ -131,7 +131,7 @@ pub struct CompressArgs {
     #[arg(long, value_name = "BITS|off", value_parser = parse_residual)]
     pub residual: Option<crate::compress::ResidualMode>,
     /// Keep the model's outputs within this relative error (e.g. 0.05) with the smallest file:
-    /// a storage per tensor (predicted, raw, f16, int8/4/3/2) from errors measured on
+    /// a storage per tensor (predicted, raw, f16, int8/6/5/4/3/2) from errors measured on
     /// calibration inputs (weights' errors without them). By default the predictor's file is
     /// checked against 0.05 and tensors it cannot keep get other codecs; `off` skips the check.
     #[arg(long, value_name = "E|off", value_parser = parse_max_error)]
@@ -440,7 +440,7 @@ impl ValueEnum for format::ScaleDtype {
 impl ValueEnum for crate::compress::Codec {
     fn value_variants<'a>() -> &'a [Self] {
         use crate::compress::Codec::*;
-        &[Raw, F16, Bf16, Int8, Int4, Int3, Int2]
+        &[Raw, F16, Bf16, Int8, Int6, Int5, Int4, Int3, Int2]
     }
 
     fn to_possible_value(&self) -> Option<PossibleValue> {

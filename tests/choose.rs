@@ -289,3 +289,29 @@ fn layer_moments_collected_through_tract_equal_nerps_own_graph() {
         assert!(worst <= 1e-4 * scale, "{name}: {worst} of {scale}");
     }
 }
+
+#[test]
+fn without_calibration_inputs_a_failed_default_check_keeps_the_weights_within_one_percent() {
+    // A safetensors source (nothing to run) and a predictor trained for one step: its file
+    // fails the default check, and the codecs chosen instead keep the weights within 1%.
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::shared_model("resnet20_fashion_mnist.safetensors");
+    let out = dir.path().join("d.nerp");
+    let opts = CompressOptions { steps: 1, ..Default::default() };
+    let r = compress(&src, &out, &opts, &mut |_, _| {}).unwrap();
+    let s = r.storage.as_ref().expect("the default check chose codecs");
+    assert_eq!((s.measure, s.budget.as_str()), ("weights", "error <= 0.01"), "{s:?}");
+    assert!(s.met && s.predictor_only_error.unwrap() > nerp::compress::DEFAULT_MAX_WEIGHT_ERROR, "{s:?}");
+    // The weights' relative error, computed here over the tensors the choice may change.
+    let source = nerp::ingest::load(&src).unwrap();
+    let got = regenerated(&out);
+    let (mut diff, mut norm) = (0f64, 0f64);
+    for t in source.tensors.iter().filter(|t| t.shape.len() >= 2) {
+        let a = nerp::format::codec::to_f32(t.dtype, &t.data).unwrap();
+        diff += a.iter().zip(&got[&t.name]).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>();
+        norm += a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>();
+    }
+    let error = (diff / norm).sqrt();
+    assert!(error <= 0.01, "weight error {error}");
+    assert!((error - s.estimated_error).abs() <= 1e-3 * s.estimated_error.max(1e-6), "{error} vs {s:?}");
+}
