@@ -514,6 +514,56 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_codec_round_trips_and_more_bits_mean_less_error() {
+        // A 64 × 256 matrix of bell-shaped values (sums of uniforms), as weights are.
+        let mut rng = crate::train::Rng::new(3);
+        let values: Vec<f32> =
+            (0..64 * 256).map(|_| ((0..4).map(|_| rng.uniform()).sum::<f64>() - 2.0) as f32).collect();
+        let t = SourceTensor {
+            name: "w".into(),
+            dtype: DType::F32,
+            shape: vec![64, 256],
+            data: format::codec::from_f32(DType::F32, &values).unwrap(),
+            role: crate::ingest::Role::Matrix,
+        };
+        let norm = values.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        let mut last = (0.0, 0);
+        for codec in Codec::CHOICES {
+            let e = encode(&t, codec, None).unwrap();
+            let back = e.decode(&t);
+            assert_eq!(back.len(), values.len(), "{}", codec.name());
+            let err =
+                values.iter().zip(&back).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt() / norm;
+            if let Encoded::Quantized { bits, group, bytes } = &e {
+                assert_eq!(Some(*bits), codec.bits());
+                // The reader's decoding gives the same values.
+                let read =
+                    format::quant::decode(bytes, values.len(), *group as usize, *bits, f32::MAX).unwrap();
+                assert_eq!(read.dequantize(), back);
+                // Each value within half a step of its group's scale, or clipped (MSE scales).
+                for (k, (a, b)) in values.iter().zip(&back).enumerate() {
+                    let s = read.scales[k / *group as usize].to_f32();
+                    assert!(
+                        (a - b).abs() <= 0.5 * s * 1.0001 || a.abs() > b.abs(),
+                        "{}: {a} vs {b}",
+                        codec.name()
+                    );
+                }
+            }
+            // In CHOICES order the bytes fall and the error grows.
+            let len = e.len(&t);
+            if codec != Codec::Raw {
+                assert!(
+                    len < last.1 && err > last.0,
+                    "{}: {len} bytes, error {err} after {last:?}",
+                    codec.name()
+                );
+            }
+            last = (err, len);
+        }
+    }
+
     proptest::proptest! {
         /// A residual round-trips: the file's values are the prediction plus the decoded
         /// residual, each within half of its group's largest residual of the original.

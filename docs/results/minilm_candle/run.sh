@@ -3,22 +3,28 @@
 # run through candle-transformers' BERT from the .nerp file (examples/minilm_candle, the
 # candle hand-off) against the original safetensors. Needs tools/fetch_models.sh first.
 # Run from anywhere; logs go beside this script, the .nerp files to target/minilm_candle/.
-# SLOW=1 adds `--size-ratio 4 --steps 1` with a predictor (about 25 minutes on 2 cores).
+# SLOW=1 adds `--size-ratio 4 --steps 1` with a predictor (about 25 minutes on 2 cores);
+# ONLY="default int8" runs those rows only.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-cargo build --release --example minilm_candle
-cargo test --release --no-run  # builds target/release/nerp (plain `cargo build` rebuilds tract)
-NERP=target/release/nerp
+# NERP and EXAMPLE name prebuilt binaries (else both are built here).
+if [ -z "${NERP:-}" ] || [ -z "${EXAMPLE:-}" ]; then
+    cargo build --release --example minilm_candle
+    cargo test --release --no-run  # builds target/release/nerp (plain `cargo build` rebuilds tract)
+fi
+NERP=${NERP:-target/release/nerp}
+EXAMPLE=${EXAMPLE:-target/release/examples/minilm_candle}
 M=target/models/minilm
 OUT=target/minilm_candle
 LOG=docs/results/minilm_candle
 mkdir -p "$OUT"
 run() {
     local name=$1; shift
+    [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $name "* ]] || return 0
     echo "== $name: nerp compress $M/model.safetensors -o $OUT/$name.nerp $*"
     { time "$NERP" compress "$M/model.safetensors" -o "$OUT/$name.nerp" "$@"; } >"$LOG/$name.compress.log" 2>&1
     tail -4 "$LOG/$name.compress.log"
-    target/release/examples/minilm_candle "$OUT/$name.nerp" "$M/model.safetensors" "$M/vocab.txt" "$M/config.json" \
+    "$EXAMPLE" "$OUT/$name.nerp" "$M/model.safetensors" "$M/vocab.txt" "$M/config.json" \
         | tee "$LOG/$name.cosine.log" | tail -4
 }
 run fp16 --exclude '*' --raw-codec f16 --max-error off
