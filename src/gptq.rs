@@ -289,7 +289,7 @@ pub fn quantize(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> 
 /// quantized. The same algorithm on the transposed matrix, with the stored form's groups.
 pub fn quantize_input_rows(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> Result<Quantized> {
     let bad = |what: String| Error::Training(format!("data-aware quantization: {what}"));
-    let n = if d == 0 { 0 } else { values.len() / d };
+    let n = values.len().checked_div(d).unwrap_or(0);
     if n == 0 || n * d != values.len() || group == 0 || !n.is_multiple_of(group) || h.len() != d * d {
         return Err(bad(format!(
             "{} values, {d} input rows, groups of {group}, H of {}",
