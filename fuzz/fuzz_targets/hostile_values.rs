@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
             scales: Some(scales),
             layout: Default::default(),
             scale_dtype: Default::default(),
+            residual: None,
         },
     }];
     let spec = PredictorSpec {
