@@ -8,7 +8,7 @@ model=${MODEL:-../shared/models/resnet20_fashion_mnist.onnx}
 tsv=$here/int56.tsv
 source "$here/lib.sh"
 printf 'name\toptions\tbytes\tratio\taccuracy\toriginal\tdrop_points\tagreement\tcompress_s\n' > "$tsv"
-for r in 8 10 12 14; do
+for r in 8 10 12 14 16; do
   point "int56-size$r" --size-ratio "$r" --steps 2000
 done
 point int56-err0.05 --max-error 0.05
