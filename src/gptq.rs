@@ -243,7 +243,7 @@ impl Sums {
 /// each row (`group` divides `d`), spreading rounding errors by `h` (d × d, `E[x xᵀ]`). Fails as
 /// [`quant::quantize`] does.
 pub fn quantize(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> Result<Quantized> {
-    let bad = |what: String| Error::Training(format!("data-aware quantization: {what}"));
+    let bad = bad_input;
     if d == 0 || !values.len().is_multiple_of(d) || group == 0 || !d.is_multiple_of(group) || h.len() != d * d
     {
         return Err(bad(format!(
@@ -252,12 +252,8 @@ pub fn quantize(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> 
             h.len()
         )));
     }
-    if !quant::valid_bits(bits) {
-        return Err(bad(format!("{bits} bits")));
-    }
+    let u = inverse_factor(h, d, bits)?;
     let rows = values.len() / d;
-    let u = inverse_cholesky_upper(h, d)
-        .ok_or_else(|| bad("the input moments are not positive definite".into()))?;
     let mut w: Vec<f64> = values.iter().map(|&v| v as f64).collect();
     let groups = d / group;
     let mut scales = vec![half::f16::ZERO; rows * groups];
@@ -288,7 +284,7 @@ pub fn quantize(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> 
 /// are quantized at once and their rounding errors spread over the rows of the inputs not yet
 /// quantized. The same algorithm on the transposed matrix, with the stored form's groups.
 pub fn quantize_input_rows(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> Result<Quantized> {
-    let bad = |what: String| Error::Training(format!("data-aware quantization: {what}"));
+    let bad = bad_input;
     let n = values.len().checked_div(d).unwrap_or(0);
     if n == 0 || n * d != values.len() || group == 0 || !n.is_multiple_of(group) || h.len() != d * d {
         return Err(bad(format!(
@@ -297,11 +293,7 @@ pub fn quantize_input_rows(values: &[f32], d: usize, group: usize, bits: u8, h: 
             h.len()
         )));
     }
-    if !quant::valid_bits(bits) {
-        return Err(bad(format!("{bits} bits")));
-    }
-    let u = inverse_cholesky_upper(h, d)
-        .ok_or_else(|| bad("the input moments are not positive definite".into()))?;
+    let u = inverse_factor(h, d, bits)?;
     let mut w: Vec<f64> = values.iter().map(|&v| v as f64).collect();
     let groups = n / group;
     let mut scales = vec![half::f16::ZERO; d * groups];
@@ -329,6 +321,20 @@ pub fn quantize_input_rows(values: &[f32], d: usize, group: usize, bits: u8, h: 
         }
     }
     Ok(Quantized { bits, group, scales, values: q })
+}
+
+/// An error of data-aware quantization.
+fn bad_input(what: String) -> Error {
+    Error::Training(format!("data-aware quantization: {what}"))
+}
+
+/// What both layouts start from: `bits` checked, and [`inverse_cholesky_upper`] of `h`.
+fn inverse_factor(h: &[f64], d: usize, bits: u8) -> Result<Vec<f64>> {
+    if !quant::valid_bits(bits) {
+        return Err(bad_input(format!("{bits} bits")));
+    }
+    inverse_cholesky_upper(h, d)
+        .ok_or_else(|| bad_input("the input moments are not positive definite".into()))
 }
 
 /// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = Uᵀ U`), after damping `H` by 1% of its mean
