@@ -243,10 +243,9 @@ impl Sums {
 /// each row (`group` divides `d`), spreading rounding errors by `h` (d × d, `E[x xᵀ]`). Fails as
 /// [`quant::quantize`] does.
 pub fn quantize(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> Result<Quantized> {
-    let bad = bad_input;
     if d == 0 || !values.len().is_multiple_of(d) || group == 0 || !d.is_multiple_of(group) || h.len() != d * d
     {
-        return Err(bad(format!(
+        return Err(bad_input(format!(
             "{} values, rows of {d}, groups of {group}, H of {}",
             values.len(),
             h.len()
@@ -265,7 +264,7 @@ pub fn quantize(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> 
             if j % group == 0 {
                 let current: Vec<f32> = row[j..j + group].iter().map(|&v| v as f32).collect();
                 scales[r * groups + g] = quant::group_scale(&current, bits, ScaleRule::Mse)
-                    .ok_or_else(|| bad(format!("row {r}: the scale exceeds the f16 range")))?;
+                    .ok_or_else(|| bad_input(format!("row {r}: the scale exceeds the f16 range")))?;
             }
             let s = scales[r * groups + g];
             let code = quant::quant(row[j] as f32, s, bits);
@@ -284,10 +283,9 @@ pub fn quantize(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> 
 /// are quantized at once and their rounding errors spread over the rows of the inputs not yet
 /// quantized. The same algorithm on the transposed matrix, with the stored form's groups.
 pub fn quantize_input_rows(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> Result<Quantized> {
-    let bad = bad_input;
     let n = values.len().checked_div(d).unwrap_or(0);
     if n == 0 || n * d != values.len() || group == 0 || !n.is_multiple_of(group) || h.len() != d * d {
-        return Err(bad(format!(
+        return Err(bad_input(format!(
             "{} values, {d} input rows, groups of {group}, H of {}",
             values.len(),
             h.len()
@@ -305,7 +303,7 @@ pub fn quantize_input_rows(values: &[f32], d: usize, group: usize, bits: u8, h: 
         for g in 0..groups {
             let current: Vec<f32> = row[g * group..(g + 1) * group].iter().map(|&v| v as f32).collect();
             scales[i * groups + g] = quant::group_scale(&current, bits, ScaleRule::Mse)
-                .ok_or_else(|| bad(format!("input row {i}: the scale exceeds the f16 range")))?;
+                .ok_or_else(|| bad_input(format!("input row {i}: the scale exceeds the f16 range")))?;
         }
         for (j, e) in err.iter_mut().enumerate() {
             let s = scales[i * groups + j / group];
