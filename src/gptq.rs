@@ -413,6 +413,25 @@ mod tests {
             .sum()
     }
 
+    /// `n` samples of `d` strongly correlated features (a shared base, small noise and a
+    /// `slope` per feature, as neighbouring pixels of a patch are) and their `E[x xᵀ]`.
+    fn correlated(rng: &mut Rng, d: usize, n: usize, slope: f64) -> (Vec<f64>, Vec<f64>) {
+        let mut xs = Vec::with_capacity(n * d);
+        for _ in 0..n {
+            let base = rng.uniform() * 2.0 - 1.0;
+            xs.extend((0..d).map(|j| base + 0.3 * (rng.uniform() - 0.5) + slope * j as f64));
+        }
+        let mut h = vec![0.0; d * d];
+        for x in xs.chunks(d) {
+            for i in 0..d {
+                for j in 0..d {
+                    h[i * d + j] += x[i] * x[j] / n as f64;
+                }
+            }
+        }
+        (xs, h)
+    }
+
     #[test]
     fn cholesky_inverse_factor_is_exact_on_a_small_matrix() {
         let h = [4.0, 2.0, 2.0, 3.0];
@@ -431,22 +450,9 @@ mod tests {
 
     #[test]
     fn correlated_inputs_give_a_smaller_output_error_than_rounding() {
-        // Inputs with strongly correlated features (as neighbouring pixels of a patch are).
         let (d, rows, n) = (32, 8, 512);
         let mut rng = Rng::new(5);
-        let mut xs = Vec::with_capacity(n * d);
-        for _ in 0..n {
-            let base = rng.uniform() * 2.0 - 1.0;
-            xs.extend((0..d).map(|j| base + 0.3 * (rng.uniform() - 0.5) + 0.01 * j as f64));
-        }
-        let mut h = vec![0.0; d * d];
-        for x in xs.chunks(d) {
-            for i in 0..d {
-                for j in 0..d {
-                    h[i * d + j] += x[i] * x[j] / n as f64;
-                }
-            }
-        }
+        let (xs, h) = correlated(&mut rng, d, n, 0.01);
         let w: Vec<f32> = (0..rows * d).map(|_| (rng.uniform() * 2.0 - 1.0) as f32).collect();
         for bits in [2u8, 3, 4] {
             let rtn = quant::fake_quantize(&w, 16, bits, ScaleRule::Mse).unwrap();
@@ -461,19 +467,7 @@ mod tests {
         // `x · W` with W stored inputs × outputs (a MatMul weight), correlated inputs.
         let (d, outputs, n) = (24, 48, 400);
         let mut rng = Rng::new(9);
-        let mut xs = Vec::with_capacity(n * d);
-        for _ in 0..n {
-            let base = rng.uniform() * 2.0 - 1.0;
-            xs.extend((0..d).map(|j| base + 0.3 * (rng.uniform() - 0.5) + 0.02 * j as f64));
-        }
-        let mut h = vec![0.0; d * d];
-        for x in xs.chunks(d) {
-            for i in 0..d {
-                for j in 0..d {
-                    h[i * d + j] += x[i] * x[j] / n as f64;
-                }
-            }
-        }
+        let (xs, h) = correlated(&mut rng, d, n, 0.02);
         let w: Vec<f32> = (0..d * outputs).map(|_| (rng.uniform() * 2.0 - 1.0) as f32).collect();
         let transpose =
             |m: &[f32]| -> Vec<f32> { (0..outputs * d).map(|k| m[(k % d) * outputs + k / d]).collect() };
