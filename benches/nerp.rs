@@ -10,7 +10,7 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use nerp::format::{Storage, WeightDtype};
 use nerp::Device;
-use nerp::{ingest, regen, runtime, synth};
+use nerp::{ingest, runtime, runtime::regen, synth};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

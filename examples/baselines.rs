@@ -8,9 +8,9 @@
 //! prints one JSON object: the original size, the zstd file size and time, and the size the
 //! model would have with those f32 weights stored as f16 (original − half their bytes).
 
+use nerp::compress::select::Selection;
 use nerp::compress::{compress, CompressOptions};
 use nerp::format::{DType, SourceKind};
-use nerp::select::Selection;
 use std::path::Path;
 use std::time::Instant;
 
@@ -38,7 +38,7 @@ fn main() -> nerp::Result<()> {
 
     // The same weights rounded to f16 (kept as f32 so that the model is unchanged otherwise).
     let file = nerp::open(&zstd)?;
-    let mut weights = nerp::regen::regenerate(&file, &nerp::Device::Cpu)?;
+    let mut weights = nerp::runtime::regen::regenerate(&file, &nerp::Device::Cpu)?;
     for w in weights.iter_mut().filter(|w| is_weight(w.dtype, &w.shape)) {
         let v: Vec<f32> = w.to_f32().expect("f32").iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
         w.data = nerp::format::codec::from_f32(DType::F32, &v).expect("f32");

@@ -6,7 +6,7 @@
 //! `cargo run --release --example distill_cost -- [MODEL.onnx] [BATCH] [HIDDEN] [REPEATS]`
 
 use candle_core::{Device, Tensor, Var};
-use nerp::graph::{ConvImpl, Graph};
+use nerp::compress::graph::{ConvImpl, Graph};
 use nerp::predictor::Predictor;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -27,7 +27,7 @@ fn main() -> nerp::Result<()> {
     let hidden: usize = args.get(2).map_or(64, |s| s.parse().expect("hidden"));
     let repeats: usize = args.get(3).map_or(3, |s| s.parse().expect("repeats"));
     let mut graph = Graph::from_onnx_file(model.as_ref())?;
-    let mut rng = nerp::train::Rng::new(1);
+    let mut rng = nerp::compress::train::Rng::new(1);
     let x: Vec<f32> = (0..batch * 784).map(|_| rng.uniform() as f32 - 0.5).collect();
     let x = Tensor::from_vec(x, (batch, 1, 28, 28), &Device::Cpu)?;
     let convs = graph.conv_weights();
@@ -53,7 +53,7 @@ fn main() -> nerp::Result<()> {
         println!("| forward + backward, batch {batch}, conv {imp:?} | {:.0} |", t * 1e3);
     }
     let n = 29_712;
-    let p = nerp::train::init_predictor(
+    let p = nerp::compress::train::init_predictor(
         hidden,
         nerp::format::Embedding { base: 1.25, levels: 20 },
         1,

@@ -10,11 +10,11 @@
 //! Prints one JSON line per configuration (milliseconds, mean over REPEATS after one warm-up
 //! step); `tools/distill_throughput.sh` runs it next to `tools/distill_throughput.py`.
 
+use nerp::compress::distill::{kernels::PredictedKernels, DistillOptions, Distiller, StepTimes, Student};
+use nerp::compress::graph::Graph;
+use nerp::compress::train::TrainConfig;
 use nerp::compress::{make_plan, CompressOptions};
 use nerp::data::{DataSource, Preprocess};
-use nerp::distill::{kernels::PredictedKernels, DistillOptions, Distiller, StepTimes, Student};
-use nerp::graph::Graph;
-use nerp::train::TrainConfig;
 use std::time::Instant;
 
 fn main() -> nerp::Result<()> {
@@ -41,7 +41,7 @@ fn main() -> nerp::Result<()> {
     };
     let pre = Preprocess::parse("mean=0.286,std=0.353")?;
     let mut d = Distiller::new(student, &kd, &pre, 0, &device)?;
-    let p = nerp::train::init_predictor(hidden, opts.embedding, 0, &device)?;
+    let p = nerp::compress::train::init_predictor(hidden, opts.embedding, 0, &device)?;
     let cfg = TrainConfig {
         hidden,
         embedding: opts.embedding,

@@ -46,8 +46,8 @@ fn main() -> nerp::Result<()> {
     }
     let cpu = nerp::Device::Cpu;
     let open = time(|| nerp::open(nerp_path))?;
-    let regen = time(|| nerp::regen::regenerate(&file, &cpu))?;
-    let weights = nerp::regen::regenerate(&file, &cpu)?;
+    let regen = time(|| nerp::runtime::regen::regenerate(&file, &cpu))?;
+    let weights = nerp::runtime::regen::regenerate(&file, &cpu)?;
     let build = time(|| nerp::runtime::Model::from_proto(&nerp::runtime::rebuild_onnx(&file, &weights)?))?;
     let total = time(|| nerp::load_model(nerp_path, &cpu))?;
     let original = time(|| nerp::runtime::Model::from_onnx_file(onnx))?;

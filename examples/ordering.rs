@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release --example ordering -- [MODEL.safetensors]` (default: the shared ResNet-56)
 
-use nerp::plan::{chain_with, normalized, smoothness};
+use nerp::compress::plan::{chain_with, normalized, smoothness};
 use std::time::Instant;
 
 fn main() -> nerp::Result<()> {
@@ -14,7 +14,8 @@ fn main() -> nerp::Result<()> {
         .tensors
         .iter()
         .filter(|t| {
-            nerp::plan::is_predictable(t.dtype, &t.shape, nerp::format::Layout::Conv) && t.shape[2] == 3
+            nerp::compress::plan::is_predictable(t.dtype, &t.shape, nerp::format::Layout::Conv)
+                && t.shape[2] == 3
         })
         .map(|t| nerp::format::codec::to_f32(t.dtype, &t.data).expect("float"))
         .collect();
@@ -44,12 +45,12 @@ fn main() -> nerp::Result<()> {
     // A 512×512 layer: every kernel of the model, repeated with a small deterministic jitter.
     let all: Vec<f32> = layers.iter().flatten().copied().collect();
     let n = 512 * 512;
-    let mut rng = nerp::train::Rng::new(5);
+    let mut rng = nerp::compress::train::Rng::new(5);
     let synth: Vec<f32> =
         (0..n * 9).map(|i| all[i % all.len()] + 1e-3 * (rng.uniform() as f32 - 0.5)).collect();
     let idx: Vec<u32> = (0..n as u32).collect();
     let t = Instant::now();
-    let order = nerp::plan::chain(&normalized(&synth, 9), 9, &idx);
+    let order = nerp::compress::plan::chain(&normalized(&synth, 9), 9, &idx);
     println!(
         "512×512 layer (262,144 kernels), default blocked chain: {:.2} s, smoothness {:.4} (natural {:.4})",
         t.elapsed().as_secs_f64(),

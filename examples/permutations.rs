@@ -4,10 +4,10 @@
 //!
 //! `cargo run --release --example permutations -- [MODEL.onnx]` (default: the shared ResNet-20)
 
+use nerp::compress::plan::{blocks, normalized, smoothness};
 use nerp::compress::{make_plan, CompressOptions};
 use nerp::format::codec::{bytegroup, pack_permutation};
 use nerp::format::Ordering;
-use nerp::plan::{blocks, normalized, smoothness};
 
 fn zstd19(b: &[u8]) -> usize {
     zstd::encode_all(b, 19).expect("in-memory zstd").len()
@@ -28,10 +28,16 @@ fn row_col_order(blocks: &[f32], rows: usize, cols: usize) -> Vec<u32> {
             col_vecs.extend_from_slice(&blocks[(r * cols + c) * 9..][..9]);
         }
     }
-    let rp =
-        nerp::plan::chain(&normalized(&row_vecs, cols * 9), cols * 9, &(0..rows as u32).collect::<Vec<_>>());
-    let cp =
-        nerp::plan::chain(&normalized(&col_vecs, rows * 9), rows * 9, &(0..cols as u32).collect::<Vec<_>>());
+    let rp = nerp::compress::plan::chain(
+        &normalized(&row_vecs, cols * 9),
+        cols * 9,
+        &(0..rows as u32).collect::<Vec<_>>(),
+    );
+    let cp = nerp::compress::plan::chain(
+        &normalized(&col_vecs, rows * 9),
+        rows * 9,
+        &(0..cols as u32).collect::<Vec<_>>(),
+    );
     rp.iter().flat_map(|&r| cp.iter().map(move |&c| r * cols as u32 + c)).collect()
 }
 
@@ -42,7 +48,7 @@ fn main() -> nerp::Result<()> {
     let cross = make_plan(&model, &opts(Ordering::Crossfilter))?;
     let natural = make_plan(&model, &opts(Ordering::None))?;
     let mut permuted = model.clone();
-    let report = nerp::permute::permute_model(&mut permuted)?;
+    let report = nerp::compress::permute::permute_model(&mut permuted)?;
     let channels = make_plan(&permuted, &opts(Ordering::None))?;
     let (mut packed, mut packed_z, mut ident_z, mut delta_z, mut var_bits, mut bound) =
         (0, 0, 0, 0, 0u64, 0.0);

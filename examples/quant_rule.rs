@@ -4,8 +4,8 @@
 //! (preprocessing mean=0.286,std=0.353, the shared ResNets'; `QUANT_RULE_LIMIT=N`: first N
 //! test images). Results: docs/results/format3.md.
 
-use nerp::baselines;
 use nerp::data::{self, DataSource, Preprocess, Split};
+use nerp::eval::baselines;
 use nerp::format::quant::ScaleRule;
 use nerp::{eval, ingest, runtime, Result};
 

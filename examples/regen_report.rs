@@ -11,7 +11,7 @@
 //! convnet (`nerp::synth::conv_stack_onnx`) of L 3×3 convolutions with C channels (256x17 = 10.0 M weights).
 
 use nerp::format::WeightDtype;
-use nerp::{device, regen, runtime, synth, Device};
+use nerp::{runtime, runtime::device, runtime::regen, synth, Device};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

@@ -5,11 +5,11 @@
 //! `target/models/ppocr/det.onnx` for PP-OCRv4's real 5×5 depthwise kernels). Prints a table.
 
 use candle_core::Device;
+use nerp::compress::plan::{self, Grid, LayerPlan};
+use nerp::compress::train::{self, TrainConfig};
 use nerp::compress::train_data;
 use nerp::format::{Embedding, Layout, Ordering};
 use nerp::ingest::Role;
-use nerp::plan::{self, Grid, LayerPlan};
-use nerp::train::{self, TrainConfig};
 
 fn fit(name: &str, layout: Layout, shapes: &[Vec<usize>], values: &[Vec<f32>], hidden: usize, steps: usize) {
     let plans: Vec<LayerPlan> = shapes
@@ -45,13 +45,13 @@ fn fit(name: &str, layout: Layout, shapes: &[Vec<usize>], values: &[Vec<f32>], h
         qat_fraction: 0.0,
     };
     let (p, _) = train::train(&cfg, &data, None, &Device::Cpu, &mut |_: usize, _: f64| {}).expect("trains");
-    let pred = nerp::regen::predict_layers(&p, &plans, plans.len() as u32).expect("predicts");
+    let pred = nerp::runtime::regen::predict_layers(&p, &plans, plans.len() as u32).expect("predicts");
     let (mut at, mut errs) = (0, Vec::new());
     for (pl, v) in plans.iter().zip(values) {
         let mut out = vec![0f32; v.len()];
         plan::scatter(&pred[at..at + pl.blocks() * 9], pl, &mut out);
         at += pl.blocks() * 9;
-        errs.push(nerp::fidelity::relative_error(v, &out));
+        errs.push(nerp::linalg::relative_error(v, &out));
     }
     let blocks: usize = plans.iter().map(|p| p.blocks()).sum();
     let mean = errs.iter().sum::<f64>() / errs.len() as f64;

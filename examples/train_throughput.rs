@@ -5,8 +5,8 @@
 //! `QAT` = 8 or 4, every step trains on the int8/int4 round trip of the parameters (the cost of
 //! quantization-aware training).
 
+use nerp::compress::train::{train, Rng, TrainConfig, TrainData};
 use nerp::format::Embedding;
-use nerp::train::{train, Rng, TrainConfig, TrainData};
 use std::time::Instant;
 
 fn main() -> nerp::Result<()> {
@@ -54,7 +54,8 @@ fn main() -> nerp::Result<()> {
     if let Some(d) = quantize {
         // The refresh alone: one round trip of the parameters per optimizer step.
         let flat =
-            nerp::train::init_predictor(hidden, cfg.embedding, 0, &candle_core::Device::Cpu)?.to_flat()?;
+            nerp::compress::train::init_predictor(hidden, cfg.embedding, 0, &candle_core::Device::Cpu)?
+                .to_flat()?;
         let reps = 20;
         let t = Instant::now();
         for _ in 0..reps {

@@ -1,13 +1,13 @@
 //! Command-line interface: argument types and one function per subcommand. Option defaults
 //! come from the `Default` impls of [`CompressOptions`](crate::compress::CompressOptions) and
-//! [`DistillOptions`](crate::distill::DistillOptions), the one place they are written.
+//! [`DistillOptions`](crate::compress::distill::DistillOptions), the one place they are written.
 
 use crate::data::{self, DataSource, Preprocess, Split};
 use crate::error::{Error, Result};
 use crate::format::{self, NerpFile, Storage};
 #[cfg(feature = "compress")]
-use crate::{compress::CompressOptions, distill::DistillOptions};
-use crate::{device, eval, npy, regen, runtime};
+use crate::{compress::distill::DistillOptions, compress::CompressOptions};
+use crate::{data::npy, eval, runtime, runtime::device, runtime::regen};
 use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
@@ -186,7 +186,7 @@ pub struct DistillArgs {
     /// recon (data-free), joint (NeRN: recon + distillation on evenly spaced steps) or
     /// decoupled (recon, then distillation). --steps is the total for every schedule.
     #[arg(long, value_enum, default_value_t = DistillOptions::default().schedule, help_heading = "Distillation")]
-    pub schedule: crate::distill::Schedule,
+    pub schedule: crate::compress::distill::Schedule,
     /// Decoupled: repeat recon → distillation this many times (steps split evenly).
     #[arg(long, default_value_t = DistillOptions::default().rounds, help_heading = "Distillation")]
     pub rounds: usize,
@@ -227,11 +227,11 @@ pub struct DistillArgs {
 
 #[cfg(feature = "compress")]
 impl DistillArgs {
-    fn options(&self) -> Result<crate::distill::DistillOptions> {
+    fn options(&self) -> Result<crate::compress::distill::DistillOptions> {
         if let Some(t) = &self.teacher {
             existing(t)?;
         }
-        Ok(crate::distill::DistillOptions {
+        Ok(crate::compress::distill::DistillOptions {
             schedule: self.schedule,
             rounds: self.rounds,
             kd_steps: self.kd_steps,
@@ -347,7 +347,7 @@ fn default_ordering() -> OrderingArg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrderingArg {
     Stored(format::Ordering),
-    /// Function-preserving channel order ([`crate::permute`]), nothing stored.
+    /// Function-preserving channel order ([`crate::compress::permute`]), nothing stored.
     Channels,
 }
 
@@ -450,14 +450,14 @@ impl ValueEnum for crate::compress::Codec {
 
 /// `--schedule`.
 #[cfg(feature = "compress")]
-impl ValueEnum for crate::distill::Schedule {
+impl ValueEnum for crate::compress::distill::Schedule {
     fn value_variants<'a>() -> &'a [Self] {
-        use crate::distill::Schedule;
+        use crate::compress::distill::Schedule;
         &[Schedule::Recon, Schedule::Joint, Schedule::Decoupled]
     }
 
     fn to_possible_value(&self) -> Option<PossibleValue> {
-        use crate::distill::Schedule;
+        use crate::compress::distill::Schedule;
         Some(PossibleValue::new(match self {
             Schedule::Recon => "recon",
             Schedule::Joint => "joint",
@@ -525,7 +525,7 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         calibration_inputs: a.calibration_inputs,
         data_aware_rounding: !a.nearest_rounding,
         filter_scales: !a.no_filter_scales,
-        selection: crate::select::Selection {
+        selection: crate::compress::select::Selection {
             include: a.include,
             exclude: a.exclude,
             min_values: a.min_values,
@@ -844,7 +844,7 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
 fn verify(path: &Path) -> Result<i32> {
     let check = || -> Result<NerpFile> {
         let file = NerpFile::open(path)?;
-        crate::verify::verify(&file)?;
+        crate::runtime::verify::verify(&file)?;
         Ok(file)
     };
     match check() {
@@ -937,7 +937,7 @@ fn run_model(path: &Path, input: &Path, output: Option<&Path>, device_name: &str
     crate::error::check_finite(
         || format!("output 0 of {} on {}", path.display(), input.display()),
         values,
-        crate::fidelity::NON_FINITE_OUTPUT,
+        crate::eval::fidelity::NON_FINITE_OUTPUT,
     )?;
     match output {
         Some(o) => {
@@ -993,7 +993,7 @@ fn need_original(a: &EvalArgs, what: &str) -> Result<PathBuf> {
 fn eval_weights(a: EvalArgs) -> Result<()> {
     let orig_path = need_original(&a, "a safetensors source")?;
     let device = open_device(&a.device)?;
-    let r = crate::fidelity::weights_report(&a.file, &orig_path, &device)?;
+    let r = crate::eval::fidelity::weights_report(&a.file, &orig_path, &device)?;
     if a.json {
         println!("{}", serde_json::to_value(&r).expect("serializes"));
     } else {
@@ -1018,16 +1018,16 @@ fn eval_weights(a: EvalArgs) -> Result<()> {
 fn eval_outputs(a: EvalArgs) -> Result<()> {
     let orig_path = need_original(&a, "--inputs")?;
     let task = match a.task {
-        TaskName::Classifier => crate::fidelity::Task::Classifier,
-        TaskName::Detector => crate::fidelity::Task::Detector { threshold: a.threshold },
-        TaskName::Ctc => crate::fidelity::Task::Ctc,
-        TaskName::Outputs => crate::fidelity::Task::Outputs,
+        TaskName::Classifier => crate::eval::fidelity::Task::Classifier,
+        TaskName::Detector => crate::eval::fidelity::Task::Detector { threshold: a.threshold },
+        TaskName::Ctc => crate::eval::fidelity::Task::Ctc,
+        TaskName::Outputs => crate::eval::fidelity::Task::Outputs,
     };
     let device = open_device(&a.device)?;
     for path in &a.inputs {
         existing(path)?;
     }
-    let r = crate::fidelity::outputs_report(&a.file, &orig_path, &a.inputs, task, &device)?;
+    let r = crate::eval::fidelity::outputs_report(&a.file, &orig_path, &a.inputs, task, &device)?;
     let f = &r.fidelity;
     if a.json {
         let mut v = serde_json::to_value(&r).expect("serializes");
@@ -1171,7 +1171,7 @@ fn print_eval(r: &eval::EvalReport, origin: &Path) {
 
 #[cfg(feature = "compress")]
 fn demo(a: DemoArgs) -> Result<()> {
-    let o = crate::demo::DemoOptions {
+    let o = crate::eval::demo::DemoOptions {
         out_dir: a.out_dir,
         steps: a.steps,
         hidden: a.hidden,
@@ -1181,7 +1181,7 @@ fn demo(a: DemoArgs) -> Result<()> {
     o.compress_options()?;
     eprintln!("compressing the bundled ResNet-20 (Fashion-MNIST) into {} ...", o.paths().nerp.display());
     let bar = training_bar(o.steps, a.quiet);
-    let prepared = crate::demo::prepare(&o, &mut training_progress(&bar, o.steps));
+    let prepared = crate::eval::demo::prepare(&o, &mut training_progress(&bar, o.steps));
     bar.finish_and_clear();
     let prepared = prepared?;
     eprintln!("evaluating on {} ...", data::resolve_fashion_mnist());

@@ -8,56 +8,32 @@
 //! ```no_run
 //! # fn main() -> nerp::Result<()> {
 //! let file = nerp::open("model.nerp")?;
-//! let weights = nerp::regen::regenerate(&file, &nerp::device::open("auto")?)?;
+//! let weights = nerp::runtime::regen::regenerate(&file, &nerp::runtime::device::open("auto")?)?;
 //! let model = nerp::runtime::Model::from_proto(&nerp::runtime::rebuild_onnx(&file, &weights)?)?;
 //! let (logits, shape) = model.run_f32(&vec![0.0; 28 * 28], &[1, 1, 28, 28])?;
 //! # Ok(()) }
 //! ```
 
-#[cfg(feature = "compress")]
-pub mod baselines;
-#[cfg(feature = "compress")]
-pub mod calibrate;
-pub mod candle;
-#[cfg(feature = "compress")]
-pub mod choose;
 #[cfg(feature = "cli")]
 pub mod cli;
 #[cfg(feature = "compress")]
 pub mod compress;
 pub mod data;
-#[cfg(feature = "compress")]
-pub mod demo;
-pub mod device;
-#[cfg(feature = "compress")]
-pub mod distill;
 pub mod error;
 pub mod eval;
-pub mod fidelity;
 pub mod format;
-#[cfg(feature = "compress")]
-pub mod gptq;
 pub mod gpu;
-pub mod graph;
 pub mod ingest;
 pub mod linalg;
 pub mod mmap;
-pub mod npy;
-pub mod permute;
-pub mod plan;
 pub mod predictor;
-pub mod regen;
 pub mod runtime;
-pub mod select;
 #[cfg(feature = "compress")]
 pub mod synth;
-#[cfg(feature = "compress")]
-pub mod train;
-pub mod verify;
 
-pub use device::Device;
 pub use error::{Error, FormatError, Result};
 pub use format::NerpFile;
+pub use runtime::device::Device;
 
 /// Opens and fully validates a `.nerp` file (read into an aligned buffer; see [`NerpFile::open`]).
 pub fn open(path: impl AsRef<std::path::Path>) -> Result<NerpFile> {

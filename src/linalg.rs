@@ -96,9 +96,30 @@ pub fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// `‖a − b‖ / ‖a‖` (0 when both are zero, ∞ when only `a` is).
+pub fn relative_error(a: &[f32], b: &[f32]) -> f64 {
+    let (mut se, mut ss) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        se += (*x as f64 - *y as f64).powi(2);
+        ss += (*x as f64).powi(2);
+    }
+    match (se, ss) {
+        (0.0, _) => 0.0,
+        (_, 0.0) => f64::INFINITY,
+        _ => (se / ss).sqrt(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_error_is_the_norm_of_the_difference_over_the_norm() {
+        assert_eq!(relative_error(&[3.0, 4.0], &[3.0, 4.0]), 0.0);
+        assert!((relative_error(&[3.0, 4.0], &[0.0, 0.0]) - 1.0).abs() < 1e-12);
+        assert_eq!(relative_error(&[0.0], &[1.0]), f64::INFINITY);
+    }
 
     #[test]
     fn sgemm_transposes_and_accumulates() {

@@ -2,12 +2,12 @@
 //! files with an untrained (randomly initialized) predictor, which cost no training time but
 //! exercise every step of reading, regeneration and rebuilding.
 
+use crate::compress::train::{init_predictor, Rng};
 use crate::compress::{build_file, make_plan, CompressOptions, Plan};
 use crate::error::{Error, Result};
 use crate::format::WeightDtype;
 use crate::ingest::SourceModel;
 use crate::predictor::Predictor;
-use crate::train::{init_predictor, Rng};
 use candle_core::Device;
 
 /// `layers` random 3×3 kernels `[channels, channels, 3, 3]` named `conv{i}.weight`, f32 bytes,
@@ -235,7 +235,7 @@ mod tests {
         let file = NerpFile::from_bytes(bytes, "stack.nerp").unwrap();
         let h = file.header();
         assert!(h.tensors.iter().all(|t| matches!(t.storage, Storage::Predicted { .. })));
-        let w = crate::regen::regenerate(&file, &crate::Device::Cpu).unwrap();
+        let w = crate::runtime::regen::regenerate(&file, &crate::Device::Cpu).unwrap();
         assert!(w.iter().all(|t| t.shape == [8, 8, 3, 3] && t.data.len() == 8 * 8 * 9 * 4));
     }
 

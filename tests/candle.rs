@@ -1,4 +1,4 @@
-//! The candle hand-off (`nerp::candle`) gives the tensors `decompress` writes to safetensors,
+//! The candle hand-off (`nerp::runtime::candle`) gives the tensors `decompress` writes to safetensors,
 //! bit for bit, whatever stores them (predictor, raw, f16 cast, int8).
 
 use candle_core::{DType as CDType, Device as CDevice, Tensor};
@@ -120,7 +120,7 @@ fn candle_tensors_equal_the_decompressed_safetensors() {
         assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
         let bytes = std::fs::read(&out).unwrap();
         let written = SafeTensors::deserialize(&bytes).unwrap();
-        let got = nerp::candle::tensors(&file, &nerp::Device::Cpu, &CDevice::Cpu, None).unwrap();
+        let got = nerp::runtime::candle::tensors(&file, &nerp::Device::Cpu, &CDevice::Cpu, None).unwrap();
         assert_eq!(got.len(), written.len(), "{codec:?}");
         for (name, view) in written.tensors() {
             let t = &got[&name];
@@ -146,7 +146,8 @@ fn candle_tensors_equal_the_decompressed_safetensors() {
             );
         }
         // The VarBuilder gives the same tensors, converted to its dtype.
-        let vb = nerp::candle::var_builder(&file, &nerp::Device::Cpu, &CDevice::Cpu, CDType::F32).unwrap();
+        let vb = nerp::runtime::candle::var_builder(&file, &nerp::Device::Cpu, &CDevice::Cpu, CDType::F32)
+            .unwrap();
         let w = vb.get((128, 32), "embed.weight").unwrap();
         assert_eq!(w.dtype(), CDType::F32);
         let want = got["embed.weight"].to_dtype(CDType::F32).unwrap();
@@ -166,8 +167,9 @@ fn a_chosen_dtype_converts_float_tensors_only() {
     write_model(&src);
     compress(&src, &nerp_path, &fast(Codec::Raw), &mut |_: usize, _: f64| {}).unwrap();
     let file = nerp::open(&nerp_path).unwrap();
-    let native = nerp::candle::tensors(&file, &nerp::Device::Cpu, &CDevice::Cpu, None).unwrap();
-    let half = nerp::candle::tensors(&file, &nerp::Device::Cpu, &CDevice::Cpu, Some(CDType::F16)).unwrap();
+    let native = nerp::runtime::candle::tensors(&file, &nerp::Device::Cpu, &CDevice::Cpu, None).unwrap();
+    let half =
+        nerp::runtime::candle::tensors(&file, &nerp::Device::Cpu, &CDevice::Cpu, Some(CDType::F16)).unwrap();
     assert_eq!(native["layer.0.weight"].dtype(), CDType::F32);
     assert_eq!(native["head.weight"].dtype(), CDType::BF16);
     for name in ["layer.0.weight", "head.weight", "embed.weight", "layer.0.bias"] {
@@ -193,11 +195,13 @@ fn dtypes_candle_lacks_and_bad_files_are_typed_errors() {
     let nerp_path = dir.path().join("i8.nerp");
     compress(&src, &nerp_path, &fast(Codec::Raw), &mut |_: usize, _: f64| {}).unwrap();
     let file = nerp::open(&nerp_path).unwrap();
-    let e = nerp::candle::tensors(&file, &nerp::Device::Cpu, &CDevice::Cpu, None).unwrap_err();
+    let e = nerp::runtime::candle::tensors(&file, &nerp::Device::Cpu, &CDevice::Cpu, None).unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, nerp::Error::Rebuild(_)), "{e:?}");
     assert!(msg.contains("i8.nerp") && msg.contains("codes") && msg.contains("I8"), "{msg}");
-    assert!(nerp::candle::var_builder(&file, &nerp::Device::Cpu, &CDevice::Cpu, CDType::F32).is_err());
+    assert!(
+        nerp::runtime::candle::var_builder(&file, &nerp::Device::Cpu, &CDevice::Cpu, CDType::F32).is_err()
+    );
 
     // A missing file and a file that is not a .nerp file fail when opened, naming the file.
     let missing = dir.path().join("missing.nerp");
@@ -207,14 +211,14 @@ fn dtypes_candle_lacks_and_bad_files_are_typed_errors() {
 
 #[test]
 fn weight_tensors_with_wrong_lengths_are_refused() {
-    let w = nerp::regen::WeightTensor {
+    let w = nerp::runtime::regen::WeightTensor {
         name: "w".into(),
         dtype: nerp::format::DType::F32,
         shape: vec![2, 3],
         data: vec![0; 20],
     };
-    let e = nerp::candle::to_candle(&w, &CDevice::Cpu).unwrap_err();
+    let e = nerp::runtime::candle::to_candle(&w, &CDevice::Cpu).unwrap_err();
     assert!(matches!(&e, nerp::Error::Rebuild(m) if m.contains("tensor w")), "{e:?}");
-    let ok = nerp::regen::WeightTensor { data: vec![0; 24], ..w };
-    assert_eq!(nerp::candle::to_candle(&ok, &CDevice::Cpu).unwrap().dims(), [2, 3]);
+    let ok = nerp::runtime::regen::WeightTensor { data: vec![0; 24], ..w };
+    assert_eq!(nerp::runtime::candle::to_candle(&ok, &CDevice::Cpu).unwrap().dims(), [2, 3]);
 }

@@ -99,14 +99,15 @@ fn a_planned_tensor_stored_otherwise_leaves_its_layer_unused() {
     let opts = CompressOptions { hidden: Some(8), ..Default::default() };
     let plan = nerp::compress::make_plan(&model, &opts).unwrap();
     assert!(plan.layers.len() >= 2);
-    let p = nerp::train::init_predictor(8, opts.embedding, 1, &candle_core::Device::Cpu).unwrap();
-    let mut choices = vec![nerp::choose::Choice::Stored(nerp::compress::Codec::Raw); model.tensors.len()];
+    let p = nerp::compress::train::init_predictor(8, opts.embedding, 1, &candle_core::Device::Cpu).unwrap();
+    let mut choices =
+        vec![nerp::compress::choose::Choice::Stored(nerp::compress::Codec::Raw); model.tensors.len()];
     for l in &plan.layers {
-        choices[l.tensor] = nerp::choose::Choice::Predicted;
+        choices[l.tensor] = nerp::compress::choose::Choice::Predicted;
     }
     let first = plan.layers[0].tensor;
-    choices[first] = nerp::choose::Choice::Stored(nerp::compress::Codec::Int8);
-    let hessians = nerp::gptq::Hessians::default();
+    choices[first] = nerp::compress::choose::Choice::Stored(nerp::compress::Codec::Int8);
+    let hessians = nerp::compress::gptq::Hessians::default();
     let built = nerp::compress::build_file_with(
         &model,
         &plan.layers,
@@ -126,11 +127,12 @@ fn a_planned_tensor_stored_otherwise_leaves_its_layer_unused() {
     assert!(matches!(h.tensors[first].storage, Storage::Quantized { bits: 8, .. }));
     // The others regenerate as the predictor gives them, with the layer indices they were
     // trained with.
-    let weights = nerp::regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
+    let weights = nerp::runtime::regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
     let all = nerp::compress::build_file(&model, &plan.layers, &plan.values, Some(&p), &opts).unwrap();
     let all_path = dir.path().join("all.nerp");
     std::fs::write(&all_path, &all.bytes).unwrap();
-    let reference = nerp::regen::regenerate(&nerp::open(&all_path).unwrap(), &nerp::Device::Cpu).unwrap();
+    let reference =
+        nerp::runtime::regen::regenerate(&nerp::open(&all_path).unwrap(), &nerp::Device::Cpu).unwrap();
     for l in &plan.layers[1..] {
         assert_eq!(weights[l.tensor].data, reference[l.tensor].data, "{}", weights[l.tensor].name);
     }
@@ -169,7 +171,7 @@ fn calibration_arrays_measure_outputs_and_round_data_aware() {
     let pre = Preprocess::parse(common::PREPROCESS).unwrap();
     let images = data::load(&DataSource::FashionMnist(None), Split::Train, Some(8), &pre).unwrap();
     let npy = dir.path().join("x.npy");
-    nerp::npy::write_f32(&npy, images.batch(0, 8).0, &[8, 1, 28, 28]).unwrap();
+    nerp::data::npy::write_f32(&npy, images.batch(0, 8).0, &[8, 1, 28, 28]).unwrap();
     let opts = CompressOptions {
         steps: 10,
         error_budget: ErrorBudget::Target(0.05),
@@ -187,7 +189,7 @@ fn calibration_arrays_measure_outputs_and_round_data_aware() {
 /// Every float tensor of `file` regenerated, by name.
 fn regenerated(file: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
     let f = nerp::NerpFile::open(file).unwrap();
-    let w = nerp::regen::regenerate(&f, &nerp::Device::Cpu).unwrap();
+    let w = nerp::runtime::regen::regenerate(&f, &nerp::Device::Cpu).unwrap();
     w.into_iter().filter_map(|t| Some((t.name.clone(), t.to_f32()?))).collect()
 }
 
@@ -267,12 +269,14 @@ fn layer_moments_collected_through_tract_equal_nerps_own_graph() {
     let images = data::load(&DataSource::FashionMnist(None), Split::Test, Some(2), &pre).unwrap();
     let batches = vec![(images.batch(0, 2).0.to_vec(), vec![2, 1, 28, 28])];
     let model = nerp::ingest::load(&common::shared_model(RESNET20)).unwrap();
-    let proto =
-        nerp::runtime::patch_skeleton(model.skeleton.as_ref().unwrap(), &nerp::permute::as_weights(&model))
-            .unwrap();
-    let graph = nerp::graph::Graph::from_proto(&proto).unwrap();
-    let ours = nerp::gptq::Hessians::collect(&graph, &batches).unwrap();
-    let tract = nerp::gptq::Hessians::collect_tract(&proto, &[], &batches).unwrap();
+    let proto = nerp::runtime::patch_skeleton(
+        model.skeleton.as_ref().unwrap(),
+        &nerp::compress::permute::as_weights(&model),
+    )
+    .unwrap();
+    let graph = nerp::compress::graph::Graph::from_proto(&proto).unwrap();
+    let ours = nerp::compress::gptq::Hessians::collect(&graph, &batches).unwrap();
+    let tract = nerp::compress::gptq::Hessians::collect_tract(&proto, &[], &batches).unwrap();
     // Every one-group conv and the classifier (Gemm, transB).
     assert_eq!(ours.0.len(), 22);
     let mut names: Vec<_> = ours.0.keys().collect();

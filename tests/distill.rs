@@ -4,8 +4,8 @@
 
 mod common;
 
+use nerp::compress::distill::{DistillOptions, Schedule};
 use nerp::compress::{compress, CompressOptions};
-use nerp::distill::{DistillOptions, Schedule};
 use std::path::Path;
 use std::process::{Command, Output};
 

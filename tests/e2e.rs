@@ -6,7 +6,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::{noise, shared_model};
 use nerp::format::{Storage, WeightDtype};
-use nerp::{ingest, plan, regen, runtime};
+use nerp::{compress::plan, ingest, runtime, runtime::regen};
 use std::process::Command;
 
 const RESNET20: &str = "resnet20_fashion_mnist.onnx";
@@ -125,7 +125,7 @@ fn safetensors_source_round_trips() {
     assert_eq!(back.tensors.len(), model.tensors.len());
     for ((a, b), d) in back.tensors.iter().zip(&model.tensors).zip(&decisions) {
         assert_eq!((&a.name, a.dtype, &a.shape), (&b.name, b.dtype, &b.shape));
-        if matches!(d, nerp::select::Decision::Raw(_)) {
+        if matches!(d, nerp::compress::select::Decision::Raw(_)) {
             assert_eq!(a.data, b.data, "raw tensor {} changed", a.name);
         }
     }
@@ -192,20 +192,20 @@ fn regeneration_beyond_one_batch_matches_the_reference_predictor() {
 #[test]
 fn demo_reports_what_it_wrote() {
     let dir = tempfile::tempdir().unwrap();
-    let o = nerp::demo::DemoOptions {
+    let o = nerp::eval::demo::DemoOptions {
         out_dir: dir.path().join("demo"),
         steps: 5,
         hidden: 16,
         limit: Some(8),
         threads: 1,
     };
-    let prepared = nerp::demo::prepare(&o, &mut |_, _| {}).unwrap();
+    let prepared = nerp::eval::demo::prepare(&o, &mut |_, _| {}).unwrap();
     assert_eq!(prepared.work(), 16);
     let r = prepared.evaluate(&|_| {}).unwrap();
     assert_eq!(r.eval.images, 8);
     assert!(r.eval.original_accuracy.is_some());
     assert_eq!(std::fs::metadata(&r.paths.nerp).unwrap().len(), r.compress.file_bytes);
-    assert_eq!(std::fs::read(&r.paths.onnx).unwrap(), nerp::demo::DEMO_MODEL);
+    assert_eq!(std::fs::read(&r.paths.onnx).unwrap(), nerp::eval::demo::DEMO_MODEL);
     assert_eq!(r.compress.hidden, 16);
     assert!(r.load_seconds >= r.regen_seconds);
 }

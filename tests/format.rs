@@ -350,8 +350,8 @@ fn exercise(file: &NerpFile) {
     for i in 0..file.header().sections.len() {
         let _ = file.decode_section(i);
     }
-    if nerp::regen::layer_plans(file).is_ok() {
-        let _ = nerp::regen::regenerate(file, &nerp::Device::Cpu);
+    if nerp::runtime::regen::layer_plans(file).is_ok() {
+        let _ = nerp::runtime::regen::regenerate(file, &nerp::Device::Cpu);
     }
 }
 
@@ -379,7 +379,7 @@ fn sample_file_is_valid() {
         assert_eq!(h.sections[i].encoding, encoding);
         assert_eq!(&*file.decode_section(i).unwrap(), &data[..], "section {i}");
     }
-    let plans = nerp::regen::layer_plans(&file).unwrap();
+    let plans = nerp::runtime::regen::layer_plans(&file).unwrap();
     assert_eq!(plans.len(), 2);
     assert_eq!(plans[0].perm, PERM1);
     assert_eq!(plans[0].scales.as_deref(), Some(&SCALES1[..]));
@@ -395,7 +395,7 @@ fn empty_file_is_valid() {
     let file = open_bytes(bytes);
     assert_eq!(file.header().source, source);
     assert!(file.header().sections.is_empty());
-    assert!(nerp::regen::regenerate(&file, &nerp::Device::Cpu).unwrap().is_empty());
+    assert!(nerp::runtime::regen::regenerate(&file, &nerp::Device::Cpu).unwrap().is_empty());
 }
 
 #[test]
@@ -1132,7 +1132,7 @@ fn section_content_errors_surface_on_decode() {
     ));
     // A permutation with a repeated entry.
     let bad = open_bytes(rewrite_section(&sample_file(), sec::PERM1, |b| b.copy_from_slice(&[0; 6])));
-    let err = nerp::regen::layer_plans(&bad).unwrap_err();
+    let err = nerp::runtime::regen::layer_plans(&bad).unwrap_err();
     assert!(matches!(err, Error::Format { kind: FormatError::Tensor { ref tensor, .. }, .. }
             if tensor == "conv1.weight"));
     // A non-finite scale.
@@ -1140,7 +1140,7 @@ fn section_content_errors_surface_on_decode() {
         b[..4].copy_from_slice(&f32::NAN.to_le_bytes())
     }));
     assert!(matches!(
-        nerp::regen::layer_plans(&bad),
+        nerp::runtime::regen::layer_plans(&bad),
         Err(Error::Format { kind: FormatError::Tensor { .. }, .. })
     ));
 }
@@ -1698,7 +1698,7 @@ fn write_atomic_leaves_mapped_file_intact() {
         assert_eq!(mapped.section(i), &s[..], "section {i} changed under the mapping");
         mapped.decode_section(i).unwrap();
     }
-    assert_eq!(nerp::regen::layer_plans(&mapped).unwrap().len(), 2);
+    assert_eq!(nerp::runtime::regen::layer_plans(&mapped).unwrap().len(), 2);
     // The path has the new contents, and nothing else is left in the directory.
     assert_eq!(std::fs::read(&path).unwrap(), new);
     assert_eq!(NerpFile::open(&path).unwrap().header().metadata["version"], "2");
@@ -1800,7 +1800,7 @@ fn frozen_fixture_opens() {
     );
     assert_eq!(&*file.decode_section(0).unwrap(), &skeleton_bytes()[..]);
 
-    let weights = nerp::regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
+    let weights = nerp::runtime::regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
     assert_eq!(weights.len(), h.tensors.len());
     for (w, t) in weights.iter().zip(&h.tensors) {
         assert_eq!((&w.name, w.dtype, &w.shape), (&t.name, t.dtype, &t.shape));

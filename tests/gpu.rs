@@ -9,7 +9,7 @@ mod common;
 use common::shared_model;
 use nerp::format::WeightDtype;
 use nerp::gpu::Gpu;
-use nerp::{device, regen, Device, Error};
+use nerp::{runtime::device, runtime::regen, Device, Error};
 
 /// Largest allowed |GPU − CPU| difference, relative to the tensor's largest |weight|. cuBLAS sums
 /// in a different order than the CPU's GEMM and CUDA's sinf/cosf may differ from the CPU's by

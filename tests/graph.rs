@@ -1,9 +1,9 @@
-//! The differentiable forward (`nerp::graph`) against tract on the same weights.
+//! The differentiable forward (`nerp::compress::graph`) against tract on the same weights.
 
 mod common;
 
 use candle_core::{Device, Tensor};
-use nerp::graph::Graph;
+use nerp::compress::graph::Graph;
 use std::collections::HashMap;
 
 /// Max |tract − graph| over the logits of `n` noise images.

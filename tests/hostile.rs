@@ -99,8 +99,8 @@ fn s(p: &Path) -> &str {
 #[test]
 fn a_good_crafted_file_loads_and_verifies() {
     let file = NerpFile::from_bytes(predicted_file(&good_params(), &[1.0; 4]), "good.nerp").unwrap();
-    nerp::verify::verify(&file).unwrap();
-    let w = nerp::regen::regenerate(&file, &Device::Cpu).unwrap();
+    nerp::runtime::verify::verify(&file).unwrap();
+    let w = nerp::runtime::regen::regenerate(&file, &Device::Cpu).unwrap();
     assert!(w[0].to_f32().unwrap().iter().all(|v| v.is_finite()));
 }
 
@@ -111,8 +111,8 @@ fn non_finite_or_huge_predictor_weights_are_rejected() {
         params[5] = bad;
         let file = NerpFile::from_bytes(predicted_file(&params, &[1.0; 4]), "bad.nerp").unwrap();
         for e in [
-            nerp::verify::verify(&file).unwrap_err(),
-            nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err(),
+            nerp::runtime::verify::verify(&file).unwrap_err(),
+            nerp::runtime::regen::regenerate(&file, &Device::Cpu).unwrap_err(),
         ] {
             assert!(
                 matches!(&e, Error::Format { kind: FormatError::Predictor(w), .. } if w.contains("parameter 5")),
@@ -127,13 +127,13 @@ fn non_finite_or_huge_scales_are_rejected() {
     for bad in [f32::NAN, f32::NEG_INFINITY, 3e38] {
         let file =
             NerpFile::from_bytes(predicted_file(&good_params(), &[1.0, bad, 1.0, 1.0]), "bad.nerp").unwrap();
-        let e = nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err();
+        let e = nerp::runtime::regen::regenerate(&file, &Device::Cpu).unwrap_err();
         assert!(
             matches!(&e, Error::Format { kind: FormatError::Tensor { tensor, what }, .. }
                 if tensor == "conv.weight" && what.contains("scale")),
             "{bad}: {e}"
         );
-        assert!(nerp::verify::verify(&file).is_err());
+        assert!(nerp::runtime::verify::verify(&file).is_err());
     }
 }
 
@@ -142,9 +142,10 @@ fn a_predictor_that_overflows_is_rejected_by_verify_and_regenerate() {
     // Every parameter within the 1e30 bound, but the products of five layers overflow f32.
     let params = vec![1e20f32; param_count()];
     let file = NerpFile::from_bytes(predicted_file(&params, &[1.0; 4]), "overflow.nerp").unwrap();
-    for e in
-        [nerp::verify::verify(&file).unwrap_err(), nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err()]
-    {
+    for e in [
+        nerp::runtime::verify::verify(&file).unwrap_err(),
+        nerp::runtime::regen::regenerate(&file, &Device::Cpu).unwrap_err(),
+    ] {
         assert!(
             matches!(&e, Error::Format { kind: FormatError::Tensor { tensor, what }, .. }
                 if tensor == "conv.weight" && what.contains("regenerates to")),
@@ -175,7 +176,7 @@ fn overflow_in_the_tensor_dtype_is_rejected() {
     }
     bytes = b.finish(h.source.clone(), h.predictor.clone(), h.tensors.clone(), h.metadata.clone());
     let file = NerpFile::from_bytes(bytes, "f16.nerp").unwrap();
-    let e = nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err().to_string();
+    let e = nerp::runtime::regen::regenerate(&file, &Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("conv.weight") && e.contains("inf") && e.contains("F16"), "{e}");
 }
 
@@ -183,7 +184,7 @@ fn overflow_in_the_tensor_dtype_is_rejected() {
 fn a_non_finite_npy_input_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let x = dir.path().join("nan.npy");
-    nerp::npy::write_f32(&x, &[f32::NAN; 784], &[1, 1, 28, 28]).unwrap();
+    nerp::data::npy::write_f32(&x, &[f32::NAN; 784], &[1, 1, 28, 28]).unwrap();
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-v1.nerp");
     expect(&nerp(&["run", fixture, "--input", s(&x), "--device", "cpu"]), 2, &["nan.npy", "NaN", "finite"]);
 }
@@ -363,8 +364,8 @@ fn a_file_truncated_after_opening_still_decodes() {
     // Shrink the file in place (what another program might do); a memory map would now
     // raise SIGBUS on the next read of the data section.
     std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(0).unwrap();
-    nerp::verify::verify(&file).unwrap();
-    assert_eq!(nerp::regen::regenerate(&file, &Device::Cpu).unwrap().len(), 2);
+    nerp::runtime::verify::verify(&file).unwrap();
+    assert_eq!(nerp::runtime::regen::regenerate(&file, &Device::Cpu).unwrap().len(), 2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -460,7 +461,7 @@ fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
     assert_eq!(std::fs::read(&f).unwrap(), before);
 
     let x = d.join("x.npy");
-    nerp::npy::write_f32(&x, &[0.0; 784], &[1, 1, 28, 28]).unwrap();
+    nerp::data::npy::write_f32(&x, &[0.0; 784], &[1, 1, 28, 28]).unwrap();
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-v1.nerp");
     expect(&nerp(&["run", fixture, "--input", s(&x), "-o", s(&x)]), 2, &["--output", "x.npy"]);
     expect(&nerp(&["run", fixture, "--input", s(&x), "-o", s(&d.join("y.txt"))]), 2, &[".npy"]);
@@ -553,18 +554,19 @@ fn run_and_eval_report_non_finite_outputs() {
     let nerp::compress::Plan { layers: plans, values, .. } =
         nerp::compress::make_plan(&model, &opts).unwrap();
     let cpu = candle_core::Device::Cpu;
-    let mut flat = nerp::train::init_predictor(16, opts.embedding, 2, &cpu).unwrap().to_flat().unwrap();
+    let mut flat =
+        nerp::compress::train::init_predictor(16, opts.embedding, 2, &cpu).unwrap().to_flat().unwrap();
     let n = flat.len();
     flat[n - (16 * 9 + 9)..].iter_mut().for_each(|v| *v *= 1e6);
     let p = nerp::predictor::Predictor::from_flat(16, opts.embedding, &flat, &cpu).unwrap();
     let bytes = nerp::compress::build_file(&model, &plans, &values, Some(&p), &opts).unwrap().bytes;
     let f = write(d, "stack.nerp", &bytes);
     let fine = d.join("fine.npy");
-    nerp::npy::write_f32(&fine, &[0.5; 8 * 64], &[1, 8, 8, 8]).unwrap();
+    nerp::data::npy::write_f32(&fine, &[0.5; 8 * 64], &[1, 8, 8, 8]).unwrap();
     expect(&nerp(&["run", s(&f), "--input", s(&fine), "--device", "cpu"]), 0, &["output 0"]);
     // A finite input the network's gain takes past f32's range.
     let big = d.join("big.npy");
-    nerp::npy::write_f32(&big, &[1e30; 8 * 64], &[1, 8, 8, 8]).unwrap();
+    nerp::data::npy::write_f32(&big, &[1e30; 8 * 64], &[1, 8, 8, 8]).unwrap();
     expect(
         &nerp(&["run", s(&f), "--input", s(&big), "--device", "cpu"]),
         1,
@@ -696,8 +698,8 @@ fn a_format_3_file_loads_verifies_and_regenerates() {
     assert_eq!(file.major(), 3);
     // The stored header is a zstd frame, not JSON.
     assert_eq!(&bytes[32..36], &0xFD2F_B528u32.to_le_bytes());
-    nerp::verify::verify(&file).unwrap();
-    let w = nerp::regen::regenerate(&file, &Device::Cpu).unwrap();
+    nerp::runtime::verify::verify(&file).unwrap();
+    let w = nerp::runtime::regen::regenerate(&file, &Device::Cpu).unwrap();
     let step = 1.0 / 127.0;
     for (a, b) in w[1].to_f32().unwrap().iter().zip(bias()) {
         assert!((a - b).abs() <= step * 0.5 * 1.001, "{a} vs {b}");
@@ -850,8 +852,8 @@ fn hostile_quantized_content_is_rejected_by_verify_and_regenerate() {
         let file = NerpFile::from_bytes(V3 { quantized: content, ..V3::good() }.bytes_unchecked(), "q.nerp")
             .unwrap();
         for e in [
-            nerp::verify::verify(&file).unwrap_err(),
-            nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err(),
+            nerp::runtime::verify::verify(&file).unwrap_err(),
+            nerp::runtime::regen::regenerate(&file, &Device::Cpu).unwrap_err(),
         ] {
             assert!(
                 matches!(&e, Error::Format { kind: FormatError::Quantization { tensor, what }, .. }
@@ -865,7 +867,7 @@ fn hostile_quantized_content_is_rejected_by_verify_and_regenerate() {
     h.tensors[1].dtype = DType::F16;
     sections[3] = [&big[..], &[127, 127, 127, 127]].concat();
     let file = NerpFile::from_bytes(relayout(&h, &sections), "q.nerp").unwrap();
-    let e = nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err().to_string();
+    let e = nerp::runtime::regen::regenerate(&file, &Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("conv.bias") && e.contains("inf"), "{e}");
 }
 
@@ -889,13 +891,13 @@ fn good_residual() -> (Vec<f32>, Vec<u8>) {
 #[test]
 fn a_residual_is_added_to_the_prediction() {
     let plain = NerpFile::from_bytes(V3::good().bytes(), "v3.nerp").unwrap();
-    let before = nerp::regen::regenerate(&plain, &Device::Cpu).unwrap()[0].to_f32().unwrap();
+    let before = nerp::runtime::regen::regenerate(&plain, &Device::Cpu).unwrap()[0].to_f32().unwrap();
     let (r, content) = good_residual();
     let (h, sections) = with_residual(4, 18, &content);
     let file = NerpFile::from_bytes(relayout(&h, &sections), "r.nerp").unwrap();
     assert_eq!(file.major(), 3);
-    nerp::verify::verify(&file).unwrap();
-    let after = nerp::regen::regenerate(&file, &Device::Cpu).unwrap()[0].to_f32().unwrap();
+    nerp::runtime::verify::verify(&file).unwrap();
+    let after = nerp::runtime::regen::regenerate(&file, &Device::Cpu).unwrap()[0].to_f32().unwrap();
     let expected: Vec<f32> = before.iter().zip(&r).map(|(p, r)| p + r).collect();
     assert_eq!(after, expected);
     assert!(r.iter().any(|&x| x != 0.0));
@@ -956,8 +958,8 @@ fn hostile_residual_content_is_rejected_by_verify_and_regenerate() {
         let (h, sections) = with_residual(4, 18, &content);
         let file = NerpFile::from_bytes(relayout(&h, &sections), "r.nerp").unwrap();
         for e in [
-            nerp::verify::verify(&file).unwrap_err(),
-            nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err(),
+            nerp::runtime::verify::verify(&file).unwrap_err(),
+            nerp::runtime::regen::regenerate(&file, &Device::Cpu).unwrap_err(),
         ] {
             assert!(
                 matches!(&e, Error::Format { kind: FormatError::Quantization { tensor, what }, .. }
@@ -973,9 +975,10 @@ fn hostile_residual_content_is_rejected_by_verify_and_regenerate() {
     let (mut h, sections) = with_residual(4, 18, &content);
     h.tensors[0].dtype = DType::F16;
     let file = NerpFile::from_bytes(relayout(&h, &sections), "r.nerp").unwrap();
-    for e in
-        [nerp::verify::verify(&file).unwrap_err(), nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err()]
-    {
+    for e in [
+        nerp::runtime::verify::verify(&file).unwrap_err(),
+        nerp::runtime::regen::regenerate(&file, &Device::Cpu).unwrap_err(),
+    ] {
         let e = e.to_string();
         assert!(e.contains("conv.weight") && e.contains("inf") && e.contains("check 31"), "{e}");
     }
@@ -994,8 +997,8 @@ fn hostile_int_predictor_weights_are_rejected() {
         let file =
             NerpFile::from_bytes(V3 { predictor: p, ..V3::good() }.bytes_unchecked(), "p.nerp").unwrap();
         for e in [
-            nerp::verify::verify(&file).unwrap_err(),
-            nerp::regen::regenerate(&file, &Device::Cpu).unwrap_err(),
+            nerp::runtime::verify::verify(&file).unwrap_err(),
+            nerp::runtime::regen::regenerate(&file, &Device::Cpu).unwrap_err(),
         ] {
             assert!(
                 matches!(&e, Error::Format { kind: FormatError::Predictor(w), .. } if w.contains(needle)),

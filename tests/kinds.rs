@@ -8,10 +8,10 @@
 mod common;
 
 use candle_core::Device;
+use nerp::compress::select::{Decision, Selection};
 use nerp::compress::{build_file, make_plan, CompressOptions, Plan};
 use nerp::format::{codec, Layout, ScaleDtype, Storage, WeightDtype};
-use nerp::select::{Decision, Selection};
-use nerp::{ingest, regen, runtime, train};
+use nerp::{compress::train, ingest, runtime, runtime::regen};
 use std::path::PathBuf;
 use tract_onnx::prelude::*;
 
@@ -274,7 +274,7 @@ fn trained_kinds_model_runs_in_tract_close_to_the_original() {
     let (a, b) = (run_kinds(&original), run_kinds(&rebuilt));
     for (name, (a, b)) in ["logits", "seq"].iter().zip(a.iter().zip(&b)) {
         assert_eq!(a.len(), b.len());
-        let err = nerp::fidelity::relative_error(a, b);
+        let err = nerp::linalg::relative_error(a, b);
         eprintln!("{name}: relative output error {err}");
         // Measured 0.20 (logits) and 0.22 (seq); the bound was set before measuring: an
         // output error near 1 means the weights are unrelated to the original's.
@@ -340,8 +340,12 @@ fn cli_label_free_eval() {
     };
     let o = tiny(onnx, "r.nerp");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    nerp::npy::write_f32(std::path::Path::new(&d("x.npy")), &common::noise(4 * 28 * 28, 3), &[4, 1, 28, 28])
-        .unwrap();
+    nerp::data::npy::write_f32(
+        std::path::Path::new(&d("x.npy")),
+        &common::noise(4 * 28 * 28, 3),
+        &[4, 1, 28, 28],
+    )
+    .unwrap();
     let o = nerp_cli(&[
         "eval",
         &d("r.nerp"),
@@ -391,7 +395,7 @@ fn cli_label_free_eval() {
         let w = weights.iter().find(|w| w.name == name).unwrap().to_f32().unwrap();
         let s = source.tensors.iter().find(|s| s.name == name).unwrap();
         let s = codec::to_f32(s.dtype, &s.data).unwrap();
-        let rel = nerp::fidelity::relative_error(&s, &w);
+        let rel = nerp::linalg::relative_error(&s, &w);
         let got = t["rel_error"].as_f64().unwrap();
         assert!((got - rel).abs() <= 1e-12 * rel.max(1.0), "{name}: reported {got}, computed {rel}");
     }

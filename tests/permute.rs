@@ -8,7 +8,7 @@ use common::shared_model;
 use nerp::compress::{compress, CompressOptions};
 use nerp::data::{DataSource, Preprocess, Split};
 use nerp::format::{Ordering, Storage};
-use nerp::{ingest, permute, runtime};
+use nerp::{compress::permute, ingest, runtime};
 
 #[test]
 fn resnet20_channel_permutation_preserves_outputs_on_real_images() {

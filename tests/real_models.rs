@@ -67,7 +67,7 @@ fn ppocr_models_compress_and_run() {
             "{name}: {} bytes -> {}, relative output error {:.3} (5 steps)",
             report.source_bytes,
             report.file_bytes,
-            nerp::fidelity::relative_error(&a, &b)
+            nerp::linalg::relative_error(&a, &b)
         );
     }
 }
@@ -83,7 +83,7 @@ fn minilm_round_trips() {
     let predicted: Vec<&str> = file.header().predicted_names();
     // 6 layers × 6 matrices, word and position embeddings, pooler.
     assert_eq!(predicted.len(), 6 * 6 + 3, "{predicted:?}");
-    let weights = nerp::regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
+    let weights = nerp::runtime::regen::regenerate(&file, &nerp::Device::Cpu).unwrap();
     let back_path = dir.path().join("back.safetensors");
     nerp::runtime::write_safetensors(&file, &weights, &back_path).unwrap();
     let back = nerp::ingest::load(&back_path).unwrap();

@@ -7,7 +7,7 @@
 use candle_core::Device as CandleDevice;
 use nerp::compress::{build_file, make_plan, Codec, CompressOptions};
 use nerp::format::{FileBuilder, Header, SectionKind, WeightDtype};
-use nerp::{regen, runtime, Device, NerpFile};
+use nerp::{runtime, runtime::regen, Device, NerpFile};
 use proptest::prelude::*;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -26,7 +26,7 @@ fn base(which: usize) -> &'static (Header, Vec<Vec<u8>>) {
         opts.metadata.insert("preprocess".into(), r#"{"scale":0.0039,"mean":[0.5],"std":[0.25]}"#.into());
         let nerp::compress::Plan { layers: plans, values, .. } = make_plan(&model, &opts).unwrap();
         assert!(!plans.is_empty());
-        let p = nerp::train::init_predictor(8, opts.embedding, 5, &CandleDevice::Cpu)
+        let p = nerp::compress::train::init_predictor(8, opts.embedding, 5, &CandleDevice::Cpu)
             .unwrap()
             .rounded(dtype)
             .unwrap();
@@ -165,7 +165,7 @@ fn the_base_files_verify_and_load() {
     for which in 0..2 {
         let file = mutated(which, &Mutation::Metadata { key: "unregistered", value: "x" }).unwrap();
         assert_eq!(file.major(), 3);
-        nerp::verify::verify(&file).unwrap();
+        nerp::runtime::verify::verify(&file).unwrap();
         loads(&file).unwrap();
     }
     let h = &base(1).0;
@@ -178,7 +178,7 @@ proptest! {
     #[test]
     fn verify_never_accepts_what_the_loaders_reject((which, m) in mutation()) {
         if let Some(file) = mutated(which, &m) {
-            if nerp::verify::verify(&file).is_ok() {
+            if nerp::runtime::verify::verify(&file).is_ok() {
                 let loaded = loads(&file);
                 prop_assert!(loaded.is_ok(), "verify said valid, loading failed: {:?}", loaded.err());
             }

@@ -163,7 +163,7 @@ pub fn original_embeddings(model: &Path, config: &Config, tok: &Tokenizer) -> Bo
 
 /// The embeddings of the weights regenerated from a `.nerp` file (the candle hand-off).
 pub fn nerp_embeddings(file: &nerp::NerpFile, config: &Config, tok: &Tokenizer) -> BoxResult<Vec<Vec<f32>>> {
-    let vb = nerp::candle::var_builder(file, &nerp::Device::Cpu, &Device::Cpu, DType::F32)?;
+    let vb = nerp::runtime::candle::var_builder(file, &nerp::Device::Cpu, &Device::Cpu, DType::F32)?;
     embed(vb, config, tok, &sentences())
 }
 

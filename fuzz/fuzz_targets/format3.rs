@@ -80,8 +80,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(file.major(), 3);
-    let verified = nerp::verify::verify(&file);
-    let regenerated = nerp::regen::regenerate(&file, &nerp::Device::Cpu);
+    let verified = nerp::runtime::verify::verify(&file);
+    let regenerated = nerp::runtime::regen::regenerate(&file, &nerp::Device::Cpu);
     if verified.is_ok() {
         let w = regenerated.expect("verify accepted a file that does not regenerate");
         assert!(w.iter().all(|t| t.to_f32().expect("float").iter().all(|v| v.is_finite())));

@@ -58,8 +58,8 @@ fuzz_target!(|data: &[u8]| {
     let source = Source { kind: SourceKind::Safetensors, file_bytes: 0, skeleton: None };
     let file = nerp::NerpFile::from_bytes(b.finish(source, Some(spec), tensors, metadata), "fuzz")
         .expect("the crafted container is valid");
-    let verified = nerp::verify::verify(&file);
-    let regenerated = nerp::regen::regenerate(&file, &nerp::Device::Cpu);
+    let verified = nerp::runtime::verify::verify(&file);
+    let regenerated = nerp::runtime::regen::regenerate(&file, &nerp::Device::Cpu);
     if verified.is_ok() {
         let w = regenerated.expect("verify accepted a file that does not regenerate");
         assert!(w[0].to_f32().expect("float").iter().all(|v| v.is_finite()));

@@ -8,6 +8,6 @@ fuzz_target!(|data: &[u8]| {
         for index in 0..file.header().sections.len() {
             let _ = file.decode_section(index);
         }
-        let _ = nerp::regen::layer_plans(&file);
+        let _ = nerp::runtime::regen::layer_plans(&file);
     }
 });

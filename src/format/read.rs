@@ -535,7 +535,7 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
             ));
         }
         // Format 3: a predictor may cover layers that are now stored otherwise (the
-        // compressor's per-tensor choice, `crate::choose`); their indices are simply unused.
+        // compressor's per-tensor choice, `crate::compress::choose`); their indices are simply unused.
         let layers_ok = if major >= 3 {
             p.layers >= n_predicted && p.layers as usize <= limits::MAX_TENSORS
         } else {

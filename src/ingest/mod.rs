@@ -17,7 +17,7 @@ pub struct SourceTensor {
     pub shape: Vec<u64>,
     /// Little-endian values, row-major.
     pub data: Vec<u8>,
-    /// How the model uses it (decides the predictor layout, see [`crate::select`]).
+    /// How the model uses it (decides the predictor layout, see [`crate::compress::select`]).
     pub role: Role,
 }
 

@@ -18,7 +18,7 @@ pub const PREPROCESS: &str = "mean=0.286,std=0.353";
 
 /// Deterministic pseudo-random f32 values in [-1, 1).
 pub fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = nerp::train::Rng::new(seed);
+    let mut rng = nerp::compress::train::Rng::new(seed);
     (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) as f32).collect()
 }
 

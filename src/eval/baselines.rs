@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::format::quant::{self, ScaleRule};
 use crate::format::{codec, DType, SourceKind};
 use crate::ingest::{self, SourceModel};
-use crate::regen::WeightTensor;
+use crate::runtime::regen::WeightTensor;
 use prost::Message;
 use std::collections::HashMap;
 use tract_onnx::pb::TensorProto;
@@ -222,7 +222,7 @@ mod tests {
             "z.nerp",
         )
         .unwrap();
-        assert_eq!(crate::regen::regenerate(&file, &crate::Device::Cpu).unwrap(), z.weights);
+        assert_eq!(crate::runtime::regen::regenerate(&file, &crate::Device::Cpu).unwrap(), z.weights);
     }
 
     #[test]

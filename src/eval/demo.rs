@@ -6,14 +6,14 @@ use crate::data::{self, DataSource, Preprocess, Split};
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
 use crate::format::{self, metadata::PREPROCESS_KEY};
-use crate::{regen, runtime};
+use crate::{runtime, runtime::regen};
 use std::path::PathBuf;
 use std::time::Instant;
 
 /// The bundled default model of `nerp demo`.
-pub const DEMO_MODEL: &[u8] = include_bytes!("../examples/models/resnet20_fashion_mnist.onnx");
+pub const DEMO_MODEL: &[u8] = include_bytes!("../../examples/models/resnet20_fashion_mnist.onnx");
 /// Its metadata (test accuracy, preprocessing).
-pub const DEMO_MODEL_JSON: &str = include_str!("../examples/models/resnet20_fashion_mnist.json");
+pub const DEMO_MODEL_JSON: &str = include_str!("../../examples/models/resnet20_fashion_mnist.json");
 
 /// What the demo does.
 #[derive(Debug, Clone)]
@@ -97,7 +97,7 @@ pub struct Prepared {
 
 /// Compresses the bundled model (`train` is compression's progress callback), rebuilds it from
 /// the `.nerp` file and loads the test images.
-pub fn prepare(o: &DemoOptions, train: &mut dyn crate::train::Progress) -> Result<Prepared> {
+pub fn prepare(o: &DemoOptions, train: &mut dyn crate::compress::train::Progress) -> Result<Prepared> {
     let opts = o.compress_options()?;
     let paths = o.paths();
     std::fs::create_dir_all(&o.out_dir).map_err(|e| Error::io(&o.out_dir, "creating output folder", e))?;

@@ -20,10 +20,10 @@
 //! Patterns are matched against the whole tensor name: `*` matches any run of characters
 //! (also none, also `.` and `/`), `?` exactly one character, everything else itself.
 
+use crate::compress::plan;
 use crate::error::{Error, Result};
 use crate::format::{Layout, SourceKind};
 use crate::ingest::{Role, SourceModel, SourceTensor};
-use crate::plan;
 
 /// Matrices with fewer values stay raw unless `--include` names them.
 pub const MIN_MATRIX_VALUES: usize = 16_384;

@@ -4,12 +4,15 @@
 use crate::error::{Error, Result};
 use crate::format::{DType, NerpFile, SourceKind};
 use crate::ingest::{self, safetensors::META_PREFIX};
-use crate::regen::WeightTensor;
+use crate::runtime::regen::WeightTensor;
 use prost::Message;
 use std::path::Path;
 use std::sync::Arc;
 use tract_onnx::pb::{ModelProto, TensorProto};
 use tract_onnx::prelude::*;
+
+/// Images per tract call: tract's per-image cost grows with the batch, so keep it small.
+pub const IMAGES_PER_RUN: usize = 4;
 
 /// The ONNX model of a file with `weights` patched into its initializers and `Constant` nodes.
 pub fn rebuild_onnx(file: &NerpFile, weights: &[WeightTensor]) -> Result<ModelProto> {
@@ -163,7 +166,7 @@ impl Model {
     /// Regenerates a `.nerp` file's weights on `device` and builds its model (ONNX sources),
     /// with the input shapes stored in the file, if any.
     pub fn from_file(file: &NerpFile, device: &crate::Device) -> Result<Self> {
-        let weights = crate::regen::regenerate(file, device)?;
+        let weights = crate::runtime::regen::regenerate(file, device)?;
         Self::from_proto_shaped(&rebuild_onnx(file, &weights)?, &stored_input_shapes(file)?)
     }
 

@@ -1,12 +1,16 @@
 //! Comparing the original and the regenerated model on a labelled dataset.
 
+#[cfg(feature = "compress")]
+pub mod baselines;
+#[cfg(feature = "compress")]
+pub mod demo;
+#[cfg(feature = "compress")]
+pub mod fidelity;
+
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::runtime::Model;
+use crate::runtime::{Model, IMAGES_PER_RUN};
 use std::time::Instant;
-
-/// Images per tract call: tract's per-image cost grows with the batch, so keep it small.
-pub const EVAL_BATCH: usize = 4;
 
 /// What to do about non-finite logits.
 const NON_FINITE: &str = "check the preprocessing (--preprocess) and the dataset";
@@ -33,7 +37,7 @@ impl EvalReport {
     }
 }
 
-/// Logits of every image of `data`, computed on `threads` threads in batches of [`EVAL_BATCH`].
+/// Logits of every image of `data`, computed on `threads` threads in batches of [`IMAGES_PER_RUN`].
 /// `tick` is called with the number of images done after each batch.
 pub fn logits(
     model: &Model,
@@ -44,7 +48,7 @@ pub fn logits(
     let n = data.len();
     let [c, h, w] = data.shape;
     let start = Instant::now();
-    let chunk = n.div_ceil(threads.max(1)).max(EVAL_BATCH);
+    let chunk = n.div_ceil(threads.max(1)).max(IMAGES_PER_RUN);
     let parts: Vec<Result<Vec<f32>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .step_by(chunk)
@@ -52,8 +56,8 @@ pub fn logits(
                 let hi = (lo + chunk).min(n);
                 s.spawn(move || -> Result<Vec<f32>> {
                     let mut out = Vec::new();
-                    for b in (lo..hi).step_by(EVAL_BATCH) {
-                        let e = (b + EVAL_BATCH).min(hi);
+                    for b in (lo..hi).step_by(IMAGES_PER_RUN) {
+                        let e = (b + IMAGES_PER_RUN).min(hi);
                         let (x, _) = data.batch(b, e);
                         out.extend(model.run_f32(x, &[e - b, c, h, w])?.0);
                         tick(e - b);

@@ -305,9 +305,9 @@ pub fn channel_groups(graph: &GraphProto, tensors: &[SourceTensor]) -> Vec<Chann
 }
 
 /// The order of one group (new position → old channel): a greedy max-cosine chain (the same
-/// chain as the block ordering, [`crate::plan::chain`]) over each channel's feature vector, the
+/// chain as the block ordering, [`crate::compress::plan::chain`]) over each channel's feature vector, the
 /// concatenation over the group's float tensors of rank ≥ 2 of the channel's slice, each row
-/// divided by its RMS (as the predictor's targets are, [`crate::plan::filter_scales`]) and each
+/// divided by its RMS (as the predictor's targets are, [`crate::compress::plan::filter_scales`]) and each
 /// slice scaled to unit length, so every tensor counts equally. Identity when the group has no
 /// such tensor.
 pub fn group_order(group: &ChannelGroup, tensors: &[SourceTensor]) -> Vec<u32> {
@@ -320,7 +320,7 @@ pub fn group_order(group: &ChannelGroup, tensors: &[SourceTensor]) -> Vec<u32> {
         }
         let Some(v) = crate::format::codec::to_f32(t.dtype, &t.data) else { continue };
         let rows = t.shape[0] as usize;
-        let scales = crate::plan::filter_scales(&v, rows);
+        let scales = crate::compress::plan::filter_scales(&v, rows);
         let per_row = v.len() / rows;
         let (outer, inner) = axis_split(&t.shape, axis);
         for (c, f) in features.iter_mut().enumerate() {
@@ -340,8 +340,8 @@ pub fn group_order(group: &ChannelGroup, tensors: &[SourceTensor]) -> Vec<u32> {
         return (0..n as u32).collect();
     }
     let flat: Vec<f32> = features.concat();
-    let unit = crate::plan::normalized(&flat, d);
-    crate::plan::chain(&unit, d, &(0..n as u32).collect::<Vec<_>>())
+    let unit = crate::compress::plan::normalized(&flat, d);
+    crate::compress::plan::chain(&unit, d, &(0..n as u32).collect::<Vec<_>>())
 }
 
 /// `(product of dims before axis, product of dims after axis)`.
@@ -409,11 +409,11 @@ fn to_i64(dtype: DType, bytes: &[u8]) -> Option<Vec<i64>> {
 }
 
 /// The source model's tensors as weights (e.g. to patch the skeleton after [`permute_model`]).
-pub fn as_weights(model: &SourceModel) -> Vec<crate::regen::WeightTensor> {
+pub fn as_weights(model: &SourceModel) -> Vec<crate::runtime::regen::WeightTensor> {
     model
         .tensors
         .iter()
-        .map(|t| crate::regen::WeightTensor {
+        .map(|t| crate::runtime::regen::WeightTensor {
             name: t.name.clone(),
             dtype: t.dtype,
             shape: t.shape.clone(),
@@ -502,7 +502,7 @@ mod tests {
             crate::runtime::patch_skeleton(model.skeleton.as_ref().unwrap(), &as_weights(&model)).unwrap();
         let after = crate::runtime::Model::from_proto(&proto).unwrap();
         for seed in 0..4 {
-            let mut rng = crate::train::Rng::new(seed);
+            let mut rng = crate::compress::train::Rng::new(seed);
             let x: Vec<f32> = (0..72).map(|_| (rng.uniform() * 2.0 - 1.0) as f32).collect();
             let (a, _) = before.run_f32(&x, &[1, 2, 6, 6]).unwrap();
             let (b, _) = after.run_f32(&x, &[1, 2, 6, 6]).unwrap();

@@ -5,14 +5,14 @@
 //! ```no_run
 //! # fn main() -> nerp::Result<()> {
 //! let file = nerp::open("model.nerp")?;
-//! let vb = nerp::candle::var_builder(&file, &nerp::Device::Cpu, &candle_core::Device::Cpu, candle_core::DType::F32)?;
+//! let vb = nerp::runtime::candle::var_builder(&file, &nerp::Device::Cpu, &candle_core::Device::Cpu, candle_core::DType::F32)?;
 //! let w = vb.get((384, 384), "encoder.layer.0.attention.self.query.weight")?;
 //! # Ok(()) }
 //! ```
 
 use crate::error::{Error, Result};
 use crate::format::{DType, NerpFile};
-use crate::regen::WeightTensor;
+use crate::runtime::regen::WeightTensor;
 use candle_core::{DType as CandleDType, Device as CandleDevice, Tensor};
 use std::collections::HashMap;
 
@@ -77,7 +77,7 @@ pub fn tensors(
         e => e,
     };
     let mut out = HashMap::new();
-    for w in crate::regen::regenerate(file, regen)? {
+    for w in crate::runtime::regen::regenerate(file, regen)? {
         let mut t = to_candle(&w, on).map_err(in_file)?;
         if let Some(d) = dtype.filter(|_| w.dtype.is_float()) {
             t = t.to_dtype(d)?;

@@ -8,10 +8,10 @@
 //! (one f16 scale per group, chosen by its rule from the group's values when its first column
 //! is reached), so the reader is unchanged.
 
+use crate::compress::graph::{ops, Graph, Op};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::format::quant::{self, Quantized, ScaleRule};
-use crate::graph::{ops, Graph, Op};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 
@@ -58,13 +58,13 @@ impl Moments {
 }
 
 impl Hessians {
-    /// Runs `graph` on `images` ([`crate::eval::EVAL_BATCH`] at a time): see [`Self::collect`].
+    /// Runs `graph` on `images` ([`crate::runtime::IMAGES_PER_RUN`] at a time): see [`Self::collect`].
     pub fn collect_images(graph: &Graph, images: &Dataset) -> Result<Self> {
         let [c, h, w] = images.shape;
         let batches: Vec<(Vec<f32>, Vec<usize>)> = (0..images.len())
-            .step_by(crate::eval::EVAL_BATCH)
+            .step_by(crate::runtime::IMAGES_PER_RUN)
             .map(|b| {
-                let e = (b + crate::eval::EVAL_BATCH).min(images.len());
+                let e = (b + crate::runtime::IMAGES_PER_RUN).min(images.len());
                 (images.batch(b, e).0.to_vec(), vec![e - b, c, h, w])
             })
             .collect();
@@ -109,7 +109,8 @@ impl Hessians {
                 dims.insert(out.as_str(), shape(t));
             }
         }
-        let translate = |op: &str| crate::graph::OPS.iter().find(|(name, _)| *name == op).map(|(_, f)| f);
+        let translate =
+            |op: &str| crate::compress::graph::OPS.iter().find(|(name, _)| *name == op).map(|(_, f)| f);
         // (weight, its op, the name of its input); each input taken once as a model output.
         let mut layers = Vec::new();
         let mut inputs: Vec<&str> = Vec::new();
@@ -133,7 +134,7 @@ impl Hessians {
             return Ok(Hessians::default());
         }
         let mut model =
-            crate::runtime::with_shapes(tract_onnx::onnx().model_for_proto_model(proto)?, shapes)?;
+            crate::runtime::onnx::with_shapes(tract_onnx::onnx().model_for_proto_model(proto)?, shapes)?;
         let outlets = inputs
             .iter()
             .map(|name| {
@@ -399,7 +400,7 @@ fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::Rng;
+    use crate::compress::train::Rng;
 
     /// Output error `Σ ((W − Q) x)²` over samples `xs` (n × d).
     fn output_error(w: &[f32], q: &[f32], xs: &[f64], d: usize) -> f64 {

@@ -349,8 +349,8 @@ impl CpuTrainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compress::train::Rng;
     use crate::format::predictor::param_count;
-    use crate::train::Rng;
 
     /// While quantization-aware, every step computes with the round trip of the f32
     /// parameters as they are after the previous optimizer step, and switching off goes back

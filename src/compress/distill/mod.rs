@@ -2,17 +2,17 @@
 //! schedules that combine it with reconstruction (see `docs/distillation.md`).
 //!
 //! The predictor ([`crate::predictor`]) computes the kernels ([`kernels`]), the network runs on
-//! training images with those kernels ([`crate::graph`]), the losses ([`loss`]) compare it with
+//! training images with those kernels ([`crate::compress::graph`]), the losses ([`loss`]) compare it with
 //! a teacher, and candle's autograd carries the gradients back into the predictor's weights.
 
 pub mod kernels;
 pub mod loss;
 
+use crate::compress::graph::Graph;
+use crate::compress::train::{self, AdamW, MagnitudeSampler, Progress, Rng, TrainConfig, TrainData};
 use crate::data::{self, DataSource, Dataset, Preprocess, Split};
 use crate::error::{Error, Result};
-use crate::graph::Graph;
 use crate::predictor::{Linear, Predictor, OUTPUTS};
-use crate::train::{self, AdamW, MagnitudeSampler, Progress, Rng, TrainConfig, TrainData};
 use candle_core::{Device, Tensor, Var};
 use kernels::PredictedKernels;
 use std::path::PathBuf;
@@ -226,7 +226,7 @@ impl Distiller {
     }
 
     /// The teacher's logits (and feature maps when they are used) on `x`.
-    fn teacher_forward(&self, x: &Tensor) -> Result<crate::graph::Forward> {
+    fn teacher_forward(&self, x: &Tensor) -> Result<crate::compress::graph::Forward> {
         self.teacher.forward(x, &Default::default(), self.features())
     }
 
@@ -235,7 +235,7 @@ impl Distiller {
         &self,
         x: &Tensor,
         weights: &std::collections::HashMap<String, Tensor>,
-        teacher: &crate::graph::Forward,
+        teacher: &crate::compress::graph::Forward,
     ) -> Result<(Tensor, KdLosses)> {
         let features = self.features();
         let out = self.student.graph.forward(x, weights, features)?;

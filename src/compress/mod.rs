@@ -1,20 +1,30 @@
 //! The compressor pipeline: ingest → plan → train → write.
 
-use crate::choose::{Budget, Choice, Encoded};
-use crate::distill::{self, DistillOptions, Schedule};
+pub mod calibrate;
+pub mod choose;
+pub mod distill;
+pub mod gptq;
+pub mod graph;
+pub mod permute;
+pub mod plan;
+pub mod select;
+pub mod train;
+
+use crate::compress::choose::{Budget, Choice, Encoded};
+use crate::compress::distill::{DistillOptions, Schedule};
+use crate::compress::gptq::Hessians;
+use crate::compress::plan::LayerPlan;
+use crate::compress::select::{Decision, Selection};
+use crate::compress::train::{Progress, TrainConfig, TrainData};
 use crate::error::{Error, Result};
 use crate::format::geometry::prediction_ranges;
 use crate::format::{
     self, codec::pack_permutation, Embedding, Encoding, FileBuilder, Ordering, PredictorSpec, ScaleDtype,
     SectionKind, Source, SourceKind, Storage, TensorEntry, WeightDtype,
 };
-use crate::gptq::Hessians;
 use crate::ingest::{self, SourceModel};
-use crate::plan::{self, LayerPlan};
 use crate::predictor::{self, Predictor};
-use crate::regen;
-use crate::select::{Decision, Selection};
-use crate::train::{self, Progress, TrainConfig, TrainData};
+use crate::runtime::regen;
 use candle_core::Device;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,7 +45,7 @@ pub struct CompressOptions {
     /// The stored block ordering (the permutation sections).
     pub ordering: Ordering,
     /// Reorder the channels of an ONNX source function-preservingly before planning
-    /// ([`crate::permute`]); a source without a graph (safetensors) keeps `ordering`, or the
+    /// ([`crate::compress::permute`]); a source without a graph (safetensors) keeps `ordering`, or the
     /// crossfilter chain when `ordering` is `none`.
     pub channels: bool,
     pub embedding: Embedding,
@@ -47,7 +57,7 @@ pub struct CompressOptions {
     /// Divide each filter by its RMS before fitting (scales stored in the file).
     pub filter_scales: bool,
     /// Which tensors are predicted (`--include`, `--exclude`, `--min-values`; see
-    /// [`crate::select`]).
+    /// [`crate::compress::select`]).
     pub selection: Selection,
     pub seed: u64,
     /// Stored as metadata (`preprocess`) for `nerp eval`.
@@ -69,7 +79,7 @@ pub struct CompressOptions {
     pub calibration_images: usize,
     /// Input arrays (`.npy`) run to measure output errors instead of images.
     pub calibration_inputs: Vec<std::path::PathBuf>,
-    /// With calibration images, round quantized tensors data-aware ([`crate::gptq`]) instead
+    /// With calibration images, round quantized tensors data-aware ([`crate::compress::gptq`]) instead
     /// of to the nearest step.
     pub data_aware_rounding: bool,
 }
@@ -129,7 +139,7 @@ pub const DEFAULT_FALLBACK_WEIGHT_ERROR: f64 = 0.01;
 /// Calibration images by default.
 pub const DEFAULT_CALIBRATION_IMAGES: usize = 64;
 
-pub use crate::choose::{quant_group, Codec};
+pub use crate::compress::choose::{quant_group, Codec};
 
 impl Default for CompressOptions {
     fn default() -> Self {
@@ -497,9 +507,9 @@ fn with_channel_order(model: &mut SourceModel, opts: &CompressOptions) -> Result
         }
         return Ok(opts);
     }
-    let report = crate::permute::permute_model(model)?;
+    let report = crate::compress::permute::permute_model(model)?;
     opts.metadata.insert(
-        crate::permute::CHANNEL_ORDER_KEY.into(),
+        crate::compress::permute::CHANNEL_ORDER_KEY.into(),
         format!("chain over {} groups", report.groups.len()),
     );
     Ok(opts)
@@ -707,7 +717,7 @@ fn calibration(
     opts: &CompressOptions,
     runnable: bool,
     warnings: &mut Vec<String>,
-) -> Result<(Option<crate::calibrate::Calibration>, Hessians)> {
+) -> Result<(Option<crate::compress::calibrate::Calibration>, Hessians)> {
     let none = || Ok((None, Hessians::default()));
     if model.kind != SourceKind::Onnx || !runnable {
         return none();
@@ -722,7 +732,7 @@ fn calibration(
     let inputs = if !opts.calibration_inputs.is_empty() {
         let mut batches = Vec::new();
         for path in &opts.calibration_inputs {
-            let x = crate::npy::read(path)?;
+            let x = crate::data::npy::read(path)?;
             let shape = x.shape().to_vec();
             let x = x.cast_to::<f32>().map_err(|e| {
                 Error::usage("--calibration-inputs", format!("{}: not a float array: {e}", path.display()))
@@ -733,7 +743,7 @@ fn calibration(
         if opts.data_aware_rounding {
             // nerp's own graph where it runs the model (ResNets), else tract's.
             hessians = input_moments(model, |p| {
-                crate::graph::Graph::from_proto(p)
+                crate::compress::graph::Graph::from_proto(p)
                     .and_then(|g| Hessians::collect(&g, &batches))
                     .or_else(|_| Hessians::collect_tract(p, &shapes, &batches))
             })
@@ -751,14 +761,14 @@ fn calibration(
             Ok(images) => {
                 if opts.data_aware_rounding {
                     hessians = input_moments(model, |p| {
-                        Hessians::collect_images(&crate::graph::Graph::from_proto(p)?, &images)
+                        Hessians::collect_images(&crate::compress::graph::Graph::from_proto(p)?, &images)
                     })
                     .unwrap_or_else(|e| {
                         warnings.push(format!("quantized tensors are rounded to nearest: {e}"));
                         Hessians::default()
                     });
                 }
-                crate::calibrate::Calibration::image_batches(&images)
+                crate::compress::calibrate::Calibration::image_batches(&images)
             }
             Err(e) => {
                 warnings.push(format!("no calibration images ({e}); errors are measured on the weights"));
@@ -771,17 +781,17 @@ fn calibration(
     if inputs.is_empty() {
         return none();
     }
-    Ok((Some(crate::calibrate::Calibration::new(model, inputs, shapes)?), hessians))
+    Ok((Some(crate::compress::calibrate::Calibration::new(model, inputs, shapes)?), hessians))
 }
 
-/// The input second moments of `model`'s layers ([`crate::gptq`]) by `collect`, given the
+/// The input second moments of `model`'s layers ([`crate::compress::gptq`]) by `collect`, given the
 /// model's ONNX with its current (possibly channel-permuted) tensors.
 fn input_moments(
     model: &SourceModel,
     collect: impl Fn(&tract_onnx::pb::ModelProto) -> Result<Hessians>,
 ) -> Result<Hessians> {
     let skeleton = model.skeleton.as_ref().ok_or_else(|| Error::Rebuild("no graph".into()))?;
-    collect(&crate::runtime::patch_skeleton(skeleton, &crate::permute::as_weights(model))?)
+    collect(&crate::runtime::patch_skeleton(skeleton, &crate::compress::permute::as_weights(model))?)
 }
 
 /// The storage chosen per tensor, with each one's error alone.
@@ -793,25 +803,25 @@ type Residuals = std::collections::BTreeMap<(usize, u8), (u64, Vec<f32>)>;
 /// What the per-tensor choice measures with, prepared before training: the calibration run,
 /// the layers' input moments, and every tensor's codec candidates (measured once).
 pub struct Chooser {
-    cal: Option<crate::calibrate::Calibration>,
+    cal: Option<crate::compress::calibrate::Calibration>,
     hessians: Hessians,
     total_norm: f64,
     /// Measured on first use: the default check without calibration inputs needs them only
     /// when the predictor's file fails it.
-    codecs: std::cell::OnceCell<Vec<Vec<crate::choose::Candidate>>>,
+    codecs: std::cell::OnceCell<Vec<Vec<crate::compress::choose::Candidate>>>,
 }
 
 impl Chooser {
     /// What the codecs of `model`'s tensors are measured with.
     fn new(
         model: &SourceModel,
-        cal: Option<crate::calibrate::Calibration>,
+        cal: Option<crate::compress::calibrate::Calibration>,
         hessians: Hessians,
     ) -> Result<Self> {
         let total_norm = model
             .tensors
             .iter()
-            .filter(|t| crate::choose::eligible(t))
+            .filter(|t| crate::compress::choose::eligible(t))
             .map(|t| {
                 let v = format::codec::to_f32(t.dtype, &t.data).expect("float");
                 v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>()
@@ -822,21 +832,22 @@ impl Chooser {
     }
 
     /// Every codec of every tensor of `model`, measured once (see
-    /// [`crate::choose::candidates`]).
-    fn codecs(&self, model: &SourceModel) -> Result<&Vec<Vec<crate::choose::Candidate>>> {
+    /// [`crate::compress::choose::candidates`]).
+    fn codecs(&self, model: &SourceModel) -> Result<&Vec<Vec<crate::compress::choose::Candidate>>> {
         if let Some(c) = self.codecs.get() {
             return Ok(c);
         }
         let none = vec![None; model.tensors.len()];
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let measured = crate::choose::candidates(model, &none, &self.measure(), &self.hessians, threads)?;
+        let measured =
+            crate::compress::choose::candidates(model, &none, &self.measure(), &self.hessians, threads)?;
         Ok(self.codecs.get_or_init(|| measured))
     }
 
-    fn measure(&self) -> crate::choose::Measure<'_> {
+    fn measure(&self) -> crate::compress::choose::Measure<'_> {
         match &self.cal {
-            Some(c) => crate::choose::Measure::Output(c),
-            None => crate::choose::Measure::Weights { total_norm: self.total_norm },
+            Some(c) => crate::compress::choose::Measure::Output(c),
+            None => crate::compress::choose::Measure::Weights { total_norm: self.total_norm },
         }
     }
 
@@ -853,7 +864,7 @@ impl Chooser {
     /// Then no predictor is trained.
     fn codecs_suffice(&self, model: &SourceModel, budget: Budget, predictor_bytes: u64) -> Result<bool> {
         let base = Self::base_bytes(model);
-        let a = crate::choose::allocate(self.codecs(model)?, base, budget);
+        let a = crate::compress::choose::allocate(self.codecs(model)?, base, budget);
         Ok(a.feasible
             && match budget {
                 Budget::Error(_) => a.bytes <= base + predictor_bytes,
@@ -881,7 +892,7 @@ fn choose_storage(
     max_bytes: Option<u64>,
     warnings: &mut Vec<String>,
 ) -> Result<Option<(Choices, StorageReport)>> {
-    use crate::choose;
+    use crate::compress::choose;
     let (cal, hessians, total_norm) = (chooser.cal.as_ref(), &chooser.hessians, chooser.total_norm);
     let measure = chooser.measure();
     let f32s = |t: &ingest::SourceTensor| format::codec::to_f32(t.dtype, &t.data).expect("float");
@@ -1113,10 +1124,10 @@ fn distiller(
     // tensors, which the channel ordering may have permuted.
     let graph = match &model.skeleton {
         Some(skeleton) if opts.channels => {
-            let weights = crate::permute::as_weights(model);
-            crate::graph::Graph::from_proto(&crate::runtime::patch_skeleton(skeleton, &weights)?)?
+            let weights = crate::compress::permute::as_weights(model);
+            crate::compress::graph::Graph::from_proto(&crate::runtime::patch_skeleton(skeleton, &weights)?)?
         }
-        _ => crate::graph::Graph::from_onnx_file(input)?,
+        _ => crate::compress::graph::Graph::from_onnx_file(input)?,
     };
     let kernels = distill::kernels::PredictedKernels::new(plans, model, opts.embedding, device)?;
     let student = distill::Student { graph, kernels };
@@ -1243,8 +1254,13 @@ fn build(
                 });
                 let residual = match choice(i) {
                     Some(Choice::Residual(bits)) => {
-                        let (encoded, with_residual) =
-                            crate::choose::encode_residual(t, &values[k], &rebuilt, bits, hessian(&t.name))?;
+                        let (encoded, with_residual) = crate::compress::choose::encode_residual(
+                            t,
+                            &values[k],
+                            &rebuilt,
+                            bits,
+                            hessian(&t.name),
+                        )?;
                         let Encoded::Quantized { bits, group, bytes } = encoded else {
                             unreachable!("a residual is quantized")
                         };
@@ -1259,7 +1275,7 @@ fn build(
                 se_all += se;
                 n_all += rebuilt.len();
                 let rmse = (se / rebuilt.len() as f64).sqrt();
-                let rel = crate::fidelity::relative_error(&values[k], &rebuilt);
+                let rel = crate::linalg::relative_error(&values[k], &rebuilt);
                 let storage = Storage::Predicted {
                     layer: p.layer,
                     permutation: perm,
@@ -1317,9 +1333,9 @@ fn store_unpredicted(
     b: &mut FileBuilder,
     t: &ingest::SourceTensor,
     codec: Codec,
-    h: Option<&crate::gptq::Moments>,
+    h: Option<&crate::compress::gptq::Moments>,
 ) -> Result<(Storage, usize)> {
-    let encoded = crate::choose::encode(t, codec, h).map_err(|e| Error::usage("--raw-codec", e))?;
+    let encoded = crate::compress::choose::encode(t, codec, h).map_err(|e| Error::usage("--raw-codec", e))?;
     Ok(match encoded {
         Encoded::Cast { to, bytes } => {
             let section = b.add(SectionKind::Tensor, Encoding::ZstdBytegroup { element: 2 }, &bytes);

@@ -1,13 +1,13 @@
 //! File + device → weights: runs the predictor over every coordinate, undoes the ordering and
 //! scaling, and decodes the raw tensors.
 
-use crate::device::Device;
 use crate::error::{Error, FormatError, Result};
 use crate::format::codec::{from_f32, to_f32};
 use crate::format::geometry::{coordinates, prediction_ranges, scatter, LayerPlan};
 use crate::format::predictor::OUTPUTS;
 use crate::format::{read, DType, NerpFile, PredictorSpec, Storage};
 use crate::predictor::{self, Predictor};
+use crate::runtime::device::Device;
 use candle_core::Tensor;
 
 /// The predicted layers of a file, permutations and scales decoded and checked (by the reader).

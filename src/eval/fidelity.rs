@@ -1,20 +1,6 @@
 //! Fidelity metrics that need no labels: how close the regenerated model's outputs (or
 //! weights) are to the original's.
 
-/// `‖a − b‖ / ‖a‖` (0 when both are zero, ∞ when only `a` is).
-pub fn relative_error(a: &[f32], b: &[f32]) -> f64 {
-    let (mut se, mut ss) = (0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        se += (*x as f64 - *y as f64).powi(2);
-        ss += (*x as f64).powi(2);
-    }
-    match (se, ss) {
-        (0.0, _) => 0.0,
-        (_, 0.0) => f64::INFINITY,
-        _ => (se / ss).sqrt(),
-    }
-}
-
 /// Largest `|a − b|`.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max)
@@ -151,7 +137,7 @@ pub struct TensorFidelity {
 /// Per-tensor relative errors between two lists of weights (matched by name; float only).
 pub fn compare_tensors(
     original: &[crate::ingest::SourceTensor],
-    regenerated: &[crate::regen::WeightTensor],
+    regenerated: &[crate::runtime::regen::WeightTensor],
 ) -> crate::error::Result<Vec<TensorFidelity>> {
     let mut out = Vec::new();
     for w in regenerated {
@@ -170,7 +156,7 @@ pub fn compare_tensors(
         out.push(TensorFidelity {
             name: w.name.clone(),
             shape: w.shape.clone(),
-            rel_error: relative_error(&a, &b),
+            rel_error: crate::linalg::relative_error(&a, &b),
             max_abs_diff: max_abs_diff(&a, &b),
         });
     }
@@ -203,13 +189,13 @@ pub fn weights_report(
 ) -> crate::error::Result<WeightsReport> {
     let t = std::time::Instant::now();
     let file = crate::open(file)?;
-    let weights = crate::regen::regenerate(&file, device)?;
+    let weights = crate::runtime::regen::regenerate(&file, device)?;
     let load_s = t.elapsed().as_secs_f64();
     let mut original = crate::ingest::load(original)?;
     // A file of a channel-reordered network holds the permuted weights (same function); the
     // order is a deterministic function of the original's weights, so it is recomputed.
-    if file.header().metadata.contains_key(crate::permute::CHANNEL_ORDER_KEY) {
-        crate::permute::permute_model(&mut original)?;
+    if file.header().metadata.contains_key(crate::compress::permute::CHANNEL_ORDER_KEY) {
+        crate::compress::permute::permute_model(&mut original)?;
     }
     let all = compare_tensors(&original.tensors, &weights)?;
     let predicted: std::collections::HashSet<&str> = file.header().predicted_names().into_iter().collect();
@@ -258,7 +244,7 @@ pub fn outputs_report(
     device: &crate::Device,
 ) -> crate::error::Result<OutputsReport> {
     use crate::error::Error;
-    use crate::{npy, regen, runtime};
+    use crate::{data::npy, runtime, runtime::regen};
     use std::time::Instant;
     let orig_path = original;
     let t = Instant::now();
@@ -314,9 +300,6 @@ mod tests {
 
     #[test]
     fn metrics() {
-        assert_eq!(relative_error(&[3.0, 4.0], &[3.0, 4.0]), 0.0);
-        assert!((relative_error(&[3.0, 4.0], &[0.0, 0.0]) - 1.0).abs() < 1e-12);
-        assert_eq!(relative_error(&[0.0], &[1.0]), f64::INFINITY);
         assert_eq!(top1_agreement(&[1.0, 2.0, 5.0, 0.0], &[0.0, 3.0, 0.0, 1.0], 2), 0.5);
         assert!((iou(&[0.9, 0.9, 0.1, 0.0], &[0.9, 0.1, 0.9, 0.0], 0.5) - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(iou(&[0.0], &[0.0], 0.5), 1.0);

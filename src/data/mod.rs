@@ -9,6 +9,8 @@
 //! made by `tools/make_fashion_subset.py`) and are also embedded in the binary, so
 //! `--data fashion-mnist` works without a download; see [`resolve_fashion_mnist`].
 
+pub mod npy;
+
 use std::fmt;
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -25,8 +27,10 @@ pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 pub const BUNDLED_FASHION_MNIST_DIR: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/fashion-mnist-1k");
 /// The same subset, embedded in the binary: the last fallback.
-const EMBEDDED_IMAGES: &[u8] = include_bytes!("../examples/data/fashion-mnist-1k/t10k-images-idx3-ubyte.gz");
-const EMBEDDED_LABELS: &[u8] = include_bytes!("../examples/data/fashion-mnist-1k/t10k-labels-idx1-ubyte.gz");
+const EMBEDDED_IMAGES: &[u8] =
+    include_bytes!("../../examples/data/fashion-mnist-1k/t10k-images-idx3-ubyte.gz");
+const EMBEDDED_LABELS: &[u8] =
+    include_bytes!("../../examples/data/fashion-mnist-1k/t10k-labels-idx1-ubyte.gz");
 /// What messages call the embedded subset.
 const EMBEDDED_ORIGIN: &str = "<fashion-mnist-1k embedded in nerp>";
 

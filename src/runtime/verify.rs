@@ -10,7 +10,7 @@ use crate::format::{NerpFile, Storage};
 /// the CPU), the skeleton against the tensors' names, dtypes and shapes, and the registered
 /// metadata (`input_shapes`, `preprocess`).
 pub fn verify(file: &NerpFile) -> Result<()> {
-    crate::regen::check_budget(file)?;
+    crate::runtime::regen::check_budget(file)?;
     let h = file.header();
     let raw: Vec<usize> = h
         .tensors
@@ -28,9 +28,9 @@ pub fn verify(file: &NerpFile) -> Result<()> {
         }
     }
     for t in h.tensors.iter().filter(|t| matches!(t.storage, Storage::Quantized { .. })) {
-        crate::regen::stored_bytes(file, t)?;
+        crate::runtime::regen::stored_bytes(file, t)?;
     }
-    crate::regen::check_predicted(file)?;
+    crate::runtime::regen::check_predicted(file)?;
     crate::runtime::check_skeleton(file)?;
     crate::runtime::stored_input_shapes(file)?;
     if let Some(json) = h.metadata.get(crate::format::metadata::PREPROCESS_KEY) {

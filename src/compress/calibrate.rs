@@ -3,15 +3,15 @@
 //! with the original's ([`Calibration::error`], the relative L2 error of the first output, the
 //! same figure `nerp eval --inputs` reports — except that an output computed by a final
 //! `Softmax` is compared before it, see [`before_softmax`]). Used to choose a storage per tensor
-//! ([`crate::choose`]) and to check that a compressed model still works.
+//! ([`crate::compress::choose`]) and to check that a compressed model still works.
 
 use crate::error::{Error, Result};
 use crate::ingest::SourceModel;
-use crate::regen::WeightTensor;
+use crate::runtime::regen::WeightTensor;
 use crate::runtime::Model;
 
 /// Inputs per tract call (as in `nerp eval`: tract's cost per input grows with the batch).
-const BATCH: usize = crate::eval::EVAL_BATCH;
+const BATCH: usize = crate::runtime::IMAGES_PER_RUN;
 
 /// The original model's tensors, its outputs on the calibration inputs, and how to rebuild it.
 pub struct Calibration {
@@ -40,7 +40,7 @@ impl Calibration {
         if inputs.is_empty() {
             return Err(Error::usage("--calibration", "needs at least one calibration input"));
         }
-        let tensors = crate::permute::as_weights(model);
+        let tensors = crate::compress::permute::as_weights(model);
         let mut c =
             Calibration { skeleton, shapes, tensors, inputs, reference: Vec::new(), reference_norm: 0.0 };
         c.reference = c.outputs(&[])?;

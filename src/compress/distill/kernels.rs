@@ -2,10 +2,10 @@
 //! element of a tensor, the predictor output it comes from (undoing the chain ordering and the
 //! grid of 3×3 blocks, whatever the layout) and the scale of its row.
 
+use crate::compress::plan::{self, LayerPlan};
 use crate::error::Result;
 use crate::format::Embedding;
 use crate::ingest::SourceModel;
-use crate::plan::{self, LayerPlan};
 use crate::predictor::{embed, Predictor};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
@@ -46,7 +46,7 @@ impl PredictedKernels {
         embedding: Embedding,
         device: &Device,
     ) -> Result<Self> {
-        let coords = crate::regen::layer_coordinates(plans, plans.len() as u32);
+        let coords = crate::runtime::regen::layer_coordinates(plans, plans.len() as u32);
         let n = coords.len() / 3;
         let inputs = embed(&Tensor::from_vec(coords, (n, 3), device)?, embedding)?;
         let mut layers = Vec::with_capacity(plans.len());
@@ -130,10 +130,10 @@ mod tests {
         let opts = CompressOptions::default();
         let plans = make_plan(&model, &opts).unwrap().layers;
         let names: Vec<String> = model.tensors.iter().map(|t| t.name.clone()).collect();
-        let p = crate::train::init_predictor(8, opts.embedding, 3, &Device::Cpu).unwrap();
+        let p = crate::compress::train::init_predictor(8, opts.embedding, 3, &Device::Cpu).unwrap();
         let got =
             PredictedKernels::new(&plans, &model, opts.embedding, &Device::Cpu).unwrap().weights(&p).unwrap();
-        let pred = crate::regen::predict_layers(&p, &plans, plans.len() as u32).unwrap();
+        let pred = crate::runtime::regen::predict_layers(&p, &plans, plans.len() as u32).unwrap();
         let matrices = plans.iter().filter(|p| p.grid.layout == crate::format::Layout::Matrix).count();
         assert!(matrices > 0 && matrices < plans.len(), "the model should have 1×1 kernels (matrices) too");
         for (plan, range) in plans.iter().zip(plan::prediction_ranges(&plans)) {

@@ -7,7 +7,7 @@
 //! as `√Σ eᵢ²` of the errors measured with each tensor changed alone (independent
 //! perturbations; the compressor checks the estimate with one run of the chosen model).
 
-use crate::calibrate::Calibration;
+use crate::compress::calibrate::Calibration;
 use crate::error::{Error, Result};
 use crate::format::{self, DType};
 use crate::ingest::{SourceModel, SourceTensor};
@@ -109,9 +109,13 @@ pub enum Encoded {
 /// one; anything else stays [`Encoded::Raw`]. Fails (naming the tensor) when a value cannot
 /// be quantized (non-finite, beyond f16 scales).
 ///
-/// With the input moments `h` of the tensor's layer ([`crate::gptq`]), quantization rounds
-/// data-aware when `h` fits the tensor's shape ([`crate::gptq::Moments::quantize`]).
-pub fn encode(t: &SourceTensor, codec: Codec, h: Option<&crate::gptq::Moments>) -> Result<Encoded, String> {
+/// With the input moments `h` of the tensor's layer ([`crate::compress::gptq`]), quantization rounds
+/// data-aware when `h` fits the tensor's shape ([`crate::compress::gptq::Moments::quantize`]).
+pub fn encode(
+    t: &SourceTensor,
+    codec: Codec,
+    h: Option<&crate::compress::gptq::Moments>,
+) -> Result<Encoded, String> {
     if !eligible(t) {
         return Ok(Encoded::Raw);
     }
@@ -133,7 +137,12 @@ pub fn encode(t: &SourceTensor, codec: Codec, h: Option<&crate::gptq::Moments>) 
 /// `values` (of `t`'s shape, row-major) quantized to `bits` bits in groups of [`quant_group`]
 /// of `t`'s row length: data-aware (GPTQ) with the input moments `h` of its layer when they
 /// match the rows, else to the nearest level with MSE-chosen scales.
-fn quantize(t: &SourceTensor, values: &[f32], bits: u8, h: Option<&crate::gptq::Moments>) -> Result<Encoded> {
+fn quantize(
+    t: &SourceTensor,
+    values: &[f32],
+    bits: u8,
+    h: Option<&crate::compress::gptq::Moments>,
+) -> Result<Encoded> {
     let row = format::row_len(&t.shape).expect("ingested shapes fit");
     let group = quant_group(row, bits);
     let q = match h.and_then(|m| m.quantize(values, row as usize, group as usize, bits)) {
@@ -153,7 +162,7 @@ pub fn encode_residual(
     original: &[f32],
     predicted: &[f32],
     bits: u8,
-    h: Option<&crate::gptq::Moments>,
+    h: Option<&crate::compress::gptq::Moments>,
 ) -> Result<(Encoded, Vec<f32>)> {
     let r: Vec<f32> = original.iter().zip(predicted).map(|(a, b)| a - b).collect();
     let encoded = quantize(t, &r, bits, h).map_err(|e| {
@@ -385,7 +394,7 @@ pub fn candidates(
     model: &SourceModel,
     predicted: &[Option<(Vec<f32>, u64)>],
     measure: &Measure,
-    hessians: &crate::gptq::Hessians,
+    hessians: &crate::compress::gptq::Hessians,
     threads: usize,
 ) -> Result<Vec<Vec<Candidate>>> {
     let raw = |t: &SourceTensor| Candidate {
@@ -517,7 +526,7 @@ mod tests {
     #[test]
     fn every_codec_round_trips_and_more_bits_mean_less_error() {
         // A 64 × 256 matrix of bell-shaped values (sums of uniforms), as weights are.
-        let mut rng = crate::train::Rng::new(3);
+        let mut rng = crate::compress::train::Rng::new(3);
         let values: Vec<f32> =
             (0..64 * 256).map(|_| ((0..4).map(|_| rng.uniform()).sum::<f64>() - 2.0) as f32).collect();
         let t = SourceTensor {
