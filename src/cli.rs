@@ -122,8 +122,8 @@ pub struct CompressArgs {
     pub scale_dtype: format::ScaleDtype,
     /// How float tensors that are not predicted are stored: raw (lossless), f16/bf16 (cast),
     /// int8/6/5/4/3/2 (quantized per row or row group); all but raw need format 3.
-    #[arg(long, value_enum, default_value_t = CompressOptions::default().raw_codec)]
-    pub raw_codec: crate::compress::Codec,
+    #[arg(long, default_value_t = CompressOptions::default().raw_codec)]
+    pub raw_codec: crate::codec::Codec,
     /// Residuals (value − prediction, quantized per row group) of predicted tensors: by
     /// default a budget (--size-ratio, a failed --max-error check) tries 2, 3 and 4 bits per
     /// tensor; BITS (2..=8) gives every predicted tensor one where no budget chooses; `off`
@@ -432,19 +432,6 @@ impl ValueEnum for format::ScaleDtype {
             format::ScaleDtype::F32 => "f32",
             format::ScaleDtype::F16 => "f16",
         }))
-    }
-}
-
-/// `--raw-codec`.
-#[cfg(feature = "compress")]
-impl ValueEnum for crate::compress::Codec {
-    fn value_variants<'a>() -> &'a [Self] {
-        use crate::compress::Codec::*;
-        &[Raw, F16, Bf16, Int8, Int6, Int5, Int4, Int3, Int2]
-    }
-
-    fn to_possible_value(&self) -> Option<PossibleValue> {
-        Some(PossibleValue::new(self.name()))
     }
 }
 
@@ -813,13 +800,13 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
     println!("{:<40} {:>6} {:>18} {:>10} {:>10}", "tensor", "dtype", "shape", "stored", "bytes");
     for t in &h.tensors {
         let (kind, bytes) = match t.storage {
-            Storage::Raw { section } => ("raw".to_string(), h.sections[section].length),
-            Storage::Cast { to, section } => (format!("{to:?}").to_lowercase(), h.sections[section].length),
-            Storage::Quantized { bits, section, .. } => (format!("int{bits}"), h.sections[section].length),
+            Storage::Raw { section } | Storage::Cast { section, .. } | Storage::Quantized { section, .. } => {
+                (crate::codec::Codec::of(&t.storage).unwrap_or_default().name(), h.sections[section].length)
+            }
             Storage::Predicted { permutation, scales, layout, residual, .. } => {
                 let name = if layout == format::Layout::Conv { "predicted" } else { "pred:matrix" };
                 (
-                    residual.map_or(name.to_string(), |r| format!("{name}+int{}", r.bits)),
+                    crate::codec::Codec::of(&t.storage).map_or(name.to_string(), |r| format!("{name}+{r}")),
                     h.sections[permutation].length
                         + scales.map_or(0, |s| h.sections[s].length)
                         + residual.map_or(0, |r| h.sections[r.section].length),
@@ -829,7 +816,7 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
         println!(
             "{:<40} {:>6} {:>18} {:>10} {:>10}",
             truncate(&t.name, 40),
-            format!("{:?}", t.dtype).to_lowercase(),
+            t.dtype.name().to_string(),
             format!("{:?}", t.shape),
             kind,
             bytes

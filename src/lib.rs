@@ -16,6 +16,7 @@
 
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod codec;
 #[cfg(feature = "compress")]
 pub mod compress;
 pub mod data;

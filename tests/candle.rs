@@ -2,7 +2,8 @@
 //! bit for bit, whatever stores them (predictor, raw, f16 cast, int8).
 
 use candle_core::{DType as CDType, Device as CDevice, Tensor};
-use nerp::compress::{compress, Codec, CompressOptions, ErrorBudget};
+use nerp::codec::Codec;
+use nerp::compress::{compress, CompressOptions, ErrorBudget};
 use nerp::format::Storage;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::path::Path;
@@ -98,7 +99,7 @@ fn candle_tensors_equal_the_decompressed_safetensors() {
     let src = dir.path().join("m.safetensors");
     write_model(&src);
     let mut storages = std::collections::BTreeSet::new();
-    for codec in [Codec::Raw, Codec::F16, Codec::Int8] {
+    for codec in [Codec::Raw, Codec::F16, Codec::INT8] {
         let (nerp_path, out) = (dir.path().join("m.nerp"), dir.path().join("back.safetensors"));
         compress(&src, &nerp_path, &fast(codec), &mut |_: usize, _: f64| {}).unwrap();
         let file = nerp::open(&nerp_path).unwrap();

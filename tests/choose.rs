@@ -69,7 +69,7 @@ fn the_choice_is_never_worse_than_one_codec_for_every_tensor_at_its_size() {
     common::train_set();
     let dir = tempfile::tempdir().unwrap();
     let src = common::shared_model(RESNET20);
-    for codec in [nerp::compress::Codec::Int8, nerp::compress::Codec::Int4] {
+    for codec in [nerp::codec::Codec::INT8, nerp::codec::Codec::INT4] {
         // Nothing predicted: every float tensor of rank >= 2 stored with the codec.
         let single = dir.path().join(format!("{}.nerp", codec.name()));
         let mut one = CompressOptions { raw_codec: codec, error_budget: ErrorBudget::Off, ..options() };
@@ -101,13 +101,13 @@ fn a_planned_tensor_stored_otherwise_leaves_its_layer_unused() {
     assert!(plan.layers.len() >= 2);
     let p = nerp::compress::train::init_predictor(8, opts.embedding, 1, &candle_core::Device::Cpu).unwrap();
     let mut choices =
-        vec![nerp::compress::choose::Choice::Stored(nerp::compress::Codec::Raw); model.tensors.len()];
+        vec![nerp::compress::choose::Choice::Stored(nerp::codec::Codec::Raw); model.tensors.len()];
     for l in &plan.layers {
         choices[l.tensor] = nerp::compress::choose::Choice::Predicted;
     }
     let first = plan.layers[0].tensor;
-    choices[first] = nerp::compress::choose::Choice::Stored(nerp::compress::Codec::Int8);
-    let hessians = nerp::compress::gptq::Hessians::default();
+    choices[first] = nerp::compress::choose::Choice::Stored(nerp::codec::Codec::INT8);
+    let hessians = nerp::compress::moments::Hessians::default();
     let built = nerp::compress::build_file_with(
         &model,
         &plan.layers,
@@ -275,8 +275,8 @@ fn layer_moments_collected_through_tract_equal_nerps_own_graph() {
     )
     .unwrap();
     let graph = nerp::compress::graph::Graph::from_proto(&proto).unwrap();
-    let ours = nerp::compress::gptq::Hessians::collect(&graph, &batches).unwrap();
-    let tract = nerp::compress::gptq::Hessians::collect_tract(&proto, &[], &batches).unwrap();
+    let ours = nerp::compress::moments::Hessians::collect(&graph, &batches).unwrap();
+    let tract = nerp::compress::moments::Hessians::collect_tract(&proto, &[], &batches).unwrap();
     // Every one-group conv and the classifier (Gemm, transB).
     assert_eq!(ours.0.len(), 22);
     let mut names: Vec<_> = ours.0.keys().collect();

@@ -234,10 +234,10 @@ fn matmul_layer_moments_are_the_input_vectors_second_moments() {
             }
         }
     }
-    let tract = nerp::compress::gptq::Hessians::collect_tract(&m, &[], &batches).unwrap();
-    let ours = nerp::compress::gptq::Hessians::collect(&Graph::from_proto(&m).unwrap(), &batches).unwrap();
+    let tract = nerp::compress::moments::Hessians::collect_tract(&m, &[], &batches).unwrap();
+    let ours = nerp::compress::moments::Hessians::collect(&Graph::from_proto(&m).unwrap(), &batches).unwrap();
     for h in [&tract.0["b"], &ours.0["b"]] {
-        assert_eq!((h.d, h.layout), (4, nerp::compress::gptq::Layout::InputRows));
+        assert_eq!((h.d, h.layout), (4, nerp::codec::gptq::Layout::InputRows));
         let worst = h.h.iter().zip(&want).fold(0f64, |a, (x, y)| a.max((x - y).abs()));
         assert!(worst < 1e-5, "{worst}");
     }

@@ -125,7 +125,7 @@ fn minilm_size_ratio_4_keeps_embeddings_through_candle() {
     // At least int8's fidelity (every matrix int8, the rest raw).
     let int8 = tmp.path().join("int8.nerp");
     let mut int8_opts = CompressOptions {
-        raw_codec: nerp::compress::Codec::Int8,
+        raw_codec: nerp::codec::Codec::INT8,
         error_budget: ErrorBudget::Off,
         ..opts.clone()
     };

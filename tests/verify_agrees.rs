@@ -5,7 +5,8 @@
 //! it), and compares `verify` with what the loaders do.
 
 use candle_core::Device as CandleDevice;
-use nerp::compress::{build_file, make_plan, Codec, CompressOptions};
+use nerp::codec::Codec;
+use nerp::compress::{build_file, make_plan, CompressOptions};
 use nerp::format::{FileBuilder, Header, SectionKind, WeightDtype};
 use nerp::{runtime, runtime::regen, Device, NerpFile};
 use proptest::prelude::*;
@@ -20,7 +21,7 @@ fn base(which: usize) -> &'static (Header, Vec<Vec<u8>>) {
     BASES[which].get_or_init(|| {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kinds/kinds.onnx");
         let model = nerp::ingest::load(&path).unwrap();
-        let (dtype, raw_codec) = [(WeightDtype::F16, Codec::Raw), (WeightDtype::Int8, Codec::Int8)][which];
+        let (dtype, raw_codec) = [(WeightDtype::F16, Codec::Raw), (WeightDtype::Int8, Codec::INT8)][which];
         let mut opts = CompressOptions { predictor_dtype: dtype, raw_codec, ..Default::default() };
         opts.metadata.insert(runtime::INPUT_SHAPES_KEY.into(), "[[1,3,16,16]]".into());
         opts.metadata.insert("preprocess".into(), r#"{"scale":0.0039,"mean":[0.5],"std":[0.25]}"#.into());

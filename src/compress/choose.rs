@@ -7,200 +7,19 @@
 //! as `√Σ eᵢ²` of the errors measured with each tensor changed alone (independent
 //! perturbations; the compressor checks the estimate with one run of the chosen model).
 
+use crate::codec::{Codec, Encoded};
 use crate::compress::calibrate::Calibration;
-use crate::error::{Error, Result};
-use crate::format::{self, DType};
-use crate::ingest::{SourceModel, SourceTensor};
-
-/// How a float tensor that is not predicted is stored (spec section 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Codec {
-    /// As is (byte-grouped zstd): lossless.
-    #[default]
-    Raw,
-    /// f32/f64 values cast to f16 (format 3); other dtypes stay raw.
-    F16,
-    /// f32/f64 values cast to bf16 (format 3); other dtypes stay raw.
-    Bf16,
-    /// Quantized to int8, one f16 scale per row (format 3).
-    Int8,
-    /// Quantized to 6 bits, groups as int4 (format 3).
-    Int6,
-    /// Quantized to 5 bits, groups as int4 (format 3).
-    Int5,
-    /// Quantized to int4, one f16 scale per row or per group of at most 128 values (format 3).
-    Int4,
-    /// Quantized to 3 bits, groups as int4 (format 3).
-    Int3,
-    /// Quantized to 2 bits, groups as int4 (format 3).
-    Int2,
-}
-
-impl Codec {
-    /// The name used on the command line and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Codec::Raw => "raw",
-            Codec::F16 => "f16",
-            Codec::Bf16 => "bf16",
-            Codec::Int8 => "int8",
-            Codec::Int6 => "int6",
-            Codec::Int5 => "int5",
-            Codec::Int4 => "int4",
-            Codec::Int3 => "int3",
-            Codec::Int2 => "int2",
-        }
-    }
-
-    /// Bits per value of a quantizing codec.
-    pub fn bits(self) -> Option<u8> {
-        match self {
-            Codec::Int8 => Some(8),
-            Codec::Int6 => Some(6),
-            Codec::Int5 => Some(5),
-            Codec::Int4 => Some(4),
-            Codec::Int3 => Some(3),
-            Codec::Int2 => Some(2),
-            _ => None,
-        }
-    }
-
-    /// The codecs [`allocate`] chooses among (bf16 is left out: on weights of ordinary range
-    /// it has f16's size and 8× its error). Int6 and int5 fill the gap between int8 and int4
-    /// (error ×16 for half the bytes): without them, the PP-OCR recognizer's CTC head (29% of
-    /// its weights) had to take int4 at half the fp16 file.
-    pub const CHOICES: [Codec; 8] = [
-        Codec::Raw,
-        Codec::F16,
-        Codec::Int8,
-        Codec::Int6,
-        Codec::Int5,
-        Codec::Int4,
-        Codec::Int3,
-        Codec::Int2,
-    ];
-}
-
-/// Values per scale when quantizing rows of `row` values to `bits` bits: the whole row for
-/// int8 or rows of at most 128 values, else the largest divisor of the row at most 128 (at
-/// least 16; else the whole row) — fewer bits need small groups to keep the error down.
-pub fn quant_group(row: u64, bits: u8) -> u64 {
-    if bits >= 8 || row <= 128 {
-        return row;
-    }
-    (16..=128).rev().find(|g| row.is_multiple_of(*g)).unwrap_or(row)
-}
-
-/// A tensor encoded by a codec: what the storage entry says, and the section's decoded bytes.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Encoded {
-    /// The source bytes (the codec does not apply to this tensor, or is `raw`).
-    Raw,
-    /// Cast to `to` (f16 or bf16).
-    Cast { to: DType, bytes: Vec<u8> },
-    /// Quantized ([`format::quant`]'s encoded form).
-    Quantized { bits: u8, group: u64, bytes: Vec<u8> },
-}
-
-/// Encodes `t` with `codec`: [`eligible`] tensors only (rank < 2 tensors, biases and norms,
-/// stay raw: they are few bytes, and quantizing them is what made `--raw-codec int4` lose 2.9
-/// points on ResNet-20); a cast applies to f32/f64 tensors, a quantization to any eligible
-/// one; anything else stays [`Encoded::Raw`]. Fails (naming the tensor) when a value cannot
-/// be quantized (non-finite, beyond f16 scales).
-///
-/// With the input moments `h` of the tensor's layer ([`crate::compress::gptq`]), quantization rounds
-/// data-aware when `h` fits the tensor's shape ([`crate::compress::gptq::Moments::quantize`]).
-pub fn encode(
-    t: &SourceTensor,
-    codec: Codec,
-    h: Option<&crate::compress::gptq::Moments>,
-) -> Result<Encoded, String> {
-    if !eligible(t) {
-        return Ok(Encoded::Raw);
-    }
-    let wide = matches!(t.dtype, DType::F32 | DType::F64);
-    let values = || format::codec::to_f32(t.dtype, &t.data).expect("float");
-    match codec {
-        Codec::F16 | Codec::Bf16 if wide => {
-            let to = if codec == Codec::F16 { DType::F16 } else { DType::Bf16 };
-            Ok(Encoded::Cast { to, bytes: format::codec::from_f32(to, &values()).expect("half dtype") })
-        }
-        _ => match codec.bits() {
-            Some(bits) if t.dtype.is_float() && !t.data.is_empty() => quantize(t, &values(), bits, h)
-                .map_err(|e| format!("tensor {} cannot be stored as int{bits}: {e}", t.name)),
-            _ => Ok(Encoded::Raw),
-        },
-    }
-}
-
-/// `values` (of `t`'s shape, row-major) quantized to `bits` bits in groups of [`quant_group`]
-/// of `t`'s row length: data-aware (GPTQ) with the input moments `h` of its layer when they
-/// match the rows, else to the nearest level with MSE-chosen scales.
-fn quantize(
-    t: &SourceTensor,
-    values: &[f32],
-    bits: u8,
-    h: Option<&crate::compress::gptq::Moments>,
-) -> Result<Encoded> {
-    let row = format::row_len(&t.shape).expect("ingested shapes fit");
-    let group = quant_group(row, bits);
-    let q = match h.and_then(|m| m.quantize(values, row as usize, group as usize, bits)) {
-        Some(q) => q?,
-        None => format::quant::quantize(values, group as usize, bits, Default::default())
-            .map_err(|e| Error::Training(e.to_string()))?,
-    };
-    Ok(Encoded::Quantized { bits, group, bytes: q.encode() })
-}
-
-/// The residual of a predicted tensor (spec section 5.3b): `original − predicted` quantized to
-/// `bits` bits like a tensor of `t`'s shape (data-aware with `h`, which sees only the
-/// residual's error: the prediction is fixed). Returns the encoding and the values the file
-/// regenerates, `predicted` plus the decoded residual.
-pub fn encode_residual(
-    t: &SourceTensor,
-    original: &[f32],
-    predicted: &[f32],
-    bits: u8,
-    h: Option<&crate::compress::gptq::Moments>,
-) -> Result<(Encoded, Vec<f32>)> {
-    let r: Vec<f32> = original.iter().zip(predicted).map(|(a, b)| a - b).collect();
-    let encoded = quantize(t, &r, bits, h).map_err(|e| {
-        Error::Training(format!("tensor {}: residual cannot be stored as int{bits}: {e}", t.name))
-    })?;
-    let back = encoded.decode(t);
-    let values = predicted.iter().zip(back).map(|(p, r)| p + r).collect();
-    Ok((encoded, values))
-}
-
-impl Encoded {
-    /// The values the file gives back, as f32.
-    pub fn decode(&self, t: &SourceTensor) -> Vec<f32> {
-        match self {
-            Encoded::Raw => format::codec::to_f32(t.dtype, &t.data).expect("float"),
-            Encoded::Cast { to, bytes } => format::codec::to_f32(*to, bytes).expect("half dtype"),
-            Encoded::Quantized { bits, group, bytes } => {
-                let n = bytes_to_values(t);
-                format::quant::decode(bytes, n, *group as usize, *bits, f32::MAX)
-                    .expect("own encoding decodes")
-                    .dequantize()
-            }
-        }
-    }
-
-    /// Bytes of the section before zstd (what the budget counts: quantized codes hardly
-    /// compress; raw f32 compresses by ~10%, so raw is slightly overcounted).
-    pub fn len(&self, t: &SourceTensor) -> u64 {
-        match self {
-            Encoded::Raw => t.data.len() as u64,
-            Encoded::Cast { bytes, .. } | Encoded::Quantized { bytes, .. } => bytes.len() as u64,
-        }
-    }
-}
-
-fn bytes_to_values(t: &SourceTensor) -> usize {
-    t.data.len() / t.dtype.size()
-}
+use crate::compress::moments::Hessians;
+use crate::compress::plan::LayerPlan;
+use crate::compress::{
+    build_file_with, predicted_values, CompressOptions, ErrorBudget, ResidualMode, StorageReport,
+    DEFAULT_FALLBACK_WEIGHT_ERROR, DEFAULT_MAX_ERROR, DEFAULT_MAX_WEIGHT_ERROR,
+};
+use crate::error::Result;
+use crate::format::{self, codec::pack_permutation, Encoding, Ordering};
+use crate::ingest::SourceTensor;
+use crate::ingest::{self, SourceModel};
+use crate::predictor::Predictor;
 
 /// What a tensor gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -216,14 +35,11 @@ pub enum Choice {
 
 impl Choice {
     /// The name in reports.
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            Choice::Predicted => "predicted",
+            Choice::Predicted => "predicted".into(),
             Choice::Stored(c) => c.name(),
-            Choice::Residual(2) => "predicted+int2",
-            Choice::Residual(3) => "predicted+int3",
-            Choice::Residual(4) => "predicted+int4",
-            Choice::Residual(_) => "predicted+residual",
+            Choice::Residual(bits) => format!("predicted+int{bits}"),
         }
     }
 
@@ -380,9 +196,14 @@ impl Measure<'_> {
     }
 }
 
-/// Whether a tensor may get any codec (float, rank ≥ 2, not empty); the others stay raw.
+/// The codec's view of a source tensor.
+pub fn tensor(t: &SourceTensor) -> crate::codec::Tensor<'_> {
+    crate::codec::Tensor { name: &t.name, dtype: t.dtype, shape: &t.shape, source: &t.data }
+}
+
+/// Whether a tensor may get a lossy codec ([`crate::codec::eligible`]).
 pub fn eligible(t: &SourceTensor) -> bool {
-    t.dtype.is_float() && t.shape.len() >= 2 && !t.data.is_empty()
+    crate::codec::eligible(t.dtype, &t.shape, t.data.len())
 }
 
 /// The candidates of every tensor of `model`: for an [`eligible`] one each of
@@ -394,7 +215,7 @@ pub fn candidates(
     model: &SourceModel,
     predicted: &[Option<(Vec<f32>, u64)>],
     measure: &Measure,
-    hessians: &crate::compress::gptq::Hessians,
+    hessians: &Hessians,
     threads: usize,
 ) -> Result<Vec<Vec<Candidate>>> {
     let raw = |t: &SourceTensor| Candidate {
@@ -408,15 +229,17 @@ pub fn candidates(
         if !eligible(t) {
             return Ok(out);
         }
-        let original = format::codec::to_f32(t.dtype, &t.data).expect("float");
+        let view = tensor(t);
+        let original = view.values();
         for codec in Codec::CHOICES.into_iter().filter(|&c| c != Codec::Raw) {
-            let encoded = encode(t, codec, hessians.0.get(&t.name)).map_err(Error::Training)?;
+            let encoded = codec.encode(view, hessians.0.get(&t.name))?;
             if encoded == Encoded::Raw {
                 continue;
             }
-            let values = encoded.decode(t);
+            let values = encoded.values(t.dtype, &t.data, view.numel());
             let error = measure.error(i, &original, &values)?;
-            out.push(Candidate { choice: Choice::Stored(codec), bytes: encoded.len(t), error });
+            let bytes = encoded.cost(t.data.len() as u64);
+            out.push(Candidate { choice: Choice::Stored(codec), bytes, error });
         }
         if let Some((values, bytes)) = &predicted[i] {
             let error = measure.error(i, &original, values)?;
@@ -448,6 +271,315 @@ pub fn candidates(
         out[i] = Some(r?);
     }
     Ok(out.into_iter().map(|c| c.expect("every tensor measured")).collect())
+}
+
+/// The storage chosen per tensor, with each one's error alone.
+pub(crate) type Choices = (Vec<Choice>, Vec<f64>);
+
+/// Residuals of predicted tensors by (tensor, bits): bytes beside the predictor, and values.
+pub(crate) type Residuals = std::collections::BTreeMap<(usize, u8), (u64, Vec<f32>)>;
+
+/// What the per-tensor choice measures with, prepared before training: the calibration run,
+/// the layers' input moments, and every tensor's codec candidates (measured once).
+pub struct Chooser {
+    pub(crate) cal: Option<crate::compress::calibrate::Calibration>,
+    pub(crate) hessians: Hessians,
+    pub(crate) total_norm: f64,
+    /// Measured on first use: the default check without calibration inputs needs them only
+    /// when the predictor's file fails it.
+    pub(crate) codecs: std::cell::OnceCell<Vec<Vec<crate::compress::choose::Candidate>>>,
+}
+
+impl Chooser {
+    /// What the codecs of `model`'s tensors are measured with.
+    pub(crate) fn new(
+        model: &SourceModel,
+        cal: Option<crate::compress::calibrate::Calibration>,
+        hessians: Hessians,
+    ) -> Result<Self> {
+        let total_norm = model
+            .tensors
+            .iter()
+            .filter(|t| crate::compress::choose::eligible(t))
+            .map(|t| {
+                let v = format::codec::to_f32(t.dtype, &t.data).expect("float");
+                v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>()
+            })
+            .sum::<f64>()
+            .sqrt();
+        Ok(Chooser { cal, hessians, total_norm, codecs: std::cell::OnceCell::new() })
+    }
+
+    /// Every codec of every tensor of `model`, measured once (see
+    /// [`crate::compress::choose::candidates`]).
+    fn codecs(&self, model: &SourceModel) -> Result<&Vec<Vec<crate::compress::choose::Candidate>>> {
+        if let Some(c) = self.codecs.get() {
+            return Ok(c);
+        }
+        let none = vec![None; model.tensors.len()];
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let measured =
+            crate::compress::choose::candidates(model, &none, &self.measure(), &self.hessians, threads)?;
+        Ok(self.codecs.get_or_init(|| measured))
+    }
+
+    fn measure(&self) -> crate::compress::choose::Measure<'_> {
+        match &self.cal {
+            Some(c) => crate::compress::choose::Measure::Output(c),
+            None => crate::compress::choose::Measure::Weights { total_norm: self.total_norm },
+        }
+    }
+
+    /// Bytes beside the tensors: the skeleton, and an estimate of header and alignment.
+    fn base_bytes(model: &SourceModel) -> u64 {
+        let skeleton =
+            model.skeleton.as_ref().map_or(0, |s| format::write::encode(Encoding::Zstd, s).len() as u64);
+        skeleton + 1024 + 64 * model.tensors.len() as u64
+    }
+
+    /// Whether codecs alone already do at least as well as any file with a predictor of
+    /// `predictor_bytes` could: under an error budget, their file is smaller than the predictor
+    /// alone; under a byte budget, they meet it within the default error.
+    /// Then no predictor is trained.
+    pub(crate) fn codecs_suffice(
+        &self,
+        model: &SourceModel,
+        budget: Budget,
+        predictor_bytes: u64,
+    ) -> Result<bool> {
+        let base = Self::base_bytes(model);
+        let a = crate::compress::choose::allocate(self.codecs(model)?, base, budget);
+        Ok(a.feasible
+            && match budget {
+                Budget::Error(_) => a.bytes <= base + predictor_bytes,
+                // Output error, or the weights' (without calibration inputs): on MiniLM
+                // `--size-ratio 4` trained an 11 M-parameter predictor for 24 minutes at one
+                // step, whose 90% weight error lost to codecs at under 1%.
+                Budget::Bytes(_) => a.error <= DEFAULT_MAX_ERROR,
+            })
+    }
+}
+
+/// Chooses a storage per tensor under the budget (`max_bytes` from `--size-ratio`, else the
+/// error budget), or returns `None` to keep the planned storage (no budget, or the default
+/// check passed). Two alternatives are allocated and the better one kept: with the trained
+/// predictor (its bytes counted once, each planned tensor predicted or given a codec) and with
+/// codecs only.
+#[allow(clippy::too_many_arguments)] // the pipeline's state, passed once
+pub(crate) fn choose_storage(
+    model: &SourceModel,
+    plans: &[LayerPlan],
+    values: &[Vec<f32>],
+    predictor: Option<&Predictor>,
+    opts: &CompressOptions,
+    chooser: &Chooser,
+    max_bytes: Option<u64>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<(Choices, StorageReport)>> {
+    use crate::compress::choose;
+    let (cal, hessians, total_norm) = (chooser.cal.as_ref(), &chooser.hessians, chooser.total_norm);
+    let measure = chooser.measure();
+    let f32s = |t: &ingest::SourceTensor| format::codec::to_f32(t.dtype, &t.data).expect("float");
+    // The predictor's values and the bytes each predicted tensor adds beside the predictor.
+    let mut predicted: Vec<Option<(Vec<f32>, u64)>> = vec![None; model.tensors.len()];
+    if let Some(p) = predictor {
+        for ((plan, rebuilt), v) in plans.iter().zip(predicted_values(p, plans, values)?).zip(values) {
+            debug_assert_eq!(rebuilt.len(), v.len());
+            let scales = plan.scales.as_ref().map_or(0, |s| s.len() * opts.scale_dtype.dtype().size());
+            let perm = if opts.ordering == Ordering::None { 0 } else { pack_permutation(&plan.perm).len() };
+            predicted[plan.tensor] = Some((rebuilt, (scales + perm) as u64));
+        }
+    }
+    // The predictor's output plus a k-bit residual, per predicted tensor and width: bytes and
+    // values. Encoded (GPTQ per width) only once a budget needs them, or for `--residual BITS`.
+    let residuals_at = |widths: &[u8]| -> Result<Residuals> {
+        let mut residuals = Residuals::new();
+        for (i, p) in predicted.iter().enumerate() {
+            let (Some((rebuilt, bytes)), t) = (p, &model.tensors[i]) else { continue };
+            for &bits in widths {
+                let (encoded, values) = Codec::Int(bits).encode_residual(
+                    tensor(t),
+                    &f32s(t),
+                    rebuilt,
+                    hessians.0.get(&t.name),
+                )?;
+                residuals.insert((i, bits), (bytes + encoded.cost(t.data.len() as u64), values));
+            }
+        }
+        Ok(residuals)
+    };
+    let forced = match opts.residual {
+        ResidualMode::Every(bits) => residuals_at(&[bits])?,
+        _ => Residuals::new(),
+    };
+    let change_of = |residuals: &Residuals, i: usize, c: Choice| -> Result<Option<Vec<f32>>> {
+        Ok(match c {
+            Choice::Predicted => predicted[i].as_ref().map(|(v, _)| v.clone()),
+            Choice::Residual(bits) => residuals.get(&(i, bits)).map(|(_, v)| v.clone()),
+            Choice::Stored(Codec::Raw) => None,
+            Choice::Stored(codec) => {
+                let t = &model.tensors[i];
+                match codec.encode(tensor(t), hessians.0.get(&t.name))? {
+                    Encoded::Raw => None,
+                    e => Some(e.values(t.dtype, &t.data, t.data.len() / t.dtype.size())),
+                }
+            }
+        })
+    };
+    // The error of a whole assignment: one run (output), or the weights' error.
+    let error_of = |residuals: &Residuals, picks: &[Choice]| -> Result<f64> {
+        let mut changes = Vec::new();
+        for (i, &c) in picks.iter().enumerate() {
+            if let Some(v) = change_of(residuals, i, c)? {
+                changes.push((i, v));
+            }
+        }
+        match cal {
+            Some(c) => c.error(&changes.iter().map(|(i, v)| (*i, v.as_slice())).collect::<Vec<_>>()),
+            None => {
+                let d: f64 = changes
+                    .iter()
+                    .map(|(i, v)| {
+                        let o = f32s(&model.tensors[*i]);
+                        o.iter().zip(v).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>()
+                    })
+                    .sum();
+                Ok(d.sqrt() / total_norm.max(f64::MIN_POSITIVE))
+            }
+        }
+    };
+    let planned = planned_choices(&predicted.iter().map(Option::is_some).collect::<Vec<_>>(), opts);
+    // The default check's target for codecs: output error, else the weights' stricter one.
+    let check_target = |e: f64| if cal.is_some() { e } else { e.min(DEFAULT_FALLBACK_WEIGHT_ERROR) };
+    let mut predictor_only_error = None;
+    let budget = match (max_bytes, opts.error_budget) {
+        (Some(b), _) => Budget::Bytes(b),
+        (None, ErrorBudget::Target(e)) => Budget::Error(e),
+        (None, ErrorBudget::Check(e)) if predictor.is_none() => Budget::Error(check_target(e)),
+        (None, ErrorBudget::Check(e)) => {
+            let limit = if cal.is_some() { e } else { DEFAULT_MAX_WEIGHT_ERROR };
+            let err = error_of(&forced, &planned)?;
+            if err <= limit {
+                return Ok(None);
+            }
+            predictor_only_error = Some(err);
+            warnings.push(format!(
+                "the predicted file would change the model's {} by {:.1}% (more than {:.1}%): \
+                 storing the tensors it cannot keep with other codecs (--max-error off keeps the predictor's file)",
+                if cal.is_some() { "outputs" } else { "weights" },
+                100.0 * err,
+                100.0 * limit
+            ));
+            Budget::Error(check_target(e))
+        }
+        (None, ErrorBudget::Off) => return Ok(None),
+    };
+    let others: Vec<u8> =
+        opts.residual.widths().into_iter().filter(|&b| opts.residual != ResidualMode::Every(b)).collect();
+    let mut residuals = residuals_at(&others)?;
+    residuals.extend(forced);
+    // Each tensor's codecs (measured before training), and the predicted option.
+    let mut cands = chooser.codecs(model)?.clone();
+    for (i, p) in predicted.iter().enumerate() {
+        if let Some((v, bytes)) = p {
+            let error = measure.error(i, &f32s(&model.tensors[i]), v)?;
+            cands[i].push(choose::Candidate { choice: Choice::Predicted, bytes: *bytes, error });
+        }
+    }
+    for (&(i, bits), (bytes, v)) in &residuals {
+        let error = measure.error(i, &f32s(&model.tensors[i]), v)?;
+        cands[i].push(choose::Candidate { choice: Choice::Residual(bits), bytes: *bytes, error });
+    }
+    let without: Vec<Vec<choose::Candidate>> =
+        cands.iter().map(|c| c.iter().copied().filter(|x| !x.choice.uses_predictor()).collect()).collect();
+    let predictor_bytes = predictor.map_or(0, |p| {
+        format::predictor::stored_len(opts.predictor_dtype, p.hidden, p.embedding.levels as usize)
+    });
+    let base = Chooser::base_bytes(model);
+    // Check each alternative's estimate with the real file (zstd, alignment) and the measured
+    // error, and move its allocation's target by what it missed, a few times; keep the best
+    // result that meets the budget (else the last). Alternatives are compared by what was
+    // measured: on ResNet-20 at 14x the estimate (errors added in quadrature) preferred the
+    // widest predictor (estimated 69%, measured 85% output error) over codecs only (estimated
+    // 7.9%, measured 14.9%; 91.59% accuracy against 40.24%).
+    let what = match budget {
+        Budget::Bytes(b) => format!("bytes <= {b}"),
+        Budget::Error(e) => format!("error <= {e}"),
+    };
+    let mut best: Option<(f64, Choices, StorageReport)> = None;
+    let mut last = None;
+    let alternatives: &[bool] = if predictor.is_some() { &[false, true] } else { &[false] };
+    for &with_predictor in alternatives {
+        let (table, fixed) = if with_predictor { (&cands, base + predictor_bytes) } else { (&without, base) };
+        let mut target = budget;
+        for _ in 0..5 {
+            let alloc = choose::allocate(table, fixed, target);
+            let picks: Vec<Choice> = alloc.picks.iter().zip(table).map(|(&k, c)| c[k].choice).collect();
+            if with_predictor && !picks.iter().any(|c| c.uses_predictor()) {
+                break; // the same as codecs only
+            }
+            let errors: Vec<f64> = alloc.picks.iter().zip(table).map(|(&k, c)| c[k].error).collect();
+            let measured = if cal.is_some() { Some(error_of(&residuals, &picks)?) } else { None };
+            let bytes = build_file_with(model, plans, values, predictor, opts, Some((&picks, hessians)))?
+                .bytes
+                .len() as u64;
+            let got = measured.unwrap_or(alloc.error);
+            let (met, score, next) = match (budget, target) {
+                (Budget::Bytes(max), Budget::Bytes(t)) => {
+                    (bytes <= max, got, Budget::Bytes((t + max).saturating_sub(bytes)))
+                }
+                (Budget::Error(max), Budget::Error(t)) => {
+                    (got <= max, bytes as f64, Budget::Error(t * max / got.max(f64::MIN_POSITIVE)))
+                }
+                _ => unreachable!("the target keeps the budget's kind"),
+            };
+            let report = StorageReport {
+                budget: what.clone(),
+                measure: measure.name(),
+                calibration_batches: cal.map_or(0, |c| c.batches()),
+                predictor_only_error,
+                with_predictor,
+                estimated_error: alloc.error,
+                measured_error: measured,
+                met,
+            };
+            if met && best.as_ref().is_none_or(|(s, _, _)| score < *s) {
+                best = Some((score, (picks.clone(), errors.clone()), report.clone()));
+            }
+            last = Some(((picks, errors), report, bytes));
+            // Close enough (within 1%), or nothing left to move.
+            let close = match budget {
+                Budget::Bytes(max) => met && bytes * 100 >= max * 99,
+                Budget::Error(max) => met && got * 10.0 >= max * 9.0,
+            };
+            // An allocation infeasible by its estimate (bytes before zstd: int2 codes compress by
+            // ~20%) whose file still fits gets the bytes it did not use.
+            if close || next == target || (!alloc.feasible && !met) {
+                break;
+            }
+            target = next;
+        }
+    }
+    if let Some((_, choices, report)) = best {
+        return Ok(Some((choices, report)));
+    }
+    let (choices, report, bytes) = last.expect("one allocation ran");
+    warnings.push(format!(
+        "the budget ({what}) could not be met: {bytes} bytes, estimated error {:.4}{}",
+        report.estimated_error,
+        report.measured_error.map_or(String::new(), |m| format!(", measured {m:.4}"))
+    ));
+    Ok(Some((choices, report)))
+}
+
+/// The storage `compress` plans without a budget: `planned` tensors predicted (with a
+/// `--residual` if given), the others with `--raw-codec`.
+pub(crate) fn planned_choices(planned: &[bool], opts: &CompressOptions) -> Vec<Choice> {
+    let predicted = match opts.residual {
+        ResidualMode::Every(bits) => Choice::Residual(bits),
+        _ => Choice::Predicted,
+    };
+    planned.iter().map(|&p| if p { predicted } else { Choice::Stored(opts.raw_codec) }).collect()
 }
 
 #[cfg(test)]
@@ -523,94 +655,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_codec_round_trips_and_more_bits_mean_less_error() {
-        // A 64 × 256 matrix of bell-shaped values (sums of uniforms), as weights are.
-        let mut rng = crate::compress::train::Rng::new(3);
-        let values: Vec<f32> =
-            (0..64 * 256).map(|_| ((0..4).map(|_| rng.uniform()).sum::<f64>() - 2.0) as f32).collect();
-        let t = SourceTensor {
-            name: "w".into(),
-            dtype: DType::F32,
-            shape: vec![64, 256],
-            data: format::codec::from_f32(DType::F32, &values).unwrap(),
-            role: crate::ingest::Role::Matrix,
-        };
-        let norm = values.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
-        let mut last = (0.0, 0);
-        for codec in Codec::CHOICES {
-            let e = encode(&t, codec, None).unwrap();
-            let back = e.decode(&t);
-            assert_eq!(back.len(), values.len(), "{}", codec.name());
-            let err =
-                values.iter().zip(&back).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt() / norm;
-            if let Encoded::Quantized { bits, group, bytes } = &e {
-                assert_eq!(Some(*bits), codec.bits());
-                // The reader's decoding gives the same values.
-                let read =
-                    format::quant::decode(bytes, values.len(), *group as usize, *bits, f32::MAX).unwrap();
-                assert_eq!(read.dequantize(), back);
-                // Each value within half a step of its group's scale, or clipped (MSE scales).
-                for (k, (a, b)) in values.iter().zip(&back).enumerate() {
-                    let s = read.scales[k / *group as usize].to_f32();
-                    assert!(
-                        (a - b).abs() <= 0.5 * s * 1.0001 || a.abs() > b.abs(),
-                        "{}: {a} vs {b}",
-                        codec.name()
-                    );
-                }
-            }
-            // In CHOICES order the bytes fall and the error grows.
-            let len = e.len(&t);
-            if codec != Codec::Raw {
-                assert!(
-                    len < last.1 && err > last.0,
-                    "{}: {len} bytes, error {err} after {last:?}",
-                    codec.name()
-                );
-            }
-            last = (err, len);
-        }
-    }
-
     proptest::proptest! {
-        /// A residual round-trips: the file's values are the prediction plus the decoded
-        /// residual, each within half of its group's largest residual of the original.
-        #[test]
-        fn a_residual_round_trips_within_half_its_groups_largest_residual(
-            rows in 1usize..4,
-            row in 1usize..40,
-            bits in 2u8..=8,
-            seed in 0u64..1000,
-        ) {
-            let n = rows * row;
-            let noise = |s: u64| -> Vec<f32> {
-                (0..n as u64).map(|i| ((((i + 1) * 2_654_435_761) ^ s) % 2001) as f32 / 1000.0 - 1.0).collect()
-            };
-            let original = noise(seed);
-            let predicted: Vec<f32> = noise(seed + 7).iter().zip(&original).map(|(e, w)| w + 0.3 * e).collect();
-            let t = SourceTensor {
-                name: "w".into(),
-                dtype: DType::F32,
-                shape: vec![rows as u64, row as u64],
-                data: format::codec::from_f32(DType::F32, &original).unwrap(),
-                role: crate::ingest::Role::Matrix,
-            };
-            let (encoded, values) = encode_residual(&t, &original, &predicted, bits, None).unwrap();
-            let Encoded::Quantized { bits: b, group, ref bytes } = encoded else { panic!("not quantized") };
-            proptest::prop_assert_eq!(b, bits);
-            proptest::prop_assert_eq!(bytes.len() as u64, encoded.len(&t));
-            let decoded = encoded.decode(&t);
-            for g in 0..n / group as usize {
-                let range = g * group as usize..(g + 1) * group as usize;
-                let largest = range.clone().map(|i| (original[i] - predicted[i]).abs()).fold(0f32, f32::max);
-                for i in range {
-                    proptest::prop_assert_eq!(values[i], predicted[i] + decoded[i]);
-                    proptest::prop_assert!((original[i] - values[i]).abs() <= 0.5 * largest * 1.002 + 1e-7);
-                }
-            }
-        }
-
         /// The greedy pick stays within any byte budget the cheapest picks meet, is never worse
         /// than them, and where it spent every byte it is the exhaustive optimum (greedy on
         /// convex hulls solves the relaxed problem, and an integral solution of it is optimal).

@@ -2,9 +2,14 @@
 //! per-filter scales and the training targets. The geometry they rest on (grids, cells,
 //! coordinates, scatter) is the format's: [`crate::format::geometry`], re-exported here.
 
+use crate::compress::select::Decision;
+use crate::compress::CompressOptions;
+use crate::error::{Error, Result};
 pub use crate::format::geometry::{cells, coordinates, prediction_ranges, scatter, Grid, LayerPlan};
 use crate::format::predictor::OUTPUTS;
-use crate::format::{DType, Layout, Ordering};
+use crate::format::{self, Ordering, SourceKind};
+use crate::format::{DType, Layout};
+use crate::ingest::SourceModel;
 
 /// Layers with at most this many kernels are ordered by the exact greedy chain; larger ones
 /// by the blocked approximation (see [`chain`]).
@@ -191,6 +196,74 @@ pub fn smoothness(values: &[f32], d: usize, order: &[u32]) -> f64 {
     let v = |i: u32| &unit[i as usize * d..][..d];
     let sum: f64 = order.windows(2).map(|w| dot(v(w[0]), v(w[1])) as f64).sum();
     sum / (order.len().saturating_sub(1).max(1)) as f64
+}
+
+/// The compressor's plan of a source model.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The predicted layers (grids, orderings, scales), in layer order.
+    pub layers: Vec<LayerPlan>,
+    /// The f32 values of each predicted layer's tensor, in the same order.
+    pub values: Vec<Vec<f32>>,
+    /// What happens to every tensor of the model, in model order.
+    pub decisions: Vec<Decision>,
+}
+
+/// The predicted layers of a source model (grids, orderings, scales), their values, and the
+/// decision for every tensor.
+pub fn make_plan(model: &SourceModel, opts: &CompressOptions) -> Result<Plan> {
+    let decisions = opts.selection.decide_all(model)?;
+    let mut plans = Vec::new();
+    let mut values = Vec::new();
+    for (i, t) in model.tensors.iter().enumerate() {
+        let Decision::Predict(layout) = decisions[i] else { continue };
+        let v = format::codec::to_f32(t.dtype, &t.data).expect("float");
+        if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+            return Err(Error::Training(format!(
+                "tensor {} contains {bad}; nerp cannot fit non-finite weights",
+                t.name
+            )));
+        }
+        let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        let grid =
+            Grid::new(layout, &dims).map_err(|what| Error::Training(format!("tensor {}: {what}", t.name)))?;
+        // Rounded to the stored precision first, so the predictor is fitted to what is stored.
+        let scales = opts.filter_scales.then(|| {
+            let s = filter_scales(&v, grid.rows);
+            let stored = format::codec::from_f32(opts.scale_dtype.dtype(), &s).expect("float");
+            let back = format::codec::to_f32(opts.scale_dtype.dtype(), &stored).expect("float");
+            // A scale that rounds to 0 in f16 (RMS below 3e-8) keeps scale 1, as in plan.
+            back.into_iter().map(|x| if x.is_normal() { x } else { 1.0 }).collect()
+        });
+        let blocks = blocks(&v, &grid, scales.as_deref());
+        let perm = order(&blocks, grid.rows, grid.cols, opts.ordering);
+        let layer = plans.len() as u32;
+        plans.push(LayerPlan { tensor: i, layer, grid, perm, scales });
+        values.push(v);
+    }
+    Ok(Plan { layers: plans, values, decisions })
+}
+
+/// Applies `opts.channels` to `model` (ONNX: permute the channel groups; otherwise fall back
+/// to a stored chain) and returns the options the rest of the pipeline uses.
+pub(crate) fn with_channel_order(model: &mut SourceModel, opts: &CompressOptions) -> Result<CompressOptions> {
+    let mut opts = opts.clone();
+    if !opts.channels {
+        return Ok(opts);
+    }
+    if model.kind != SourceKind::Onnx {
+        opts.channels = false;
+        if opts.ordering == Ordering::None {
+            opts.ordering = Ordering::Crossfilter;
+        }
+        return Ok(opts);
+    }
+    let report = crate::compress::permute::permute_model(model)?;
+    opts.metadata.insert(
+        crate::compress::permute::CHANNEL_ORDER_KEY.into(),
+        format!("chain over {} groups", report.groups.len()),
+    );
+    Ok(opts)
 }
 
 #[cfg(test)]

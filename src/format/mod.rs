@@ -129,6 +129,25 @@ pub enum DType {
 }
 
 impl DType {
+    /// The spec's name (section 3): `f32`, `f16`, `bf16`, ….
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::Bf16 => "bf16",
+            DType::F64 => "f64",
+            DType::I8 => "i8",
+            DType::U8 => "u8",
+            DType::I16 => "i16",
+            DType::U16 => "u16",
+            DType::I32 => "i32",
+            DType::U32 => "u32",
+            DType::I64 => "i64",
+            DType::U64 => "u64",
+            DType::Bool => "bool",
+        }
+    }
+
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {

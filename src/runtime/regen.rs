@@ -116,28 +116,24 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
         .collect()
 }
 
-/// The bytes of a tensor stored `quantized` or `cast`, in its dtype: dequantized (spec
-/// section 4.3; the section's scales and codes checked, check 32) or widened, then converted
-/// to the tensor's dtype and checked to be finite in it (check 31).
+/// The bytes of a tensor stored `quantized` or `cast`, in its dtype: decoded by its codec
+/// ([`crate::codec::decode`]: spec section 4.3, the section's scales and codes checked, check
+/// 32; or widened), converted to the tensor's dtype and checked to be finite in it (check 31).
 pub fn stored_bytes(file: &NerpFile, t: &crate::format::TensorEntry) -> Result<Vec<u8>> {
-    let values = match t.storage {
-        Storage::Quantized { bits, group, section } => {
-            decode_quantized(file, t, section, bits, group, "quantized data")?
-        }
-        Storage::Cast { to, section } => to_f32(to, &file.decode_section(section)?).expect("float"),
+    let section = match t.storage {
+        Storage::Quantized { section, .. } | Storage::Cast { section, .. } => section,
         _ => return Err(Error::Rebuild(format!("tensor {} is not quantized or cast", t.name))),
     };
+    let values = decode_section(file, t, &t.storage, section, "quantized data")?;
     let data = from_f32(t.dtype, &values).expect("quantized and cast tensors are float");
-    if matches!(t.storage, Storage::Quantized { .. }) {
-        if let Some((i, v)) = first_non_finite(t.dtype, &data) {
-            return Err(file.fmt_error(FormatError::Tensor {
-                tensor: t.name.clone(),
-                what: format!(
-                    "dequantizes to {v} at element {i} (in {:?}), outside its dtype (spec check 31)",
-                    t.dtype
-                ),
-            }));
-        }
+    if let Some((i, v)) = first_non_finite(t.dtype, &data) {
+        return Err(file.fmt_error(FormatError::Tensor {
+            tensor: t.name.clone(),
+            what: format!(
+                "dequantizes to {v} at element {i} (in {:?}), outside its dtype (spec check 31)",
+                t.dtype
+            ),
+        }));
     }
     Ok(data)
 }
@@ -151,7 +147,8 @@ fn predicted_bytes(file: &NerpFile, p: &LayerPlan, pred: &[f32]) -> Result<Vec<u
     let mut values = vec![0f32; p.grid.numel()];
     scatter(pred, p, &mut values);
     if let Storage::Predicted { residual: Some(r), .. } = t.storage {
-        let residual = decode_quantized(file, t, r.section, r.bits, r.group, "residual")?;
+        let as_stored = Storage::Quantized { bits: r.bits, group: r.group, section: r.section };
+        let residual = decode_section(file, t, &as_stored, r.section, "residual")?;
         for (v, r) in values.iter_mut().zip(residual) {
             *v += r;
         }
@@ -170,31 +167,22 @@ fn predicted_bytes(file: &NerpFile, p: &LayerPlan, pred: &[f32]) -> Result<Vec<u
     Ok(data)
 }
 
-/// The values of a `quantized` section of tensor `t` (its data or its residual, `what`),
-/// checked (spec check 32).
-fn decode_quantized(
+/// The values of section `section` of tensor `t` (its data or its residual, `what`) decoded
+/// as `storage` says, checked (spec check 32).
+fn decode_section(
     file: &NerpFile,
     t: &crate::format::TensorEntry,
+    storage: &Storage,
     section: usize,
-    bits: u8,
-    group: u64,
     what: &str,
 ) -> Result<Vec<f32>> {
     let numel = t.shape.iter().product::<u64>() as usize;
-    let q = crate::format::quant::decode(
-        &file.decode_section(section)?,
-        numel,
-        group as usize,
-        bits,
-        crate::format::limits::MAX_ABS_VALUE,
-    )
-    .map_err(|why| {
+    crate::codec::decode(storage, &file.decode_section(section)?, numel).map_err(|why| {
         file.fmt_error(FormatError::Quantization {
             tensor: t.name.clone(),
             what: format!("{what}: {why} (spec check 32)"),
         })
-    })?;
-    Ok(q.dequantize())
+    })
 }
 
 /// The first NaN or infinite value of little-endian float `bytes` of `dtype`.
