@@ -522,15 +522,8 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         ..CompressOptions::default()
     };
     a.ordering.apply(&mut opts);
-    if let Some(p) = &a.preprocess {
-        let pre = Preprocess::parse(p)?;
-        opts.metadata.insert(PREPROCESS_KEY.into(), serde_json::to_string(&pre).expect("serializes"));
-    }
-    if !a.input_shape.is_empty() {
-        let shapes = a.input_shape.iter().map(|s| runtime::parse_shape(s)).collect::<Result<Vec<_>>>()?;
-        opts.metadata
-            .insert(runtime::INPUT_SHAPES_KEY.into(), serde_json::to_string(&shapes).expect("serializes"));
-    }
+    opts.preprocess = a.preprocess.as_deref().map(Preprocess::parse).transpose()?;
+    opts.input_shapes = a.input_shape.iter().map(|s| runtime::parse_shape(s)).collect::<Result<Vec<_>>>()?;
     let report = compress_with_progress(&a.input, &a.output, &opts, a.quiet || a.json)?;
     for w in &report.warnings {
         eprintln!("warning: {w}");
@@ -941,10 +934,14 @@ fn preprocess_for(file: &NerpFile, flag: Option<&str>) -> Result<Preprocess> {
     if let Some(p) = flag {
         return Preprocess::parse(p);
     }
-    match file.header().metadata.get(PREPROCESS_KEY) {
-        Some(json) => serde_json::from_str::<Preprocess>(json)
-            .map_err(|e| Error::usage("--preprocess", format!("the file's stored preprocessing is invalid ({e}); pass --preprocess")))
-            .and_then(|p| p.validate().map(|_| p)),
+    let stored = Preprocess::stored(file).map_err(|e| {
+        Error::usage(
+            "--preprocess",
+            format!("the file's stored preprocessing is invalid ({e}); pass --preprocess"),
+        )
+    })?;
+    match stored {
+        Some(p) => Ok(p),
         None => Err(Error::usage(
             "--preprocess",
             "the file stores no preprocessing; pass e.g. --preprocess mean=0.286,std=0.353 (or compress with --preprocess)",

@@ -7,7 +7,7 @@ mod common;
 
 use nerp::compress::{compress, CompressOptions, ErrorBudget, ResidualMode};
 use nerp::data::{self, DataSource, Preprocess, Split};
-use nerp::format::{metadata::PREPROCESS_KEY, Storage};
+use nerp::format::Storage;
 use nerp::runtime::Model;
 use std::path::Path;
 
@@ -16,10 +16,8 @@ const RESNET20: &str = "resnet20_fashion_mnist.onnx";
 /// Options with the reference preprocessing stored (so calibration images are used), a
 /// predictor trained for a few steps only.
 fn options() -> CompressOptions {
-    let mut o = CompressOptions { steps: 10, ..Default::default() };
     let pre = Preprocess::parse(common::PREPROCESS).unwrap();
-    o.metadata.insert(PREPROCESS_KEY.into(), serde_json::to_string(&pre).unwrap());
-    o
+    CompressOptions { steps: 10, preprocess: Some(pre), ..Default::default() }
 }
 
 /// `‖y − y₀‖ / ‖y₀‖` of the regenerated model against the original on `n` training images,
@@ -100,23 +98,19 @@ fn a_planned_tensor_stored_otherwise_leaves_its_layer_unused() {
     let plan = nerp::compress::make_plan(&model, &opts).unwrap();
     assert!(plan.layers.len() >= 2);
     let p = nerp::compress::train::init_predictor(8, opts.embedding, 1, &candle_core::Device::Cpu).unwrap();
-    let mut choices =
-        vec![nerp::compress::choose::Choice::Stored(nerp::codec::Codec::Raw); model.tensors.len()];
+    use nerp::compress::choose::{tensor, Store};
+    let coded = |i: usize, codec: nerp::codec::Codec| {
+        Store::Coded(std::sync::Arc::new(codec.encode(tensor(&model.tensors[i]), None).unwrap()))
+    };
+    let mut stores: Vec<Store> =
+        (0..model.tensors.len()).map(|i| coded(i, nerp::codec::Codec::Raw)).collect();
     for l in &plan.layers {
-        choices[l.tensor] = nerp::compress::choose::Choice::Predicted;
+        stores[l.tensor] = Store::Predicted(None);
     }
     let first = plan.layers[0].tensor;
-    choices[first] = nerp::compress::choose::Choice::Stored(nerp::codec::Codec::INT8);
-    let hessians = nerp::compress::moments::Hessians::default();
-    let built = nerp::compress::build_file_with(
-        &model,
-        &plan.layers,
-        &plan.values,
-        Some(&p),
-        &opts,
-        Some((&choices, &hessians)),
-    )
-    .unwrap();
+    stores[first] = coded(first, nerp::codec::Codec::INT8);
+    let built = nerp::compress::build_file_with(&model, &plan.layers, &plan.values, Some(&p), &opts, &stores)
+        .unwrap();
     let path = dir.path().join("m.nerp");
     std::fs::write(&path, &built.bytes).unwrap();
     let file = nerp::open(&path).unwrap();

@@ -142,7 +142,7 @@ fn decoupled_distillation_follows_reconstruction() {
         },
         ..CompressOptions::default()
     };
-    opts.metadata.insert("preprocess".into(), r#"{"scale":0.003921569,"mean":[0.286],"std":[0.353]}"#.into());
+    opts.preprocess = Some(nerp::data::Preprocess::parse("mean=0.286,std=0.353").unwrap());
     let model = common::shared_model("resnet20_fashion_mnist.onnx");
     let r = compress(&model, &dir.path().join("m.nerp"), &opts, &mut |_, _| {}).unwrap();
     let steps: Vec<usize> = r.kd_losses.iter().map(|l| l.step).collect();

@@ -32,8 +32,7 @@ fn tiny(shape: Option<&[usize]>) -> CompressOptions {
         ..Default::default()
     };
     if let Some(s) = shape {
-        o.metadata
-            .insert(nerp::format::metadata::INPUT_SHAPES_KEY.into(), serde_json::to_string(&[s]).unwrap());
+        o.input_shapes = vec![s.to_vec()];
     }
     o
 }

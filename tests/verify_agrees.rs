@@ -23,8 +23,8 @@ fn base(which: usize) -> &'static (Header, Vec<Vec<u8>>) {
         let model = nerp::ingest::load(&path).unwrap();
         let (dtype, raw_codec) = [(WeightDtype::F16, Codec::Raw), (WeightDtype::Int8, Codec::INT8)][which];
         let mut opts = CompressOptions { predictor_dtype: dtype, raw_codec, ..Default::default() };
-        opts.metadata.insert(runtime::INPUT_SHAPES_KEY.into(), "[[1,3,16,16]]".into());
-        opts.metadata.insert("preprocess".into(), r#"{"scale":0.0039,"mean":[0.5],"std":[0.25]}"#.into());
+        opts.input_shapes = vec![vec![1, 3, 16, 16]];
+        opts.preprocess = Some(nerp::data::Preprocess { scale: 0.0039, mean: vec![0.5], std: vec![0.25] });
         let nerp::compress::Plan { layers: plans, values, .. } = make_plan(&model, &opts).unwrap();
         assert!(!plans.is_empty());
         let p = nerp::compress::train::init_predictor(8, opts.embedding, 5, &CandleDevice::Cpu)

@@ -91,6 +91,14 @@ impl Codec {
         }
     }
 
+    /// Bits per value of a quantizing codec.
+    pub fn bits(self) -> Option<u8> {
+        match self {
+            Codec::Int(bits) => Some(bits),
+            _ => None,
+        }
+    }
+
     /// Whether this codec can store a residual (a correction added to a prediction).
     pub fn stores_residuals(self) -> bool {
         matches!(self, Codec::Int(_))

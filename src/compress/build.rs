@@ -1,17 +1,18 @@
-//! Laying out the file: the predictor, and every tensor with the storage chosen for it.
+//! Laying out the file: the predictor, and every tensor with the storage decided for it
+//! ([`Store`]: nothing is decided or encoded here).
 
 use crate::codec::Codec;
-use crate::compress::choose::{tensor, Choice};
+use crate::compress::choose::{planned, tensor, Store};
 use crate::compress::moments::Hessians;
 use crate::compress::plan::{self, LayerPlan};
 use crate::compress::{CompressOptions, TensorReport};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::geometry::prediction_ranges;
 use crate::format::{
     self, codec::pack_permutation, Encoding, FileBuilder, Ordering, PredictorSpec, SectionKind, Source,
     Storage, TensorEntry,
 };
-use crate::ingest::{self, SourceModel};
+use crate::ingest::SourceModel;
 use crate::predictor::{self, Predictor};
 use crate::runtime::regen;
 
@@ -26,7 +27,9 @@ pub struct BuiltFile {
     pub weight_rmse: f64,
 }
 
-/// Lays out the file for a (trained or not) predictor.
+/// Lays out the file for a (trained or not) predictor with the storage `compress` plans
+/// without a budget: planned tensors predicted, the others with `--raw-codec` (rounded to
+/// nearest).
 pub fn build_file(
     model: &SourceModel,
     plans: &[LayerPlan],
@@ -34,7 +37,23 @@ pub fn build_file(
     predictor: Option<&Predictor>,
     opts: &CompressOptions,
 ) -> Result<BuiltFile> {
-    build_file_with(model, plans, values, predictor, opts, None)
+    let stores = planned(model, plans, values, predictor.is_some(), None, opts, &Hessians::default())?;
+    build_file_with(model, plans, values, predictor, opts, &stores)
+}
+
+/// [`build_file`] with a storage per tensor (`stores`, in model order). A planned tensor given
+/// a codec is stored with it, and its layer index stays unused (format 3); no predictor is
+/// stored if nothing is predicted.
+pub fn build_file_with(
+    model: &SourceModel,
+    plans: &[LayerPlan],
+    values: &[Vec<f32>],
+    predictor: Option<&Predictor>,
+    opts: &CompressOptions,
+    stores: &[Store],
+) -> Result<BuiltFile> {
+    let predictions = predictor.map(|p| predicted_values(p, plans, values)).transpose()?;
+    build(model, plans, values, predictor.map(|p| (p, predictions.as_deref())), opts, stores)
 }
 
 /// The predictor's values of each planned tensor (in plan order), as the file regenerates them.
@@ -56,42 +75,23 @@ pub fn predicted_values(
         .collect())
 }
 
-/// [`build_file`] with a storage per tensor (`choices`, in model order; `None`: planned tensors
-/// predicted, the others with `--raw-codec`). A planned tensor given a codec is stored with it,
-/// and its layer index stays unused (format 3); no predictor is stored if nothing is predicted.
-pub fn build_file_with(
-    model: &SourceModel,
-    plans: &[LayerPlan],
-    values: &[Vec<f32>],
-    predictor: Option<&Predictor>,
-    opts: &CompressOptions,
-    chosen: Option<(&[Choice], &Hessians)>,
-) -> Result<BuiltFile> {
-    build(model, plans, values, predictor, opts, chosen, true)
-}
-
-/// [`build_file_with`]; without `predictions` the predictor is not run, and the report's
-/// errors of predicted tensors are zero (the bytes are the same: nothing stored depends on
-/// what it predicts, unless a residual is chosen).
+/// Writes the file: `predictor` with its values of each planned tensor (plan order; without
+/// them the report's errors of predicted tensors are zero — the bytes are the same, as nothing
+/// stored depends on what it predicts once the residuals are encoded), every tensor as
+/// `stores` says. The predictor is stored only if a tensor uses it.
 pub(crate) fn build(
     model: &SourceModel,
     plans: &[LayerPlan],
     values: &[Vec<f32>],
-    predictor: Option<&Predictor>,
+    predictor: Option<(&Predictor, Option<&[Vec<f32>]>)>,
     opts: &CompressOptions,
-    chosen: Option<(&[Choice], &Hessians)>,
-    predictions: bool,
+    stores: &[Store],
 ) -> Result<BuiltFile> {
-    debug_assert!(predictions || chosen.is_none(), "a residual needs the predictions");
-    let choices = chosen.map(|(c, _)| c);
-    let hessian = |name: &str| chosen.and_then(|(_, h)| h.0.get(name));
-    let choice = |i: usize| choices.map(|c| c[i]);
-    let any_predicted = choices.is_none_or(|c| c.iter().any(|c| c.uses_predictor()));
-    let predictor = predictor.filter(|_| any_predicted);
+    let predictor = predictor.filter(|_| stores.iter().any(Store::uses_predictor));
     let mut b = FileBuilder::new();
     let skeleton = model.skeleton.as_ref().map(|s| b.add(SectionKind::Skeleton, Encoding::Zstd, s));
     let predictor_spec = match predictor {
-        Some(p) => {
+        Some((p, _)) => {
             let levels = p.embedding.levels as usize;
             let bytes = predictor::encode_weights(opts.predictor_dtype, p.hidden, levels, &p.to_flat()?)?;
             Some(PredictorSpec {
@@ -106,27 +106,20 @@ pub(crate) fn build(
         }
         None => None,
     };
-    let predicted = match predictor {
-        Some(p) if predictions => Some(predicted_values(p, plans, values)?),
-        _ => None,
-    };
+    let predicted = predictor.and_then(|(_, v)| v);
     let mut plan_of = vec![None; model.tensors.len()];
     for (k, p) in plans.iter().enumerate() {
-        let stored_otherwise = matches!(choice(p.tensor), Some(Choice::Stored(_)));
-        if predictor.is_some() && !stored_otherwise {
-            plan_of[p.tensor] = Some(k);
-        }
+        plan_of[p.tensor] = Some(k);
     }
     let (mut se_all, mut n_all) = (0f64, 0usize);
     let mut entries = Vec::with_capacity(model.tensors.len());
     let mut reports = Vec::with_capacity(model.tensors.len());
     for (i, t) in model.tensors.iter().enumerate() {
         let before = t.data.len() as u64;
-        let (storage, report) = match plan_of[i] {
-            Some(k) => {
+        let (storage, report) = match (&stores[i], plan_of[i]) {
+            (Store::Predicted(residual), Some(k)) => {
                 let p = &plans[k];
-                let mut rebuilt =
-                    std::borrow::Cow::Borrowed(predicted.as_ref().map_or(&values[k], |v| &v[k]));
+                let mut rebuilt = std::borrow::Cow::Borrowed(predicted.map_or(&values[k], |v| &v[k]));
                 // Without a stored ordering every permutation is the identity: an empty section
                 // (format 3). A chain that happens to be the identity (one block) stays stored, so
                 // a chained file keeps the lowest major version its tensors need.
@@ -144,20 +137,19 @@ pub(crate) fn build(
                     after += b.stored_len(idx);
                     idx
                 });
-                let residual = match choice(i) {
-                    Some(Choice::Residual(bits)) => {
-                        let (encoded, with_residual) = Codec::Int(bits).encode_residual(
-                            tensor(t),
-                            &values[k],
-                            &rebuilt,
-                            hessian(&t.name),
-                        )?;
-                        let residual = encoded.store_residual(&mut b).expect("an int codec stores residuals");
-                        after += b.stored_len(residual.section);
-                        rebuilt = std::borrow::Cow::Owned(with_residual);
-                        Some(residual)
+                let residual = match residual {
+                    Some(r) => {
+                        let stored = r.store_residual(&mut b).expect("a residual codec stores residuals");
+                        after += b.stored_len(stored.section);
+                        if predicted.is_some() {
+                            let back = r.values(t.dtype, &[], rebuilt.len());
+                            rebuilt = std::borrow::Cow::Owned(
+                                rebuilt.iter().zip(back).map(|(p, r)| p + r).collect(),
+                            );
+                        }
+                        Some(stored)
                     }
-                    _ => None,
+                    None => None,
                 };
                 let se: f64 = rebuilt.iter().zip(&values[k]).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
                 se_all += se;
@@ -174,18 +166,17 @@ pub(crate) fn build(
                 };
                 (storage, (Some(p.grid.layout), rmse, rel, after))
             }
-            None => {
-                let codec = match choice(i) {
-                    Some(Choice::Stored(c)) => c,
-                    _ => opts.raw_codec,
-                };
-                let (storage, section) = store_unpredicted(&mut b, t, codec, hessian(&t.name))?;
+            (Store::Predicted(_), None) => {
+                return Err(crate::Error::Training(format!("tensor {} is predicted but not planned", t.name)))
+            }
+            (Store::Coded(e), _) => {
+                let (storage, section) = e.store(&mut b, tensor(t));
                 (storage, (None, 0.0, 0.0, b.stored_len(section)))
             }
         };
-        let codec = match (&storage, Codec::of(&storage)) {
+        let stored = match (&storage, Codec::of(&storage)) {
             (Storage::Predicted { layout, .. }, Some(r)) => format!("{}+{r}", layout.name()),
-            (Storage::Predicted { .. }, None) => "raw".into(),
+            (Storage::Predicted { layout, .. }, None) => layout.name().into(),
             (_, c) => c.unwrap_or_default().name(),
         };
         let (predicted, rmse, rel_error, bytes_after) = report;
@@ -194,10 +185,7 @@ pub(crate) fn build(
             name: t.name.clone(),
             shape: t.shape.clone(),
             predicted: predicted.is_some(),
-            stored: match predicted {
-                Some(l) if !codec.contains('+') => l.name().into(),
-                _ => codec,
-            },
+            stored,
             rmse,
             rel_error,
             bytes_before: before,
@@ -206,20 +194,8 @@ pub(crate) fn build(
         });
     }
     let mut metadata = model.metadata.clone();
-    metadata.extend(opts.metadata.clone());
+    metadata.extend(opts.file_metadata());
     let source = Source { kind: model.kind, file_bytes: model.file_bytes, skeleton };
     let bytes = b.finish(source, predictor_spec, entries, metadata);
     Ok(BuiltFile { bytes, tensors: reports, weight_rmse: (se_all / n_all.max(1) as f64).sqrt() })
-}
-
-/// Stores a tensor that is not predicted with `codec` (float tensors only; the others, and
-/// f16/bf16 tensors asked to be cast, stay raw); returns its storage and section.
-pub(crate) fn store_unpredicted(
-    b: &mut FileBuilder,
-    t: &ingest::SourceTensor,
-    codec: Codec,
-    h: Option<&crate::codec::gptq::Moments>,
-) -> Result<(Storage, usize)> {
-    let encoded = codec.encode(tensor(t), h).map_err(|e| Error::usage("--raw-codec", e.to_string()))?;
-    Ok(encoded.store(b, tensor(t)))
 }

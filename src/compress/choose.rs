@@ -8,18 +8,19 @@
 //! perturbations; the compressor checks the estimate with one run of the chosen model).
 
 use crate::codec::{Codec, Encoded};
+use crate::compress::build::build;
 use crate::compress::calibrate::Calibration;
 use crate::compress::moments::Hessians;
 use crate::compress::plan::LayerPlan;
 use crate::compress::{
-    build_file_with, predicted_values, CompressOptions, ErrorBudget, ResidualMode, StorageReport,
-    DEFAULT_FALLBACK_WEIGHT_ERROR, DEFAULT_MAX_ERROR, DEFAULT_MAX_WEIGHT_ERROR,
+    CompressOptions, ErrorBudget, Plan, ResidualMode, StorageReport, DEFAULT_FALLBACK_WEIGHT_ERROR,
+    DEFAULT_MAX_ERROR, DEFAULT_MAX_WEIGHT_ERROR,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::{self, codec::pack_permutation, Encoding, Ordering};
-use crate::ingest::SourceTensor;
-use crate::ingest::{self, SourceModel};
+use crate::ingest::{SourceModel, SourceTensor};
 use crate::predictor::Predictor;
+use std::sync::Arc;
 
 /// What a tensor gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -47,15 +48,15 @@ impl Choice {
     pub fn uses_predictor(self) -> bool {
         matches!(self, Choice::Predicted | Choice::Residual(_))
     }
-
-    /// Residual widths tried: int2…int4 (int8 residuals cost as much as int8 alone).
-    pub const RESIDUAL_BITS: [u8; 3] = [2, 3, 4];
 }
 
 /// One option for one tensor.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
     pub choice: Choice,
+    /// What is stored for it (the codec's or the residual's encoding; `None`: the prediction
+    /// alone), kept so that nothing is encoded twice.
+    pub encoded: Option<Arc<Encoded>>,
     /// Bytes it adds to the file.
     pub bytes: u64,
     /// The error it causes alone (relative output error, or relative weight error over the
@@ -94,7 +95,7 @@ pub struct Allocation {
 pub fn allocate(candidates: &[Vec<Candidate>], fixed: u64, budget: Budget) -> Allocation {
     let hulls: Vec<Vec<usize>> = candidates.iter().map(|c| hull(c)).collect();
     let mut at = vec![0usize; hulls.len()];
-    let point = |t: usize, k: usize| candidates[t][hulls[t][k]];
+    let point = |t: usize, k: usize| &candidates[t][hulls[t][k]];
     let mut bytes = fixed + (0..hulls.len()).map(|t| point(t, 0).bytes).sum::<u64>();
     let mut sq: f64 = (0..hulls.len()).map(|t| point(t, 0).error.powi(2)).sum();
     loop {
@@ -106,7 +107,7 @@ pub fn allocate(candidates: &[Vec<Candidate>], fixed: u64, budget: Budget) -> Al
         let mut best: Option<(f64, usize)> = None;
         for t in 0..hulls.len() {
             let Some(next) = hulls[t].get(at[t] + 1) else { continue };
-            let (a, b) = (point(t, at[t]), candidates[t][*next]);
+            let (a, b) = (point(t, at[t]), &candidates[t][*next]);
             let extra = b.bytes - a.bytes;
             if matches!(budget, Budget::Bytes(max) if bytes + extra > max) {
                 continue;
@@ -149,7 +150,7 @@ fn hull(c: &[Candidate]) -> Vec<usize> {
         }
         // Drop points above the segment from their predecessor to this one.
         while h.len() >= 2 {
-            let (p, q) = (c[h[h.len() - 2]], c[h[h.len() - 1]]);
+            let (p, q) = (&c[h[h.len() - 2]], &c[h[h.len() - 1]]);
             let (px, py, qx, qy) = (p.bytes as f64, p.error.powi(2), q.bytes as f64, q.error.powi(2));
             // q is on or above the line p→i: the slope p→q is no steeper than p→i.
             if (py - qy) * (x - px) <= (py - y) * (qx - px) {
@@ -206,26 +207,25 @@ pub fn eligible(t: &SourceTensor) -> bool {
     crate::codec::eligible(t.dtype, &t.shape, t.data.len())
 }
 
-/// The candidates of every tensor of `model`: for an [`eligible`] one each of
-/// [`Codec::CHOICES`] (those that change nothing else than raw are left out) and, where
-/// `predicted[i]` gives the predictor's values and the bytes the tensor adds beside the
-/// predictor (its scales and permutation), [`Choice::Predicted`]; the others only raw.
-/// Errors are measured on `threads` threads (one tract model per candidate).
+/// The codec candidates of every tensor of `model`: raw, and for an [`eligible`] one each of
+/// [`Codec::CHOICES`] (those that give raw back are left out), encoded once (data-aware with
+/// `hessians`) and kept. Errors are measured on `threads` threads (one tract model per
+/// candidate).
 pub fn candidates(
     model: &SourceModel,
-    predicted: &[Option<(Vec<f32>, u64)>],
     measure: &Measure,
     hessians: &Hessians,
     threads: usize,
 ) -> Result<Vec<Vec<Candidate>>> {
-    let raw = |t: &SourceTensor| Candidate {
-        choice: Choice::Stored(Codec::Raw),
-        bytes: t.data.len() as u64,
-        error: 0.0,
-    };
     let one = |i: usize| -> Result<Vec<Candidate>> {
         let t = &model.tensors[i];
-        let mut out = vec![raw(t)];
+        let raw = Candidate {
+            choice: Choice::Stored(Codec::Raw),
+            encoded: Some(Arc::new(Encoded::Raw)),
+            bytes: t.data.len() as u64,
+            error: 0.0,
+        };
+        let mut out = vec![raw];
         if !eligible(t) {
             return Ok(out);
         }
@@ -239,11 +239,12 @@ pub fn candidates(
             let values = encoded.values(t.dtype, &t.data, view.numel());
             let error = measure.error(i, &original, &values)?;
             let bytes = encoded.cost(t.data.len() as u64);
-            out.push(Candidate { choice: Choice::Stored(codec), bytes, error });
-        }
-        if let Some((values, bytes)) = &predicted[i] {
-            let error = measure.error(i, &original, values)?;
-            out.push(Candidate { choice: Choice::Predicted, bytes: *bytes, error });
+            out.push(Candidate {
+                choice: Choice::Stored(codec),
+                encoded: Some(Arc::new(encoded)),
+                bytes,
+                error,
+            });
         }
         Ok(out)
     };
@@ -273,60 +274,130 @@ pub fn candidates(
     Ok(out.into_iter().map(|c| c.expect("every tensor measured")).collect())
 }
 
-/// The storage chosen per tensor, with each one's error alone.
-pub(crate) type Choices = (Vec<Choice>, Vec<f64>);
+/// A tensor's storage as decided, with what is stored for it: encoded once (when its
+/// candidate was measured) and written as is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Store {
+    /// The predictor's output (times the stored row scales), plus a residual when given
+    /// (spec section 5.3b).
+    Predicted(Option<Arc<Encoded>>),
+    /// Stored by a codec (raw included).
+    Coded(Arc<Encoded>),
+}
 
-/// Residuals of predicted tensors by (tensor, bits): bytes beside the predictor, and values.
-pub(crate) type Residuals = std::collections::BTreeMap<(usize, u8), (u64, Vec<f32>)>;
+impl Store {
+    /// The choice this storage stands for.
+    pub fn choice(&self) -> Choice {
+        match self {
+            Store::Predicted(None) => Choice::Predicted,
+            Store::Predicted(Some(r)) => match r.codec() {
+                Codec::Int(bits) => Choice::Residual(bits),
+                c => unreachable!("{c} stores no residuals"),
+            },
+            Store::Coded(e) => Choice::Stored(e.codec()),
+        }
+    }
+
+    /// Whether the predictor's output is used.
+    pub fn uses_predictor(&self) -> bool {
+        matches!(self, Store::Predicted(_))
+    }
+
+    /// The values the file regenerates for tensor `t` (`predicted`: its predictor's values,
+    /// for a predicted storage), or `None` where they are the source's own.
+    fn values(&self, t: &SourceTensor, predicted: Option<&[f32]>) -> Option<Vec<f32>> {
+        match self {
+            Store::Coded(e) if **e == Encoded::Raw => None,
+            Store::Coded(e) => Some(e.values(t.dtype, &t.data, tensor(t).numel())),
+            Store::Predicted(r) => {
+                let p = predicted.expect("a predicted storage has the predictor's values");
+                Some(match r {
+                    None => p.to_vec(),
+                    Some(r) => p.iter().zip(r.values(t.dtype, &[], p.len())).map(|(p, r)| p + r).collect(),
+                })
+            }
+        }
+    }
+}
+
+impl Candidate {
+    /// The storage this candidate stands for.
+    fn store(&self) -> Store {
+        match (self.choice, &self.encoded) {
+            (Choice::Predicted, _) => Store::Predicted(None),
+            (Choice::Residual(_), Some(e)) => Store::Predicted(Some(e.clone())),
+            (Choice::Stored(_), Some(e)) => Store::Coded(e.clone()),
+            (c, None) => unreachable!("candidate {} keeps its encoding", c.name()),
+        }
+    }
+}
+
+/// The trained predictor and its values of each planned tensor (in plan order), as the file
+/// regenerates them: computed once, used by the choice and by the writer.
+pub struct Fitted {
+    pub predictor: Predictor,
+    pub predictions: Vec<Vec<f32>>,
+}
+
+/// What the choice decided: every tensor's storage (model order) and, under a budget, each
+/// one's error alone and how the budget was met.
+#[derive(Clone)]
+pub struct Decided {
+    pub stores: Vec<Store>,
+    pub errors: Option<Vec<f64>>,
+    pub report: Option<StorageReport>,
+}
 
 /// What the per-tensor choice measures with, prepared before training: the calibration run,
 /// the layers' input moments, and every tensor's codec candidates (measured once).
 pub struct Chooser {
-    pub(crate) cal: Option<crate::compress::calibrate::Calibration>,
+    pub(crate) cal: Option<Calibration>,
     pub(crate) hessians: Hessians,
-    pub(crate) total_norm: f64,
+    total_norm: f64,
     /// Measured on first use: the default check without calibration inputs needs them only
     /// when the predictor's file fails it.
-    pub(crate) codecs: std::cell::OnceCell<Vec<Vec<crate::compress::choose::Candidate>>>,
+    codecs: std::cell::OnceCell<Vec<Vec<Candidate>>>,
 }
 
 impl Chooser {
     /// What the codecs of `model`'s tensors are measured with.
-    pub(crate) fn new(
-        model: &SourceModel,
-        cal: Option<crate::compress::calibrate::Calibration>,
-        hessians: Hessians,
-    ) -> Result<Self> {
+    pub(crate) fn new(model: &SourceModel, cal: Option<Calibration>, hessians: Hessians) -> Self {
         let total_norm = model
             .tensors
             .iter()
-            .filter(|t| crate::compress::choose::eligible(t))
-            .map(|t| {
-                let v = format::codec::to_f32(t.dtype, &t.data).expect("float");
-                v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>()
-            })
+            .filter(|t| eligible(t))
+            .map(|t| tensor(t).values().iter().map(|x| (*x as f64).powi(2)).sum::<f64>())
             .sum::<f64>()
             .sqrt();
-        Ok(Chooser { cal, hessians, total_norm, codecs: std::cell::OnceCell::new() })
+        Chooser { cal, hessians, total_norm, codecs: std::cell::OnceCell::new() }
     }
 
-    /// Every codec of every tensor of `model`, measured once (see
-    /// [`crate::compress::choose::candidates`]).
-    fn codecs(&self, model: &SourceModel) -> Result<&Vec<Vec<crate::compress::choose::Candidate>>> {
+    /// Every codec of every tensor of `model`, measured once (see [`candidates`]).
+    fn codecs(&self, model: &SourceModel) -> Result<&Vec<Vec<Candidate>>> {
         if let Some(c) = self.codecs.get() {
             return Ok(c);
         }
-        let none = vec![None; model.tensors.len()];
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let measured =
-            crate::compress::choose::candidates(model, &none, &self.measure(), &self.hessians, threads)?;
+        let measured = candidates(model, &self.measure(), &self.hessians, crate::linalg::threads())?;
         Ok(self.codecs.get_or_init(|| measured))
     }
 
-    fn measure(&self) -> crate::compress::choose::Measure<'_> {
+    fn measure(&self) -> Measure<'_> {
         match &self.cal {
-            Some(c) => crate::compress::choose::Measure::Output(c),
-            None => crate::compress::choose::Measure::Weights { total_norm: self.total_norm },
+            Some(c) => Measure::Output(c),
+            None => Measure::Weights { total_norm: self.total_norm },
+        }
+    }
+
+    /// The budget the choice works to (`None`: keep the planned storage): `--size-ratio`'s
+    /// bytes, else `--max-error`, else the default check's error — output error, or without
+    /// calibration inputs the stricter weight error [`DEFAULT_FALLBACK_WEIGHT_ERROR`].
+    pub(crate) fn budget(&self, opts: &CompressOptions, max_bytes: Option<u64>) -> Option<Budget> {
+        match (max_bytes, opts.error_budget) {
+            (Some(b), _) => Some(Budget::Bytes(b)),
+            (None, ErrorBudget::Target(e)) => Some(Budget::Error(e)),
+            (None, ErrorBudget::Check(e)) if self.cal.is_some() => Some(Budget::Error(e)),
+            (None, ErrorBudget::Check(e)) => Some(Budget::Error(e.min(DEFAULT_FALLBACK_WEIGHT_ERROR))),
+            (None, ErrorBudget::Off) => None,
         }
     }
 
@@ -339,8 +410,8 @@ impl Chooser {
 
     /// Whether codecs alone already do at least as well as any file with a predictor of
     /// `predictor_bytes` could: under an error budget, their file is smaller than the predictor
-    /// alone; under a byte budget, they meet it within the default error.
-    /// Then no predictor is trained.
+    /// alone; under a byte budget, they meet it within the default error. Then no predictor is
+    /// trained.
     pub(crate) fn codecs_suffice(
         &self,
         model: &SourceModel,
@@ -348,7 +419,7 @@ impl Chooser {
         predictor_bytes: u64,
     ) -> Result<bool> {
         let base = Self::base_bytes(model);
-        let a = crate::compress::choose::allocate(self.codecs(model)?, base, budget);
+        let a = allocate(self.codecs(model)?, base, budget);
         Ok(a.feasible
             && match budget {
                 Budget::Error(_) => a.bytes <= base + predictor_bytes,
@@ -358,141 +429,149 @@ impl Chooser {
                 Budget::Bytes(_) => a.error <= DEFAULT_MAX_ERROR,
             })
     }
-}
 
-/// Chooses a storage per tensor under the budget (`max_bytes` from `--size-ratio`, else the
-/// error budget), or returns `None` to keep the planned storage (no budget, or the default
-/// check passed). Two alternatives are allocated and the better one kept: with the trained
-/// predictor (its bytes counted once, each planned tensor predicted or given a codec) and with
-/// codecs only.
-#[allow(clippy::too_many_arguments)] // the pipeline's state, passed once
-pub(crate) fn choose_storage(
-    model: &SourceModel,
-    plans: &[LayerPlan],
-    values: &[Vec<f32>],
-    predictor: Option<&Predictor>,
-    opts: &CompressOptions,
-    chooser: &Chooser,
-    max_bytes: Option<u64>,
-    warnings: &mut Vec<String>,
-) -> Result<Option<(Choices, StorageReport)>> {
-    use crate::compress::choose;
-    let (cal, hessians, total_norm) = (chooser.cal.as_ref(), &chooser.hessians, chooser.total_norm);
-    let measure = chooser.measure();
-    let f32s = |t: &ingest::SourceTensor| format::codec::to_f32(t.dtype, &t.data).expect("float");
-    // The predictor's values and the bytes each predicted tensor adds beside the predictor.
-    let mut predicted: Vec<Option<(Vec<f32>, u64)>> = vec![None; model.tensors.len()];
-    if let Some(p) = predictor {
-        for ((plan, rebuilt), v) in plans.iter().zip(predicted_values(p, plans, values)?).zip(values) {
-            debug_assert_eq!(rebuilt.len(), v.len());
-            let scales = plan.scales.as_ref().map_or(0, |s| s.len() * opts.scale_dtype.dtype().size());
-            let perm = if opts.ordering == Ordering::None { 0 } else { pack_permutation(&plan.perm).len() };
-            predicted[plan.tensor] = Some((rebuilt, (scales + perm) as u64));
-        }
-    }
-    // The predictor's output plus a k-bit residual, per predicted tensor and width: bytes and
-    // values. Encoded (GPTQ per width) only once a budget needs them, or for `--residual BITS`.
-    let residuals_at = |widths: &[u8]| -> Result<Residuals> {
-        let mut residuals = Residuals::new();
-        for (i, p) in predicted.iter().enumerate() {
-            let (Some((rebuilt, bytes)), t) = (p, &model.tensors[i]) else { continue };
-            for &bits in widths {
-                let (encoded, values) = Codec::Int(bits).encode_residual(
-                    tensor(t),
-                    &f32s(t),
-                    rebuilt,
-                    hessians.0.get(&t.name),
-                )?;
-                residuals.insert((i, bits), (bytes + encoded.cost(t.data.len() as u64), values));
-            }
-        }
-        Ok(residuals)
-    };
-    let forced = match opts.residual {
-        ResidualMode::Every(bits) => residuals_at(&[bits])?,
-        _ => Residuals::new(),
-    };
-    let change_of = |residuals: &Residuals, i: usize, c: Choice| -> Result<Option<Vec<f32>>> {
-        Ok(match c {
-            Choice::Predicted => predicted[i].as_ref().map(|(v, _)| v.clone()),
-            Choice::Residual(bits) => residuals.get(&(i, bits)).map(|(_, v)| v.clone()),
-            Choice::Stored(Codec::Raw) => None,
-            Choice::Stored(codec) => {
-                let t = &model.tensors[i];
-                match codec.encode(tensor(t), hessians.0.get(&t.name))? {
-                    Encoded::Raw => None,
-                    e => Some(e.values(t.dtype, &t.data, t.data.len() / t.dtype.size())),
-                }
-            }
-        })
-    };
-    // The error of a whole assignment: one run (output), or the weights' error.
-    let error_of = |residuals: &Residuals, picks: &[Choice]| -> Result<f64> {
-        let mut changes = Vec::new();
-        for (i, &c) in picks.iter().enumerate() {
-            if let Some(v) = change_of(residuals, i, c)? {
-                changes.push((i, v));
-            }
-        }
-        match cal {
+    /// The error of a whole assignment: one run (output), or the weights' error.
+    fn error_of(
+        &self,
+        model: &SourceModel,
+        predicted: &[Option<(&[f32], u64)>],
+        stores: &[Store],
+    ) -> Result<f64> {
+        let changes: Vec<(usize, Vec<f32>)> = stores
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.values(&model.tensors[i], predicted[i].map(|(v, _)| v)).map(|v| (i, v)))
+            .collect();
+        match &self.cal {
             Some(c) => c.error(&changes.iter().map(|(i, v)| (*i, v.as_slice())).collect::<Vec<_>>()),
             None => {
                 let d: f64 = changes
                     .iter()
                     .map(|(i, v)| {
-                        let o = f32s(&model.tensors[*i]);
+                        let o = tensor(&model.tensors[*i]).values();
                         o.iter().zip(v).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>()
                     })
                     .sum();
-                Ok(d.sqrt() / total_norm.max(f64::MIN_POSITIVE))
+                Ok(d.sqrt() / self.total_norm.max(f64::MIN_POSITIVE))
             }
         }
-    };
-    let planned = planned_choices(&predicted.iter().map(Option::is_some).collect::<Vec<_>>(), opts);
-    // The default check's target for codecs: output error, else the weights' stricter one.
-    let check_target = |e: f64| if cal.is_some() { e } else { e.min(DEFAULT_FALLBACK_WEIGHT_ERROR) };
+    }
+}
+
+/// The storage `compress` plans without a budget: the planned tensors predicted when
+/// `with_predictor` (with a `--residual` encoded against the predictor's `predictions`, plan
+/// order, when asked and given), the others with `--raw-codec` (data-aware with `hessians`).
+pub(crate) fn planned(
+    model: &SourceModel,
+    plans: &[LayerPlan],
+    values: &[Vec<f32>],
+    with_predictor: bool,
+    predictions: Option<&[Vec<f32>]>,
+    opts: &CompressOptions,
+    hessians: &Hessians,
+) -> Result<Vec<Store>> {
+    let mut layer_of = vec![None; model.tensors.len()];
+    for (k, p) in plans.iter().enumerate() {
+        layer_of[p.tensor] = Some(k).filter(|_| with_predictor);
+    }
+    let mut stores = Vec::with_capacity(model.tensors.len());
+    for (i, t) in model.tensors.iter().enumerate() {
+        let h = hessians.0.get(&t.name);
+        stores.push(match (layer_of[i], opts.residual, predictions) {
+            (Some(k), ResidualMode::Every(bits), Some(pred)) => {
+                let (r, _) = Codec::Int(bits).encode_residual(tensor(t), &values[k], &pred[k], h)?;
+                Store::Predicted(Some(Arc::new(r)))
+            }
+            (Some(_), _, _) => Store::Predicted(None),
+            (None, _, _) => Store::Coded(Arc::new(
+                opts.raw_codec
+                    .encode(tensor(t), h)
+                    .map_err(|e| Error::usage("--raw-codec", e.to_string()))?,
+            )),
+        });
+    }
+    Ok(stores)
+}
+
+/// Chooses a storage per tensor — the one place that decides it. Without a chooser or a
+/// budget, or when the default check passes, the [`planned`] storage. Under a budget two
+/// alternatives are allocated and the better one kept: with the trained predictor (its bytes
+/// counted once, each planned tensor predicted, predicted with a residual, or given a codec)
+/// and with codecs only.
+#[allow(clippy::too_many_arguments)] // the pipeline's state, passed once
+pub(crate) fn decide(
+    model: &SourceModel,
+    plan: &Plan,
+    fitted: Option<&Fitted>,
+    opts: &CompressOptions,
+    chooser: Option<&Chooser>,
+    max_bytes: Option<u64>,
+    warnings: &mut Vec<String>,
+) -> Result<Decided> {
+    let no_hessians = Hessians::default();
+    let hessians = chooser.map_or(&no_hessians, |c| &c.hessians);
+    let predictions = fitted.map(|f| f.predictions.as_slice());
+    let planned = planned(model, &plan.layers, &plan.values, fitted.is_some(), predictions, opts, hessians)?;
+    let keep = |stores| Ok(Decided { stores, errors: None, report: None });
+    let Some(chooser) = chooser else { return keep(planned) };
+    let Some(budget) = chooser.budget(opts, max_bytes) else { return keep(planned) };
+    let cal = chooser.cal.as_ref();
+    let measure = chooser.measure();
+    // The predictor's values of each predicted tensor, and the bytes it adds beside the
+    // predictor (its scales and permutation).
+    let mut predicted: Vec<Option<(&[f32], u64)>> = vec![None; model.tensors.len()];
+    if let Some(f) = fitted {
+        for (p, v) in plan.layers.iter().zip(&f.predictions) {
+            let scales = p.scales.as_ref().map_or(0, |s| s.len() * opts.scale_dtype.dtype().size());
+            let perm = if opts.ordering == Ordering::None { 0 } else { pack_permutation(&p.perm).len() };
+            predicted[p.tensor] = Some((v.as_slice(), (scales + perm) as u64));
+        }
+    }
     let mut predictor_only_error = None;
-    let budget = match (max_bytes, opts.error_budget) {
-        (Some(b), _) => Budget::Bytes(b),
-        (None, ErrorBudget::Target(e)) => Budget::Error(e),
-        (None, ErrorBudget::Check(e)) if predictor.is_none() => Budget::Error(check_target(e)),
-        (None, ErrorBudget::Check(e)) => {
-            let limit = if cal.is_some() { e } else { DEFAULT_MAX_WEIGHT_ERROR };
-            let err = error_of(&forced, &planned)?;
-            if err <= limit {
-                return Ok(None);
-            }
-            predictor_only_error = Some(err);
-            warnings.push(format!(
-                "the predicted file would change the model's {} by {:.1}% (more than {:.1}%): \
-                 storing the tensors it cannot keep with other codecs (--max-error off keeps the predictor's file)",
-                if cal.is_some() { "outputs" } else { "weights" },
-                100.0 * err,
-                100.0 * limit
-            ));
-            Budget::Error(check_target(e))
+    if let (ErrorBudget::Check(e), None, Some(_)) = (opts.error_budget, max_bytes, fitted) {
+        let limit = if cal.is_some() { e } else { DEFAULT_MAX_WEIGHT_ERROR };
+        let err = chooser.error_of(model, &predicted, &planned)?;
+        if err <= limit {
+            return keep(planned);
         }
-        (None, ErrorBudget::Off) => return Ok(None),
-    };
-    let others: Vec<u8> =
-        opts.residual.widths().into_iter().filter(|&b| opts.residual != ResidualMode::Every(b)).collect();
-    let mut residuals = residuals_at(&others)?;
-    residuals.extend(forced);
-    // Each tensor's codecs (measured before training), and the predicted option.
+        predictor_only_error = Some(err);
+        warnings.push(format!(
+            "the predicted file would change the model's {} by {:.1}% (more than {:.1}%): \
+             storing the tensors it cannot keep with other codecs (--max-error off keeps the predictor's file)",
+            if cal.is_some() { "outputs" } else { "weights" },
+            100.0 * err,
+            100.0 * limit
+        ));
+    }
+    // Each tensor's codecs (measured before training), the predicted option, and the
+    // prediction plus a k-bit residual per width (encoded only now that a budget needs them;
+    // a `--residual BITS` one is taken from the plan).
     let mut cands = chooser.codecs(model)?.clone();
     for (i, p) in predicted.iter().enumerate() {
-        if let Some((v, bytes)) = p {
-            let error = measure.error(i, &f32s(&model.tensors[i]), v)?;
-            cands[i].push(choose::Candidate { choice: Choice::Predicted, bytes: *bytes, error });
+        let Some((v, side)) = *p else { continue };
+        let t = &model.tensors[i];
+        let original = tensor(t).values();
+        let error = measure.error(i, &original, v)?;
+        cands[i].push(Candidate { choice: Choice::Predicted, encoded: None, bytes: side, error });
+        let mut widths = opts.residual.widths();
+        widths.sort_unstable();
+        for bits in widths {
+            let encoded = match &planned[i] {
+                Store::Predicted(Some(r)) if r.codec() == Codec::Int(bits) => r.clone(),
+                _ => Arc::new(
+                    Codec::Int(bits).encode_residual(tensor(t), &original, v, hessians.0.get(&t.name))?.0,
+                ),
+            };
+            let values = Store::Predicted(Some(encoded.clone())).values(t, Some(v)).expect("predicted");
+            let error = measure.error(i, &original, &values)?;
+            let bytes = side + encoded.cost(t.data.len() as u64);
+            cands[i].push(Candidate { choice: Choice::Residual(bits), encoded: Some(encoded), bytes, error });
         }
     }
-    for (&(i, bits), (bytes, v)) in &residuals {
-        let error = measure.error(i, &f32s(&model.tensors[i]), v)?;
-        cands[i].push(choose::Candidate { choice: Choice::Residual(bits), bytes: *bytes, error });
-    }
-    let without: Vec<Vec<choose::Candidate>> =
-        cands.iter().map(|c| c.iter().copied().filter(|x| !x.choice.uses_predictor()).collect()).collect();
-    let predictor_bytes = predictor.map_or(0, |p| {
+    let without: Vec<Vec<Candidate>> =
+        cands.iter().map(|c| c.iter().filter(|x| !x.choice.uses_predictor()).cloned().collect()).collect();
+    let predictor_bytes = fitted.map_or(0, |f| {
+        let p = &f.predictor;
         format::predictor::stored_len(opts.predictor_dtype, p.hidden, p.embedding.levels as usize)
     });
     let base = Chooser::base_bytes(model);
@@ -506,23 +585,27 @@ pub(crate) fn choose_storage(
         Budget::Bytes(b) => format!("bytes <= {b}"),
         Budget::Error(e) => format!("error <= {e}"),
     };
-    let mut best: Option<(f64, Choices, StorageReport)> = None;
-    let mut last = None;
-    let alternatives: &[bool] = if predictor.is_some() { &[false, true] } else { &[false] };
+    let mut best: Option<(f64, Decided)> = None;
+    let mut last: Option<(Decided, u64)> = None;
+    let alternatives: &[bool] = if fitted.is_some() { &[false, true] } else { &[false] };
     for &with_predictor in alternatives {
         let (table, fixed) = if with_predictor { (&cands, base + predictor_bytes) } else { (&without, base) };
         let mut target = budget;
         for _ in 0..5 {
-            let alloc = choose::allocate(table, fixed, target);
-            let picks: Vec<Choice> = alloc.picks.iter().zip(table).map(|(&k, c)| c[k].choice).collect();
-            if with_predictor && !picks.iter().any(|c| c.uses_predictor()) {
+            let alloc = allocate(table, fixed, target);
+            let picked: Vec<&Candidate> = alloc.picks.iter().zip(table).map(|(&k, c)| &c[k]).collect();
+            if with_predictor && !picked.iter().any(|c| c.choice.uses_predictor()) {
                 break; // the same as codecs only
             }
-            let errors: Vec<f64> = alloc.picks.iter().zip(table).map(|(&k, c)| c[k].error).collect();
-            let measured = if cal.is_some() { Some(error_of(&residuals, &picks)?) } else { None };
-            let bytes = build_file_with(model, plans, values, predictor, opts, Some((&picks, hessians)))?
-                .bytes
-                .len() as u64;
+            let stores: Vec<Store> = picked.iter().map(|c| c.store()).collect();
+            let errors: Vec<f64> = picked.iter().map(|c| c.error).collect();
+            let measured = match cal {
+                Some(_) => Some(chooser.error_of(model, &predicted, &stores)?),
+                None => None,
+            };
+            let with =
+                fitted.filter(|_| with_predictor).map(|f| (&f.predictor, Some(f.predictions.as_slice())));
+            let bytes = build(model, &plan.layers, &plan.values, with, opts, &stores)?.bytes.len() as u64;
             let got = measured.unwrap_or(alloc.error);
             let (met, score, next) = match (budget, target) {
                 (Budget::Bytes(max), Budget::Bytes(t)) => {
@@ -543,10 +626,11 @@ pub(crate) fn choose_storage(
                 measured_error: measured,
                 met,
             };
-            if met && best.as_ref().is_none_or(|(s, _, _)| score < *s) {
-                best = Some((score, (picks.clone(), errors.clone()), report.clone()));
+            let decided = Decided { stores, errors: Some(errors), report: Some(report) };
+            if met && best.as_ref().is_none_or(|(s, _)| score < *s) {
+                best = Some((score, decided.clone()));
             }
-            last = Some(((picks, errors), report, bytes));
+            last = Some((decided, bytes));
             // Close enough (within 1%), or nothing left to move.
             let close = match budget {
                 Budget::Bytes(max) => met && bytes * 100 >= max * 99,
@@ -560,26 +644,17 @@ pub(crate) fn choose_storage(
             target = next;
         }
     }
-    if let Some((_, choices, report)) = best {
-        return Ok(Some((choices, report)));
+    if let Some((_, decided)) = best {
+        return Ok(decided);
     }
-    let (choices, report, bytes) = last.expect("one allocation ran");
+    let (decided, bytes) = last.expect("one allocation ran");
+    let report = decided.report.as_ref().expect("a budget's report");
     warnings.push(format!(
         "the budget ({what}) could not be met: {bytes} bytes, estimated error {:.4}{}",
         report.estimated_error,
         report.measured_error.map_or(String::new(), |m| format!(", measured {m:.4}"))
     ));
-    Ok(Some((choices, report)))
-}
-
-/// The storage `compress` plans without a budget: `planned` tensors predicted (with a
-/// `--residual` if given), the others with `--raw-codec`.
-pub(crate) fn planned_choices(planned: &[bool], opts: &CompressOptions) -> Vec<Choice> {
-    let predicted = match opts.residual {
-        ResidualMode::Every(bits) => Choice::Residual(bits),
-        _ => Choice::Predicted,
-    };
-    planned.iter().map(|&p| if p { predicted } else { Choice::Stored(opts.raw_codec) }).collect()
+    Ok(decided)
 }
 
 #[cfg(test)]
@@ -587,7 +662,7 @@ mod tests {
     use super::*;
 
     fn cand(bytes: u64, error: f64) -> Candidate {
-        Candidate { choice: Choice::Stored(Codec::Raw), bytes, error }
+        Candidate { choice: Choice::Stored(Codec::Raw), encoded: None, bytes, error }
     }
 
     /// Exhaustive search: the smallest error within `max` bytes.

@@ -1,17 +1,60 @@
 //! Fitting the predictor: its width (from `--hidden`, `--target-ratio` or `--size-ratio`), the
 //! memory check before training, the training data, and the distillation term.
 
-use crate::compress::build::build;
+use crate::compress::build::{build, predicted_values};
+use crate::compress::choose::{Fitted, Store};
+use crate::compress::distill::Schedule;
 use crate::compress::distill::{self};
 use crate::compress::plan::{self, LayerPlan};
 use crate::compress::train::TrainData;
+use crate::compress::train::{self, Progress};
 use crate::compress::CompressOptions;
+use crate::compress::Plan;
 use crate::error::{Error, Result};
 use crate::format::{self, SourceKind};
 use crate::ingest::SourceModel;
 use crate::predictor::{self, Predictor};
 use candle_core::Device;
 use std::path::Path;
+
+/// The trained predictor (rounded to its stored dtype, with its values of the planned tensors)
+/// and what training reported.
+pub(crate) struct Training {
+    pub fitted: Fitted,
+    pub final_loss: f64,
+    pub kd_losses: Vec<distill::KdLosses>,
+    pub qat_steps: usize,
+}
+
+/// Trains a predictor of width `hidden` for `plan` (reconstruction, or a distillation
+/// schedule through the rebuilt network of `input`) on the CPU.
+pub(crate) fn fit(
+    input: &Path,
+    model: &SourceModel,
+    plan: &Plan,
+    opts: &CompressOptions,
+    hidden: usize,
+    progress: &mut dyn Progress,
+) -> Result<Training> {
+    let device = Device::Cpu;
+    let cfg = opts.train_config(hidden);
+    let qat_steps = distill::qat_steps(&cfg, &opts.distill);
+    let data = train_data(&plan.layers, &plan.values);
+    let (p, losses, kd_losses) = match opts.distill.schedule {
+        Schedule::Recon => {
+            let (p, losses) = train::train(&cfg, &data, None, &device, progress)?;
+            (p, losses, Vec::new())
+        }
+        _ => {
+            let mut distiller = distiller(input, model, &plan.layers, opts, &device)?;
+            distill::fit(&cfg, &data, &mut distiller, &opts.distill, &device, progress)?
+        }
+    };
+    let final_loss = losses.iter().rev().find(|l| l.is_finite()).copied().unwrap_or(f64::NAN);
+    let predictor = p.rounded(opts.predictor_dtype)?;
+    let predictions = predicted_values(&predictor, &plan.layers, &plan.values)?;
+    Ok(Training { fitted: Fitted { predictor, predictions }, final_loss, kd_losses, qat_steps })
+}
 
 /// The widest predictor (at most the format's limit) whose file takes at most `max_bytes`:
 /// the file is laid out with an untrained predictor of the candidate width (its section's size
@@ -22,13 +65,14 @@ pub fn hidden_for_size(
     model: &SourceModel,
     plans: &[LayerPlan],
     values: &[Vec<f32>],
+    stores: &[Store],
     opts: &CompressOptions,
     max_bytes: u64,
 ) -> Result<usize> {
     let file_len = |h: usize| -> Result<u64> {
         let zeros = vec![0f32; predictor::param_count(h, opts.embedding.levels as usize)];
         let p = Predictor::from_flat(h, opts.embedding, &zeros, &Device::Cpu)?;
-        Ok(build(model, plans, values, Some(&p), opts, None, false)?.bytes.len() as u64)
+        Ok(build(model, plans, values, Some((&p, None)), opts, stores)?.bytes.len() as u64)
     };
     let smallest = file_len(1)?;
     if smallest > max_bytes {
@@ -102,9 +146,8 @@ pub(crate) fn distiller(
             "distillation needs an ONNX source model (it runs the network)",
         ));
     }
-    let preprocess = match opts.metadata.get(crate::format::metadata::PREPROCESS_KEY) {
-        Some(json) => serde_json::from_str::<crate::data::Preprocess>(json)
-            .map_err(|e| Error::usage("--preprocess", format!("stored preprocessing is not valid: {e}")))?,
+    let preprocess = match &opts.preprocess {
+        Some(p) => p,
         None => {
             return Err(Error::usage(
                 "--preprocess",
@@ -123,7 +166,7 @@ pub(crate) fn distiller(
     };
     let kernels = distill::kernels::PredictedKernels::new(plans, model, opts.embedding, device)?;
     let student = distill::Student { graph, kernels };
-    distill::Distiller::new(student, &opts.distill, &preprocess, opts.seed, device)
+    distill::Distiller::new(student, &opts.distill, preprocess, opts.seed, device)
 }
 
 /// Checks, before training allocates anything, that a predictor of width `hidden` can be

@@ -22,12 +22,7 @@ pub(crate) fn calibration(
         return none();
     }
     let mut hessians = Hessians::default();
-    let shapes: Vec<Vec<usize>> = match opts.metadata.get(crate::format::metadata::INPUT_SHAPES_KEY) {
-        Some(json) => {
-            serde_json::from_str(json).map_err(|e| Error::usage("--input-shape", format!("{e}")))?
-        }
-        None => Vec::new(),
-    };
+    let shapes = &opts.input_shapes;
     let inputs = if !opts.calibration_inputs.is_empty() {
         let mut batches = Vec::new();
         for path in &opts.calibration_inputs {
@@ -44,7 +39,7 @@ pub(crate) fn calibration(
             hessians = input_moments(model, |p| {
                 crate::compress::graph::Graph::from_proto(p)
                     .and_then(|g| Hessians::collect(&g, &batches))
-                    .or_else(|_| Hessians::collect_tract(p, &shapes, &batches))
+                    .or_else(|_| Hessians::collect_tract(p, shapes, &batches))
             })
             .unwrap_or_else(|e| {
                 warnings.push(format!("quantized tensors are rounded to nearest: {e}"));
@@ -52,11 +47,9 @@ pub(crate) fn calibration(
             });
         }
         batches
-    } else if let Some(json) = opts.metadata.get(crate::format::metadata::PREPROCESS_KEY) {
-        let pre: crate::data::Preprocess = serde_json::from_str(json)
-            .map_err(|e| Error::usage("--preprocess", format!("stored preprocessing is not valid: {e}")))?;
+    } else if let Some(pre) = &opts.preprocess {
         let limit = Some(opts.calibration_images);
-        match crate::data::load(&opts.distill.data, crate::data::Split::Train, limit, &pre) {
+        match crate::data::load(&opts.distill.data, crate::data::Split::Train, limit, pre) {
             Ok(images) => {
                 if opts.data_aware_rounding {
                     hessians = input_moments(model, |p| {
@@ -80,7 +73,7 @@ pub(crate) fn calibration(
     if inputs.is_empty() {
         return none();
     }
-    Ok((Some(crate::compress::calibrate::Calibration::new(model, inputs, shapes)?), hessians))
+    Ok((Some(crate::compress::calibrate::Calibration::new(model, inputs, shapes.clone())?), hessians))
 }
 
 /// The input second moments of `model`'s layers ([`crate::codec::gptq`]) by `collect`, given the
@@ -91,4 +84,32 @@ pub(crate) fn input_moments(
 ) -> Result<Hessians> {
     let skeleton = model.skeleton.as_ref().ok_or_else(|| Error::Rebuild("no graph".into()))?;
     collect(&crate::runtime::patch_skeleton(skeleton, &crate::compress::permute::as_weights(model))?)
+}
+
+/// Whether tract runs the source model (ONNX sources, with `--input-shape`s): what
+/// calibration and distillation need. A model it cannot run is still compressed, with a
+/// warning (`decompress` serves other engines), unless distillation was asked for.
+pub(crate) fn check_runnable(
+    input: &std::path::Path,
+    model: &SourceModel,
+    opts: &CompressOptions,
+    warnings: &mut Vec<String>,
+) -> Result<bool> {
+    if !opts.check_runnable || model.kind != SourceKind::Onnx {
+        return Ok(true);
+    }
+    let shapes = &opts.input_shapes;
+    let Err(e) = crate::runtime::Model::from_onnx_file_shaped(input, shapes) else { return Ok(true) };
+    let hint = "a model with dynamic input dimensions needs --input-shape, e.g. 1,3,224,224";
+    if opts.distill.schedule != crate::compress::distill::Schedule::Recon {
+        return Err(Error::Ingest {
+            path: input.to_path_buf(),
+            what: format!("distillation runs the model, and the inference engine cannot: {e} ({hint})"),
+        });
+    }
+    warnings.push(format!(
+        "the inference engine (tract) cannot run this model: {e}; compressed anyway: \
+         `nerp decompress` gives an ONNX file for other engines, `run`/`eval` will fail ({hint})"
+    ));
+    Ok(false)
 }

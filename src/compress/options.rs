@@ -2,12 +2,12 @@
 //! checks that run before any work starts.
 
 use crate::codec::Codec;
-use crate::compress::choose::Choice;
 use crate::compress::distill::DistillOptions;
 use crate::compress::select::Selection;
 use crate::compress::train::TrainConfig;
+use crate::data::Preprocess;
 use crate::error::{Error, Result};
-use crate::format::{self, Embedding, Ordering, ScaleDtype, WeightDtype};
+use crate::format::{self, metadata, Embedding, Ordering, ScaleDtype, WeightDtype};
 use crate::predictor::{self};
 use std::collections::BTreeMap;
 
@@ -41,7 +41,13 @@ pub struct CompressOptions {
     /// [`crate::compress::select`]).
     pub selection: Selection,
     pub seed: u64,
-    /// Stored as metadata (`preprocess`) for `nerp eval`.
+    /// The model's input preprocessing (`--preprocess`): how training images become inputs
+    /// (calibration, distillation); stored in the file (`preprocess`) for `nerp eval`.
+    pub preprocess: Option<Preprocess>,
+    /// One concrete shape per model input (`--input-shape`), for ONNX models with dynamic
+    /// dimensions; stored in the file (`input_shapes`).
+    pub input_shapes: Vec<Vec<usize>>,
+    /// Further metadata stored in the file (the registered keys are set from the fields above).
     pub metadata: BTreeMap<String, String>,
     /// Check that tract can run the source ONNX model before compressing.
     pub check_runnable: bool,
@@ -95,7 +101,7 @@ pub enum ResidualMode {
 impl ResidualMode {
     /// The residual widths the budget tries.
     pub fn widths(self) -> Vec<u8> {
-        let auto = Choice::RESIDUAL_BITS.to_vec();
+        let auto: Vec<u8> = Codec::RESIDUALS.iter().filter_map(|c| c.bits()).collect();
         match self {
             ResidualMode::Auto => auto,
             ResidualMode::Off => Vec::new(),
@@ -143,6 +149,8 @@ impl Default for CompressOptions {
             filter_scales: true,
             selection: Selection::default(),
             seed: 0,
+            preprocess: None,
+            input_shapes: Vec::new(),
             metadata: BTreeMap::new(),
             check_runnable: true,
             distill: DistillOptions::default(),
@@ -238,7 +246,37 @@ impl CompressOptions {
             );
             return Err(Error::usage("--pe-base", what));
         }
+        for key in [metadata::PREPROCESS_KEY, metadata::INPUT_SHAPES_KEY] {
+            if self.metadata.contains_key(key) {
+                return Err(Error::usage(
+                    key,
+                    format!(
+                        "metadata {key} is set from the options (preprocess, input_shapes), not directly"
+                    ),
+                ));
+            }
+        }
+        if let Some(p) = &self.preprocess {
+            p.validate()?;
+        }
+        if self.input_shapes.iter().any(|s| s.is_empty() || s.contains(&0)) {
+            return Err(Error::usage("--input-shape", "every dimension must be at least 1"));
+        }
         self.selection.validate()
+    }
+
+    /// The metadata stored in the file: [`Self::metadata`] with the preprocessing and input
+    /// shapes under their registered keys (spec section 3).
+    pub fn file_metadata(&self) -> BTreeMap<String, String> {
+        let mut m = self.metadata.clone();
+        if let Some(p) = &self.preprocess {
+            m.insert(metadata::PREPROCESS_KEY.into(), serde_json::to_string(p).expect("serializes"));
+        }
+        if !self.input_shapes.is_empty() {
+            let shapes = serde_json::to_string(&self.input_shapes).expect("serializes");
+            m.insert(metadata::INPUT_SHAPES_KEY.into(), shapes);
+        }
+        m
     }
 }
 

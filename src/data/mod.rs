@@ -59,6 +59,19 @@ impl Default for Preprocess {
 }
 
 impl Preprocess {
+    /// The preprocessing a file records (metadata `preprocess`, spec section 3), checked;
+    /// `None` if it records none.
+    pub fn stored(file: &crate::format::NerpFile) -> Result<Option<Self>> {
+        let Some(json) = file.header().metadata.get(crate::format::metadata::PREPROCESS_KEY) else {
+            return Ok(None);
+        };
+        let bad =
+            |what: String| Error::Rebuild(format!("{}: metadata preprocess {what}", file.path().display()));
+        let pre: Preprocess = serde_json::from_str(json).map_err(|e| bad(format!("is not valid: {e}")))?;
+        pre.validate().map_err(|e| bad(format!("is not usable: {e}")))?;
+        Ok(Some(pre))
+    }
+
     /// Parses "mean=0.286,std=0.353" or "mean=0.49/0.48/0.45,std=0.25/0.24/0.26[,scale=0.00392]"
     /// (scale defaults to 1/255). Errors name the flag `--preprocess`.
     pub fn parse(s: &str) -> Result<Self> {

@@ -5,7 +5,7 @@ use crate::compress::{self, CompressOptions, CompressReport};
 use crate::data::{self, DataSource, Preprocess, Split};
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
-use crate::format::{self, metadata::PREPROCESS_KEY};
+use crate::format;
 use crate::{runtime, runtime::regen};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -52,8 +52,7 @@ impl DemoOptions {
         if self.limit == Some(0) {
             return Err(Error::usage("--limit", "must be at least 1"));
         }
-        let pre = bundled_preprocess()?;
-        opts.metadata.insert(PREPROCESS_KEY.into(), serde_json::to_string(&pre).expect("serializes"));
+        opts.preprocess = Some(bundled_preprocess()?);
         Ok(opts)
     }
 }

@@ -1,7 +1,7 @@
 //! `nerp verify`: everything `decompress`, `run` and `eval` need from a file, checked without
 //! keeping the weights, so that "valid" means "loads".
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::{NerpFile, Storage};
 
 /// Checks `file` beyond the container rules of [`NerpFile::open`]: the memory budget of a
@@ -33,13 +33,6 @@ pub fn verify(file: &NerpFile) -> Result<()> {
     crate::runtime::regen::check_predicted(file)?;
     crate::runtime::check_skeleton(file)?;
     crate::runtime::stored_input_shapes(file)?;
-    if let Some(json) = h.metadata.get(crate::format::metadata::PREPROCESS_KEY) {
-        let pre: crate::data::Preprocess = serde_json::from_str(json).map_err(|e| {
-            Error::Rebuild(format!("{}: metadata preprocess is not valid: {e}", file.path().display()))
-        })?;
-        pre.validate().map_err(|e| {
-            Error::Rebuild(format!("{}: metadata preprocess is not usable: {e}", file.path().display()))
-        })?;
-    }
+    crate::data::Preprocess::stored(file)?;
     Ok(())
 }
