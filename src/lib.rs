@@ -2,8 +2,21 @@
 //! convolution kernel's coordinate (layer, filter, channel) to its values (the NeRN method,
 //! with the improvements of Choi et al. 2024), in a compact `.nerp` file.
 //!
-//! The modules follow the data flow: [`ingest`] → [`plan`] → `train` → [`format`] →
-//! [`mmap`]/validation → [`regen`] → [`runtime`]. The format is specified in `spec/nerp-v1.md`.
+//! Every weight tensor gets the storage that serves it best under one budget: predicted by the
+//! predictor, predicted plus a quantized residual, or a codec (f16, int8…int2 with data-aware
+//! rounding). The format is specified in `spec/nerp-v1.md`. The modules follow the data flow,
+//! each layer importing only those below it (`tools/check_modules.py` checks it):
+//!
+//! | layer | modules |
+//! |---|---|
+//! | the format | [`format`] (the spec in code: header, sections, limits, reader and writer, block geometry, the predictor's description, the quantizer), [`mmap`], [`error`] |
+//! | codecs | [`codec`]: per-tensor storage — name, encoding, decoding, cost, storage entry |
+//! | the predictor | [`predictor`] (candle forward), [`gpu`] (CUDA, or a stand-in without the `cuda` feature) |
+//! | inputs | [`ingest`] (ONNX, safetensors → named tensors), [`data`] (datasets, `.npy`) |
+//! | the runtime | [`runtime`]: [`runtime::regen`] (file + device → weights), [`runtime::device`], ONNX/tract and safetensors hand-off, [`runtime::candle`], [`runtime::verify`] |
+//! | the compressor (feature `compress`) | [`compress`]: options → plan (select, permute, plan) → measure (calibrate, moments) → fit (train, distill, graph) → choose → build → report |
+//! | evaluation | [`eval`]: accuracy, fidelity, the demo, baselines; [`synth`]: fixtures |
+//! | the command line (feature `cli`) | `cli` |
 //!
 //! ```no_run
 //! # fn main() -> nerp::Result<()> {
