@@ -136,7 +136,7 @@ pub fn eligible(dtype: DType, shape: &[u64], bytes: usize) -> bool {
 }
 
 /// A tensor's values as a codec stored them: what its storage entry records and its section's
-/// decoded content (the section is written with the codec's [`Encoded::encoding`]).
+/// decoded content (written by [`Encoded::store`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Encoded {
     /// The source bytes (lossless; also what an ineligible tensor keeps).

@@ -3,18 +3,18 @@
 //! moments) → [`fit`] (the predictor) → [`choose`] (one storage per tensor under the budget) →
 //! [`build`] (the file) → [`report`].
 
-mod build;
+pub mod build;
 pub mod calibrate;
 pub mod choose;
 pub mod distill;
-mod fit;
+pub mod fit;
 pub mod graph;
-mod measure;
+pub mod measure;
 pub mod moments;
-mod options;
+pub mod options;
 pub mod permute;
 pub mod plan;
-mod report;
+pub mod report;
 pub mod select;
 pub mod train;
 pub use build::{build_file, build_file_with, predicted_values, BuiltFile};
