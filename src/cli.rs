@@ -728,7 +728,7 @@ impl ByteBreakdown {
                 format::SectionKind::Predictor => &mut b.predictor,
                 format::SectionKind::Permutation => &mut b.permutations,
                 format::SectionKind::Scales => &mut b.scales,
-                format::SectionKind::Quantized => &mut b.quantized,
+                format::SectionKind::Quantized | format::SectionKind::Coded => &mut b.quantized,
                 format::SectionKind::Tensor if quantized[i] => &mut b.quantized,
                 format::SectionKind::Tensor => &mut b.raw,
             };
@@ -793,7 +793,10 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
     println!("{:<40} {:>6} {:>18} {:>10} {:>10}", "tensor", "dtype", "shape", "stored", "bytes");
     for t in &h.tensors {
         let (kind, bytes) = match t.storage {
-            Storage::Raw { section } | Storage::Cast { section, .. } | Storage::Quantized { section, .. } => {
+            Storage::Raw { section }
+            | Storage::Cast { section, .. }
+            | Storage::Quantized { section, .. }
+            | Storage::Coded { section, .. } => {
                 (crate::codec::Codec::of(&t.storage).unwrap_or_default().name(), h.sections[section].length)
             }
             Storage::Predicted { permutation, scales, layout, residual, .. } => {
@@ -802,7 +805,7 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
                     crate::codec::Codec::of(&t.storage).map_or(name.to_string(), |r| format!("{name}+{r}")),
                     h.sections[permutation].length
                         + scales.map_or(0, |s| h.sections[s].length)
-                        + residual.map_or(0, |r| h.sections[r.section].length),
+                        + residual.map_or(0, |r| h.sections[r.section()].length),
                 )
             }
         };

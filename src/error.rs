@@ -132,6 +132,9 @@ pub enum FormatError {
     HeaderCompression(String),
     #[error("tensor {tensor}: quantized storage: {what}")]
     Quantization { tensor: String, what: String },
+    /// Format 4: a `coded` section's step, row scales or entropy-coded stream (spec check 33).
+    #[error("tensor {tensor}: coded storage: {what}")]
+    Coded { tensor: String, what: String },
 }
 
 impl Error {

@@ -109,6 +109,7 @@ fn candle_tensors_equal_the_decompressed_safetensors() {
                 Storage::Predicted { .. } => "predicted",
                 Storage::Cast { .. } => "cast",
                 Storage::Quantized { .. } => "quantized",
+                Storage::Coded { .. } => "coded",
             });
         }
         let bin = env!("CARGO_BIN_EXE_nerp");

@@ -1779,6 +1779,7 @@ fn frozen_fixture_opens() {
                 Storage::Predicted { scales: Some(_), .. } => "predicted+scales",
                 Storage::Predicted { scales: None, .. } => "predicted",
                 Storage::Quantized { .. } | Storage::Cast { .. } => "format 3",
+                Storage::Coded { .. } => "format 4",
             };
             (t.name.as_str(), t.dtype, &t.shape[..], kind)
         })

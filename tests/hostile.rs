@@ -878,7 +878,7 @@ fn with_residual(bits: u8, group: u64, content: &[u8]) -> (nerp::format::Header,
     sections.push(content.to_vec());
     h.sections.push(nerp::format::SectionEntry { kind: SectionKind::Quantized, ..h.sections[3].clone() });
     let Storage::Predicted { residual, .. } = &mut h.tensors[0].storage else { unreachable!() };
-    *residual = Some(nerp::format::Residual { bits, group, section: 5 });
+    *residual = Some(nerp::format::Residual::Quantized { bits, group, section: 5 });
     (h, sections)
 }
 
@@ -937,8 +937,12 @@ fn a_residual_with_bad_bits_group_length_or_section_is_rejected() {
     let e = format_err(relayout(&h, &sections));
     assert!(e.to_string().contains("quantized"), "{e}");
     let (mut h, sections) = with_residual(4, 18, &content);
-    let Storage::Predicted { residual: Some(r), .. } = &mut h.tensors[0].storage else { unreachable!() };
-    r.section = 3; // conv.bias's: claimed first by the residual, whose length it fails
+    let Storage::Predicted { residual: Some(nerp::format::Residual::Quantized { section, .. }), .. } =
+        &mut h.tensors[0].storage
+    else {
+        unreachable!()
+    };
+    *section = 3; // conv.bias's: claimed first by the residual, whose length it fails
     let e = format_err(relayout(&h, &sections));
     assert!(
         matches!(&e, FormatError::Quantization { tensor, what } if tensor == "conv.weight" && what.contains("need")),

@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     let perm = b.add(SectionKind::Permutation, Encoding::Zstd, &pack_permutation(&(0..8).collect::<Vec<_>>()));
     let scales = b.add(SectionKind::Scales, Encoding::Zstd, scales);
     let q = b.add(SectionKind::Quantized, Encoding::Zstd, quantized);
-    let residual = (rmode & 1 == 1).then(|| Residual {
+    let residual = (rmode & 1 == 1).then(|| Residual::Quantized {
         bits: rbits,
         group: rgroup,
         section: b.add(SectionKind::Quantized, Encoding::Zstd, residual),

@@ -36,23 +36,95 @@ pub enum Layout {
 }
 
 impl Moments {
-    /// `values` of a weight with rows of `row` values quantized data-aware in groups of
-    /// `group` along its rows, or `None` when these moments do not fit its shape.
-    pub fn quantize(&self, values: &[f32], row: usize, group: usize, bits: u8) -> Option<Result<Quantized>> {
+    /// `values` of a weight with rows of `row` values rounded data-aware onto `grid` in groups
+    /// of `group` along its stored rows (the codes, row-major), or `None` when these moments do
+    /// not fit its shape.
+    pub fn round(
+        &self,
+        values: &[f32],
+        row: usize,
+        group: usize,
+        grid: &mut impl Grid,
+    ) -> Option<Result<Vec<i32>>> {
         match self.layout {
-            Layout::OutputRows if self.d == row => Some(quantize(values, self.d, group, bits, &self.h)),
+            Layout::OutputRows if self.d == row => {
+                Some(round_output_rows(values, self.d, group, &self.h, grid))
+            }
             Layout::InputRows if values.len() == self.d.checked_mul(row)? => {
-                Some(quantize_input_rows(values, self.d, group, bits, &self.h))
+                Some(round_input_rows(values, self.d, group, &self.h, grid))
             }
             _ => None,
         }
     }
+
+    /// [`Self::round`] onto the int-`bits` grid of [`quant`] (one f16 scale per group, chosen
+    /// by [`ScaleRule::Mse`] from the group's values when its first column is reached).
+    pub fn quantize(&self, values: &[f32], row: usize, group: usize, bits: u8) -> Option<Result<Quantized>> {
+        // Stored rows of `row` values (an output's weights, or an input's weights to every
+        // output), each cut into groups of `group`.
+        let mut grid = match IntGrid::new(bits, values.len() / row.max(1), row / group.max(1)) {
+            Ok(g) => g,
+            Err(e) => return Some(Err(e)),
+        };
+        let codes = self.round(values, row, group, &mut grid)?;
+        Some(codes.map(|codes| Quantized {
+            bits,
+            group,
+            scales: grid.scales,
+            values: codes.into_iter().map(|q| q as i8).collect(),
+        }))
+    }
 }
 
-/// Quantizes `values` (rows × `d`, row-major) to `bits` bits in groups of `group` values along
-/// each row (`group` divides `d`), spreading rounding errors by `h` (d × d, `E[x xᵀ]`). Fails as
-/// [`quant::quantize`] does.
-pub fn quantize(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> Result<Quantized> {
+/// A rounding grid for [`round_output_rows`] and [`round_input_rows`]: where each value of a
+/// group can go, chosen group by group as the columns are reached.
+pub trait Grid {
+    /// Prepares group `g` of stored row `r` from its `current` values (rounding errors of the
+    /// columns before it already spread over them).
+    fn begin(&mut self, r: usize, g: usize, current: &[f32]) -> Result<()>;
+    /// The code of `x` in group `g` of stored row `r`, and the value it decodes to.
+    fn round(&self, r: usize, g: usize, x: f32) -> (i32, f32);
+}
+
+/// The int-`bits` grid of [`quant`]: one f16 scale per group.
+struct IntGrid {
+    bits: u8,
+    groups: usize,
+    scales: Vec<half::f16>,
+}
+
+impl IntGrid {
+    fn new(bits: u8, rows: usize, groups: usize) -> Result<Self> {
+        if !quant::valid_bits(bits) {
+            return Err(bad_input(format!("{bits} bits")));
+        }
+        Ok(IntGrid { bits, groups, scales: vec![half::f16::ZERO; rows * groups] })
+    }
+}
+
+impl Grid for IntGrid {
+    fn begin(&mut self, r: usize, g: usize, current: &[f32]) -> Result<()> {
+        self.scales[r * self.groups + g] = quant::group_scale(current, self.bits, ScaleRule::Mse)
+            .ok_or_else(|| bad_input(format!("row {r}: the scale exceeds the f16 range")))?;
+        Ok(())
+    }
+
+    fn round(&self, r: usize, g: usize, x: f32) -> (i32, f32) {
+        let s = self.scales[r * self.groups + g];
+        let code = quant::quant(x, s, self.bits);
+        (code as i32, quant::dequant(code, s))
+    }
+}
+
+/// Rounds `values` (rows × `d`, row-major) onto `grid` in groups of `group` values along each
+/// row (`group` divides `d`), spreading rounding errors by `h` (d × d, `E[x xᵀ]`): the codes.
+pub fn round_output_rows(
+    values: &[f32],
+    d: usize,
+    group: usize,
+    h: &[f64],
+    grid: &mut impl Grid,
+) -> Result<Vec<i32>> {
     if d == 0 || !values.len().is_multiple_of(d) || group == 0 || !d.is_multiple_of(group) || h.len() != d * d
     {
         return Err(bad_input(format!(
@@ -61,38 +133,40 @@ pub fn quantize(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> 
             h.len()
         )));
     }
-    let u = inverse_factor(h, d, bits)?;
+    let u = inverse_factor(h, d)?;
     let rows = values.len() / d;
     let mut w: Vec<f64> = values.iter().map(|&v| v as f64).collect();
-    let groups = d / group;
-    let mut scales = vec![half::f16::ZERO; rows * groups];
-    let mut q = vec![0i8; values.len()];
+    let mut q = vec![0i32; values.len()];
     for j in 0..d {
         let g = j / group;
         for r in 0..rows {
             let row = &mut w[r * d..(r + 1) * d];
             if j % group == 0 {
                 let current: Vec<f32> = row[j..j + group].iter().map(|&v| v as f32).collect();
-                scales[r * groups + g] = quant::group_scale(&current, bits, ScaleRule::Mse)
-                    .ok_or_else(|| bad_input(format!("row {r}: the scale exceeds the f16 range")))?;
+                grid.begin(r, g, &current)?;
             }
-            let s = scales[r * groups + g];
-            let code = quant::quant(row[j] as f32, s, bits);
+            let (code, value) = grid.round(r, g, row[j] as f32);
             q[r * d + j] = code;
-            let err = (row[j] - quant::dequant(code, s) as f64) / u[j * d + j];
+            let err = (row[j] - value as f64) / u[j * d + j];
             for k in j + 1..d {
                 row[k] -= err * u[j * d + k];
             }
         }
     }
-    Ok(Quantized { bits, group, scales, values: q })
+    Ok(q)
 }
 
-/// [`quantize`] for a weight stored as [`Layout::InputRows`]: `values` is d rows (one per
-/// input) of outputs, quantized in groups of `group` along each row, so one input's weights
-/// are quantized at once and their rounding errors spread over the rows of the inputs not yet
-/// quantized. The same algorithm on the transposed matrix, with the stored form's groups.
-pub fn quantize_input_rows(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> Result<Quantized> {
+/// [`round_output_rows`] for a weight stored as [`Layout::InputRows`]: `values` is d rows (one
+/// per input) of outputs, rounded in groups of `group` along each row, so one input's weights
+/// are rounded at once and their rounding errors spread over the rows of the inputs not yet
+/// rounded. The same algorithm on the transposed matrix, with the stored form's groups.
+pub fn round_input_rows(
+    values: &[f32],
+    d: usize,
+    group: usize,
+    h: &[f64],
+    grid: &mut impl Grid,
+) -> Result<Vec<i32>> {
     let n = values.len().checked_div(d).unwrap_or(0);
     if n == 0 || n * d != values.len() || group == 0 || !n.is_multiple_of(group) || h.len() != d * d {
         return Err(bad_input(format!(
@@ -101,25 +175,22 @@ pub fn quantize_input_rows(values: &[f32], d: usize, group: usize, bits: u8, h: 
             h.len()
         )));
     }
-    let u = inverse_factor(h, d, bits)?;
+    let u = inverse_factor(h, d)?;
     let mut w: Vec<f64> = values.iter().map(|&v| v as f64).collect();
     let groups = n / group;
-    let mut scales = vec![half::f16::ZERO; d * groups];
-    let mut q = vec![0i8; values.len()];
+    let mut q = vec![0i32; values.len()];
     let mut err = vec![0.0; n];
     for i in 0..d {
         let (done, rest) = w.split_at_mut((i + 1) * n);
         let row = &done[i * n..];
         for g in 0..groups {
             let current: Vec<f32> = row[g * group..(g + 1) * group].iter().map(|&v| v as f32).collect();
-            scales[i * groups + g] = quant::group_scale(&current, bits, ScaleRule::Mse)
-                .ok_or_else(|| bad_input(format!("input row {i}: the scale exceeds the f16 range")))?;
+            grid.begin(i, g, &current)?;
         }
         for (j, e) in err.iter_mut().enumerate() {
-            let s = scales[i * groups + j / group];
-            let code = quant::quant(row[j] as f32, s, bits);
+            let (code, value) = grid.round(i, j / group, row[j] as f32);
             q[i * n + j] = code;
-            *e = (row[j] - quant::dequant(code, s) as f64) / u[i * d + i];
+            *e = (row[j] - value as f64) / u[i * d + i];
         }
         for (k, later) in rest.chunks_exact_mut(n).enumerate() {
             let f = u[i * d + i + 1 + k];
@@ -128,7 +199,23 @@ pub fn quantize_input_rows(values: &[f32], d: usize, group: usize, bits: u8, h: 
             }
         }
     }
-    Ok(Quantized { bits, group, scales, values: q })
+    Ok(q)
+}
+
+/// [`round_output_rows`] onto the int-`bits` grid (the stored form of [`quant`]).
+pub fn quantize(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> Result<Quantized> {
+    let m = Moments { d, h: h.to_vec(), layout: Layout::OutputRows };
+    m.quantize(values, d, group, bits)
+        .unwrap_or_else(|| Err(bad_input(format!("{} values, rows of {d}, H of {}", values.len(), h.len()))))
+}
+
+/// [`round_input_rows`] onto the int-`bits` grid.
+pub fn quantize_input_rows(values: &[f32], d: usize, group: usize, bits: u8, h: &[f64]) -> Result<Quantized> {
+    let m = Moments { d, h: h.to_vec(), layout: Layout::InputRows };
+    let row = values.len().checked_div(d).unwrap_or(0);
+    m.quantize(values, row, group, bits).unwrap_or_else(|| {
+        Err(bad_input(format!("{} values, {d} input rows, H of {}", values.len(), h.len())))
+    })
 }
 
 /// An error of data-aware quantization.
@@ -136,11 +223,8 @@ fn bad_input(what: String) -> Error {
     Error::Training(format!("data-aware quantization: {what}"))
 }
 
-/// What both layouts start from: `bits` checked, and [`inverse_cholesky_upper`] of `h`.
-fn inverse_factor(h: &[f64], d: usize, bits: u8) -> Result<Vec<f64>> {
-    if !quant::valid_bits(bits) {
-        return Err(bad_input(format!("{bits} bits")));
-    }
+/// What both layouts start from: [`inverse_cholesky_upper`] of `h`.
+fn inverse_factor(h: &[f64], d: usize) -> Result<Vec<f64>> {
     inverse_cholesky_upper(h, d)
         .ok_or_else(|| bad_input("the input moments are not positive definite".into()))
 }

@@ -4,7 +4,7 @@
 //! input moments, else to the nearest step with MSE-chosen scales ([`quant::quantize`]). Also
 //! the codec of residuals (spec section 5.3b).
 
-use crate::format::{limits, quant, row_len, Encoding, FileBuilder, Residual, SectionKind, Storage};
+use crate::format::{limits, quant, Encoding, FileBuilder, Residual, SectionKind, Storage};
 
 /// Values per scale when quantizing rows of `row` values to `bits` bits: the whole row for
 /// int8 or rows of at most 128 values, else the largest divisor of the row at most 128 (at
@@ -31,7 +31,7 @@ pub fn store(b: &mut FileBuilder, bits: u8, group: u64, bytes: &[u8]) -> (Storag
 
 /// Writes a residual's section.
 pub fn store_residual(b: &mut FileBuilder, bits: u8, group: u64, bytes: &[u8]) -> Residual {
-    Residual { bits, group, section: b.add(SectionKind::Quantized, Encoding::Zstd, bytes) }
+    Residual::Quantized { bits, group, section: b.add(SectionKind::Quantized, Encoding::Zstd, bytes) }
 }
 
 /// `values` (of `t`'s shape, row-major: the tensor's or its residual's) quantized to `bits`
@@ -44,7 +44,7 @@ pub fn encode(
     bits: u8,
     h: Option<&super::gptq::Moments>,
 ) -> crate::Result<super::Encoded> {
-    let row = row_len(t.shape).expect("ingested shapes fit");
+    let row = crate::format::row_len(t.shape).expect("ingested shapes fit");
     let group = group(row, bits);
     let q = match h.and_then(|m| m.quantize(values, row as usize, group as usize, bits)) {
         Some(q) => q,

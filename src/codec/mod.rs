@@ -4,9 +4,10 @@
 //! reader's, spec sections 4.3 and 5.3a), its cost in bytes and its storage entry; the
 //! per-tensor choice, the writer, the reader, `nerp inspect` and the compressor's report all
 //! go through it. One codec is one file here (and its section of the spec): [`raw`], [`cast`],
-//! [`int`].
+//! [`int`], [`coded`].
 
 pub mod cast;
+pub mod coded;
 #[cfg(feature = "compress")]
 pub mod gptq;
 pub mod int;
@@ -26,6 +27,9 @@ pub enum Codec {
     Cast(DType),
     /// Quantized to this many bits (2..=8), one f16 scale per row or group (format 3).
     Int(u8),
+    /// Uniform steps of rung `k` ([`coded::step`]: the tensor's RMS times `2^(k/4)`), the codes
+    /// entropy-coded (format 4).
+    Coded(i8),
 }
 
 impl Codec {
@@ -37,6 +41,8 @@ impl Codec {
     pub const INT4: Codec = Codec::Int(4);
     pub const INT3: Codec = Codec::Int(3);
     pub const INT2: Codec = Codec::Int(2);
+    /// `--raw-codec coded`: steps of an eighth of the tensor's RMS (about 5 bits per value).
+    pub const CODED: Codec = Codec::Coded(-12);
 
     /// Every codec a user can name (`--raw-codec`), in the order of [`Self::CHOICES`] with
     /// bf16 after f16.
@@ -77,6 +83,7 @@ impl Codec {
             Codec::Raw => "raw".into(),
             Codec::Cast(to) => to.name().into(),
             Codec::Int(bits) => format!("int{bits}"),
+            Codec::Coded(_) => "coded".into(),
         }
     }
 
@@ -87,7 +94,11 @@ impl Codec {
             Storage::Raw { .. } => Some(Codec::Raw),
             Storage::Cast { to, .. } => Some(Codec::Cast(*to)),
             Storage::Quantized { bits, .. } => Some(Codec::Int(*bits)),
-            Storage::Predicted { residual, .. } => residual.map(|r| Codec::Int(r.bits)),
+            // The file stores the step, not the rung it was chosen from.
+            Storage::Coded { .. } => Some(Codec::CODED),
+            Storage::Predicted { residual, .. } => {
+                residual.map(|r| Codec::of(&r.as_storage()).expect("stored"))
+            }
         }
     }
 
@@ -101,7 +112,7 @@ impl Codec {
 
     /// Whether this codec can store a residual (a correction added to a prediction).
     pub fn stores_residuals(self) -> bool {
-        matches!(self, Codec::Int(_))
+        matches!(self, Codec::Int(_) | Codec::Coded(_))
     }
 }
 
@@ -121,9 +132,12 @@ impl std::str::FromStr for Codec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        if s == "coded" {
+            return Ok(Codec::CODED);
+        }
         Codec::ALL.into_iter().find(|c| c.name() == s).ok_or_else(|| {
             let names: Vec<String> = Codec::ALL.iter().map(|c| c.name()).collect();
-            format!("unknown codec {s:?}; one of {}", names.join(", "))
+            format!("unknown codec {s:?}; one of {}, coded", names.join(", "))
         })
     }
 }
@@ -145,6 +159,9 @@ pub enum Encoded {
     Cast { to: DType, bytes: Vec<u8> },
     /// Quantized (spec section 4.3): the group scales, then the packed codes.
     Int { bits: u8, group: u64, bytes: Vec<u8> },
+    /// Coded (spec section 4.5): the step (and row scales), then the entropy-coded codes of
+    /// rows of `row` values.
+    Coded { rung: i8, max_code: u32, row_scales: bool, row: u64, bytes: Vec<u8> },
 }
 
 impl Encoded {
@@ -154,6 +171,7 @@ impl Encoded {
             Encoded::Raw => Codec::Raw,
             Encoded::Cast { to, .. } => Codec::Cast(*to),
             Encoded::Int { bits, .. } => Codec::Int(*bits),
+            Encoded::Coded { rung, .. } => Codec::Coded(*rung),
         }
     }
 
@@ -163,7 +181,9 @@ impl Encoded {
     pub fn cost(&self, source_bytes: u64) -> u64 {
         match self {
             Encoded::Raw => source_bytes,
-            Encoded::Cast { bytes, .. } | Encoded::Int { bytes, .. } => bytes.len() as u64,
+            Encoded::Cast { bytes, .. } | Encoded::Int { bytes, .. } | Encoded::Coded { bytes, .. } => {
+                bytes.len() as u64
+            }
         }
     }
 
@@ -175,6 +195,10 @@ impl Encoded {
             Encoded::Cast { to, bytes } => cast::decode(*to, bytes, numel).expect("own encoding decodes"),
             Encoded::Int { bits, group, bytes } => {
                 int::decode(*bits, *group, bytes, numel).expect("own encoding decodes")
+            }
+            Encoded::Coded { max_code, row_scales, row, bytes, .. } => {
+                coded::decode(bytes, numel, *row as usize, *max_code, *row_scales)
+                    .expect("own encoding decodes")
             }
         }
     }
@@ -188,6 +212,9 @@ impl Encoded {
             Encoded::Raw => raw::store(b, t.dtype, t.source),
             Encoded::Cast { to, bytes } => cast::store(b, *to, bytes),
             Encoded::Int { bits, group, bytes } => int::store(b, *bits, *group, bytes),
+            Encoded::Coded { max_code, row_scales, bytes, .. } => {
+                coded::store(b, *max_code, *row_scales, bytes)
+            }
         }
     }
 
@@ -195,17 +222,25 @@ impl Encoded {
     pub fn store_residual(&self, b: &mut FileBuilder) -> Option<Residual> {
         match self {
             Encoded::Int { bits, group, bytes } => Some(int::store_residual(b, *bits, *group, bytes)),
+            Encoded::Coded { max_code, row_scales, bytes, .. } => {
+                Some(coded::store_residual(b, *max_code, *row_scales, bytes))
+            }
             Encoded::Raw | Encoded::Cast { .. } => None,
         }
     }
 }
 
-/// The f32 values of a tensor stored `quantized` or `cast` (spec sections 4.3 and 5.3a): its
-/// section's decoded content `bytes`, `numel` values. The codes and scales are checked (spec
-/// check 32); `Err` says what is wrong.
-pub fn decode(storage: &Storage, bytes: &[u8], numel: usize) -> Result<Vec<f32>, String> {
+/// The f32 values of a tensor of `shape` stored `quantized`, `coded` or `cast` (spec sections
+/// 4.3, 4.5 and 5.3a): its section's decoded content `bytes`. The codes, steps and scales are
+/// checked (spec checks 32 and 33); `Err` says what is wrong.
+pub fn decode(storage: &Storage, bytes: &[u8], shape: &[u64]) -> Result<Vec<f32>, String> {
+    let numel = shape.iter().product::<u64>() as usize;
     match *storage {
         Storage::Quantized { bits, group, .. } => int::decode(bits, group, bytes, numel),
+        Storage::Coded { max_code, row_scales, .. } => {
+            let row = crate::format::row_len(shape).ok_or("shape overflows")? as usize;
+            coded::decode(bytes, numel, row, max_code, row_scales)
+        }
         Storage::Cast { to, .. } => cast::decode(to, bytes, numel),
         Storage::Raw { .. } | Storage::Predicted { .. } => {
             Err("raw and predicted tensors are not decoded by a codec".into())
@@ -254,6 +289,7 @@ impl Codec {
             Codec::Raw => Ok(Encoded::Raw),
             Codec::Cast(to) => Ok(cast::encode(t, to)),
             Codec::Int(bits) => int::encode(t, &t.values(), bits, h),
+            Codec::Coded(k) => coded::encode(t, &t.values(), k, h),
         }
     }
 
@@ -268,11 +304,12 @@ impl Codec {
         predicted: &[f32],
         h: Option<&gptq::Moments>,
     ) -> crate::Result<(Encoded, Vec<f32>)> {
-        let Codec::Int(bits) = self else {
-            return Err(crate::Error::usage("--residual", format!("{self} cannot store a residual")));
-        };
         let r: Vec<f32> = original.iter().zip(predicted).map(|(a, b)| a - b).collect();
-        let encoded = int::encode(t, &r, bits, h)?;
+        let encoded = match self {
+            Codec::Int(bits) => int::encode(t, &r, bits, h)?,
+            Codec::Coded(k) => coded::encode(t, &r, k, h)?,
+            _ => return Err(crate::Error::usage("--residual", format!("{self} cannot store a residual"))),
+        };
         let back = encoded.values(DType::F32, &[], r.len());
         Ok((encoded, predicted.iter().zip(back).map(|(p, r)| p + r).collect()))
     }
@@ -315,7 +352,7 @@ mod tests {
             if let Encoded::Int { bits, group, bytes } = &e {
                 // The reader's decoding gives the same values.
                 let storage = Storage::Quantized { bits: *bits, group: *group, section: 0 };
-                assert_eq!(decode(&storage, bytes, values.len()).unwrap(), back);
+                assert_eq!(decode(&storage, bytes, &shape).unwrap(), back);
                 // Each value within half a step of its group's scale, or clipped (MSE scales).
                 let read = quant::decode(bytes, values.len(), *group as usize, *bits, f32::MAX).unwrap();
                 for (k, (a, b)) in values.iter().zip(&back).enumerate() {

@@ -140,7 +140,7 @@ pub(crate) fn build(
                 let residual = match residual {
                     Some(r) => {
                         let stored = r.store_residual(&mut b).expect("a residual codec stores residuals");
-                        after += b.stored_len(stored.section);
+                        after += b.stored_len(stored.section());
                         if predicted.is_some() {
                             let back = r.values(t.dtype, &[], rebuilt.len());
                             rebuilt = std::borrow::Cow::Owned(

@@ -6,6 +6,7 @@
 
 pub mod budget;
 pub mod codec;
+pub mod entropy;
 pub mod geometry;
 pub mod metadata;
 pub mod output;
@@ -22,10 +23,11 @@ pub use write::{write_atomic, FileBuilder};
 
 /// Magic bytes at offset 0 (PNG-style: a high byte, the name, CR LF, EOF marker).
 pub const MAGIC: [u8; 8] = *b"\x89NERP\r\n\x1a";
-/// Newest major version: 3 (compressed header, f16 scales, quantized predictor and tensors).
+/// Newest major version: 4 (entropy-coded tensors and residuals; 3: compressed header, f16
+/// scales, quantized predictor and tensors).
 /// A file is written with the lowest major version that expresses it ([`major_for`]), so that
 /// older readers open what they can.
-pub const MAJOR: u16 = 3;
+pub const MAJOR: u16 = 4;
 /// Oldest major version this reader opens.
 pub const MIN_MAJOR: u16 = 1;
 /// Minor version: bumped for additions an older reader of the same major version may ignore.
@@ -207,19 +209,107 @@ pub enum Storage {
     /// Format 3: a float tensor's values stored in the narrower float `to` (`f16` or `bf16`,
     /// round-to-nearest-even) in a `tensor` section.
     Cast { to: DType, section: usize },
+    /// Format 4: the values as integer codes times a step size (one per tensor, optionally
+    /// times an f16 scale per row), the codes entropy-coded (spec sections 4.4 and 4.5), in a
+    /// `coded` section. Every code is within `±max_code`. Float tensors only.
+    Coded {
+        max_code: u32,
+        #[serde(default, skip_serializing_if = "is_false")]
+        row_scales: bool,
+        section: usize,
+    },
 }
 
-/// The residual of a predicted tensor: `value − prediction`, quantized like
-/// [`Storage::Quantized`] (`bits` bits, one f16 scale per `group` values of a row, row-major in
-/// the tensor's own element order) in a `quantized` section. The predictor takes the smooth
-/// part of the weights, so the residual is smaller than the weight and `bits` can be fewer at
-/// the same error.
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The residual of a predicted tensor: `value − prediction` (row-major in the tensor's own
+/// element order) stored like a tensor of its shape. The predictor takes the smooth part of the
+/// weights, so the residual is smaller than the weight and needs fewer bits for the same error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ResidualRepr", into = "ResidualRepr")]
+pub enum Residual {
+    /// Format 3: quantized like [`Storage::Quantized`] (`bits` bits, one f16 scale per `group`
+    /// values of a row) in a `quantized` section; its JSON has no `kind`.
+    Quantized { bits: u8, group: u64, section: usize },
+    /// Format 4: like [`Storage::Coded`] in a `coded` section (`"kind": "coded"`).
+    Coded { max_code: u32, row_scales: bool, section: usize },
+}
+
+impl Residual {
+    /// The section holding it.
+    pub fn section(&self) -> usize {
+        match *self {
+            Residual::Quantized { section, .. } | Residual::Coded { section, .. } => section,
+        }
+    }
+
+    /// The storage a tensor of its own would have (the residual is decoded as one).
+    pub fn as_storage(&self) -> Storage {
+        match *self {
+            Residual::Quantized { bits, group, section } => Storage::Quantized { bits, group, section },
+            Residual::Coded { max_code, row_scales, section } => {
+                Storage::Coded { max_code, row_scales, section }
+            }
+        }
+    }
+}
+
+/// The JSON form of a [`Residual`]: format 3's members (no `kind`), or `kind: "coded"`.
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Residual {
-    pub bits: u8,
-    pub group: u64,
-    pub section: usize,
+struct ResidualRepr {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bits: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_code: Option<u32>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    row_scales: bool,
+    section: usize,
+}
+
+impl TryFrom<ResidualRepr> for Residual {
+    type Error = String;
+
+    fn try_from(r: ResidualRepr) -> Result<Self, String> {
+        match (r.kind.as_deref(), r.bits, r.group, r.max_code) {
+            (None, Some(bits), Some(group), None) if !r.row_scales => {
+                Ok(Residual::Quantized { bits, group, section: r.section })
+            }
+            (Some("coded"), None, None, Some(max_code)) => {
+                Ok(Residual::Coded { max_code, row_scales: r.row_scales, section: r.section })
+            }
+            _ => Err("a residual is {bits, group, section} or {kind: \"coded\", max_code, section}".into()),
+        }
+    }
+}
+
+impl From<Residual> for ResidualRepr {
+    fn from(r: Residual) -> Self {
+        match r {
+            Residual::Quantized { bits, group, section } => ResidualRepr {
+                kind: None,
+                bits: Some(bits),
+                group: Some(group),
+                max_code: None,
+                row_scales: false,
+                section,
+            },
+            Residual::Coded { max_code, row_scales, section } => ResidualRepr {
+                kind: Some("coded".into()),
+                bits: None,
+                group: None,
+                max_code: Some(max_code),
+                row_scales,
+                section,
+            },
+        }
+    }
 }
 
 /// Element type of a predicted tensor's `scales` section.
@@ -301,6 +391,8 @@ pub enum SectionKind {
     Scales,
     /// Format 3: a quantized tensor (group scales, then packed values).
     Quantized,
+    /// Format 4: an entropy-coded tensor (step, optional row scales, then the coded stream).
+    Coded,
 }
 
 impl SectionKind {
@@ -313,6 +405,7 @@ impl SectionKind {
             SectionKind::Permutation => "permutation",
             SectionKind::Scales => "scales",
             SectionKind::Quantized => "quantized",
+            SectionKind::Coded => "coded",
         }
     }
 }
@@ -464,6 +557,18 @@ pub fn needs_format_3(t: &TensorEntry) -> Option<String> {
     }
 }
 
+/// Why a tensor cannot be stored in formats 1 to 3, or `None`: coded storage and coded
+/// residuals are format 4.
+pub fn needs_format_4(t: &TensorEntry) -> Option<String> {
+    match t.storage {
+        Storage::Coded { .. } => Some("coded storage needs format 4".into()),
+        Storage::Predicted { residual: Some(Residual::Coded { .. }), .. } => {
+            Some("a coded residual needs format 4".into())
+        }
+        _ => None,
+    }
+}
+
 /// Why a predictor cannot be stored in format 1 or 2 (spec check 20), or `None`.
 pub fn predictor_needs_format_3(p: &PredictorSpec) -> Option<String> {
     p.dtype.bits().map(|_| format!("predictor dtype {} needs format 3", p.dtype.name()))
@@ -482,7 +587,9 @@ pub fn major_for(h: &Header) -> u16 {
     };
     let predicted = tensors.iter().filter(|t| matches!(t.storage, Storage::Predicted { .. })).count();
     let unused_layers = h.predictor.as_ref().is_some_and(|p| p.layers as usize != predicted);
-    if tensors.iter().any(|t| needs_format_3(t).is_some() || identity(t))
+    if tensors.iter().any(|t| needs_format_4(t).is_some()) {
+        4
+    } else if tensors.iter().any(|t| needs_format_3(t).is_some() || identity(t))
         || h.predictor.as_ref().and_then(predictor_needs_format_3).is_some()
         || unused_layers
     {

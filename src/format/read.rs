@@ -5,9 +5,9 @@ use super::codec::{packed_len, to_f32, ungroup, unpack_permutation};
 use super::geometry::{Grid, LayerPlan};
 use super::predictor::{frequencies, stored_len, ARCH};
 use super::{
-    align_up, limits, needs_format_2, needs_format_3, predictor_needs_format_3, quant, row_len, DType,
-    Encoding, Header, PredictorSpec, SectionEntry, SectionKind, Source, SourceKind, Storage, TensorEntry,
-    ALIGN, MAGIC, MAJOR, MIN_MAJOR, PREAMBLE_LEN,
+    align_up, entropy, limits, needs_format_2, needs_format_3, needs_format_4, predictor_needs_format_3,
+    quant, row_len, DType, Encoding, Header, PredictorSpec, Residual, SectionEntry, SectionKind, Source,
+    SourceKind, Storage, TensorEntry, ALIGN, MAGIC, MAJOR, MIN_MAJOR, PREAMBLE_LEN,
 };
 use crate::error::{Error, FormatError, Result};
 use crate::mmap::FileBytes;
@@ -586,6 +586,9 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
         if let Some(what) = needs_format_3(t).filter(|_| major < 3) {
             return bad(what);
         }
+        if let Some(what) = needs_format_4(t).filter(|_| major < 4) {
+            return bad(what);
+        }
         match t.storage {
             Storage::Raw { section } => {
                 claim(section, SectionKind::Tensor, &format!("tensor {}", t.name))?;
@@ -605,6 +608,10 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
                 claim(section, SectionKind::Quantized, &format!("tensor {}", t.name))?;
                 check_quantized(t, numel, bits, group, h.sections[section].decoded_length, "quantized data")?;
             }
+            Storage::Coded { max_code, row_scales, section } => {
+                claim(section, SectionKind::Coded, &format!("tensor {}", t.name))?;
+                check_coded(t, max_code, row_scales, h.sections[section].decoded_length, "coded data")?;
+            }
             Storage::Cast { to, section } => {
                 if !matches!(t.dtype, DType::F32 | DType::F64) || !matches!(to, DType::F16 | DType::Bf16) {
                     return bad(format!(
@@ -623,10 +630,17 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
                 if !t.dtype.is_float() {
                     return bad(format!("dtype {:?} cannot be predicted", t.dtype));
                 }
-                if let Some(r) = residual {
-                    claim(r.section, SectionKind::Quantized, &format!("tensor {} residual", t.name))?;
-                    let got = h.sections[r.section].decoded_length;
-                    check_quantized(t, numel, r.bits, r.group, got, "residual")?;
+                match residual {
+                    Some(Residual::Quantized { bits, group, section }) => {
+                        claim(section, SectionKind::Quantized, &format!("tensor {} residual", t.name))?;
+                        let got = h.sections[section].decoded_length;
+                        check_quantized(t, numel, bits, group, got, "residual")?;
+                    }
+                    Some(Residual::Coded { max_code, row_scales, section }) => {
+                        claim(section, SectionKind::Coded, &format!("tensor {} residual", t.name))?;
+                        check_coded(t, max_code, row_scales, h.sections[section].decoded_length, "residual")?;
+                    }
+                    None => {}
                 }
                 if let Some(what) = needs_format_2(t).filter(|_| major == 1) {
                     return bad(what);
@@ -699,6 +713,38 @@ fn check_quantized(
     Ok(())
 }
 
+/// Spec check 23c for a tensor `t` stored `coded` (its data or a predicted tensor's
+/// residual, `what`): a float dtype, `1 ≤ max_code ≤ MAX_CODE`, and a section long enough for
+/// the step and the row scales (the stream itself is checked when decoded, check 33).
+fn check_coded(
+    t: &TensorEntry,
+    max_code: u32,
+    row_scales: bool,
+    got: u64,
+    what: &str,
+) -> Result<(), FormatError> {
+    let bad = |why: String| Err(FormatError::Quantization { tensor: t.name.clone(), what: why });
+    if !t.dtype.is_float() {
+        return bad(format!("{what}: dtype {:?} cannot be coded (float tensors only)", t.dtype));
+    }
+    if !(1..=entropy::MAX_CODE).contains(&max_code) {
+        return bad(format!("{what}: max_code {max_code} is not in 1..={}", entropy::MAX_CODE));
+    }
+    let need = coded_prefix_len(&t.shape, row_scales).expect("checked shapes");
+    if got < need {
+        return bad(format!("{what} is {got} bytes; its step and row scales alone need {need}"));
+    }
+    Ok(())
+}
+
+/// Bytes before the stream of a `coded` section of a tensor of `shape` (spec section 4.5):
+/// the f32 step, then an f16 scale per row if `row_scales`.
+pub fn coded_prefix_len(shape: &[u64], row_scales: bool) -> Option<u64> {
+    let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d))?;
+    let rows = numel.checked_div(row_len(shape)?).unwrap_or(0);
+    Some(4 + if row_scales { 2 * rows } else { 0 })
+}
+
 /// Expansion ratio up to which a zstd section's output is reserved up front.
 const PLAUSIBLE_ZSTD_RATIO: u64 = 64;
 /// Magic number of a (non-skippable) zstd frame.
@@ -716,9 +762,10 @@ pub fn section_owner(h: &Header, index: usize) -> String {
         let part = match t.storage {
             Storage::Raw { section } | Storage::Cast { section, .. } if section == index => "data",
             Storage::Quantized { section, .. } if section == index => "quantized data",
+            Storage::Coded { section, .. } if section == index => "coded data",
             Storage::Predicted { permutation, .. } if permutation == index => "permutation",
             Storage::Predicted { scales: Some(s), .. } if s == index => "scales",
-            Storage::Predicted { residual: Some(r), .. } if r.section == index => "residual",
+            Storage::Predicted { residual: Some(r), .. } if r.section() == index => "residual",
             _ => continue,
         };
         return format!("tensor {} ({part}, section {index})", t.name);

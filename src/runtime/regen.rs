@@ -105,7 +105,9 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
         .map(|(t, pred)| {
             let data = match (t.storage.clone(), pred) {
                 (Storage::Raw { section }, _) => file.decode_section(section)?.into_owned(),
-                (Storage::Quantized { .. } | Storage::Cast { .. }, _) => stored_bytes(file, t)?,
+                (Storage::Quantized { .. } | Storage::Coded { .. } | Storage::Cast { .. }, _) => {
+                    stored_bytes(file, t)?
+                }
                 (Storage::Predicted { .. }, Some((p, pred))) => predicted_bytes(file, p, pred)?,
                 (Storage::Predicted { .. }, None) => {
                     return Err(Error::Rebuild(format!("tensor {} has no layer plan", t.name)))
@@ -116,15 +118,18 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
         .collect()
 }
 
-/// The bytes of a tensor stored `quantized` or `cast`, in its dtype: decoded by its codec
-/// ([`crate::codec::decode`]: spec section 4.3, the section's scales and codes checked, check
-/// 32; or widened), converted to the tensor's dtype and checked to be finite in it (check 31).
+/// The bytes of a tensor stored `quantized`, `coded` or `cast`, in its dtype: decoded by its
+/// codec ([`crate::codec::decode`]: spec sections 4.3 and 4.5, the section's scales, steps and
+/// codes checked, checks 32 and 33; or widened), converted to the tensor's dtype and checked to
+/// be finite in it (check 31).
 pub fn stored_bytes(file: &NerpFile, t: &crate::format::TensorEntry) -> Result<Vec<u8>> {
     let section = match t.storage {
-        Storage::Quantized { section, .. } | Storage::Cast { section, .. } => section,
-        _ => return Err(Error::Rebuild(format!("tensor {} is not quantized or cast", t.name))),
+        Storage::Quantized { section, .. }
+        | Storage::Coded { section, .. }
+        | Storage::Cast { section, .. } => section,
+        _ => return Err(Error::Rebuild(format!("tensor {} is not quantized, coded or cast", t.name))),
     };
-    let values = decode_section(file, t, &t.storage, section, "quantized data")?;
+    let values = decode_section(file, t, &t.storage, section, "data")?;
     let data = from_f32(t.dtype, &values).expect("quantized and cast tensors are float");
     if let Some((i, v)) = first_non_finite(t.dtype, &data) {
         return Err(file.fmt_error(FormatError::Tensor {
@@ -147,8 +152,7 @@ fn predicted_bytes(file: &NerpFile, p: &LayerPlan, pred: &[f32]) -> Result<Vec<u
     let mut values = vec![0f32; p.grid.numel()];
     scatter(pred, p, &mut values);
     if let Storage::Predicted { residual: Some(r), .. } = t.storage {
-        let as_stored = Storage::Quantized { bits: r.bits, group: r.group, section: r.section };
-        let residual = decode_section(file, t, &as_stored, r.section, "residual")?;
+        let residual = decode_section(file, t, &r.as_storage(), r.section(), "residual")?;
         for (v, r) in values.iter_mut().zip(residual) {
             *v += r;
         }
@@ -168,7 +172,7 @@ fn predicted_bytes(file: &NerpFile, p: &LayerPlan, pred: &[f32]) -> Result<Vec<u
 }
 
 /// The values of section `section` of tensor `t` (its data or its residual, `what`) decoded
-/// as `storage` says, checked (spec check 32).
+/// as `storage` says, checked (spec checks 32 and 33).
 fn decode_section(
     file: &NerpFile,
     t: &crate::format::TensorEntry,
@@ -176,11 +180,11 @@ fn decode_section(
     section: usize,
     what: &str,
 ) -> Result<Vec<f32>> {
-    let numel = t.shape.iter().product::<u64>() as usize;
-    crate::codec::decode(storage, &file.decode_section(section)?, numel).map_err(|why| {
-        file.fmt_error(FormatError::Quantization {
-            tensor: t.name.clone(),
-            what: format!("{what}: {why} (spec check 32)"),
+    crate::codec::decode(storage, &file.decode_section(section)?, &t.shape).map_err(|why| {
+        let (tensor, what) = (t.name.clone(), format!("{what}: {why}"));
+        file.fmt_error(match storage {
+            Storage::Coded { .. } => FormatError::Coded { tensor, what: format!("{what} (spec check 33)") },
+            _ => FormatError::Quantization { tensor, what: format!("{what} (spec check 32)") },
         })
     })
 }
@@ -228,7 +232,7 @@ pub fn check_budget(file: &NerpFile) -> Result<()> {
         let bytes = numel * t.dtype.size() as u64;
         let working = match t.storage {
             Storage::Raw { .. } => bytes,
-            Storage::Quantized { .. } | Storage::Cast { .. } => bytes + 4 * numel,
+            Storage::Quantized { .. } | Storage::Coded { .. } | Storage::Cast { .. } => bytes + 4 * numel,
             Storage::Predicted { layout, residual, .. } => {
                 let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
                 let grid = crate::format::geometry::Grid::new(layout, &dims)

@@ -17,7 +17,7 @@ pub fn verify(file: &NerpFile) -> Result<()> {
         .iter()
         .filter_map(|t| match t.storage {
             Storage::Raw { section } | Storage::Cast { section, .. } => Some(section),
-            Storage::Predicted { .. } | Storage::Quantized { .. } => None,
+            Storage::Predicted { .. } | Storage::Quantized { .. } | Storage::Coded { .. } => None,
         })
         .collect();
     for index in 0..h.sections.len() {
@@ -27,7 +27,9 @@ pub fn verify(file: &NerpFile) -> Result<()> {
             file.decode_section(index)?;
         }
     }
-    for t in h.tensors.iter().filter(|t| matches!(t.storage, Storage::Quantized { .. })) {
+    for t in
+        h.tensors.iter().filter(|t| matches!(t.storage, Storage::Quantized { .. } | Storage::Coded { .. }))
+    {
         crate::runtime::regen::stored_bytes(file, t)?;
     }
     crate::runtime::regen::check_predicted(file)?;
