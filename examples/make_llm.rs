@@ -9,17 +9,18 @@
 //! ```
 //! Options: `--layout qwen2-0.5b|qwen2-1.5b` (default qwen2-0.5b), then any of `--layers`,
 //! `--hidden`, `--intermediate`, `--heads`, `--kv-heads`, `--vocab` to change it; `--seed S`
-//! (0); `--dtype f16|bf16|f32` (f16).
+//! (0); `--dtype f16|bf16|f32` (f16); `--outliers N` outlier input channels per matrix (4; 0:
+//! none) and `--outlier-factor LO,HI` their factors (10,50).
 
 use nerp::format::DType;
-use nerp::synth::{write_llm, LlmLayout};
+use nerp::synth::{write_llm, LlmLayout, LlmValues};
 use std::path::PathBuf;
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut layout = LlmLayout::QWEN2_0_5B;
-    let (mut out, mut seed, mut dtype) = (None, 0u64, DType::F16);
+    let (mut out, mut values, mut dtype) = (None, LlmValues::default(), DType::F16);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let number = || value.parse::<usize>().map_err(|e| format!("{flag} {value}: {e}"));
@@ -37,7 +38,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--heads" => layout.heads = number()?,
             "--kv-heads" => layout.kv_heads = number()?,
             "--vocab" => layout.vocab = number()?,
-            "--seed" => seed = value.parse().map_err(|e| format!("--seed {value}: {e}"))?,
+            "--seed" => values.seed = value.parse().map_err(|e| format!("--seed {value}: {e}"))?,
+            "--outliers" => values.outlier_columns = number()?,
+            "--outlier-factor" => {
+                let bad = || format!("--outlier-factor {value}: expected LO,HI");
+                let (lo, hi) = value.split_once(',').ok_or_else(bad)?;
+                values.outlier_factor = (lo.parse().map_err(|_| bad())?, hi.parse().map_err(|_| bad())?);
+            }
             "--dtype" => {
                 dtype = match value.as_str() {
                     "f16" => DType::F16,
@@ -51,9 +58,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let out = out.ok_or("--out DIR is required")?;
     let start = Instant::now();
-    let files = write_llm(&layout, dtype, seed, &out)?;
+    let files = write_llm(&layout, dtype, &values, &out)?;
     println!(
-        "{}: {} parameters, {} bytes ({:.1} MB) as {dtype:?}, seed {seed}, in {:.1} s; config {}",
+        "{}: {} parameters, {} bytes ({:.1} MB) as {dtype:?}, {values:?}, in {:.1} s; config {}",
         files.model.display(),
         files.parameters,
         files.bytes,

@@ -244,12 +244,42 @@ pub const MAX_LLM_DIM: usize = 1 << 20;
 /// Standard deviation of the generated weight matrices (the usual initializer's 0.02).
 pub const LLM_WEIGHT_STD: f64 = 0.02;
 
-/// Outlier input channels per weight matrix, at most (fewer on matrices under 32 columns per
-/// outlier).
+/// Outlier input channels per weight matrix by default, at most (fewer on matrices under 32
+/// columns per outlier).
 pub const LLM_OUTLIER_COLUMNS: usize = 4;
 
-/// Range of the factor an outlier input channel is multiplied by.
+/// Range of the factor an outlier input channel is multiplied by, by default.
 pub const LLM_OUTLIER_FACTOR: (f64, f64) = (10.0, 50.0);
+
+/// How [`write_llm`] draws the values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LlmValues {
+    pub seed: u64,
+    /// Outlier input channels per weight matrix (at most one per 32 columns).
+    pub outlier_columns: usize,
+    /// The factor of each outlier channel is uniform in this range.
+    pub outlier_factor: (f64, f64),
+}
+
+impl Default for LlmValues {
+    fn default() -> Self {
+        LlmValues { seed: 0, outlier_columns: LLM_OUTLIER_COLUMNS, outlier_factor: LLM_OUTLIER_FACTOR }
+    }
+}
+
+impl LlmValues {
+    /// Checks the outlier settings: a finite, ordered, positive factor range.
+    pub fn validate(&self) -> Result<()> {
+        let (lo, hi) = self.outlier_factor;
+        if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= 1e4) {
+            return Err(Error::usage(
+                "--outlier-factor",
+                format!("{lo},{hi} is not a range 0 < LO <= HI <= 10000"),
+            ));
+        }
+        Ok(())
+    }
+}
 
 impl LlmLayout {
     /// Qwen2-0.5B (494 M parameters; 988 MB in f16).
@@ -291,7 +321,7 @@ impl LlmLayout {
     /// of 32 (at least one; two key/value heads where the heads split evenly), `vocab` tokens.
     pub fn small(layers: usize, hidden: usize, vocab: usize) -> LlmLayout {
         let heads = (hidden / 32).max(1);
-        let kv_heads = if heads % 2 == 0 { 2 } else { 1 };
+        let kv_heads = if heads.is_multiple_of(2) { 2 } else { 1 };
         LlmLayout {
             layers,
             hidden,
@@ -415,7 +445,7 @@ impl LlmLayout {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LlmKind {
     /// A weight matrix `[out, in]` (or the embedding `[vocab, hidden]`): N(0, 0.02), a few
-    /// input channels (columns) multiplied by 10–50 ([`LLM_OUTLIER_COLUMNS`]).
+    /// input channels (columns) multiplied by 10–50 (by default, [`LlmValues`]).
     Weight,
     /// A bias: N(0, 0.01).
     Bias,
@@ -441,16 +471,16 @@ impl LlmTensor {
     }
 
     /// The outlier input channels of a weight matrix and their factors, from `rng`: up to
-    /// [`LLM_OUTLIER_COLUMNS`] distinct columns, one per 32 columns at most.
-    fn outliers(&self, rng: &mut Rng) -> Vec<(usize, f32)> {
+    /// `values.outlier_columns` distinct columns, one per 32 columns at most.
+    fn outliers(&self, values: &LlmValues, rng: &mut Rng) -> Vec<(usize, f32)> {
         let cols = *self.shape.last().unwrap_or(&0);
         if self.kind != LlmKind::Weight || self.shape.len() != 2 {
             return Vec::new();
         }
         let mut out: Vec<(usize, f32)> = Vec::new();
-        while out.len() < LLM_OUTLIER_COLUMNS.min(cols / 32) {
+        while out.len() < values.outlier_columns.min(cols / 32) {
             let c = rng.below(cols);
-            let (lo, hi) = LLM_OUTLIER_FACTOR;
+            let (lo, hi) = values.outlier_factor;
             let f = (lo + (hi - lo) * rng.uniform()) as f32;
             if out.iter().all(|&(k, _)| k != c) {
                 out.push((c, f));
@@ -460,14 +490,20 @@ impl LlmTensor {
     }
 
     /// Writes the tensor's values as little-endian `dtype`, one row at a time, from a generator
-    /// seeded by `seed` and the tensor's name (so a tensor's values do not depend on the others).
-    fn write_values(&self, dtype: DType, seed: u64, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    /// seeded by `values.seed` and the tensor's name (so a tensor's values do not depend on the
+    /// others).
+    fn write_values(
+        &self,
+        dtype: DType,
+        values: &LlmValues,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
         let name_hash = self
             .name
             .bytes()
             .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3));
-        let mut rng = Rng::new(seed ^ name_hash);
-        let outliers = self.outliers(&mut rng);
+        let mut rng = Rng::new(values.seed ^ name_hash);
+        let outliers = self.outliers(values, &mut rng);
         let cols = *self.shape.last().unwrap_or(&1);
         let rows = (self.numel() / cols.max(1) as u64) as usize;
         let (mean, std) = match self.kind {
@@ -529,13 +565,19 @@ pub struct LlmFiles {
 }
 
 /// Writes `dir/model.safetensors`, the tensors of `layout` as `dtype` (f16, bf16 or f32) with
-/// values from `seed` (see [`LlmKind`]; same arguments, same bytes), and `dir/config.json`
+/// values drawn as `values` says (see [`LlmKind`]; same arguments, same bytes), and `dir/config.json`
 /// ([`LlmLayout::config_json`]). Streaming: the header first (every offset follows from the
 /// shapes), then each tensor one row at a time, so memory stays at one row whatever the size.
 /// The file is written beside its name and renamed into place when complete.
-pub fn write_llm(layout: &LlmLayout, dtype: DType, seed: u64, dir: &std::path::Path) -> Result<LlmFiles> {
+pub fn write_llm(
+    layout: &LlmLayout,
+    dtype: DType,
+    values: &LlmValues,
+    dir: &std::path::Path,
+) -> Result<LlmFiles> {
     use std::io::Write;
     layout.validate()?;
+    values.validate()?;
     if !matches!(dtype, DType::F16 | DType::Bf16 | DType::F32) {
         return Err(Error::usage("--dtype", format!("{dtype:?} is not f16, bf16 or f32")));
     }
@@ -566,7 +608,7 @@ pub fn write_llm(layout: &LlmLayout, dtype: DType, seed: u64, dir: &std::path::P
         w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
         w.write_all(&json).map_err(io)?;
         for t in &tensors {
-            t.write_values(dtype, seed, &mut w).map_err(io)?;
+            t.write_values(dtype, values, &mut w).map_err(io)?;
         }
         let file = w.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&tmp, "flushing", e))?;
@@ -657,14 +699,19 @@ mod tests {
             }
         }
         let dir = tempfile::tempdir().unwrap();
-        assert!(write_llm(&ok, DType::I8, 0, dir.path()).is_err());
+        assert!(write_llm(&ok, DType::I8, &LlmValues::default(), dir.path()).is_err());
+        for f in [(0.0, 1.0), (5.0, 2.0), (1.0, f64::NAN)] {
+            let v = LlmValues { outlier_factor: f, ..Default::default() };
+            assert!(matches!(write_llm(&ok, DType::F16, &v, dir.path()), Err(Error::Usage { .. })), "{f:?}");
+        }
     }
 
     #[test]
     fn a_small_llm_is_valid_safetensors_with_the_stated_statistics() {
         let dir = tempfile::tempdir().unwrap();
         let layout = LlmLayout::small(2, 128, 1000);
-        let files = write_llm(&layout, DType::F16, 5, dir.path()).unwrap();
+        let five = LlmValues { seed: 5, ..Default::default() };
+        let files = write_llm(&layout, DType::F16, &five, dir.path()).unwrap();
         let bytes = std::fs::read(&files.model).unwrap();
         assert_eq!(bytes.len() as u64, files.bytes);
         assert_eq!(u64::from_le_bytes(bytes[..8].try_into().unwrap()) % 8, 0);
@@ -710,9 +757,9 @@ mod tests {
         assert_eq!(config["tie_word_embeddings"], true);
         // Same seed, same bytes; another seed, other values.
         let again = tempfile::tempdir().unwrap();
-        write_llm(&layout, DType::F16, 5, again.path()).unwrap();
+        write_llm(&layout, DType::F16, &five, again.path()).unwrap();
         assert_eq!(std::fs::read(again.path().join("model.safetensors")).unwrap(), bytes);
-        write_llm(&layout, DType::F16, 6, again.path()).unwrap();
+        write_llm(&layout, DType::F16, &LlmValues { seed: 6, ..five }, again.path()).unwrap();
         assert_ne!(std::fs::read(again.path().join("model.safetensors")).unwrap(), bytes);
         assert!(std::fs::read_dir(again.path()).unwrap().all(|e| !e
             .unwrap()

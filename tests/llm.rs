@@ -9,7 +9,7 @@ mod qwen;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use nerp::format::Storage;
-use nerp::synth::{write_llm, LlmLayout};
+use nerp::synth::{write_llm, LlmLayout, LlmValues};
 use qwen::Reference;
 use std::path::Path;
 
@@ -30,7 +30,7 @@ fn tensor_bytes(t: &Tensor) -> Vec<u8> {
 
 fn small_model(dir: &Path) -> LlmLayout {
     let layout = LlmLayout::small(2, 128, 1000);
-    write_llm(&layout, nerp::format::DType::F16, 1, dir).unwrap();
+    write_llm(&layout, nerp::format::DType::F16, &LlmValues { seed: 1, ..Default::default() }, dir).unwrap();
     layout
 }
 
@@ -50,7 +50,7 @@ fn llm_candle_regenerates_the_bytes_decompress_writes() {
         let path = dir.path().join("m.nerp");
         let mut args: Vec<&std::ffi::OsStr> = vec!["compress".as_ref(), src.as_os_str(), "-o".as_ref()];
         args.push(path.as_os_str());
-        args.extend(extra.iter().map(|a| a.as_ref()));
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
         args.push("--quiet".as_ref());
         nerp_cli(&args);
         nerp_cli(&[
@@ -142,7 +142,7 @@ fn reference_codecs_round_to_nearest_within_half_a_step() {
             let hi = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let range = if levels == 15.0 { hi - lo } else { 2.0 * hi.max(-lo) };
             let step = range / levels;
-            let distinct: std::collections::BTreeSet<u32> = b.iter().map(|x| x.to_bits()).collect();
+            let distinct: std::collections::BTreeSet<u32> = b.iter().map(|x| (x + 0.0).to_bits()).collect(); // -0 as 0
             assert!(distinct.len() as f32 <= levels + 1.0, "{r:?} group {g}: {} levels", distinct.len());
             for (x, y) in a.iter().zip(b) {
                 // Half a step, plus the f16 rounding of the scale (relative 2^-11 per step).

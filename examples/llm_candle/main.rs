@@ -73,6 +73,7 @@ fn main() -> BoxResult<()> {
     println!(
         "check: last-position logits of the body + head vs ModelForCausalLM differ by at most {gap:.2e}"
     );
+    println!("original greedy continuation: {:?}", reference.tokens);
     let speed =
         |g: &qwen::Generation| (prompt.len() as f64 / g.prefill_s, decode as f64 / g.decode_s.max(1e-9));
     let mut rows = vec![Row {
@@ -99,16 +100,17 @@ fn main() -> BoxResult<()> {
         rows.push(Row { name, bytes: file.file_len(), rel_error, top1, same_tokens: same(&g), speed });
     }
     if references {
-        for r in [
-            Reference::Int8Rows,
-            Reference::Int4Groups { group: 128, zero_point: true },
-            Reference::Int4Groups { group: 128, zero_point: false },
-        ] {
-            let (weights, bytes) = r.apply(&original, source_size)?;
+        let int4 = Reference::Int4Groups { group: 128, zero_point: true };
+        let int4_sym = Reference::Int4Groups { group: 128, zero_point: false };
+        for (r, keep_embedding) in
+            [(Reference::Int8Rows, false), (int4, false), (int4_sym, false), (int4, true)]
+        {
+            let (weights, bytes) = r.apply(&original, source_size, keep_embedding)?;
             let vb = VarBuilder::from_tensors(weights, DType::F32, &cpu);
             let (rel_error, top1) = qwen::compare(&want, &qwen::all_logits(&vb, &cfg, &prompt)?)?;
             let g = qwen::generate(&vb, &cfg, &prompt, decode)?;
-            rows.push(Row { name: r.name(), bytes, rel_error, top1, same_tokens: same(&g), speed: None });
+            let name = if keep_embedding { format!("{}, embedding kept", r.name()) } else { r.name() };
+            rows.push(Row { name, bytes, rel_error, top1, same_tokens: same(&g), speed: None });
         }
     }
 

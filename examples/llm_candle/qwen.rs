@@ -184,17 +184,20 @@ impl Reference {
         }
     }
 
-    /// The weights of `vb`'s source map with every rank-2 float tensor rounded by this codec,
-    /// and the bytes the codec would store (other tensors at `source_dtype`'s size).
+    /// `weights` with every rank-2 float tensor rounded by this codec (but the token embedding,
+    /// also the tied head, with `keep_embedding`), and the bytes the codec would store (other
+    /// tensors at `source_size` bytes per value).
     pub fn apply(
         self,
         weights: &HashMap<String, Tensor>,
         source_size: usize,
+        keep_embedding: bool,
     ) -> BoxResult<(HashMap<String, Tensor>, u64)> {
         let mut out = HashMap::new();
         let mut bytes = 0u64;
         for (name, t) in weights {
-            if t.rank() != 2 || !t.dtype().is_float() {
+            let kept = keep_embedding && name == "model.embed_tokens.weight";
+            if t.rank() != 2 || !t.dtype().is_float() || kept {
                 bytes += (t.elem_count() * source_size) as u64;
                 out.insert(name.clone(), t.clone());
                 continue;
