@@ -24,6 +24,7 @@ use std::time::Instant;
 struct Row {
     name: String,
     bytes: u64,
+    weight_error: f64,
     rel_error: f64,
     top1: f64,
     same_tokens: usize,
@@ -79,6 +80,7 @@ fn main() -> BoxResult<()> {
     let mut rows = vec![Row {
         name: "original".into(),
         bytes: source_bytes,
+        weight_error: 0.0,
         rel_error: 0.0,
         top1: 1.0,
         same_tokens: reference.tokens.len(),
@@ -93,11 +95,13 @@ fn main() -> BoxResult<()> {
         let vb = nerp::candle::var_builder(&file, &nerp::Device::Cpu, &cpu, DType::F32)?;
         let regen_s = start.elapsed().as_secs_f64();
         let (rel_error, top1) = qwen::compare(&want, &qwen::all_logits(&vb, &cfg, &prompt)?)?;
+        let weight_error = qwen::weight_error(&original, &vb)?;
         let g = qwen::generate(&vb, &cfg, &prompt, decode)?;
         println!("{}: opened and regenerated in {regen_s:.1} s", path.display());
         let name = path.file_name().map_or("nerp".into(), |n| n.to_string_lossy().into_owned());
         let speed = Some(speed(&g));
-        rows.push(Row { name, bytes: file.file_len(), rel_error, top1, same_tokens: same(&g), speed });
+        let bytes = file.file_len();
+        rows.push(Row { name, bytes, weight_error, rel_error, top1, same_tokens: same(&g), speed });
     }
     if references {
         let int4 = Reference::Int4Groups { group: 128, zero_point: true };
@@ -108,24 +112,26 @@ fn main() -> BoxResult<()> {
             let (weights, bytes) = r.apply(&original, source_size, keep_embedding)?;
             let vb = VarBuilder::from_tensors(weights, DType::F32, &cpu);
             let (rel_error, top1) = qwen::compare(&want, &qwen::all_logits(&vb, &cfg, &prompt)?)?;
+            let weight_error = qwen::weight_error(&original, &vb)?;
             let g = qwen::generate(&vb, &cfg, &prompt, decode)?;
             let name = if keep_embedding { format!("{}, embedding kept", r.name()) } else { r.name() };
-            rows.push(Row { name, bytes, rel_error, top1, same_tokens: same(&g), speed: None });
+            rows.push(Row { name, bytes, weight_error, rel_error, top1, same_tokens: same(&g), speed: None });
         }
     }
 
     println!(
-        "\n| model | bytes | vs source | logits rel. error | top-1 agreement | greedy tokens as original | prefill tok/s | decode tok/s |"
+        "\n| model | bytes | vs source | weight rel. error | logits rel. error | top-1 agreement | greedy tokens as original | prefill tok/s | decode tok/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let (p, d) =
             r.speed.map_or(("–".into(), "–".into()), |(p, d)| (format!("{p:.1}"), format!("{d:.2}")));
         println!(
-            "| {} | {} | {:.2}× | {:.4} | {:.3} | {}/{} | {p} | {d} |",
+            "| {} | {} | {:.2}× | {:.4} | {:.4} | {:.3} | {}/{} | {p} | {d} |",
             r.name,
             r.bytes,
             source_bytes as f64 / r.bytes as f64,
+            r.weight_error,
             r.rel_error,
             r.top1,
             r.same_tokens,

@@ -106,6 +106,19 @@ pub fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
+/// The relative weight error `‖W' − W‖ / ‖W‖` over the rank-2 float tensors of `original`
+/// (the matrices and the embedding, what the codecs change), `W'` read from `vb`.
+pub fn weight_error(original: &HashMap<String, Tensor>, vb: &VarBuilder) -> BoxResult<f64> {
+    let (mut diff, mut norm) = (0f64, 0f64);
+    for (name, w) in original.iter().filter(|(_, w)| w.rank() == 2 && w.dtype().is_float()) {
+        let w = w.to_dtype(DType::F32)?;
+        let other = vb.get(w.dims2()?, name)?.to_dtype(DType::F32)?;
+        diff += (&other - &w)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        norm += w.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    }
+    Ok((diff / norm).sqrt())
+}
+
 /// `‖b − a‖ / ‖a‖` over all positions, and the fraction of positions whose largest logit is
 /// the same token in both (`[positions, vocab]` each).
 pub fn compare(a: &Tensor, b: &Tensor) -> BoxResult<(f64, f64)> {
