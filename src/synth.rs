@@ -1,11 +1,12 @@
-//! Fixtures for benchmarks and tests: a synthetic model of large 3×3 convolutions, and `.nerp`
+//! Fixtures for benchmarks and tests: a synthetic model of large 3×3 convolutions, `.nerp`
 //! files with an untrained (randomly initialized) predictor, which cost no training time but
-//! exercise every step of reading, regeneration and rebuilding.
+//! exercise every step of reading, regeneration and rebuilding, and safetensors files with the
+//! tensor names and shapes of a decoder LLM ([`LlmLayout`], [`write_llm`]).
 
 use crate::compress::train::{init_predictor, Rng};
 use crate::compress::{build_file, make_plan, CompressOptions, Plan};
 use crate::error::{Error, Result};
-use crate::format::WeightDtype;
+use crate::format::{DType, WeightDtype};
 use crate::ingest::SourceModel;
 use crate::predictor::Predictor;
 use candle_core::Device;
@@ -219,6 +220,408 @@ pub fn untrained_file(
     Ok((bytes, p))
 }
 
+/// The tensor names and shapes of a decoder LLM of the Qwen2 family, as the Hugging Face
+/// checkpoints spell them: per layer q/k/v projections with biases, an output projection, a
+/// SwiGLU MLP and two RMSNorm weights; a token embedding tied to the output head (no
+/// `lm_head.weight`) and a final norm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LlmLayout {
+    pub layers: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub vocab: usize,
+    pub rope_theta: f64,
+    pub rms_norm_eps: f64,
+    pub max_positions: usize,
+}
+
+/// Largest of each dimension [`LlmLayout::validate`] accepts (far above any published model;
+/// keeps every product of two dimensions far from overflow).
+pub const MAX_LLM_DIM: usize = 1 << 20;
+
+/// Standard deviation of the generated weight matrices (the usual initializer's 0.02).
+pub const LLM_WEIGHT_STD: f64 = 0.02;
+
+/// Outlier input channels per weight matrix by default, at most (fewer on matrices under 32
+/// columns per outlier).
+pub const LLM_OUTLIER_COLUMNS: usize = 4;
+
+/// Range of the factor an outlier input channel is multiplied by, by default.
+pub const LLM_OUTLIER_FACTOR: (f64, f64) = (10.0, 50.0);
+
+/// How [`write_llm`] draws the values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LlmValues {
+    pub seed: u64,
+    /// Outlier input channels per weight matrix (at most one per 32 columns).
+    pub outlier_columns: usize,
+    /// The factor of each outlier channel is uniform in this range.
+    pub outlier_factor: (f64, f64),
+}
+
+impl Default for LlmValues {
+    fn default() -> Self {
+        LlmValues { seed: 0, outlier_columns: LLM_OUTLIER_COLUMNS, outlier_factor: LLM_OUTLIER_FACTOR }
+    }
+}
+
+impl LlmValues {
+    /// Checks the outlier settings: a finite, ordered, positive factor range.
+    pub fn validate(&self) -> Result<()> {
+        let (lo, hi) = self.outlier_factor;
+        if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= 1e4) {
+            return Err(Error::usage(
+                "--outlier-factor",
+                format!("{lo},{hi} is not a range 0 < LO <= HI <= 10000"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LlmLayout {
+    /// Qwen2-0.5B (494 M parameters; 988 MB in f16).
+    pub const QWEN2_0_5B: LlmLayout = LlmLayout {
+        layers: 24,
+        hidden: 896,
+        intermediate: 4864,
+        heads: 14,
+        kv_heads: 2,
+        vocab: 151_936,
+        rope_theta: 1_000_000.0,
+        rms_norm_eps: 1e-6,
+        max_positions: 131_072,
+    };
+
+    /// Qwen2-1.5B (1.54 G parameters; 3.09 GB in f16).
+    pub const QWEN2_1_5B: LlmLayout = LlmLayout {
+        layers: 28,
+        hidden: 1536,
+        intermediate: 8960,
+        heads: 12,
+        kv_heads: 2,
+        vocab: 151_936,
+        rope_theta: 1_000_000.0,
+        rms_norm_eps: 1e-6,
+        max_positions: 131_072,
+    };
+
+    /// The named layouts, as `--layout` spells them.
+    pub const NAMED: [(&'static str, LlmLayout); 2] =
+        [("qwen2-0.5b", Self::QWEN2_0_5B), ("qwen2-1.5b", Self::QWEN2_1_5B)];
+
+    /// The layout called `name` (see [`Self::NAMED`]).
+    pub fn named(name: &str) -> Option<LlmLayout> {
+        Self::NAMED.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, l)| *l)
+    }
+
+    /// A small layout for tests: `layers` layers of width `hidden`, an MLP twice as wide, heads
+    /// of 32 (at least one; two key/value heads where the heads split evenly), `vocab` tokens.
+    pub fn small(layers: usize, hidden: usize, vocab: usize) -> LlmLayout {
+        let heads = (hidden / 32).max(1);
+        let kv_heads = if heads.is_multiple_of(2) { 2 } else { 1 };
+        LlmLayout {
+            layers,
+            hidden,
+            intermediate: 2 * hidden,
+            heads,
+            kv_heads,
+            vocab,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-6,
+            max_positions: 4096,
+        }
+    }
+
+    /// Values per attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads.max(1)
+    }
+
+    /// Checks the dimensions: all positive and at most [`MAX_LLM_DIM`], heads dividing the
+    /// width into an even head size (rotary embeddings), key/value heads dividing the heads.
+    pub fn validate(&self) -> Result<()> {
+        let dims = [
+            ("--layers", self.layers),
+            ("--hidden", self.hidden),
+            ("--intermediate", self.intermediate),
+            ("--heads", self.heads),
+            ("--kv-heads", self.kv_heads),
+            ("--vocab", self.vocab),
+            ("max_positions", self.max_positions),
+        ];
+        for (flag, d) in dims {
+            if d == 0 || d > MAX_LLM_DIM {
+                return Err(Error::usage(flag, format!("{d} is not in 1..={MAX_LLM_DIM}")));
+            }
+        }
+        if !self.hidden.is_multiple_of(self.heads) || !self.head_dim().is_multiple_of(2) {
+            return Err(Error::usage(
+                "--heads",
+                format!("{} heads must divide the width {} into an even head size", self.heads, self.hidden),
+            ));
+        }
+        if !self.heads.is_multiple_of(self.kv_heads) {
+            return Err(Error::usage(
+                "--kv-heads",
+                format!("{} key/value heads must divide the {} heads", self.kv_heads, self.heads),
+            ));
+        }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if !positive(self.rope_theta) || !positive(self.rms_norm_eps) {
+            return Err(Error::usage("config", "rope_theta and rms_norm_eps must be positive numbers"));
+        }
+        Ok(())
+    }
+
+    /// Every tensor, sorted by name (the order of the data in the written file).
+    pub fn tensors(&self) -> Vec<LlmTensor> {
+        let (h, kv) = (self.hidden, self.kv_heads * self.head_dim());
+        let mut out = vec![
+            LlmTensor::new("model.embed_tokens.weight".into(), vec![self.vocab, h], LlmKind::Weight),
+            LlmTensor::new("model.norm.weight".into(), vec![h], LlmKind::Norm),
+        ];
+        for i in 0..self.layers {
+            let p = |s: &str| format!("model.layers.{i}.{s}");
+            let m = self.intermediate;
+            out.extend([
+                LlmTensor::new(p("input_layernorm.weight"), vec![h], LlmKind::Norm),
+                LlmTensor::new(p("post_attention_layernorm.weight"), vec![h], LlmKind::Norm),
+                LlmTensor::new(p("self_attn.q_proj.weight"), vec![h, h], LlmKind::Weight),
+                LlmTensor::new(p("self_attn.q_proj.bias"), vec![h], LlmKind::Bias),
+                LlmTensor::new(p("self_attn.k_proj.weight"), vec![kv, h], LlmKind::Weight),
+                LlmTensor::new(p("self_attn.k_proj.bias"), vec![kv], LlmKind::Bias),
+                LlmTensor::new(p("self_attn.v_proj.weight"), vec![kv, h], LlmKind::Weight),
+                LlmTensor::new(p("self_attn.v_proj.bias"), vec![kv], LlmKind::Bias),
+                LlmTensor::new(p("self_attn.o_proj.weight"), vec![h, h], LlmKind::Weight),
+                LlmTensor::new(p("mlp.gate_proj.weight"), vec![m, h], LlmKind::Weight),
+                LlmTensor::new(p("mlp.up_proj.weight"), vec![m, h], LlmKind::Weight),
+                LlmTensor::new(p("mlp.down_proj.weight"), vec![h, m], LlmKind::Weight),
+            ]);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Parameters of all tensors.
+    pub fn parameters(&self) -> u64 {
+        self.tensors().iter().map(|t| t.shape.iter().map(|&d| d as u64).product::<u64>()).sum()
+    }
+
+    /// The `config.json` Hugging Face writes beside the weights: the fields candle-transformers'
+    /// `qwen2::Config` reads, and the architecture's name; `dtype` as `torch_dtype`.
+    pub fn config_json(&self, dtype: DType) -> String {
+        let torch_dtype = match dtype {
+            DType::Bf16 => "bfloat16",
+            DType::F32 => "float32",
+            _ => "float16",
+        };
+        let config = serde_json::json!({
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "vocab_size": self.vocab,
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "max_position_embeddings": self.max_positions,
+            "sliding_window": self.max_positions,
+            "max_window_layers": self.layers,
+            "use_sliding_window": false,
+            "tie_word_embeddings": true,
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_norm_eps,
+            "hidden_act": "silu",
+            "torch_dtype": torch_dtype,
+        });
+        serde_json::to_string_pretty(&config).expect("a JSON value serializes")
+    }
+}
+
+/// What a generated tensor holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmKind {
+    /// A weight matrix `[out, in]` (or the embedding `[vocab, hidden]`): N(0, 0.02), a few
+    /// input channels (columns) multiplied by 10–50 (by default, [`LlmValues`]).
+    Weight,
+    /// A bias: N(0, 0.01).
+    Bias,
+    /// An RMSNorm weight: 1 + N(0, 0.05).
+    Norm,
+}
+
+/// One tensor of an [`LlmLayout`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlmTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: LlmKind,
+}
+
+impl LlmTensor {
+    fn new(name: String, shape: Vec<usize>, kind: LlmKind) -> Self {
+        LlmTensor { name, shape, kind }
+    }
+
+    fn numel(&self) -> u64 {
+        self.shape.iter().map(|&d| d as u64).product()
+    }
+
+    /// The outlier input channels of a weight matrix and their factors, from `rng`: up to
+    /// `values.outlier_columns` distinct columns, one per 32 columns at most.
+    fn outliers(&self, values: &LlmValues, rng: &mut Rng) -> Vec<(usize, f32)> {
+        let cols = *self.shape.last().unwrap_or(&0);
+        if self.kind != LlmKind::Weight || self.shape.len() != 2 {
+            return Vec::new();
+        }
+        let mut out: Vec<(usize, f32)> = Vec::new();
+        while out.len() < values.outlier_columns.min(cols / 32) {
+            let c = rng.below(cols);
+            let (lo, hi) = values.outlier_factor;
+            let f = (lo + (hi - lo) * rng.uniform()) as f32;
+            if out.iter().all(|&(k, _)| k != c) {
+                out.push((c, f));
+            }
+        }
+        out
+    }
+
+    /// Writes the tensor's values as little-endian `dtype`, one row at a time, from a generator
+    /// seeded by `values.seed` and the tensor's name (so a tensor's values do not depend on the
+    /// others).
+    fn write_values(
+        &self,
+        dtype: DType,
+        values: &LlmValues,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
+        let name_hash = self
+            .name
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3));
+        let mut rng = Rng::new(values.seed ^ name_hash);
+        let outliers = self.outliers(values, &mut rng);
+        let cols = *self.shape.last().unwrap_or(&1);
+        let rows = (self.numel() / cols.max(1) as u64) as usize;
+        let (mean, std) = match self.kind {
+            LlmKind::Weight => (0.0, LLM_WEIGHT_STD),
+            LlmKind::Bias => (0.0, 0.01),
+            LlmKind::Norm => (1.0, 0.05),
+        };
+        let mut normal = Normal::default();
+        let mut row = vec![0f32; cols];
+        let mut bytes = Vec::with_capacity(cols * dtype.size());
+        for _ in 0..rows {
+            for v in row.iter_mut() {
+                *v = (mean + std * normal.sample(&mut rng)) as f32;
+            }
+            for &(c, f) in &outliers {
+                row[c] *= f;
+            }
+            bytes.clear();
+            match dtype {
+                DType::F16 => bytes.extend(row.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes())),
+                DType::Bf16 => bytes.extend(row.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())),
+                _ => bytes.extend(row.iter().flat_map(|&v| v.to_le_bytes())),
+            }
+            out.write_all(&bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Standard normal samples by the Box–Muller transform, both of each pair used.
+#[derive(Default)]
+struct Normal {
+    spare: Option<f64>,
+}
+
+impl Normal {
+    fn sample(&mut self, rng: &mut Rng) -> f64 {
+        if let Some(z) = self.spare.take() {
+            return z;
+        }
+        let (u, v) = (1.0 - rng.uniform(), rng.uniform());
+        let r = (-2.0 * u.ln()).sqrt();
+        let (s, c) = (std::f64::consts::TAU * v).sin_cos();
+        self.spare = Some(r * s);
+        r * c
+    }
+}
+
+/// What [`write_llm`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmFiles {
+    /// `DIR/model.safetensors`.
+    pub model: std::path::PathBuf,
+    /// `DIR/config.json`.
+    pub config: std::path::PathBuf,
+    /// Bytes of the safetensors file.
+    pub bytes: u64,
+    pub parameters: u64,
+}
+
+/// Writes `dir/model.safetensors`, the tensors of `layout` as `dtype` (f16, bf16 or f32) with
+/// values drawn as `values` says (see [`LlmKind`]; same arguments, same bytes), and `dir/config.json`
+/// ([`LlmLayout::config_json`]). Streaming: the header first (every offset follows from the
+/// shapes), then each tensor one row at a time, so memory stays at one row whatever the size.
+/// The file is written beside its name and renamed into place when complete.
+pub fn write_llm(
+    layout: &LlmLayout,
+    dtype: DType,
+    values: &LlmValues,
+    dir: &std::path::Path,
+) -> Result<LlmFiles> {
+    use std::io::Write;
+    layout.validate()?;
+    values.validate()?;
+    if !matches!(dtype, DType::F16 | DType::Bf16 | DType::F32) {
+        return Err(Error::usage("--dtype", format!("{dtype:?} is not f16, bf16 or f32")));
+    }
+    let tensors = layout.tensors();
+    let st_dtype = crate::ingest::safetensors::to_safetensors(dtype);
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut offset = 0u64;
+    for t in &tensors {
+        let end = offset + t.numel() * dtype.size() as u64;
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({ "dtype": format!("{st_dtype:?}"), "shape": t.shape, "data_offsets": [offset, end] }),
+        );
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(header)).expect("a JSON value serializes");
+    // Padded with spaces to a multiple of 8, as the safetensors writer does, so the data is aligned.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "creating folder", e))?;
+    let (model, config) = (dir.join("model.safetensors"), dir.join("config.json"));
+    let tmp = dir.join(format!(".model.safetensors.tmp-{}", std::process::id()));
+    let _guard = crate::format::output::TempGuard::register(&tmp);
+    let result = (|| {
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, "creating", e))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        let io = |e| Error::io(&tmp, "writing", e);
+        w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
+        w.write_all(&json).map_err(io)?;
+        for t in &tensors {
+            t.write_values(dtype, values, &mut w).map_err(io)?;
+        }
+        let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&tmp, "flushing", e))?;
+        std::fs::rename(&tmp, &model).map_err(|e| Error::io(&model, "renaming into place", e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
+    crate::format::write_atomic(&config, layout.config_json(dtype).as_bytes())?;
+    Ok(LlmFiles { model, config, bytes: 8 + json.len() as u64 + offset, parameters: layout.parameters() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +664,107 @@ mod tests {
     fn same_seed_same_bytes() {
         assert_eq!(conv_stack_safetensors(4, 2, 7).unwrap(), conv_stack_safetensors(4, 2, 7).unwrap());
         assert_ne!(conv_stack_safetensors(4, 2, 7).unwrap(), conv_stack_safetensors(4, 2, 8).unwrap());
+    }
+    #[test]
+    fn qwen2_layouts_have_the_published_parameter_counts() {
+        assert_eq!(LlmLayout::QWEN2_0_5B.parameters(), 494_032_768);
+        assert_eq!(LlmLayout::QWEN2_1_5B.parameters(), 1_543_714_304);
+        let names: Vec<String> = LlmLayout::QWEN2_0_5B.tensors().into_iter().map(|t| t.name).collect();
+        assert_eq!(names.len(), 24 * 12 + 2);
+        for n in ["model.embed_tokens.weight", "model.norm.weight", "model.layers.23.self_attn.k_proj.bias"] {
+            assert!(names.iter().any(|x| x == n), "{n}");
+        }
+        assert!(!names.iter().any(|n| n.starts_with("lm_head")), "tied embeddings: no head");
+        let k = LlmLayout::QWEN2_0_5B
+            .tensors()
+            .into_iter()
+            .find(|t| t.name.ends_with("0.self_attn.k_proj.weight"));
+        assert_eq!(k.unwrap().shape, vec![128, 896]);
+    }
+
+    #[test]
+    fn bad_llm_layouts_are_usage_errors() {
+        let ok = LlmLayout::small(2, 128, 1000);
+        ok.validate().unwrap();
+        for (bad, flag) in [
+            (LlmLayout { layers: 0, ..ok }, "--layers"),
+            (LlmLayout { heads: 3, ..ok }, "--heads"),
+            (LlmLayout { kv_heads: 3, ..ok }, "--kv-heads"),
+            (LlmLayout { vocab: MAX_LLM_DIM + 1, ..ok }, "--vocab"),
+            (LlmLayout { hidden: 96, heads: 32, kv_heads: 1, ..ok }, "--heads"), // odd head size
+        ] {
+            match bad.validate() {
+                Err(Error::Usage { option, .. }) => assert_eq!(option, flag),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        assert!(write_llm(&ok, DType::I8, &LlmValues::default(), dir.path()).is_err());
+        for f in [(0.0, 1.0), (5.0, 2.0), (1.0, f64::NAN)] {
+            let v = LlmValues { outlier_factor: f, ..Default::default() };
+            assert!(matches!(write_llm(&ok, DType::F16, &v, dir.path()), Err(Error::Usage { .. })), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn a_small_llm_is_valid_safetensors_with_the_stated_statistics() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = LlmLayout::small(2, 128, 1000);
+        let five = LlmValues { seed: 5, ..Default::default() };
+        let files = write_llm(&layout, DType::F16, &five, dir.path()).unwrap();
+        let bytes = std::fs::read(&files.model).unwrap();
+        assert_eq!(bytes.len() as u64, files.bytes);
+        assert_eq!(u64::from_le_bytes(bytes[..8].try_into().unwrap()) % 8, 0);
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut names: Vec<&str> = st.names().into_iter().collect();
+        names.sort();
+        let want = layout.tensors();
+        assert_eq!(names, want.iter().map(|t| t.name.as_str()).collect::<Vec<_>>());
+        for t in &want {
+            let view = st.tensor(&t.name).unwrap();
+            assert_eq!((view.dtype(), view.shape()), (safetensors::Dtype::F16, t.shape.as_slice()));
+            let v = crate::format::codec::to_f32(DType::F16, view.data()).unwrap();
+            let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+            match t.kind {
+                LlmKind::Norm => assert!((mean - 1.0).abs() < 0.02, "{}: mean {mean}", t.name),
+                LlmKind::Bias => assert!(v.iter().all(|x| x.abs() < 0.07), "{}", t.name),
+                LlmKind::Weight => {
+                    // Columns far above the rest (×10–50) hold the outliers: 4 per matrix here.
+                    let cols = t.shape[1];
+                    let col_rms: Vec<f64> = (0..cols)
+                        .map(|c| {
+                            let s: f64 = v.iter().skip(c).step_by(cols).map(|&x| (x as f64).powi(2)).sum();
+                            (s / (v.len() / cols) as f64).sqrt()
+                        })
+                        .collect();
+                    let outliers = col_rms.iter().filter(|&&r| r > 5.0 * LLM_WEIGHT_STD).count();
+                    assert_eq!(outliers, LLM_OUTLIER_COLUMNS, "{}", t.name);
+                    let mut plain: Vec<f64> =
+                        col_rms.into_iter().filter(|&r| r < 5.0 * LLM_WEIGHT_STD).collect();
+                    plain.sort_by(f64::total_cmp);
+                    let median = plain[plain.len() / 2];
+                    assert!(
+                        (median - LLM_WEIGHT_STD).abs() < 0.004,
+                        "{}: median column RMS {median}",
+                        t.name
+                    );
+                }
+            }
+        }
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&files.config).unwrap()).unwrap();
+        assert_eq!(config["num_key_value_heads"], 2);
+        assert_eq!(config["tie_word_embeddings"], true);
+        // Same seed, same bytes; another seed, other values.
+        let again = tempfile::tempdir().unwrap();
+        write_llm(&layout, DType::F16, &five, again.path()).unwrap();
+        assert_eq!(std::fs::read(again.path().join("model.safetensors")).unwrap(), bytes);
+        write_llm(&layout, DType::F16, &LlmValues { seed: 6, ..five }, again.path()).unwrap();
+        assert_ne!(std::fs::read(again.path().join("model.safetensors")).unwrap(), bytes);
+        assert!(std::fs::read_dir(again.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("tmp")));
     }
 }
