@@ -1,5 +1,5 @@
 //! The LLM path at test size: a generated Qwen2-layout model (2 layers, width 128, f16) through
-//! `nerp compress`; the tensors `examples/llm_candle` regenerates (`nerp::candle`) are the bytes
+//! `nerp compress`; the tensors `examples/llm_candle` regenerates (`nerp::runtime::candle`) are the bytes
 //! `nerp decompress` writes, and candle-transformers' Qwen2 gives the same logits on both. Also
 //! the example's reference codecs and its logits against `ModelForCausalLM`'s.
 
@@ -69,7 +69,7 @@ fn llm_candle_regenerates_the_bytes_decompress_writes() {
         }
         let bytes = std::fs::read(&back).unwrap();
         let decompressed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let regenerated = nerp::candle::tensors(&file, &nerp::Device::Cpu, &cpu, None).unwrap();
+        let regenerated = nerp::runtime::candle::tensors(&file, &nerp::Device::Cpu, &cpu, None).unwrap();
         assert_eq!(regenerated.len(), layout.tensors().len());
         assert_eq!(decompressed.len(), regenerated.len());
         for (name, t) in &regenerated {
@@ -81,7 +81,8 @@ fn llm_candle_regenerates_the_bytes_decompress_writes() {
             );
         }
         // The model on both: the same logits, bit for bit.
-        let from_nerp = nerp::candle::var_builder(&file, &nerp::Device::Cpu, &cpu, DType::F32).unwrap();
+        let from_nerp =
+            nerp::runtime::candle::var_builder(&file, &nerp::Device::Cpu, &cpu, DType::F32).unwrap();
         let from_file = VarBuilder::from_tensors(qwen::load_f32(&back).unwrap(), DType::F32, &cpu);
         let (a, b) = (
             qwen::all_logits(&from_nerp, &cfg, &prompt).unwrap(),

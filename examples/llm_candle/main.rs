@@ -92,7 +92,7 @@ fn main() -> BoxResult<()> {
     for path in &nerps {
         let start = Instant::now();
         let file = nerp::open(path)?;
-        let vb = nerp::candle::var_builder(&file, &nerp::Device::Cpu, &cpu, DType::F32)?;
+        let vb = nerp::runtime::candle::var_builder(&file, &nerp::Device::Cpu, &cpu, DType::F32)?;
         let regen_s = start.elapsed().as_secs_f64();
         let (rel_error, top1) = qwen::compare(&want, &qwen::all_logits(&vb, &cfg, &prompt)?)?;
         let weight_error = qwen::weight_error(&original, &vb)?;
