@@ -207,6 +207,14 @@ pub fn eligible(t: &SourceTensor) -> bool {
     crate::codec::eligible(t.dtype, &t.shape, t.data.len())
 }
 
+/// Rungs of the coded candidates of a weight tensor ([`crate::codec::coded::step`]: steps from a
+/// sixteenth of the tensor's RMS, about 6 bits per weight, to eight times it, mostly zeros),
+/// every other rung of the ladder.
+pub const CODED_RUNGS: [i8; 16] = [-16, -14, -12, -10, -8, -6, -4, -2, 0, 2, 4, 6, 8, 10, 12, 14];
+/// Rungs of the coded candidates of a bias or norm (rank < 2): steps of 1/256 to 1/16 of its
+/// RMS.
+pub const FINE_RUNGS: [i8; 5] = [-32, -28, -24, -20, -16];
+
 /// The codec candidates of every tensor of `model`: raw, and for an [`eligible`] one each of
 /// [`Codec::CHOICES`] (those that give raw back are left out), encoded once (data-aware with
 /// `hessians`) and kept. Errors are measured on `threads` threads (one tract model per
@@ -226,13 +234,19 @@ pub fn candidates(
             error: 0.0,
         };
         let mut out = vec![raw];
-        if !eligible(t) {
-            return Ok(out);
-        }
         let view = tensor(t);
+        let codecs: Vec<Codec> = match (eligible(t), t.dtype.is_float() && !t.data.is_empty()) {
+            (true, _) => Codec::CHOICES.into_iter().chain(CODED_RUNGS.map(Codec::Coded)).collect(),
+            // Biases and norms: coded finely (they are few bytes, and sensitive).
+            (false, true) => FINE_RUNGS.map(Codec::Coded).to_vec(),
+            (false, false) => return Ok(out),
+        };
         let original = view.values();
-        for codec in Codec::CHOICES.into_iter().filter(|&c| c != Codec::Raw) {
-            let encoded = codec.encode(view, hessians.0.get(&t.name))?;
+        for codec in codecs.into_iter().filter(|&c| c != Codec::Raw) {
+            let encoded = match codec {
+                Codec::Coded(k) => crate::codec::coded::encode(view, &original, k, hessians.0.get(&t.name))?,
+                _ => codec.encode(view, hessians.0.get(&t.name))?,
+            };
             if encoded == Encoded::Raw {
                 continue;
             }
