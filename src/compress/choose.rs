@@ -472,6 +472,40 @@ impl Chooser {
     }
 }
 
+/// The predictor's values of each predicted tensor (model order), and the bytes it adds beside
+/// the predictor (its scales and permutation).
+fn predicted_of<'a>(
+    model: &SourceModel,
+    plan: &Plan,
+    fitted: Option<&'a Fitted>,
+    opts: &CompressOptions,
+) -> Vec<Option<(&'a [f32], u64)>> {
+    let mut predicted = vec![None; model.tensors.len()];
+    if let Some(f) = fitted {
+        for (p, v) in plan.layers.iter().zip(&f.predictions) {
+            let scales = p.scales.as_ref().map_or(0, |s| s.len() * opts.scale_dtype.dtype().size());
+            let perm = if opts.ordering == Ordering::None { 0 } else { pack_permutation(&p.perm).len() };
+            predicted[p.tensor] = Some((v.as_slice(), (scales + perm) as u64));
+        }
+    }
+    predicted
+}
+
+impl Chooser {
+    /// The measured error (on the calibration inputs, or of the weights) of the file `stores`
+    /// describe.
+    pub(crate) fn file_error(
+        &self,
+        model: &SourceModel,
+        plan: &Plan,
+        fitted: Option<&Fitted>,
+        opts: &CompressOptions,
+        stores: &[Store],
+    ) -> Result<f64> {
+        self.error_of(model, &predicted_of(model, plan, fitted, opts), stores)
+    }
+}
+
 /// The storage `compress` plans without a budget: the planned tensors predicted when
 /// `with_predictor` (with a `--residual` encoded against the predictor's `predictions`, plan
 /// order, when asked and given), the others with `--raw-codec` (data-aware with `hessians`).
@@ -531,16 +565,7 @@ pub(crate) fn decide(
     let Some(budget) = chooser.budget(opts, max_bytes) else { return keep(planned) };
     let cal = chooser.cal.as_ref();
     let measure = chooser.measure();
-    // The predictor's values of each predicted tensor, and the bytes it adds beside the
-    // predictor (its scales and permutation).
-    let mut predicted: Vec<Option<(&[f32], u64)>> = vec![None; model.tensors.len()];
-    if let Some(f) = fitted {
-        for (p, v) in plan.layers.iter().zip(&f.predictions) {
-            let scales = p.scales.as_ref().map_or(0, |s| s.len() * opts.scale_dtype.dtype().size());
-            let perm = if opts.ordering == Ordering::None { 0 } else { pack_permutation(&p.perm).len() };
-            predicted[p.tensor] = Some((v.as_slice(), (scales + perm) as u64));
-        }
-    }
+    let predicted = predicted_of(model, plan, fitted, opts);
     let mut predictor_only_error = None;
     if let (ErrorBudget::Check(e), None, Some(_)) = (opts.error_budget, max_bytes, fitted) {
         let limit = if cal.is_some() { e } else { DEFAULT_MAX_WEIGHT_ERROR };

@@ -7,6 +7,7 @@ pub mod build;
 pub mod calibrate;
 pub mod choose;
 pub mod distill;
+pub mod finetune;
 pub mod fit;
 pub mod graph;
 pub mod measure;
@@ -23,6 +24,7 @@ pub use options::{
     CompressOptions, ErrorBudget, ResidualMode, DEFAULT_CALIBRATION_IMAGES, DEFAULT_FALLBACK_WEIGHT_ERROR,
     DEFAULT_HIDDEN, DEFAULT_LR, DEFAULT_MAX_ERROR, DEFAULT_MAX_WEIGHT_ERROR, DEFAULT_MIN_VALUES,
     DEFAULT_PE_BASE, DEFAULT_PE_LEVELS, DEFAULT_QAT_FRACTION, DEFAULT_STEPS, DEMO_STEPS, MAX_STEPS,
+    DEFAULT_FINETUNE_LR, DEFAULT_FINETUNE_STEPS,
 };
 pub use plan::{make_plan, Plan};
 pub use report::{CompressReport, StorageReport, TensorReport};
@@ -108,8 +110,36 @@ pub fn compress(
         false => Some(fit(input, &model, &plan, opts, hidden, progress)?),
     };
     let fitted = training.as_ref().map(|t| &t.fitted);
-    let Decided { stores, errors, report: storage } =
+    let Decided { mut stores, errors, report: storage } =
         decide(&model, &plan, fitted, opts, chooser.as_ref(), max_bytes, &mut warnings)?;
+    let finetune = match (&opts.preprocess, &model.skeleton) {
+        (Some(pre), Some(skeleton)) if opts.finetune.steps > 0 => {
+            let graph = crate::compress::graph::Graph::from_proto(&crate::runtime::patch_skeleton(
+                skeleton,
+                &crate::compress::permute::as_weights(&model),
+            )?)?;
+            let before = match &chooser {
+                Some(c) => Some(c.file_error(&model, &plan, fitted, opts, &stores)?),
+                None => None,
+            };
+            let report = finetune::finetune(
+                &model, &graph, &mut stores, &opts.finetune, &opts.distill, pre, opts.seed, progress,
+            )?;
+            match (report, &chooser) {
+                (Some(mut r), c) => {
+                    r.error_before = before;
+                    r.error_after = c.as_ref().map(|c| c.file_error(&model, &plan, fitted, opts, &stores)).transpose()?;
+                    Some(r)
+                }
+                (None, _) => None,
+            }
+        }
+        _ if opts.finetune.steps > 0 => {
+            warnings.push("fine-tuning needs an ONNX source and --preprocess: skipped".into());
+            None
+        }
+        _ => None,
+    };
     let with = fitted.map(|f| (&f.predictor, Some(f.predictions.as_slice())));
     let BuiltFile { bytes, mut tensors, weight_rmse } =
         build::build(&model, &plan.layers, &plan.values, with, opts, &stores)?;
@@ -155,5 +185,6 @@ pub fn compress(
         kd_losses,
         warnings,
         storage,
+        finetune,
     })
 }
