@@ -1,0 +1,368 @@
+//! Entropy coding of integer codes (spec section 4.4): a context-adaptive binary arithmetic
+//! coder in the spirit of DeepCABAC, written here (no crate).
+//!
+//! DRAFT: parameters under measurement.
+
+/// Largest `|code|` a stream may carry.
+pub const MAX_CODE: u32 = 1 << 15;
+
+/// Probability precision: a probability is an integer in `1..2^PROB_BITS`.
+const PROB_BITS: u32 = 15;
+const PROB_ONE: u16 = 1 << PROB_BITS;
+/// Adaptation shifts of the two estimates a context mixes.
+const RATE_FAST: u32 = 4;
+const RATE_SLOW: u32 = 7;
+/// The range is renormalised (shifted by a byte) when it falls below this.
+const TOP: u32 = 1 << 24;
+/// Magnitude classes: class `e` holds `2^e ..= 2^(e+1) − 1`; `MAX_CODE` is in the last.
+const CLASSES: usize = 16;
+/// Neighbourhood buckets.
+const BUCKETS: usize = 8;
+
+/// One adaptive binary context: two estimates of P(bit = 1), a fast and a slow one.
+#[derive(Clone, Copy)]
+struct Prob {
+    fast: u16,
+    slow: u16,
+}
+
+impl Prob {
+    const HALF: Prob = Prob { fast: PROB_ONE / 2, slow: PROB_ONE / 2 };
+
+    #[inline(always)]
+    fn p1(self) -> u32 {
+        (self.fast as u32 + self.slow as u32) >> 1
+    }
+
+    #[inline(always)]
+    fn update(&mut self, bit: bool) {
+        if bit {
+            self.fast += (PROB_ONE - self.fast) >> RATE_FAST;
+            self.slow += (PROB_ONE - self.slow) >> RATE_SLOW;
+        } else {
+            self.fast -= self.fast >> RATE_FAST;
+            self.slow -= self.slow >> RATE_SLOW;
+        }
+    }
+}
+
+/// Every context of a stream, at its initial state.
+#[derive(Clone)]
+struct Models {
+    sig: [Prob; BUCKETS],
+    sign: [Prob; 3],
+    prefix: [[Prob; CLASSES]; BUCKETS],
+    msb: [[Prob; CLASSES]; BUCKETS],
+}
+
+impl Models {
+    fn new() -> Self {
+        Models {
+            sig: [Prob::HALF; BUCKETS],
+            sign: [Prob::HALF; 3],
+            prefix: [[Prob::HALF; CLASSES]; BUCKETS],
+            msb: [[Prob::HALF; CLASSES]; BUCKETS],
+        }
+    }
+}
+
+/// The neighbourhood bucket of a code from the codes before it in its row (`a` just before,
+/// `b` two before) and the code above it (`u`, the same column of the previous row).
+#[inline(always)]
+fn bucket(a: i32, b: i32, u: i32) -> usize {
+    let t = 2 * a.unsigned_abs() + b.unsigned_abs() + u.unsigned_abs();
+    let bits = (32 - t.leading_zeros()) as usize;
+    bits.min(BUCKETS - 1)
+}
+
+#[inline(always)]
+fn sign_context(a: i32) -> usize {
+    (a > 0) as usize + 2 * (a < 0) as usize
+}
+
+/// Where the encoder's bytes go: a buffer, or only a count.
+trait Sink {
+    fn push(&mut self, byte: u8);
+    fn push_run(&mut self, byte: u8, count: u64);
+}
+
+impl Sink for Vec<u8> {
+    #[inline(always)]
+    fn push(&mut self, byte: u8) {
+        Vec::push(self, byte)
+    }
+    fn push_run(&mut self, byte: u8, count: u64) {
+        for _ in 0..count {
+            Vec::push(self, byte)
+        }
+    }
+}
+
+struct Count(usize);
+
+impl Sink for Count {
+    #[inline(always)]
+    fn push(&mut self, _: u8) {
+        self.0 += 1
+    }
+    fn push_run(&mut self, _: u8, count: u64) {
+        self.0 += count as usize
+    }
+}
+
+struct Encoder<S: Sink> {
+    low: u64,
+    range: u32,
+    /// The byte not yet written (a carry may still reach it), and how many 0xFF bytes follow it.
+    cache: u8,
+    pending: u64,
+    /// False until the first byte leaves the cache: that byte is always 0 and is not written.
+    started: bool,
+    out: S,
+}
+
+impl<S: Sink> Encoder<S> {
+    fn new(out: S) -> Self {
+        Encoder { low: 0, range: u32::MAX, cache: 0, pending: 0, started: false, out }
+    }
+
+    #[inline(always)]
+    fn shift_low(&mut self) {
+        if self.low < 0xFF00_0000 || self.low >= 1 << 32 {
+            let carry = (self.low >> 32) as u8;
+            if self.started {
+                self.out.push(self.cache.wrapping_add(carry));
+            } else {
+                debug_assert_eq!(carry, 0);
+                self.started = true;
+            }
+            if self.pending > 0 {
+                self.out.push_run(0xFFu8.wrapping_add(carry), self.pending);
+                self.pending = 0;
+            }
+            self.cache = (self.low >> 24) as u8;
+        } else {
+            self.pending += 1;
+        }
+        self.low = (self.low & 0x00FF_FFFF) << 8;
+    }
+
+    #[inline(always)]
+    fn normalize(&mut self) {
+        while self.range < TOP {
+            self.range <<= 8;
+            self.shift_low();
+        }
+    }
+
+    #[inline(always)]
+    fn bit(&mut self, prob: &mut Prob, bit: bool) {
+        let bound = (self.range >> PROB_BITS) * prob.p1();
+        if bit {
+            self.range = bound;
+        } else {
+            self.low += bound as u64;
+            self.range -= bound;
+        }
+        prob.update(bit);
+        self.normalize();
+    }
+
+    /// `k ≤ 16` equiprobable bits, the value `v < 2^k`.
+    #[inline(always)]
+    fn bypass(&mut self, v: u32, k: u32) {
+        let r = self.range >> k;
+        self.low += (v * r) as u64;
+        self.range = r;
+        self.normalize();
+    }
+
+    fn finish(mut self) -> S {
+        // Any value in [low, low + range) decodes the same; range ≥ 2^24, so one with its low
+        // three bytes zero exists: only its top byte is written.
+        self.low = (self.low + 0xFF_FFFF) & !0xFF_FFFF;
+        self.shift_low();
+        self.shift_low();
+        self.out
+    }
+}
+
+fn encode_into<S: Sink>(codes: &[i32], row: usize, out: S) -> S {
+    let row = row.max(1);
+    let mut enc = Encoder::new(out);
+    let mut m = Models::new();
+    for (r, cur) in codes.chunks(row).enumerate() {
+        let above = if r == 0 { &[][..] } else { &codes[(r - 1) * row..r * row] };
+        let (mut a, mut b) = (0i32, 0i32);
+        for (c, &v) in cur.iter().enumerate() {
+            let u = above.get(c).copied().unwrap_or(0);
+            let k = bucket(a, b, u);
+            let mag = v.unsigned_abs();
+            assert!(mag <= MAX_CODE, "entropy::encode: |code| {mag} above MAX_CODE");
+            enc.bit(&mut m.sig[k], mag != 0);
+            if mag != 0 {
+                enc.bit(&mut m.sign[sign_context(a)], v < 0);
+                let e = (31 - mag.leading_zeros()) as usize;
+                for i in 0..e {
+                    enc.bit(&mut m.prefix[k][i], true);
+                }
+                if e < CLASSES - 1 {
+                    enc.bit(&mut m.prefix[k][e], false);
+                }
+                if e >= 1 {
+                    enc.bit(&mut m.msb[k][e], (mag >> (e - 1)) & 1 == 1);
+                    if e >= 2 {
+                        let k = e as u32 - 1;
+                        enc.bypass(mag & ((1 << k) - 1), k);
+                    }
+                }
+            }
+            b = a;
+            a = v;
+        }
+    }
+    enc.finish()
+}
+
+/// Encodes `codes` (row-major, rows of `row` values; `row` 0 is taken as 1).
+///
+/// # Panics
+/// If a code's magnitude exceeds [`MAX_CODE`].
+pub fn encode(codes: &[i32], row: usize) -> Vec<u8> {
+    encode_into(codes, row, Vec::with_capacity(codes.len() / 2 + 16))
+}
+
+/// `encode(codes, row).len()`, without writing the bytes.
+pub fn encoded_len(codes: &[i32], row: usize) -> usize {
+    encode_into(codes, row, Count(0)).0
+}
+
+struct Decoder<'a> {
+    code: u32,
+    range: u32,
+    bytes: &'a [u8],
+    /// Bytes read so far, including those read past the end as zero.
+    pos: usize,
+}
+
+impl<'a> Decoder<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        let mut d = Decoder { code: 0, range: u32::MAX, bytes, pos: 0 };
+        for _ in 0..4 {
+            d.code = (d.code << 8) | d.next() as u32;
+        }
+        d
+    }
+
+    #[inline(always)]
+    fn next(&mut self) -> u8 {
+        let b = self.bytes.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        b
+    }
+
+    #[inline(always)]
+    fn normalize(&mut self) {
+        while self.range < TOP {
+            self.range <<= 8;
+            self.code = (self.code << 8) | self.next() as u32;
+        }
+    }
+
+    #[inline(always)]
+    fn bit(&mut self, prob: &mut Prob) -> bool {
+        let bound = (self.range >> PROB_BITS) * prob.p1();
+        let bit = self.code < bound;
+        if bit {
+            self.range = bound;
+        } else {
+            self.code -= bound;
+            self.range -= bound;
+        }
+        prob.update(bit);
+        self.normalize();
+        bit
+    }
+
+    /// `k` bypass bits; `None` if the stream holds a value no encoder writes.
+    #[inline(always)]
+    fn bypass(&mut self, k: u32) -> Option<u32> {
+        let r = self.range >> k;
+        let v = self.code / r;
+        if v >> k != 0 {
+            return None;
+        }
+        self.code -= v * r;
+        self.range = r;
+        self.normalize();
+        Some(v)
+    }
+}
+
+/// Decodes exactly `out.len()` codes into `out`.
+pub fn decode_into(bytes: &[u8], row: usize, max_abs: u32, out: &mut [i32]) -> Result<(), String> {
+    if row == 0 {
+        return Err("entropy stream: row length 0".into());
+    }
+    if max_abs > MAX_CODE {
+        return Err(format!("entropy stream: max_abs {max_abs} above {MAX_CODE}"));
+    }
+    let n = out.len();
+    let mut dec = Decoder::new(bytes);
+    let mut m = Models::new();
+    let limit = bytes.len() + 3;
+    let mut start = 0;
+    while start < n {
+        let end = (start + row).min(n);
+        let (done, rest) = out.split_at_mut(start);
+        let above = if start == 0 { &[][..] } else { &done[start - row..] };
+        let cur = &mut rest[..end - start];
+        let (mut a, mut b) = (0i32, 0i32);
+        for (c, slot) in cur.iter_mut().enumerate() {
+            let u = above.get(c).copied().unwrap_or(0);
+            let k = bucket(a, b, u);
+            let mut v = 0i32;
+            if dec.bit(&mut m.sig[k]) {
+                let neg = dec.bit(&mut m.sign[sign_context(a)]);
+                let mut e = 0;
+                while e < CLASSES - 1 && dec.bit(&mut m.prefix[k][e]) {
+                    e += 1;
+                }
+                let mut mag = 1u32;
+                if e >= 1 {
+                    mag = 2 | dec.bit(&mut m.msb[k][e]) as u32;
+                    if e >= 2 {
+                        let k = e as u32 - 1;
+                        let low = dec.bypass(k).ok_or("entropy stream: corrupt (bypass value out of range)")?;
+                        mag = (mag << k) | low;
+                    }
+                }
+                if mag > max_abs {
+                    return Err(format!("entropy stream: code {mag} at {} above the limit {max_abs}", start + c));
+                }
+                v = if neg { -(mag as i32) } else { mag as i32 };
+            }
+            if dec.pos > limit {
+                return Err(format!("entropy stream: truncated ({} bytes) at code {}", bytes.len(), start + c));
+            }
+            *slot = v;
+            b = a;
+            a = v;
+        }
+        start = end;
+    }
+    if dec.pos != limit {
+        return Err(format!(
+            "entropy stream: {} trailing bytes after {n} codes",
+            limit - dec.pos.min(limit)
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes exactly `n` codes.
+pub fn decode(bytes: &[u8], n: usize, row: usize, max_abs: u32) -> Result<Vec<i32>, String> {
+    let mut out = vec![0i32; n];
+    decode_into(bytes, row, max_abs, &mut out)?;
+    Ok(out)
+}
