@@ -17,7 +17,22 @@ const TOP: u32 = 1 << 24;
 /// Magnitude classes: class `e` holds `2^e ..= 2^(e+1) − 1`; `MAX_CODE` is in the last.
 const CLASSES: usize = 16;
 /// Neighbourhood buckets.
-const BUCKETS: usize = 8;
+const BUCKETS: usize = 10;
+/// Exp-Golomb order of bucket `k`: `k − RICE_OFFSET` (at least 0).
+const RICE_OFFSET: usize = 30;
+const SIGN_BYPASS: bool = false;
+
+#[inline(always)]
+fn rice(k: usize) -> u32 {
+    k.saturating_sub(RICE_OFFSET) as u32
+}
+
+/// Largest class of order `r`.
+#[inline(always)]
+fn max_class(r: u32) -> usize {
+    let y = MAX_CODE - 1 + (1 << r);
+    (31 - y.leading_zeros() - r) as usize
+}
 
 /// One adaptive binary context: two estimates of P(bit = 1), a fast and a slow one.
 #[derive(Clone, Copy)]
@@ -50,7 +65,7 @@ impl Prob {
 #[derive(Clone)]
 struct Models {
     sig: [Prob; BUCKETS],
-    sign: [Prob; 3],
+    sign: [Prob; 27],
     prefix: [[Prob; CLASSES]; BUCKETS],
     msb: [[Prob; CLASSES]; BUCKETS],
 }
@@ -59,7 +74,7 @@ impl Models {
     fn new() -> Self {
         Models {
             sig: [Prob::HALF; BUCKETS],
-            sign: [Prob::HALF; 3],
+            sign: [Prob::HALF; 27],
             prefix: [[Prob::HALF; CLASSES]; BUCKETS],
             msb: [[Prob::HALF; CLASSES]; BUCKETS],
         }
@@ -70,14 +85,16 @@ impl Models {
 /// `b` two before) and the code above it (`u`, the same column of the previous row).
 #[inline(always)]
 fn bucket(a: i32, b: i32, u: i32) -> usize {
-    let t = 2 * a.unsigned_abs() + b.unsigned_abs() + u.unsigned_abs();
+    let t = 2 * a.unsigned_abs() + b.unsigned_abs();
     let bits = (32 - t.leading_zeros()) as usize;
     bits.min(BUCKETS - 1)
 }
 
 #[inline(always)]
-fn sign_context(a: i32) -> usize {
-    (a > 0) as usize + 2 * (a < 0) as usize
+fn s3(x: i32) -> usize { (x > 0) as usize + 2 * (x < 0) as usize }
+#[inline(always)]
+fn sign_context(a: i32, b: i32, u: i32) -> usize {
+    s3(a) + 3 * s3(b) + 9 * s3(u)
 }
 
 /// Where the encoder's bytes go: a buffer, or only a count.
@@ -201,19 +218,25 @@ fn encode_into<S: Sink>(codes: &[i32], row: usize, out: S) -> S {
             assert!(mag <= MAX_CODE, "entropy::encode: |code| {mag} above MAX_CODE");
             enc.bit(&mut m.sig[k], mag != 0);
             if mag != 0 {
-                enc.bit(&mut m.sign[sign_context(a)], v < 0);
-                let e = (31 - mag.leading_zeros()) as usize;
+                if SIGN_BYPASS {
+                    enc.bypass((v < 0) as u32, 1);
+                } else {
+                    enc.bit(&mut m.sign[sign_context(a, b, u)], v < 0);
+                }
+                let r = rice(k);
+                let y = mag - 1 + (1 << r);
+                let e = (31 - y.leading_zeros() - r) as usize;
                 for i in 0..e {
                     enc.bit(&mut m.prefix[k][i], true);
                 }
-                if e < CLASSES - 1 {
+                if e < max_class(r) {
                     enc.bit(&mut m.prefix[k][e], false);
                 }
-                if e >= 1 {
-                    enc.bit(&mut m.msb[k][e], (mag >> (e - 1)) & 1 == 1);
-                    if e >= 2 {
-                        let k = e as u32 - 1;
-                        enc.bypass(mag & ((1 << k) - 1), k);
+                let s = e as u32 + r;
+                if s >= 1 {
+                    enc.bit(&mut m.msb[k][e], (y >> (s - 1)) & 1 == 1);
+                    if s >= 2 {
+                        enc.bypass(y & ((1 << (s - 1)) - 1), s - 1);
                     }
                 }
             }
@@ -323,20 +346,27 @@ pub fn decode_into(bytes: &[u8], row: usize, max_abs: u32, out: &mut [i32]) -> R
             let k = bucket(a, b, u);
             let mut v = 0i32;
             if dec.bit(&mut m.sig[k]) {
-                let neg = dec.bit(&mut m.sign[sign_context(a)]);
+                let neg = if SIGN_BYPASS {
+                    dec.bypass(1).ok_or("entropy stream: corrupt (bypass value out of range)")? == 1
+                } else {
+                    dec.bit(&mut m.sign[sign_context(a, b, u)])
+                };
+                let r = rice(k);
+                let emax = max_class(r);
                 let mut e = 0;
-                while e < CLASSES - 1 && dec.bit(&mut m.prefix[k][e]) {
+                while e < emax && dec.bit(&mut m.prefix[k][e]) {
                     e += 1;
                 }
-                let mut mag = 1u32;
-                if e >= 1 {
-                    mag = 2 | dec.bit(&mut m.msb[k][e]) as u32;
-                    if e >= 2 {
-                        let k = e as u32 - 1;
-                        let low = dec.bypass(k).ok_or("entropy stream: corrupt (bypass value out of range)")?;
-                        mag = (mag << k) | low;
+                let s = e as u32 + r;
+                let mut y = 1u32;
+                if s >= 1 {
+                    y = 2 | dec.bit(&mut m.msb[k][e]) as u32;
+                    if s >= 2 {
+                        let low = dec.bypass(s - 1).ok_or("entropy stream: corrupt (bypass value out of range)")?;
+                        y = (y << (s - 1)) | low;
                     }
                 }
+                let mag = y + 1 - (1 << r);
                 if mag > max_abs {
                     return Err(format!("entropy stream: code {mag} at {} above the limit {max_abs}", start + c));
                 }
