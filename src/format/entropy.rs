@@ -9,9 +9,19 @@ pub const MAX_CODE: u32 = 1 << 15;
 /// Probability precision: a probability is an integer in `1..2^PROB_BITS`.
 const PROB_BITS: u32 = 15;
 const PROB_ONE: u16 = 1 << PROB_BITS;
-/// Adaptation shifts of the two estimates a context mixes.
-const RATE_FAST: u32 = 4;
-const RATE_SLOW: u32 = 7;
+/// Slowest adaptation: a context's shift grows with the bits it has seen up to this.
+const RATE_MAX: u32 = 7;
+/// Adaptation shift after `n` bits: `min(bitlen(n + 1), RATE_MAX)`.
+const SHIFT: [u8; 64] = {
+    let mut t = [0u8; 64];
+    let mut n = 0;
+    while n < 64 {
+        let s = 32 - (n as u32 + 1).leading_zeros();
+        t[n] = if s < RATE_MAX { s as u8 } else { RATE_MAX as u8 };
+        n += 1;
+    }
+    t
+};
 /// The range is renormalised (shifted by a byte) when it falls below this.
 const TOP: u32 = 1 << 24;
 /// Magnitude classes: class `e` holds `2^e ..= 2^(e+1) − 1`; `MAX_CODE` is in the last.
@@ -34,30 +44,29 @@ fn max_class(r: u32) -> usize {
     (31 - y.leading_zeros() - r) as usize
 }
 
-/// One adaptive binary context: two estimates of P(bit = 1), a fast and a slow one.
+/// One adaptive binary context: P(bit = 1) in units of 2^-15 and how many bits it has seen
+/// (saturating at 63).
 #[derive(Clone, Copy)]
 struct Prob {
-    fast: u16,
-    slow: u16,
+    p: u16,
+    n: u16,
 }
 
 impl Prob {
-    const HALF: Prob = Prob { fast: PROB_ONE / 2, slow: PROB_ONE / 2 };
+    const HALF: Prob = Prob { p: PROB_ONE / 2, n: 0 };
 
     #[inline(always)]
     fn p1(self) -> u32 {
-        (self.fast as u32 + self.slow as u32) >> 1
+        self.p as u32
     }
 
     #[inline(always)]
     fn update(&mut self, bit: bool) {
-        if bit {
-            self.fast += (PROB_ONE - self.fast) >> RATE_FAST;
-            self.slow += (PROB_ONE - self.slow) >> RATE_SLOW;
-        } else {
-            self.fast -= self.fast >> RATE_FAST;
-            self.slow -= self.slow >> RATE_SLOW;
-        }
+        let s = SHIFT[self.n as usize & 63];
+        let up = self.p + ((PROB_ONE - self.p) >> s);
+        let down = self.p - (self.p >> s);
+        self.p = if bit { up } else { down };
+        self.n = (self.n + 1).min(63);
     }
 }
 
@@ -65,7 +74,7 @@ impl Prob {
 #[derive(Clone)]
 struct Models {
     sig: [Prob; BUCKETS],
-    sign: [Prob; 27],
+    sign: [Prob; 9],
     prefix: [[Prob; CLASSES]; BUCKETS],
     msb: [[Prob; CLASSES]; BUCKETS],
 }
@@ -74,7 +83,7 @@ impl Models {
     fn new() -> Self {
         Models {
             sig: [Prob::HALF; BUCKETS],
-            sign: [Prob::HALF; 27],
+            sign: [Prob::HALF; 9],
             prefix: [[Prob::HALF; CLASSES]; BUCKETS],
             msb: [[Prob::HALF; CLASSES]; BUCKETS],
         }
@@ -84,7 +93,7 @@ impl Models {
 /// The neighbourhood bucket of a code from the codes before it in its row (`a` just before,
 /// `b` two before) and the code above it (`u`, the same column of the previous row).
 #[inline(always)]
-fn bucket(a: i32, b: i32, u: i32) -> usize {
+fn bucket(a: i32, b: i32) -> usize {
     let t = 2 * a.unsigned_abs() + b.unsigned_abs();
     let bits = (32 - t.leading_zeros()) as usize;
     bits.min(BUCKETS - 1)
@@ -93,8 +102,8 @@ fn bucket(a: i32, b: i32, u: i32) -> usize {
 #[inline(always)]
 fn s3(x: i32) -> usize { (x > 0) as usize + 2 * (x < 0) as usize }
 #[inline(always)]
-fn sign_context(a: i32, b: i32, u: i32) -> usize {
-    s3(a) + 3 * s3(b) + 9 * s3(u)
+fn sign_context(a: i32, b: i32) -> usize {
+    s3(a) + 3 * s3(b)
 }
 
 /// Where the encoder's bytes go: a buffer, or only a count.
@@ -205,24 +214,17 @@ impl<S: Sink> Encoder<S> {
 }
 
 fn encode_into<S: Sink>(codes: &[i32], row: usize, out: S) -> S {
-    let row = row.max(1);
     let mut enc = Encoder::new(out);
     let mut m = Models::new();
-    for (r, cur) in codes.chunks(row).enumerate() {
-        let above = if r == 0 { &[][..] } else { &codes[(r - 1) * row..r * row] };
+    for cur in codes.chunks(row.max(1)) {
         let (mut a, mut b) = (0i32, 0i32);
-        for (c, &v) in cur.iter().enumerate() {
-            let u = above.get(c).copied().unwrap_or(0);
-            let k = bucket(a, b, u);
+        for &v in cur {
+            let k = bucket(a, b);
             let mag = v.unsigned_abs();
             assert!(mag <= MAX_CODE, "entropy::encode: |code| {mag} above MAX_CODE");
             enc.bit(&mut m.sig[k], mag != 0);
             if mag != 0 {
-                if SIGN_BYPASS {
-                    enc.bypass((v < 0) as u32, 1);
-                } else {
-                    enc.bit(&mut m.sign[sign_context(a, b, u)], v < 0);
-                }
+                enc.bit(&mut m.sign[sign_context(a, b)], v < 0);
                 let r = rice(k);
                 let y = mag - 1 + (1 << r);
                 let e = (31 - y.leading_zeros() - r) as usize;
@@ -322,72 +324,95 @@ impl<'a> Decoder<'a> {
     }
 }
 
-/// Decodes exactly `out.len()` codes into `out`.
-pub fn decode_into(bytes: &[u8], row: usize, max_abs: u32, out: &mut [i32]) -> Result<(), String> {
+/// Why a stream is refused.
+enum Fault {
+    Bypass,
+    Range(u32),
+}
+
+impl Decoder<'_> {
+    /// One code, its neighbours `a` (just before) and `b` (two before) in its row.
+    #[inline(always)]
+    fn code(&mut self, m: &mut Models, a: i32, b: i32, max_abs: u32) -> Result<i32, Fault> {
+        let k = bucket(a, b);
+        if !self.bit(&mut m.sig[k]) {
+            return Ok(0);
+        }
+        let neg = self.bit(&mut m.sign[sign_context(a, b)]);
+        let r = rice(k);
+        let emax = max_class(r);
+        let mut e = 0;
+        while e < emax && self.bit(&mut m.prefix[k][e]) {
+            e += 1;
+        }
+        let s = e as u32 + r;
+        let mut y = 1u32;
+        if s >= 1 {
+            y = 2 | self.bit(&mut m.msb[k][e]) as u32;
+            if s >= 2 {
+                let low = self.bypass(s - 1).ok_or(Fault::Bypass)?;
+                y = (y << (s - 1)) | low;
+            }
+        }
+        let mag = y + 1 - (1 << r);
+        if mag > max_abs {
+            return Err(Fault::Range(mag));
+        }
+        Ok(if neg { -(mag as i32) } else { mag as i32 })
+    }
+}
+
+fn decode_each(
+    bytes: &[u8],
+    n: usize,
+    row: usize,
+    max_abs: u32,
+    mut out: impl FnMut(usize, i32),
+) -> Result<(), String> {
     if row == 0 {
         return Err("entropy stream: row length 0".into());
     }
     if max_abs > MAX_CODE {
         return Err(format!("entropy stream: max_abs {max_abs} above {MAX_CODE}"));
     }
-    let n = out.len();
     let mut dec = Decoder::new(bytes);
     let mut m = Models::new();
     let limit = bytes.len() + 3;
-    let mut start = 0;
-    while start < n {
-        let end = (start + row).min(n);
-        let (done, rest) = out.split_at_mut(start);
-        let above = if start == 0 { &[][..] } else { &done[start - row..] };
-        let cur = &mut rest[..end - start];
-        let (mut a, mut b) = (0i32, 0i32);
-        for (c, slot) in cur.iter_mut().enumerate() {
-            let u = above.get(c).copied().unwrap_or(0);
-            let k = bucket(a, b, u);
-            let mut v = 0i32;
-            if dec.bit(&mut m.sig[k]) {
-                let neg = if SIGN_BYPASS {
-                    dec.bypass(1).ok_or("entropy stream: corrupt (bypass value out of range)")? == 1
-                } else {
-                    dec.bit(&mut m.sign[sign_context(a, b, u)])
-                };
-                let r = rice(k);
-                let emax = max_class(r);
-                let mut e = 0;
-                while e < emax && dec.bit(&mut m.prefix[k][e]) {
-                    e += 1;
-                }
-                let s = e as u32 + r;
-                let mut y = 1u32;
-                if s >= 1 {
-                    y = 2 | dec.bit(&mut m.msb[k][e]) as u32;
-                    if s >= 2 {
-                        let low = dec.bypass(s - 1).ok_or("entropy stream: corrupt (bypass value out of range)")?;
-                        y = (y << (s - 1)) | low;
-                    }
-                }
-                let mag = y + 1 - (1 << r);
-                if mag > max_abs {
-                    return Err(format!("entropy stream: code {mag} at {} above the limit {max_abs}", start + c));
-                }
-                v = if neg { -(mag as i32) } else { mag as i32 };
-            }
-            if dec.pos > limit {
-                return Err(format!("entropy stream: truncated ({} bytes) at code {}", bytes.len(), start + c));
-            }
-            *slot = v;
-            b = a;
-            a = v;
+    let (mut a, mut b, mut c) = (0i32, 0i32, 0usize);
+    for i in 0..n {
+        if c == row {
+            (a, b, c) = (0, 0, 0);
         }
-        start = end;
+        let v = match dec.code(&mut m, a, b, max_abs) {
+            Ok(v) => v,
+            Err(Fault::Bypass) => return Err(format!("entropy stream: corrupt at code {i} (bypass bits out of range)")),
+            Err(Fault::Range(mag)) => {
+                return Err(format!("entropy stream: |code| {mag} at {i} above the limit {max_abs}"))
+            }
+        };
+        if dec.pos > limit {
+            return Err(format!("entropy stream: truncated ({} bytes) at code {i} of {n}", bytes.len()));
+        }
+        out(i, v);
+        b = a;
+        a = v;
+        c += 1;
     }
     if dec.pos != limit {
-        return Err(format!(
-            "entropy stream: {} trailing bytes after {n} codes",
-            limit - dec.pos.min(limit)
-        ));
+        return Err(format!("entropy stream: {} trailing bytes after {n} codes", limit - dec.pos));
     }
     Ok(())
+}
+
+/// Decodes exactly `out.len()` codes into `out`.
+pub fn decode_into(bytes: &[u8], row: usize, max_abs: u32, out: &mut [i32]) -> Result<(), String> {
+    let n = out.len();
+    decode_each(bytes, n, row, max_abs, |i, v| out[i] = v)
+}
+
+/// Decodes exactly `n` codes, calling `out(i, code)` for each in order.
+pub fn decode_with(bytes: &[u8], n: usize, row: usize, max_abs: u32, out: impl FnMut(usize, i32)) -> Result<(), String> {
+    decode_each(bytes, n, row, max_abs, out)
 }
 
 /// Decodes exactly `n` codes.
