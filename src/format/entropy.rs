@@ -27,7 +27,7 @@ const TOP: u32 = 1 << 24;
 /// Magnitude classes: class `e` holds `2^e ..= 2^(e+1) − 1`; `MAX_CODE` is in the last.
 const CLASSES: usize = 16;
 /// Neighbourhood buckets.
-const BUCKETS: usize = 10;
+const BUCKETS: usize = 7;
 /// Exp-Golomb order of bucket `k`: `k − RICE_OFFSET` (at least 0).
 const RICE_OFFSET: usize = 30;
 const SIGN_BYPASS: bool = false;
@@ -92,11 +92,22 @@ impl Models {
 
 /// The neighbourhood bucket of a code from the codes before it in its row (`a` just before,
 /// `b` two before) and the code above it (`u`, the same column of the previous row).
+/// `min(bitlen(t), BUCKETS - 1)` for `t < 64`.
+const BUCKET_OF: [u8; 64] = {
+    let mut t = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        let b = (32 - (i as u32).leading_zeros()) as usize;
+        t[i] = if b < BUCKETS { b as u8 } else { (BUCKETS - 1) as u8 };
+        i += 1;
+    }
+    t
+};
+
 #[inline(always)]
 fn bucket(a: i32, b: i32) -> usize {
     let t = 2 * a.unsigned_abs() + b.unsigned_abs();
-    let bits = (32 - t.leading_zeros()) as usize;
-    bits.min(BUCKETS - 1)
+    BUCKET_OF[t.min(63) as usize] as usize
 }
 
 #[inline(always)]
