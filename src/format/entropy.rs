@@ -11,6 +11,20 @@ const PROB_BITS: u32 = 15;
 const PROB_ONE: u16 = 1 << PROB_BITS;
 /// Slowest adaptation: a context's shift grows with the bits it has seen up to this.
 const RATE_MAX: u32 = 7;
+/// Where a context's probability moves after a 1 and after a 0: it stays in
+/// `P_LOW..=P_HIGH`.
+const P_HIGH: i32 = PROB_ONE as i32 - P_LOW;
+const P_LOW: i32 = 31;
+/// The bit count after one more bit (saturating at 63).
+const NEXT_N: [u16; 64] = {
+    let mut t = [0u16; 64];
+    let mut n = 0;
+    while n < 64 {
+        t[n] = if n < 63 { n as u16 + 1 } else { 63 };
+        n += 1;
+    }
+    t
+};
 /// Adaptation shift after `n` bits: `min(bitlen(n + 1), RATE_MAX)`.
 const SHIFT: [u8; 64] = {
     let mut t = [0u8; 64];
@@ -28,21 +42,6 @@ const TOP: u32 = 1 << 24;
 const CLASSES: usize = 16;
 /// Neighbourhood buckets.
 const BUCKETS: usize = 7;
-/// Exp-Golomb order of bucket `k`: `k − RICE_OFFSET` (at least 0).
-const RICE_OFFSET: usize = 30;
-const SIGN_BYPASS: bool = false;
-
-#[inline(always)]
-fn rice(k: usize) -> u32 {
-    k.saturating_sub(RICE_OFFSET) as u32
-}
-
-/// Largest class of order `r`.
-#[inline(always)]
-fn max_class(r: u32) -> usize {
-    let y = MAX_CODE - 1 + (1 << r);
-    (31 - y.leading_zeros() - r) as usize
-}
 
 /// One adaptive binary context: P(bit = 1) in units of 2^-15 and how many bits it has seen
 /// (saturating at 63).
@@ -62,11 +61,12 @@ impl Prob {
 
     #[inline(always)]
     fn update(&mut self, bit: bool) {
-        let s = SHIFT[self.n as usize & 63];
-        let up = self.p + ((PROB_ONE - self.p) >> s);
-        let down = self.p - (self.p >> s);
-        self.p = if bit { up } else { down };
-        self.n = (self.n + 1).min(63);
+        let n = self.n as usize & 63;
+        let s = SHIFT[n] as u32;
+        let p = self.p as i32;
+        let target = if bit { P_HIGH } else { P_LOW };
+        self.p = (p + ((target - p) >> s)) as u16;
+        self.n = NEXT_N[n];
     }
 }
 
@@ -104,17 +104,37 @@ const BUCKET_OF: [u8; 64] = {
     t
 };
 
-#[inline(always)]
-fn bucket(a: i32, b: i32) -> usize {
-    let t = 2 * a.unsigned_abs() + b.unsigned_abs();
-    BUCKET_OF[t.min(63) as usize] as usize
+/// The two codes before the current one in its row (zero at the start of a row), as the
+/// contexts need them: magnitudes and sign classes (0: zero, 1: positive, 2: negative).
+#[derive(Clone, Copy, Default)]
+struct Neighbours {
+    mag_a: u32,
+    mag_b: u32,
+    sign_a: u8,
+    sign_b: u8,
 }
 
-#[inline(always)]
-fn s3(x: i32) -> usize { (x > 0) as usize + 2 * (x < 0) as usize }
-#[inline(always)]
-fn sign_context(a: i32, b: i32) -> usize {
-    s3(a) + 3 * s3(b)
+impl Neighbours {
+    /// The magnitude bucket: `min(bitlen(2·|a| + |b|), BUCKETS − 1)`.
+    #[inline(always)]
+    fn bucket(self) -> usize {
+        let t = 2 * self.mag_a + self.mag_b;
+        BUCKET_OF[t.min(63) as usize] as usize
+    }
+
+    /// The sign context: `sign_a + 3·sign_b`.
+    #[inline(always)]
+    fn sign(self) -> usize {
+        (self.sign_a + 3 * self.sign_b) as usize
+    }
+
+    #[inline(always)]
+    fn push(&mut self, mag: u32, negative: bool) {
+        self.mag_b = self.mag_a;
+        self.sign_b = self.sign_a;
+        self.mag_a = mag;
+        self.sign_a = if mag == 0 { 0 } else { 1 + negative as u8 };
+    }
 }
 
 /// Where the encoder's bytes go: a buffer, or only a count.
@@ -228,33 +248,29 @@ fn encode_into<S: Sink>(codes: &[i32], row: usize, out: S) -> S {
     let mut enc = Encoder::new(out);
     let mut m = Models::new();
     for cur in codes.chunks(row.max(1)) {
-        let (mut a, mut b) = (0i32, 0i32);
+        let mut nb = Neighbours::default();
         for &v in cur {
-            let k = bucket(a, b);
+            let k = nb.bucket();
             let mag = v.unsigned_abs();
             assert!(mag <= MAX_CODE, "entropy::encode: |code| {mag} above MAX_CODE");
             enc.bit(&mut m.sig[k], mag != 0);
             if mag != 0 {
-                enc.bit(&mut m.sign[sign_context(a, b)], v < 0);
-                let r = rice(k);
-                let y = mag - 1 + (1 << r);
-                let e = (31 - y.leading_zeros() - r) as usize;
+                enc.bit(&mut m.sign[nb.sign()], v < 0);
+                let e = (31 - mag.leading_zeros()) as usize;
                 for i in 0..e {
                     enc.bit(&mut m.prefix[k][i], true);
                 }
-                if e < max_class(r) {
+                if e < CLASSES - 1 {
                     enc.bit(&mut m.prefix[k][e], false);
                 }
-                let s = e as u32 + r;
-                if s >= 1 {
-                    enc.bit(&mut m.msb[k][e], (y >> (s - 1)) & 1 == 1);
-                    if s >= 2 {
-                        enc.bypass(y & ((1 << (s - 1)) - 1), s - 1);
+                if e >= 1 {
+                    enc.bit(&mut m.msb[k][e], (mag >> (e - 1)) & 1 == 1);
+                    if e >= 2 {
+                        enc.bypass(mag & ((1 << (e - 1)) - 1), e as u32 - 1);
                     }
                 }
             }
-            b = a;
-            a = v;
+            nb.push(mag, v < 0);
         }
     }
     enc.finish()
@@ -342,34 +358,30 @@ enum Fault {
 }
 
 impl Decoder<'_> {
-    /// One code, its neighbours `a` (just before) and `b` (two before) in its row.
+    /// One code's magnitude and sign.
     #[inline(always)]
-    fn code(&mut self, m: &mut Models, a: i32, b: i32, max_abs: u32) -> Result<i32, Fault> {
-        let k = bucket(a, b);
+    fn code(&mut self, m: &mut Models, nb: Neighbours, max_abs: u32) -> Result<(u32, bool), Fault> {
+        let k = nb.bucket();
         if !self.bit(&mut m.sig[k]) {
-            return Ok(0);
+            return Ok((0, false));
         }
-        let neg = self.bit(&mut m.sign[sign_context(a, b)]);
-        let r = rice(k);
-        let emax = max_class(r);
+        let neg = self.bit(&mut m.sign[nb.sign()]);
         let mut e = 0;
-        while e < emax && self.bit(&mut m.prefix[k][e]) {
+        while e < CLASSES - 1 && self.bit(&mut m.prefix[k][e]) {
             e += 1;
         }
-        let s = e as u32 + r;
-        let mut y = 1u32;
-        if s >= 1 {
-            y = 2 | self.bit(&mut m.msb[k][e]) as u32;
-            if s >= 2 {
-                let low = self.bypass(s - 1).ok_or(Fault::Bypass)?;
-                y = (y << (s - 1)) | low;
+        let mut mag = 1u32;
+        if e >= 1 {
+            mag = 2 | self.bit(&mut m.msb[k][e]) as u32;
+            if e >= 2 {
+                let k = e as u32 - 1;
+                mag = (mag << k) | self.bypass(k).ok_or(Fault::Bypass)?;
             }
         }
-        let mag = y + 1 - (1 << r);
         if mag > max_abs {
             return Err(Fault::Range(mag));
         }
-        Ok(if neg { -(mag as i32) } else { mag as i32 })
+        Ok((mag, neg))
     }
 }
 
@@ -389,12 +401,12 @@ fn decode_each(
     let mut dec = Decoder::new(bytes);
     let mut m = Models::new();
     let limit = bytes.len() + 3;
-    let (mut a, mut b, mut c) = (0i32, 0i32, 0usize);
+    let (mut nb, mut c) = (Neighbours::default(), 0usize);
     for i in 0..n {
         if c == row {
-            (a, b, c) = (0, 0, 0);
+            (nb, c) = (Neighbours::default(), 0);
         }
-        let v = match dec.code(&mut m, a, b, max_abs) {
+        let (mag, neg) = match dec.code(&mut m, nb, max_abs) {
             Ok(v) => v,
             Err(Fault::Bypass) => return Err(format!("entropy stream: corrupt at code {i} (bypass bits out of range)")),
             Err(Fault::Range(mag)) => {
@@ -404,9 +416,8 @@ fn decode_each(
         if dec.pos > limit {
             return Err(format!("entropy stream: truncated ({} bytes) at code {i} of {n}", bytes.len()));
         }
-        out(i, v);
-        b = a;
-        a = v;
+        out(i, if neg { -(mag as i32) } else { mag as i32 });
+        nb.push(mag, neg);
         c += 1;
     }
     if dec.pos != limit {
