@@ -6,6 +6,7 @@
 
 pub mod budget;
 pub mod codec;
+pub mod entropy;
 pub mod geometry;
 pub mod metadata;
 pub mod output;
