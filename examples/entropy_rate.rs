@@ -145,7 +145,8 @@ fn main() {
         .into_iter()
         .filter(|(_, t)| t.shape().len() == 4 && t.dtype() == safetensors::Dtype::F32)
         .map(|(name, t)| {
-            let w: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let w: Vec<f32> =
+                t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
             (name, w.len() / t.shape()[0], w)
         })
         .collect();
