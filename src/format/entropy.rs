@@ -11,20 +11,21 @@
 //! **Contexts** come from the two codes before `v` in its row, `a` (just before) and `b`:
 //! the significance, class and top-bit bins use the bucket `min(bitlen(2|a| + |b|), 6)`, the
 //! sign bin the signs of `a` and `b` (9 contexts). Measured on the shared ResNet-20 kernels
-//! (`examples/entropy_rate.rs`): the signs of neighbouring weights are correlated enough that
-//! a sign context saves 4.5% of the stream at 2 bits/weight against a bypass sign; adding the
-//! code above (`v`'s column in the previous row) to the bucket or to the sign context, or a
-//! running magnitude of the last 8–16 codes, made the stream 0.1–0.4% *larger* (contexts
-//! diluted); a context for the second bit below the leading one saved 0.4% at 3–4 bits but
-//! cost 5% of the decode speed at 6 bits. Exp-Golomb-k binarization with `k` from the bucket
-//! (fewer bins for large codes) gave 5–10% decode speed at 6 bits for 0.1–0.5% more bytes.
+//! (`examples/entropy_rate.rs`, variants in docs/results/entropy_coder.md): the signs of
+//! neighbouring weights are correlated enough that a sign context saves 4.7% of the stream
+//! at 2 bits/weight against a bypass sign; adding the code above (`v`'s column in the
+//! previous row) to the bucket or to the sign context made the stream 0.2–0.4% *larger*
+//! (contexts diluted), a running magnitude or a longer history of zeros gained at most 0.1%;
+//! a context for the second bit below the leading one saved 0.4% at 3–4 bits but cost 5–7%
+//! of the decode speed at 6–7 bits; Exp-Golomb-k binarization with `k` from the bucket (fewer
+//! bins for large codes) gave 3–11% decode speed at 5.5 bits for 0.1–0.5% more bytes.
 //!
 //! **Probabilities** are 15-bit integers with a per-context bit count: a context moves its
 //! estimate by `1/2^s` of the way to the observed bit, `s = min(bitlen(n + 1), 7)` after `n`
 //! bits, i.e. about a running average at first and a window of ~128 bits later. Against one
-//! fixed shift (6) or the two-speed mix of VVC (shifts 4 and 7) this saved 1.3–1.5% on the
-//! ResNet-20 kernels (small tensors: the first bins of each context matter) and halved the
-//! gap to the entropy on i.i.d. Laplacian codes.
+//! fixed shift (6) or the two-speed mix of VVC (shifts 4 and 7) this saved 0.9–1.3% of the
+//! ResNet-20 kernels' streams (small tensors: the first bins of each context matter) and
+//! halved the gap to the entropy on i.i.d. Laplacian codes (1.2% → 0.5%).
 //!
 //! **Range coder**: LZMA-style, 32-bit range, byte-wise renormalisation, carry propagation in
 //! the encoder; the flush writes one byte (the reader reads the 3 bytes after the end as
@@ -36,7 +37,7 @@
 //! decoding is bound by the instructions and branch mispredictions of its ~10-cycle bins, not
 //! by the coder's serial dependency (decoding two independent streams interleaved in one loop
 //! was no faster), so it scales with the bins per code: ~140 M codes/s at 1 bit per code,
-//! ~58 M/s at 3 bits, ~40 M/s at 5.5 bits.
+//! ~60 M/s at 3 bits, ~40 M/s at 6 bits (below the 50 M/s aim; see the results page).
 
 /// Largest `|code|` a stream may carry.
 pub const MAX_CODE: u32 = 1 << 15;
@@ -540,6 +541,20 @@ mod tests {
         decode_with(&bytes, codes.len(), row, MAX_CODE, |i, v| seen.push((i, v))).unwrap();
         assert!(seen.iter().enumerate().all(|(j, &(i, v))| i == j && v == codes[i]));
         bytes
+    }
+
+    /// The test vectors of spec section 4.4: a change of the format fails here.
+    #[test]
+    fn spec_vectors() {
+        let vectors: [(&[i32], usize, &[u8]); 3] = [
+            (&[0, 1, -1, 2, 0, 0, 5, -3], 4, &[0x99, 0x81, 0x64, 0xbe]),
+            (&[32768, -32768, 0, 1000, 7], 5, &[0x40, 0, 0, 0, 0, 0, 0x40, 0, 0xd3, 0x10, 0x7d, 0x39]),
+            (&[0; 20], 20, &[0xeb]),
+        ];
+        for (codes, row, bytes) in vectors {
+            assert_eq!(encode(codes, row), bytes);
+            assert_eq!(decode(bytes, codes.len(), row, MAX_CODE).unwrap(), codes);
+        }
     }
 
     #[test]
