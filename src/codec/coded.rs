@@ -29,6 +29,10 @@ pub fn decode(
     row_scales: bool,
 ) -> Result<Vec<f32>, String> {
     let (steps, stream) = row_steps(bytes, numel, row, row_scales)?;
+    // Before allocating: no stream of this length holds that many codes (spec 4.4).
+    if numel as u128 >= entropy::MAX_CODES_PER_BYTE as u128 * stream.len() as u128 {
+        return Err(format!("a stream of {} bytes cannot hold {numel} codes", stream.len()));
+    }
     let mut out = vec![0f32; numel];
     let row = row.max(1);
     entropy::decode_with(stream, numel, row, max_code, |i, q| out[i] = q as f32 * steps[i / row])?;
