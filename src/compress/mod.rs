@@ -22,9 +22,9 @@ pub use build::{build_file, build_file_with, predicted_values, BuiltFile};
 pub use fit::{check_training_budget, hidden_for_ratio, hidden_for_size, train_data};
 pub use options::{
     CompressOptions, ErrorBudget, ResidualMode, DEFAULT_CALIBRATION_IMAGES, DEFAULT_FALLBACK_WEIGHT_ERROR,
-    DEFAULT_HIDDEN, DEFAULT_LR, DEFAULT_MAX_ERROR, DEFAULT_MAX_WEIGHT_ERROR, DEFAULT_MIN_VALUES,
-    DEFAULT_PE_BASE, DEFAULT_PE_LEVELS, DEFAULT_QAT_FRACTION, DEFAULT_STEPS, DEMO_STEPS, MAX_STEPS,
-    DEFAULT_FINETUNE_LR, DEFAULT_FINETUNE_STEPS,
+    DEFAULT_FINETUNE_LR, DEFAULT_FINETUNE_STEPS, DEFAULT_HIDDEN, DEFAULT_LR, DEFAULT_MAX_ERROR,
+    DEFAULT_MAX_WEIGHT_ERROR, DEFAULT_MIN_VALUES, DEFAULT_PE_BASE, DEFAULT_PE_LEVELS, DEFAULT_QAT_FRACTION,
+    DEFAULT_STEPS, DEMO_STEPS, MAX_STEPS,
 };
 pub use plan::{make_plan, Plan};
 pub use report::{CompressReport, StorageReport, TensorReport};
@@ -123,12 +123,20 @@ pub fn compress(
                 None => None,
             };
             let report = finetune::finetune(
-                &model, &graph, &mut stores, &opts.finetune, &opts.distill, pre, opts.seed, progress,
+                &model,
+                &graph,
+                &mut stores,
+                &opts.finetune,
+                &opts.distill,
+                pre,
+                opts.seed,
+                progress,
             )?;
             match (report, &chooser) {
                 (Some(mut r), c) => {
                     r.error_before = before;
-                    r.error_after = c.as_ref().map(|c| c.file_error(&model, &plan, fitted, opts, &stores)).transpose()?;
+                    r.error_after =
+                        c.as_ref().map(|c| c.file_error(&model, &plan, fitted, opts, &stores)).transpose()?;
                     Some(r)
                 }
                 (None, _) => None,
