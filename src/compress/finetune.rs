@@ -12,9 +12,10 @@
 use crate::codec::coded::decode as coded_values;
 use crate::codec::Encoded;
 use crate::compress::choose::{tensor, Store};
-use crate::compress::distill::{loss, DistillOptions};
+use crate::compress::distill::loss;
 use crate::compress::graph::Graph;
 use crate::compress::train::{AdamW, Progress, Rng, TrainConfig};
+use crate::compress::CompressOptions;
 use crate::data::{self, Preprocess, Split};
 use crate::error::{Error, Result};
 use crate::format::entropy;
@@ -62,19 +63,18 @@ struct Coded {
     row: usize,
 }
 
-/// Fine-tunes the `coded` tensors of `stores` on the training images of `distill.data`
+/// Fine-tunes the `coded` tensors of `stores` on the training images of `--data`
 /// (through `graph`, the source network with the compressed model's tensor order), replacing
 /// their stores with the re-encoded codes. Returns `None` when no tensor is coded.
 pub fn finetune(
     model: &SourceModel,
     graph: &Graph,
     stores: &mut [Store],
-    ft: &Finetune,
-    distill: &DistillOptions,
+    opts: &CompressOptions,
     preprocess: &Preprocess,
-    seed: u64,
     progress: &mut dyn Progress,
 ) -> Result<Option<FinetuneReport>> {
+    let (ft, distill, seed) = (&opts.finetune, &opts.distill, opts.seed);
     let start = std::time::Instant::now();
     let device = Device::Cpu;
     let mut coded = Vec::new();
@@ -109,7 +109,7 @@ pub fn finetune(
         warmup: (ft.steps / 20).max(1),
         betas: (0.9, 0.999),
         weight_decay: 0.0,
-        ..crate::compress::CompressOptions::default().train_config(1)
+        ..CompressOptions::default().train_config(1)
     };
     let mut opt = AdamW::new(flat.len());
     let mut rng = Rng::new(seed ^ 0x4654);
