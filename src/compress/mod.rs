@@ -122,16 +122,7 @@ pub fn compress(
                 Some(c) => Some(c.file_error(&model, &plan, fitted, opts, &stores)?),
                 None => None,
             };
-            let report = finetune::finetune(
-                &model,
-                &graph,
-                &mut stores,
-                &opts.finetune,
-                &opts.distill,
-                pre,
-                opts.seed,
-                progress,
-            )?;
+            let report = finetune::finetune(&model, &graph, &mut stores, opts, pre, progress)?;
             match (report, &chooser) {
                 (Some(mut r), c) => {
                     r.error_before = before;
