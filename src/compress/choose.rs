@@ -30,8 +30,8 @@ pub enum Choice {
     Predicted,
     /// Stored with a codec.
     Stored(Codec),
-    /// The predictor's output plus a residual of this many bits (spec section 5.3b).
-    Residual(u8),
+    /// The predictor's output plus a residual stored by this codec (spec section 5.3b).
+    Residual(Codec),
 }
 
 impl Choice {
@@ -40,7 +40,7 @@ impl Choice {
         match self {
             Choice::Predicted => "predicted".into(),
             Choice::Stored(c) => c.name(),
-            Choice::Residual(bits) => format!("predicted+int{bits}"),
+            Choice::Residual(c) => format!("predicted+{c}"),
         }
     }
 
@@ -304,10 +304,7 @@ impl Store {
     pub fn choice(&self) -> Choice {
         match self {
             Store::Predicted(None) => Choice::Predicted,
-            Store::Predicted(Some(r)) => match r.codec() {
-                Codec::Int(bits) => Choice::Residual(bits),
-                c => unreachable!("{c} stores no residuals"),
-            },
+            Store::Predicted(Some(r)) => Choice::Residual(r.codec()),
             Store::Coded(e) => Choice::Stored(e.codec()),
         }
     }
@@ -594,17 +591,26 @@ pub(crate) fn decide(
         cands[i].push(Candidate { choice: Choice::Predicted, encoded: None, bytes: side, error });
         let mut widths = opts.residual.widths();
         widths.sort_unstable();
-        for bits in widths {
+        // The prediction as the first step of predictive coding: its residual entropy-coded at
+        // every rung too (issue 23, item 4).
+        let residuals = match opts.residual {
+            ResidualMode::Off => Vec::new(),
+            _ => widths.into_iter().map(Codec::Int).chain(CODED_RUNGS.map(Codec::Coded)).collect(),
+        };
+        for codec in residuals {
             let encoded = match &planned[i] {
-                Store::Predicted(Some(r)) if r.codec() == Codec::Int(bits) => r.clone(),
-                _ => Arc::new(
-                    Codec::Int(bits).encode_residual(tensor(t), &original, v, hessians.0.get(&t.name))?.0,
-                ),
+                Store::Predicted(Some(r)) if r.codec() == codec => r.clone(),
+                _ => Arc::new(codec.encode_residual(tensor(t), &original, v, hessians.0.get(&t.name))?.0),
             };
             let values = Store::Predicted(Some(encoded.clone())).values(t, Some(v)).expect("predicted");
             let error = measure.error(i, &original, &values)?;
             let bytes = side + encoded.cost(t.data.len() as u64);
-            cands[i].push(Candidate { choice: Choice::Residual(bits), encoded: Some(encoded), bytes, error });
+            cands[i].push(Candidate {
+                choice: Choice::Residual(codec),
+                encoded: Some(encoded),
+                bytes,
+                error,
+            });
         }
     }
     let without: Vec<Vec<Candidate>> =
