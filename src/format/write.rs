@@ -2,8 +2,8 @@
 
 use super::codec::bytegroup;
 use super::{
-    align_up, major_for, Encoding, Header, PredictorSpec, SectionEntry, SectionKind, Source, TensorEntry,
-    ALIGN, MAGIC, MINOR, PREAMBLE_LEN,
+    align_up, major_for, section_start, Encoding, Header, PredictorSpec, SectionEntry, SectionKind, Source,
+    TensorEntry, ALIGN, MAGIC, MINOR, PREAMBLE_LEN,
 };
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -58,8 +58,8 @@ impl FileBuilder {
         let mut offset = 0u64;
         let mut sections = Vec::with_capacity(self.sections.len());
         for (mut entry, _) in self.sections.iter().cloned() {
-            entry.offset = offset;
-            offset = align_up(offset + entry.length).expect("in-memory file fits u64");
+            entry.offset = section_start(entry.kind, offset).expect("in-memory file fits u64");
+            offset = entry.offset + entry.length;
             sections.push(entry);
         }
         let header = Header { source, predictor, tensors, sections, metadata };
