@@ -220,6 +220,11 @@ class Bench:
         decoded = nnc.decompress(bytearray(bitstream), reconstruct_lsa=with_data)
         dec_s = time.time() - t1
         expected = set(self.model.state_dict())
+        if with_data:
+            # Without reconstruct_lsa the decoder returns the LSA scales as tensors of their
+            # own: their presence shows LSA was not silently switched off by NNCodec.
+            extra = sorted(set(nnc.decompress(bytearray(bitstream))) - expected)
+            LOG.info("qp %d: %d LSA scale tensors in the bitstream (%s ...)", qp, len(extra), ", ".join(extra[:2]))
         if set(decoded) != expected:
             raise RuntimeError(f"decoded tensors {sorted(set(decoded) ^ expected)} differ from the model's")
         acc, _ = self.evaluate_state(decoded)
@@ -234,7 +239,8 @@ class Bench:
         for opt_qp in [{"on": True, "off": False}[v] for v in self.args.opt_qp.split(",")]:
             setting = "dq" + (", opt_qp" if opt_qp else "") + self.lambda_note()
             for qp in parse_ints(self.args.datafree_qps):
-                self.nncodec_point("NNCodec data-free", setting, qp, opt_qp, with_data=False)
+                method = "NNCodec data-free" + ("" if opt_qp else " (no opt_qp)")
+                self.nncodec_point(method, setting, qp, opt_qp, with_data=False)
 
     def with_data(self):
         self.register_use_case()
