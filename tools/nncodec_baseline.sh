@@ -10,9 +10,11 @@
 # rows already there), <model>.log, frontier.svg. The venv is tools/.venv-nncodec (git-ignored,
 # ~5 GB: PyPI's torch wheel pulls the CUDA libraries even though only the CPU is used).
 #
-# How long, on the shared 2-core Xeon (2 threads, other jobs running): venv ~5 min; ResNet-20
-# data-free sweep ~12 min, with data ~8 min per point (400 training batches); ResNet-56 about
-# 2.5x that. Each test-set evaluation (10,000 images) takes 30-80 s of it.
+# How long, on the shared 2-core Xeon (2 threads; 10-16 other runnable jobs at the time, so
+# every number below is a contended one): venv ~5 min; one test-set evaluation (10,000 images)
+# 25-90 s for ResNet-20 and ~3x that for ResNet-56; encoding 0.2-1 s. ResNet-20 data-free
+# (19 points) ~25 min; with data, 400 training batches at 3-8 s each, ~30-60 min per point.
+# ResNet-56 ~3x per point. Use MODELS/STAGES/R20_* /R56_* to run parts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,18 +41,34 @@ export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 mkdir -p "$OUT"
 "$VENV/bin/pip" freeze > "$OUT/pip-freeze.txt"
 
+run() {
+    "$VENV/bin/python" -u tools/nncodec/run.py --threads "$THREADS" --data-dir "$DATA_DIR" --out "$OUT" "$@" 2>&1 \
+        | grep --line-buffered -v -e 'UserWarning' -e 'torch.from_numpy' | tee -a "$OUT/$model.log"
+}
+
 for model in $MODELS; do
     case $model in
-        resnet20) datafree_qps=${R20_DATAFREE_QPS:--36,-34,-32,-30,-28,-26,-24,-22,-20,-18}
-                  data_qps=${R20_DATA_QPS:--24,-22,-20,-18,-16,-14} ;;
-        resnet56) datafree_qps=${R56_DATAFREE_QPS:--36,-34,-32,-30,-28,-26,-24,-22,-20,-18}
-                  data_qps=${R56_DATA_QPS:--22,-18,-14} ;;
+        # Data-free: every qp step of 1 with opt_qp (the accuracy is not monotone in qp, so a
+        # coarse grid would pick lucky or unlucky points), a coarser grid without opt_qp.
+        resnet20) on_qps=${R20_DATAFREE_QPS:--36,-35,-34,-33,-32,-31,-30,-29,-28,-27,-26,-25,-24,-23,-22}
+                  off_qps=${R20_DATAFREE_OFF_QPS:--34,-30,-26,-22}
+                  data_qps=${R20_DATA_QPS:--18,-20} ;;
+        resnet56) on_qps=${R56_DATAFREE_QPS:--30,-28,-26,-24,-22,-20}
+                  off_qps=${R56_DATAFREE_OFF_QPS:-}
+                  data_qps=${R56_DATA_QPS:--20} ;;
         *) echo "unknown model $model" >&2; exit 1 ;;
     esac
-    "$VENV/bin/python" -u tools/nncodec/run.py --model "$model" --out "$OUT" --stages "$STAGES" \
-        --threads "$THREADS" --data-dir "$DATA_DIR" \
-        --datafree-qps="$datafree_qps" --data-qps="$data_qps" 2>&1 \
-        | grep --line-buffered -v -e 'UserWarning' -e 'torch.from_numpy' | tee -a "$OUT/$model.log"
+    stages=$(echo "$STAGES" | tr ',' '\n' | grep -v -e datafree -e '^data$' | paste -sd, || true)
+    [ -n "$stages" ] && run --model "$model" --stages "$stages"
+    if [[ ",$STAGES," == *,datafree,* ]]; then
+        run --model "$model" --stages datafree --opt-qp on --datafree-qps="$on_qps"
+        [ -n "$off_qps" ] && run --model "$model" --stages datafree --opt-qp off --datafree-qps="$off_qps"
+    fi
+    if [[ ",$STAGES," == *,data,* ]]; then
+        # LSA + fine-tuning of biases and LSA scales: 400 batches of 64, Adam lr 1e-3,
+        # the before/after choice on the first 1,000 training images.
+        run --model "$model" --stages data --batches "${BATCHES:-400}" --val-images 1000 --data-qps="$data_qps"
+    fi
 done
 
 "$VENV/bin/python" tools/plot_frontier.py --out "$OUT/frontier.svg" \

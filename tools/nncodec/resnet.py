@@ -128,3 +128,83 @@ def load_from_onnx(path, depth):
     model.load_state_dict(state)
     model.eval()
     return model
+
+
+# -- the unfolded network (conv without bias + BatchNorm), from the .safetensors -------------
+
+
+class BNBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout))
+        else:
+            self.short = None
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        s = x if self.short is None else self.short(x)
+        return F.relu(y + s)
+
+
+class BNResNet(nn.Module):
+    """The same ResNet-(6n+2) with its BatchNorm layers, as trained (names as in the safetensors)."""
+
+    def __init__(self, depth, num_classes=10, in_channels=1):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, WIDTHS[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(WIDTHS[0])
+        blocks = []
+        cin = WIDTHS[0]
+        for stage, width in enumerate(WIDTHS):
+            for i in range(n):
+                blocks.append(BNBlock(cin, width, 2 if stage > 0 and i == 0 else 1))
+                cin = width
+        self.layers = nn.Sequential(*blocks)
+        self.fc = nn.Linear(WIDTHS[-1], num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layers(x)
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(x)
+
+
+def read_safetensors(path):
+    """name -> numpy array; the format is an 8-byte little-endian header length, a JSON header
+    of dtype/shape/data_offsets per tensor, then the raw little-endian data."""
+    import json
+    import struct
+
+    import numpy as np
+
+    dtypes = {"F32": np.float32, "I64": np.int64, "F16": np.float16}
+    with open(path, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = meta["data_offsets"]
+        arr = np.frombuffer(blob[8 + n + start : 8 + n + end], dtype=dtypes[meta["dtype"]])
+        out[name] = arr.reshape(meta["shape"]).copy()
+    return out
+
+
+def load_bn_model(path, depth):
+    model = BNResNet(depth)
+    tensors = read_safetensors(path)
+    state = model.state_dict()
+    if set(tensors) != set(state):
+        raise ValueError(f"safetensors and module differ: {sorted(set(tensors) ^ set(state))[:6]}")
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
+    model.eval()
+    return model

@@ -41,7 +41,7 @@ sys.path.insert(0, HERE)
 
 import data as fmnist  # noqa: E402
 import rtn  # noqa: E402
-from resnet import FoldedResNet, load_from_onnx  # noqa: E402
+from resnet import FoldedResNet, load_bn_model, load_from_onnx  # noqa: E402
 
 LOG = logging.getLogger("nncodec-baseline")
 COLUMNS = ["method", "setting", "qp", "bitstream_bytes", "ratio", "accuracy", "drop_points", "seconds"]
@@ -179,6 +179,34 @@ class Bench:
             torch.nn.CrossEntropyLoss(),
         )
 
+    def source_model(self):
+        """The module NNCodec gets: the ONNX's folded convs, or (--bnf) the trained network
+        with its BatchNorm layers from the .safetensors, which NNCodec folds itself (its BNF
+        tool: unfolded weights coded at the step size, the per-channel BN scale and bias as
+        separate non-weight tensors at nonweight_qp)."""
+        if self.args.bnf:
+            return load_bn_model(self.args.onnx.replace(".onnx", ".safetensors"), self.depth)
+        return load_from_onnx(self.args.onnx, self.depth)
+
+    def fold_decoded(self, decoded):
+        """Decoded tensors -> the folded module's state dict. With BNF the decoder returns
+        `X.weight` (unfolded), `X.weight_scaling` (gamma / sqrt(var + eps), times the LSA scale
+        when there is one) and `X.weight.bias`; the folded weight is their product."""
+        if not self.args.bnf:
+            return decoded
+        out = {}
+        for name in self.model.state_dict():
+            stem = name[: -len(".weight")] if name.endswith(".weight") else name[: -len(".bias")]
+            if name.endswith(".weight") and name + "_scaling" in decoded:
+                w = np.asarray(decoded[name])
+                scale = np.asarray(decoded[name + "_scaling"]).reshape(-1, *([1] * (w.ndim - 1)))
+                out[name] = w * scale
+            elif name.endswith(".bias") and stem + ".weight.bias" in decoded:
+                out[name] = np.asarray(decoded[stem + ".weight.bias"])
+            else:
+                out[name] = np.asarray(decoded[name])
+        return out
+
     def nncodec_point(self, method, setting, qp, opt_qp, with_data):
         from nncodec import nnc
         from nncodec.framework import use_case_init
@@ -186,13 +214,13 @@ class Bench:
         if self.rows.has(method, setting, qp):
             return
         args = self.args
-        model = load_from_onnx(args.onnx, self.depth)
+        model = self.source_model()
         kwargs = dict(
             qp=qp,
             use_dq=True,
             lambda_scale=args.lambda_scale,
             opt_qp=opt_qp,
-            bnf=False,
+            bnf=args.bnf,
             bitstream_path=os.path.join(args.work, f"{args.model}_{method}_{qp}_{int(opt_qp)}.nnc".replace(" ", "_")),
             return_bitstream=True,
             verbose=args.verbose,
@@ -217,13 +245,16 @@ class Bench:
         bitstream = nnc.compress_model(model, **kwargs)
         enc_s = time.time() - t0
         t1 = time.time()
-        decoded = nnc.decompress(bytearray(bitstream), reconstruct_lsa=with_data)
+        decoded = nnc.decompress(bytearray(bitstream), reconstruct_lsa=with_data and not args.bnf)
+        if args.bnf:
+            LOG.info("qp %d: decoded tensors %s", qp, ", ".join(sorted(decoded)[:6]))
+        decoded = self.fold_decoded(decoded)
         dec_s = time.time() - t1
         expected = set(self.model.state_dict())
         if with_data:
             # Without reconstruct_lsa the decoder returns the LSA scales as tensors of their
             # own: their presence shows LSA was not silently switched off by NNCodec.
-            extra = sorted(set(nnc.decompress(bytearray(bitstream))) - expected)
+            extra = sorted(k for k in nnc.decompress(bytearray(bitstream)) if "scaling" in k)
             LOG.info("qp %d: %d LSA scale tensors in the bitstream (%s ...)", qp, len(extra), ", ".join(extra[:2]))
         if set(decoded) != expected:
             raise RuntimeError(f"decoded tensors {sorted(set(decoded) ^ expected)} differ from the model's")
@@ -239,7 +270,7 @@ class Bench:
         for opt_qp in [{"on": True, "off": False}[v] for v in self.args.opt_qp.split(",")]:
             setting = "dq" + (", opt_qp" if opt_qp else "") + self.lambda_note()
             for qp in parse_ints(self.args.datafree_qps):
-                method = "NNCodec data-free" + ("" if opt_qp else " (no opt_qp)")
+                method = "NNCodec data-free" + (" BNF" if self.args.bnf else "") + ("" if opt_qp else " (no opt_qp)")
                 self.nncodec_point(method, setting, qp, opt_qp, with_data=False)
 
     def with_data(self):
@@ -249,7 +280,7 @@ class Bench:
             f"dq, opt_qp{self.lambda_note()}, LSA+FT 1 epoch x {a.batches} batches of {a.batch}, Adam lr {a.lr:g}, val {a.val_images} train imgs"
         )
         for qp in parse_ints(a.data_qps):
-            self.nncodec_point("NNCodec with data", setting, qp, True, with_data=True)
+            self.nncodec_point("NNCodec with data" + (" BNF" if a.bnf else ""), setting, qp, True, with_data=True)
 
 
 def main():
@@ -265,7 +296,7 @@ def main():
     p.add_argument("--batches", type=int, default=400)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--val-images", type=int, default=5000)
+    p.add_argument("--val-images", type=int, default=1000)
     p.add_argument(
         "--lambda-scale",
         type=float,
@@ -273,6 +304,11 @@ def main():
         help="NNCodec's rate-distortion quantization weight (0, its default everywhere: distortion-only trellis)",
     )
     p.add_argument("--opt-qp", default="on,off", help="which of opt_qp on/off the data-free sweep runs")
+    p.add_argument(
+        "--bnf",
+        action="store_true",
+        help="give NNCodec the unfolded network (.safetensors, BatchNorm layers) and its BNF tool",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--verbose", action="store_true", help="NNCodec's own progress output")
     args = p.parse_args()
