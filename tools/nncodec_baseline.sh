@@ -63,8 +63,8 @@ for model in $MODELS; do
                   bnf_qps=${R56_BNF_QPS:--28,-26,-25,-24,-22}
                   data_qps=${R56_DATA_QPS:-}
                   bnf_data_qps=${R56_BNF_DATA_QPS:--22}
-                  # 100, not 400: 400 batches of ResNet-56 took ~40 min on the shared machine.
-                  batches=${R56_BATCHES:-100} ;;
+                  # not measured yet: 400 batches of ResNet-56 take ~45+ min on the shared machine.
+                  batches=${R56_BATCHES:-400} ;;
         *) echo "unknown model $model" >&2; exit 1 ;;
     esac
     stages=$(echo "$STAGES" | tr ',' '\n' | grep -v -e datafree -e '^data$' | paste -sd, || true)
