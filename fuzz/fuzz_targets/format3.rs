@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
             name: "q".into(),
             dtype: if mode & 0x10 == 0 { DType::F32 } else { DType::F16 },
             shape: vec![2, 4],
-            storage: Storage::Quantized { bits, group, section: q },
+            storage: Storage::Quantized { bits, group, zero_point: false, section: q },
         },
     ];
     let spec = PredictorSpec {
