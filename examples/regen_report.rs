@@ -98,7 +98,7 @@ fn run() -> Result<String, String> {
         return Err("give at least one MODEL.onnx or --wide CxL".into());
     }
     let t = Instant::now();
-    let gpu = match nerp::gpu::Gpu::unavailable_reason() {
+    let gpu = match nerp::predictor::gpu::Gpu::unavailable_reason() {
         None => Some(device::open("cuda:0").map_err(|e| e.to_string())?),
         Some(why) => {
             eprintln!("no GPU: {why}; GPU columns are empty");

@@ -226,6 +226,10 @@ pub struct DistillArgs {
     /// Peak learning rate of that fine-tuning, in quantization steps.
     #[arg(long, default_value_t = crate::compress::DEFAULT_FINETUNE_LR, help_heading = "Distillation")]
     pub finetune_lr: f64,
+    /// Peak learning rate of the row scales and biases of that fine-tuning, relative to their
+    /// size (0: they stay as chosen).
+    #[arg(long, default_value_t = crate::compress::DEFAULT_FINETUNE_SCALE_LR, help_heading = "Distillation")]
+    pub finetune_scale_lr: f64,
     /// Use only the first N training images.
     #[arg(long, help_heading = "Distillation")]
     pub data_limit: Option<usize>,
@@ -528,6 +532,7 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
                 },
             ),
             lr: a.distill.finetune_lr,
+            scale_lr: a.distill.finetune_scale_lr,
         },
         filter_scales: !a.no_filter_scales,
         selection: crate::compress::select::Selection {

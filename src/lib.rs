@@ -11,10 +11,10 @@
 //! |---|---|
 //! | the format | [`format`] (the spec in code: header, sections, limits, reader and writer, block geometry, the predictor's description, the quantizer), [`mmap`], [`error`] |
 //! | codecs | [`codec`]: per-tensor storage — name, encoding, decoding, cost, storage entry |
-//! | the predictor | [`predictor`] (candle forward), [`gpu`] (CUDA, or a stand-in without the `cuda` feature) |
+//! | the predictor | [`predictor`]: its executors — candle, gemm (the trainer's), gpu (CUDA, or a stand-in without the `cuda` feature) |
 //! | inputs | [`ingest`] (ONNX, safetensors → named tensors), [`data`] (datasets, `.npy`) |
 //! | the runtime | [`runtime`]: [`runtime::regen`] (file + device → weights), [`runtime::device`], ONNX/tract and safetensors hand-off, [`runtime::candle`], [`runtime::verify`] |
-//! | the compressor (feature `compress`) | [`compress`]: options → plan (select, permute, plan) → measure (calibrate, moments) → fit (train, distill, graph) → choose → build → report |
+//! | the compressor (feature `compress`) | [`compress`]: options → plan (select, permute, plan) → measure (calibrate, moments) → fit (train, distill, graph) → choose → finetune → build → report |
 //! | evaluation | [`eval`]: accuracy, fidelity, the demo, baselines; [`synth`]: fixtures |
 //! | the command line (feature `cli`) | `cli` |
 //!
@@ -36,7 +36,6 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod format;
-pub mod gpu;
 pub mod ingest;
 pub mod linalg;
 pub mod mmap;

@@ -56,10 +56,9 @@ fn every_schedule_runs_from_the_cli_and_changes_the_predictor() {
     let recon = compress_cli(dir.path(), "recon.nerp", &["--schedule", "recon"]);
     assert_eq!(default, recon, "--schedule recon must be the default, byte for byte");
     let kd = ["--kd-steps", "4", "--kd-batch", "4", "--data-limit", "64"];
-    let teacher56 = common::shared_model("resnet56_fashion_mnist.onnx");
-    // Without ../shared the teacher is the model itself, given as a path (the flag still works).
-    let teacher =
-        if teacher56.exists() { teacher56 } else { common::shared_model("resnet20_fashion_mnist.onnx") };
+    // A different network as teacher: the shared ResNet-56 (a missing one fails here).
+    let teacher = common::shared_model("resnet56_fashion_mnist.onnx");
+    assert!(teacher.exists(), "{} is missing", teacher.display());
     let runs: [&[&str]; 4] = [
         &["--schedule", "joint"],
         &["--schedule", "decoupled"],

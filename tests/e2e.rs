@@ -171,7 +171,7 @@ fn regeneration_beyond_one_batch_matches_the_reference_predictor() {
         for (p, &kernel) in perm.iter().enumerate() {
             let coord =
                 [layer as f32 / spec.layers as f32, (p / c) as f32 / f as f32, (p % c) as f32 / c as f32];
-            let pred = common::reference_predict(spec, &flat, coord);
+            let pred = common::reference_predict(spec.hidden as usize, spec.embedding, &flat, coord);
             let scale = scales.as_ref().map_or(1.0, |s| s[kernel as usize / c]) as f64;
             for (i, want) in pred.iter().enumerate() {
                 let want = want * scale;
@@ -207,7 +207,6 @@ fn demo_reports_what_it_wrote() {
     assert_eq!(std::fs::metadata(&r.paths.nerp).unwrap().len(), r.compress.file_bytes);
     assert_eq!(std::fs::read(&r.paths.onnx).unwrap(), nerp::eval::demo::DEMO_MODEL);
     assert_eq!(r.compress.hidden, 16);
-    assert!(r.load_seconds >= r.regen_seconds);
 }
 
 /// `--size-ratio R`: the file fits in 1/R of the source, and one unit wider would not.

@@ -579,10 +579,10 @@ fn bad_magic() {
 
 #[test]
 fn unsupported_version() {
-    for major in [0u16, 4, u16::MAX] {
+    for major in [0u16, 5, u16::MAX] {
         let mut bytes = sample_file();
         bytes[8..10].copy_from_slice(&major.to_le_bytes());
-        assert_format_err!(bytes, FormatError::UnsupportedVersion { found, supported: 3 } if found == major);
+        assert_format_err!(bytes, FormatError::UnsupportedVersion { found, supported: 4 } if found == major);
     }
     // A format-2 file relabelled 3: its JSON header is not a zstd frame.
     let mut bytes = sample_file();
@@ -1837,7 +1837,7 @@ fn frozen_fixture_opens() {
         let (r0, c0) = ((3 - kh) / 2, (3 - kw) / 2);
         for (p, &kernel) in perm.iter().enumerate() {
             let coord = [layer as f32 / 2.0, (p / c) as f32 / f as f32, (p % c) as f32 / c as f32];
-            let pred = common::reference_predict(spec, &flat, coord);
+            let pred = common::reference_predict(spec.hidden as usize, spec.embedding, &flat, coord);
             let scale = scales.map_or(1.0, |s| s[kernel as usize / c]) as f64;
             for i in 0..kh {
                 for j in 0..kw {

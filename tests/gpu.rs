@@ -8,7 +8,7 @@ mod common;
 
 use common::shared_model;
 use nerp::format::WeightDtype;
-use nerp::gpu::Gpu;
+use nerp::predictor::gpu::Gpu;
 use nerp::{runtime::device, runtime::regen, Device, Error};
 
 /// Largest allowed |GPU − CPU| difference, relative to the tensor's largest |weight|. cuBLAS sums
@@ -64,10 +64,13 @@ fn gpu_regeneration_matches_the_cpu() {
 }
 
 /// Without a usable GPU, `cuda` is a clear error and `auto` is the CPU; with one (checked here
-/// too, so that the test asserts something on every machine), `auto` picks it.
+/// too, so that the test asserts something on every machine), `auto` picks it. Under
+/// `NERP_REQUIRE_GPU=1` a missing GPU fails this test too.
 #[test]
 fn cuda_without_a_usable_gpu_is_a_clear_error_and_auto_uses_the_cpu() {
-    let Some(why) = Gpu::unavailable_reason() else {
+    let why = Gpu::unavailable_reason();
+    assert!(!(why.is_some() && common::required("GPU")), "NERP_REQUIRE_GPU=1 but no usable GPU: {why:?}");
+    let Some(why) = why else {
         let (d, reason) = device::open_auto();
         assert!(matches!(d, Device::Cuda(_)), "auto picks the usable GPU");
         assert_eq!(reason, None);
@@ -108,7 +111,7 @@ fn device_names_are_checked() {
 #[test]
 #[ignore = "needs NVRTC 12.4 (tools/gen_ptx.sh fetches it); run with --ignored"]
 fn committed_ptx_is_up_to_date() {
-    let ptx = nerp::gpu::compile_kernels();
+    let ptx = nerp::predictor::gpu::compile_kernels();
     if !common::optional_input("NVRTC", ptx.is_some(), "NVRTC 12.4 not found (tools/gen_ptx.sh fetches it)") {
         return;
     }
@@ -118,7 +121,7 @@ fn committed_ptx_is_up_to_date() {
     let body = |s: &str| s[s.find(".version").unwrap_or(0)..].to_string();
     assert_eq!(
         body(&ptx),
-        body(nerp::gpu::KERNELS_PTX),
-        "src/gpu/kernels.ptx is stale: run tools/gen_ptx.sh"
+        body(nerp::predictor::gpu::KERNELS_PTX),
+        "src/predictor/gpu/kernels.ptx is stale: run tools/gen_ptx.sh"
     );
 }

@@ -774,10 +774,10 @@ fn a_malformed_compressed_header_is_a_typed_error() {
         let e = format_err(with_header(3, &z));
         assert!(matches!(&e, FormatError::HeaderJson(w) if w.contains(needle)), "{e}");
     }
-    // Major 4 is not read.
+    // Major 5 is not read.
     assert!(matches!(
-        format_err(with_header(4, &z)),
-        FormatError::UnsupportedVersion { found: 4, supported: 3 }
+        format_err(with_header(5, &z)),
+        FormatError::UnsupportedVersion { found: 5, supported: 4 }
     ));
 }
 
@@ -1178,6 +1178,42 @@ fn a_coded_file_regenerates_code_times_step_and_row_scale() {
     let want: Vec<f32> =
         good.codes.iter().enumerate().map(|(i, &q)| q as f32 * (0.25 * scales[i / 10])).collect();
     assert_eq!(w.to_f32().unwrap(), want);
+}
+
+/// A `coded` section starts right where the previous one ends (spec section 2: it is decoded,
+/// never read in place); the next other section at the next multiple of 64.
+#[test]
+fn coded_sections_follow_without_a_gap_and_others_stay_aligned() {
+    let good = Coded::good();
+    let mut b = FileBuilder::new();
+    let content = good.content();
+    let (first, second) = (
+        b.add(SectionKind::Coded, Encoding::Plain, &content),
+        b.add(SectionKind::Coded, Encoding::Plain, &content),
+    );
+    let raw = nerp::format::codec::from_f32(DType::F32, &[0.5; 6]).unwrap();
+    let bias = b.add(SectionKind::Tensor, Encoding::ZstdBytegroup { element: 4 }, &raw);
+    let coded = |section| Storage::Coded { max_code: 5, row_scales: false, section };
+    let tensors = vec![
+        TensorEntry { name: "w".into(), dtype: DType::F32, shape: vec![6, 10], storage: coded(first) },
+        TensorEntry { name: "v".into(), dtype: DType::F32, shape: vec![6, 10], storage: coded(second) },
+        TensorEntry {
+            name: "b".into(),
+            dtype: DType::F32,
+            shape: vec![6],
+            storage: Storage::Raw { section: bias },
+        },
+    ];
+    let source = Source { kind: SourceKind::Safetensors, file_bytes: 504, skeleton: None };
+    let bytes = b.finish(source, None, tensors, BTreeMap::new());
+    let file = NerpFile::from_bytes(bytes, "c.nerp").unwrap();
+    let s = &file.header().sections;
+    let len = content.len() as u64;
+    assert!(!len.is_multiple_of(64), "the test needs a section length that is not a multiple of 64");
+    assert_eq!((s[0].offset, s[1].offset), (0, len));
+    assert_eq!(s[2].offset, nerp::format::align_up(2 * len).unwrap());
+    let w = nerp::runtime::regen::regenerate(&file, &Device::Cpu).unwrap();
+    assert_eq!(w[0].to_f32().unwrap(), w[1].to_f32().unwrap());
 }
 
 #[test]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates src/gpu/kernels.ptx from src/gpu/kernels.cu with NVRTC 12.4 (from PyPI's
+# Regenerates src/predictor/gpu/kernels.ptx from src/predictor/gpu/kernels.cu with NVRTC 12.4 (from PyPI's
 # nvidia-cuda-nvrtc-cu12 wheel; no GPU and no CUDA toolkit needed). PTX ISA 8.4 for compute_70
 # loads on any driver of CUDA 12.4 or newer (R550+), on Volta and every later GPU.
 set -euo pipefail

@@ -12,6 +12,10 @@ use half::f16;
 /// rungs at high rate).
 pub const RUNG: f64 = 1.189_207_115_002_721;
 
+/// The dead zone of the second coded candidate of every matrix rung (the budget keeps the
+/// better of rounding to nearest and this at each size).
+pub const DEAD_ZONE: f32 = 0.2;
+
 /// The step of rung `k` for values of RMS `rms`: `rms · RUNG^k`, in f32.
 pub fn step(rms: f64, k: i8) -> f32 {
     (rms * RUNG.powi(k as i32)) as f32
@@ -85,6 +89,8 @@ pub fn store_residual(b: &mut FileBuilder, max_code: u32, row_scales: bool, byte
 #[cfg(feature = "compress")]
 struct Uniform {
     step: f32,
+    /// Rounds `|u|` down when its fraction is below `0.5 + dead_zone` (0: to nearest).
+    dead_zone: f32,
     latents: Vec<f32>,
 }
 
@@ -98,7 +104,7 @@ impl super::gptq::Grid for Uniform {
         let m = entropy::MAX_CODE as f32;
         let u = x / self.step;
         self.latents[index] = u;
-        let q = u.round().clamp(-m, m) as i32;
+        let q = ((u.abs() + 0.5 - self.dead_zone).floor().max(0.0) * u.signum()).clamp(-m, m) as i32;
         (q, q as f32 * self.step)
     }
 }
@@ -114,7 +120,21 @@ pub fn encode(
     k: i8,
     h: Option<&super::gptq::Moments>,
 ) -> crate::Result<super::Encoded> {
-    let (step, codes, _) = codes(t, values, k, h)?;
+    encode_with(t, values, k, h, 0.0)
+}
+
+/// [`encode`] with a dead zone: `|x / step|` is rounded down unless its fraction is at least
+/// `0.5 + dead_zone`, so more codes are 0 or smaller (fewer bits, more error: the budget
+/// weighs both; see [`DEAD_ZONE`]).
+#[cfg(feature = "compress")]
+pub fn encode_with(
+    t: super::Tensor,
+    values: &[f32],
+    k: i8,
+    h: Option<&super::gptq::Moments>,
+    dead_zone: f32,
+) -> crate::Result<super::Encoded> {
+    let (step, codes, _) = codes(t, values, k, h, dead_zone)?;
     let row = crate::format::row_len(t.shape).expect("ingested shapes fit") as usize;
     Ok(encoded(k, step, &codes, row))
 }
@@ -135,6 +155,7 @@ pub fn codes(
     values: &[f32],
     k: i8,
     h: Option<&super::gptq::Moments>,
+    dead_zone: f32,
 ) -> crate::Result<(f32, Vec<i32>, Vec<f32>)> {
     use super::gptq::Grid;
     let fail = |what: String| crate::Error::Training(format!("tensor {} cannot be coded: {what}", t.name));
@@ -149,7 +170,7 @@ pub fn codes(
         return Err(fail(format!("{largest} is more than {} steps of {step}", entropy::MAX_CODE)));
     }
     let row = crate::format::row_len(t.shape).expect("ingested shapes fit") as usize;
-    let mut grid = Uniform { step, latents: vec![0.0; values.len()] };
+    let mut grid = Uniform { step, dead_zone, latents: vec![0.0; values.len()] };
     let codes = match h.and_then(|m| m.round(values, row, row, &mut grid)) {
         Some(codes) => codes?,
         None => values.iter().enumerate().map(|(i, &x)| grid.round(i, 0, 0, x).0).collect(),

@@ -242,10 +242,20 @@ pub fn candidates(
             (false, false) => return Ok(out),
         };
         let original = view.values();
-        for codec in codecs.into_iter().filter(|&c| c != Codec::Raw) {
+        // Every matrix rung twice: rounded to nearest, and with a dead zone.
+        let zones = |c: Codec| match (c, eligible(t)) {
+            (Codec::Coded(_), true) => vec![0.0, crate::codec::coded::DEAD_ZONE],
+            _ => vec![0.0],
+        };
+        let variants = codecs
+            .into_iter()
+            .filter(|&c| c != Codec::Raw)
+            .flat_map(|c| zones(c).into_iter().map(move |z| (c, z)));
+        for (codec, zone) in variants {
+            let h = hessians.0.get(&t.name);
             let encoded = match codec {
-                Codec::Coded(k) => crate::codec::coded::encode(view, &original, k, hessians.0.get(&t.name))?,
-                _ => codec.encode(view, hessians.0.get(&t.name))?,
+                Codec::Coded(k) => crate::codec::coded::encode_with(view, &original, k, h, zone)?,
+                _ => codec.encode(view, h)?,
             };
             if encoded == Encoded::Raw {
                 continue;

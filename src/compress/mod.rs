@@ -24,9 +24,9 @@ pub use build::{build_file, build_file_with, predicted_values, BuiltFile};
 pub use fit::{check_training_budget, hidden_for_ratio, hidden_for_size, train_data};
 pub use options::{
     CompressOptions, ErrorBudget, ResidualMode, DEFAULT_CALIBRATION_IMAGES, DEFAULT_FALLBACK_WEIGHT_ERROR,
-    DEFAULT_FINETUNE_LR, DEFAULT_FINETUNE_STEPS, DEFAULT_HIDDEN, DEFAULT_LR, DEFAULT_MAX_ERROR,
-    DEFAULT_MAX_WEIGHT_ERROR, DEFAULT_MIN_VALUES, DEFAULT_PE_BASE, DEFAULT_PE_LEVELS, DEFAULT_QAT_FRACTION,
-    DEFAULT_STEPS, DEMO_STEPS, MAX_STEPS,
+    DEFAULT_FINETUNE_LR, DEFAULT_FINETUNE_SCALE_LR, DEFAULT_FINETUNE_STEPS, DEFAULT_HIDDEN, DEFAULT_LR,
+    DEFAULT_MAX_ERROR, DEFAULT_MAX_WEIGHT_ERROR, DEFAULT_MIN_VALUES, DEFAULT_PE_BASE, DEFAULT_PE_LEVELS,
+    DEFAULT_QAT_FRACTION, DEFAULT_STEPS, DEMO_STEPS, MAX_STEPS,
 };
 pub use plan::{make_plan, Plan};
 pub use report::{CompressReport, StorageReport, TensorReport};
@@ -129,9 +129,14 @@ pub fn compress(
         false => Some(fit(input, &model, &plan, opts, hidden, progress)?),
     };
     let fitted = training.as_ref().map(|t| &t.fitted);
+    let tuning = opts.finetune.steps > 0 && opts.preprocess.is_some() && model.skeleton.is_some();
+    let allowed =
+        max_bytes
+            .map(|max| if tuning { max.saturating_sub(finetune::reserve(&model, opts, max)) } else { max });
     let Decided { mut stores, errors, report: storage } =
-        decide(&model, &plan, fitted, opts, chooser.as_ref(), max_bytes, &mut warnings)?;
-    let finetune = match (&opts.preprocess, &model.skeleton) {
+        decide(&model, &plan, fitted, opts, chooser.as_ref(), allowed, &mut warnings)?;
+    let chosen = stores.clone();
+    let mut finetune = match (&opts.preprocess, &model.skeleton) {
         (Some(pre), Some(skeleton)) if opts.finetune.steps > 0 => {
             let graph = crate::compress::graph::Graph::from_proto(&crate::runtime::patch_skeleton(
                 skeleton,
@@ -159,8 +164,20 @@ pub fn compress(
         _ => None,
     };
     let with = fitted.map(|f| (&f.predictor, Some(f.predictions.as_slice())));
-    let BuiltFile { bytes, mut tensors, weight_rmse } =
-        build::build(&model, &plan.layers, &plan.values, with, opts, &stores)?;
+    let mut built = build::build(&model, &plan.layers, &plan.values, with, opts, &stores)?;
+    // Fine-tuning may grow the codes' entropy and adds row scales: a file beyond the size budget
+    // keeps the stores as chosen.
+    if let (Some(max), Some(_)) = (max_bytes, &finetune) {
+        if built.bytes.len() as u64 > max {
+            warnings.push(format!(
+                "the fine-tuned file ({} bytes) exceeds --size-ratio's {max} bytes: kept the file as chosen",
+                built.bytes.len()
+            ));
+            finetune = None;
+            built = build::build(&model, &plan.layers, &plan.values, with, opts, &chosen)?;
+        }
+    }
+    let BuiltFile { bytes, mut tensors, weight_rmse } = built;
     for (t, d) in tensors.iter_mut().zip(&plan.decisions) {
         if let (Decision::Raw(why), "raw") = (d, t.stored.as_str()) {
             t.stored = format!("raw: {why}");

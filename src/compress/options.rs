@@ -134,6 +134,8 @@ pub const DEFAULT_FINETUNE_STEPS: usize = 200;
 /// Fine-tuning's peak learning rate, in steps of each tensor's grid. ResNet-20 at 30×, 200
 /// steps: 0.02 moved too many codes (91.38% → 74.30%), 0.005 kept them near GPTQ's (91.58%).
 pub const DEFAULT_FINETUNE_LR: f64 = 0.005;
+/// Fine-tuning's peak learning rate of row scales and biases, relative to their size.
+pub const DEFAULT_FINETUNE_SCALE_LR: f64 = 0.001;
 /// Calibration images by default.
 pub const DEFAULT_CALIBRATION_IMAGES: usize = 64;
 
@@ -169,7 +171,7 @@ impl Default for CompressOptions {
             calibration_images: DEFAULT_CALIBRATION_IMAGES,
             calibration_inputs: Vec::new(),
             data_aware_rounding: true,
-            finetune: Finetune { steps: 0, lr: DEFAULT_FINETUNE_LR },
+            finetune: Finetune { steps: 0, lr: DEFAULT_FINETUNE_LR, scale_lr: DEFAULT_FINETUNE_SCALE_LR },
         }
     }
 }
@@ -242,6 +244,9 @@ impl CompressOptions {
         }
         if !(self.finetune.lr.is_finite() && self.finetune.lr > 0.0) {
             return Err(Error::usage("--finetune-lr", "must be a positive number"));
+        }
+        if !(self.finetune.scale_lr.is_finite() && self.finetune.scale_lr >= 0.0) {
+            return Err(Error::usage("--finetune-scale-lr", "must be a number at least 0"));
         }
         if self.finetune.steps > MAX_STEPS {
             return Err(Error::usage("--finetune-steps", format!("must be at most {MAX_STEPS}")));

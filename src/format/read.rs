@@ -6,8 +6,8 @@ use super::geometry::{Grid, LayerPlan};
 use super::predictor::{frequencies, stored_len, ARCH};
 use super::{
     align_up, entropy, limits, needs_format_2, needs_format_3, needs_format_4, predictor_needs_format_3,
-    quant, row_len, DType, Encoding, Header, PredictorSpec, Residual, SectionEntry, SectionKind, Source,
-    SourceKind, Storage, TensorEntry, ALIGN, MAGIC, MAJOR, MIN_MAJOR, PREAMBLE_LEN,
+    quant, row_len, section_start, DType, Encoding, Header, PredictorSpec, Residual, SectionEntry,
+    SectionKind, Source, SourceKind, Storage, TensorEntry, MAGIC, MAJOR, MIN_MAJOR, PREAMBLE_LEN,
 };
 use crate::error::{Error, FormatError, Result};
 use crate::mmap::FileBytes;
@@ -316,8 +316,11 @@ fn header_from_v3_json(json: &[u8]) -> Result<Header, FormatError> {
     };
     limit("sections", h.sections.len() as u64, limits::MAX_SECTIONS as u64)?;
     let mut sections = Vec::with_capacity(h.sections.len());
-    let mut offset = 0u64;
+    let mut end = 0u64;
     for (i, s) in h.sections.into_iter().enumerate() {
+        let overflow = || FormatError::Overflow(format!("end of section {i}"));
+        let offset = section_start(s.kind, end).ok_or_else(overflow)?;
+        end = offset.checked_add(s.length).ok_or_else(overflow)?;
         let decoded_length = match (s.encoding, s.decoded_length) {
             (Encoding::Plain, None) => s.length,
             (Encoding::Plain, Some(_)) => {
@@ -334,10 +337,6 @@ fn header_from_v3_json(json: &[u8]) -> Result<Header, FormatError> {
             decoded_length,
             crc32: s.crc32,
         });
-        offset = offset
-            .checked_add(s.length)
-            .and_then(align_up)
-            .ok_or_else(|| FormatError::Overflow(format!("end of section {i}")))?;
     }
     Ok(Header {
         source: h.source,
@@ -414,8 +413,8 @@ fn check_zero(b: &[u8], from: u64, to: u64) -> Result<(), FormatError> {
     }
 }
 
-/// Sections follow each other in order, each at the previous end rounded up to [`ALIGN`],
-/// inside the file, and the last one ends exactly at the end of the file.
+/// Sections follow each other in order, each where [`section_start`] puts it after the previous
+/// one, inside the file, and the last one ends exactly at the end of the file.
 fn check_layout(h: &Header, data_offset: u64, file_len: u64) -> Result<(), FormatError> {
     limit("sections", h.sections.len() as u64, limits::MAX_SECTIONS as u64)?;
     if data_offset > file_len {
@@ -425,13 +424,14 @@ fn check_layout(h: &Header, data_offset: u64, file_len: u64) -> Result<(), Forma
             file_len,
         });
     }
-    let mut expected = 0u64;
+    let mut previous_end = 0u64;
     for (index, s) in h.sections.iter().enumerate() {
         let kind = s.kind.name().to_string();
+        let expected = section_start(s.kind, previous_end)
+            .ok_or_else(|| FormatError::Overflow(format!("start of section {index}")))?;
         if s.offset != expected {
             return Err(FormatError::SectionOffset { index, kind, found: s.offset, expected });
         }
-        debug_assert_eq!(expected % ALIGN, 0);
         let end = data_offset
             .checked_add(s.offset)
             .and_then(|v| v.checked_add(s.length))
@@ -439,8 +439,7 @@ fn check_layout(h: &Header, data_offset: u64, file_len: u64) -> Result<(), Forma
         if end > file_len {
             return Err(FormatError::SectionOutOfFile { index, kind, end, file_len });
         }
-        expected = align_up(s.offset + s.length)
-            .ok_or_else(|| FormatError::Overflow(format!("end of section {index}")))?;
+        previous_end = s.offset + s.length;
     }
     let last_end = match h.sections.last() {
         Some(s) => data_offset + s.offset + s.length,

@@ -2,8 +2,8 @@
 
 use super::codec::bytegroup;
 use super::{
-    align_up, major_for, Encoding, Header, PredictorSpec, SectionEntry, SectionKind, Source, TensorEntry,
-    ALIGN, MAGIC, MINOR, PREAMBLE_LEN,
+    align_up, major_for, section_start, Encoding, Header, PredictorSpec, SectionEntry, SectionKind, Source,
+    TensorEntry, ALIGN, MAGIC, MINOR, PREAMBLE_LEN,
 };
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -77,8 +77,8 @@ impl FileBuilder {
         let mut offset = 0u64;
         let mut sections = Vec::with_capacity(self.sections.len());
         for (mut entry, _) in self.sections.iter().cloned() {
-            entry.offset = offset;
-            offset = align_up(offset + entry.length).expect("in-memory file fits u64");
+            entry.offset = section_start(entry.kind, offset).expect("in-memory file fits u64");
+            offset = entry.offset + entry.length;
             sections.push(entry);
         }
         let header = Header { source, predictor, tensors, sections, metadata };
@@ -221,7 +221,7 @@ impl StreamWriter {
         decoded_length: u64,
         stored: &[u8],
     ) -> Result<usize> {
-        let start = align_up(self.offset).ok_or_else(|| Error::Rebuild("file exceeds u64".into()))?;
+        let start = section_start(kind, self.offset).ok_or_else(|| Error::Rebuild("file exceeds u64".into()))?;
         let pad = (start - self.offset) as usize;
         let io = |e| Error::io(&self.data_path, "writing", e);
         self.data.write_all(&[0u8; ALIGN as usize][..pad]).map_err(io)?;

@@ -1,7 +1,7 @@
 //! Where weights are regenerated: `auto`, `cpu`, `cuda`, `cuda:N`.
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::predictor::gpu::Gpu;
 use std::sync::Arc;
 
 /// A device that regenerates weights. Training always runs on the CPU.

@@ -31,11 +31,16 @@ pub fn optional_input(thing: &str, present: bool, how: &str) -> bool {
         return true;
     }
     let var = format!("NERP_REQUIRE_{thing}");
-    if std::env::var(&var).is_ok_and(|v| v == "1") {
+    if required(thing) {
         panic!("{var}=1 but the input is missing: {how}");
     }
     eprintln!("not run: {how} (set {var}=1 to make this a failure)");
     false
+}
+
+/// Whether `NERP_REQUIRE_<THING>=1` says the optional input `thing` must be there.
+pub fn required(thing: &str) -> bool {
+    std::env::var(format!("NERP_REQUIRE_{thing}")).is_ok_and(|v| v == "1")
 }
 
 /// The Fashion-MNIST train split (Debian package dataset-fashion-mnist, installed by
@@ -47,20 +52,26 @@ pub fn train_set() -> PathBuf {
     dir
 }
 
-/// The stored predictor evaluated independently of nerp's code (candle, gemm, the format's
-/// description), in f64, from the definitions of spec section 5.2: embedding
-/// `[sin(π·p_j·base^k)…, cos(…)…]` per coordinate (frequencies rounded to f32), then five
-/// linear layers `6K → h → h → h → h → 9` (`w` stored `(in, out)` row-major, then `b`) with ReLU
-/// between them.
-pub fn reference_predict(spec: &nerp::format::PredictorSpec, weights: &[f32], coord: [f32; 3]) -> [f64; 9] {
-    let k = spec.embedding.levels as usize;
-    let h = spec.hidden as usize;
-    let freqs: Vec<f64> =
-        (0..k).map(|i| (std::f64::consts::PI * spec.embedding.base.powi(i as i32)) as f32 as f64).collect();
-    let mut x: Vec<f64> = Vec::new();
-    for &p in &coord {
-        x.extend(freqs.iter().map(|w| (p as f64 * w).sin()));
-        x.extend(freqs.iter().map(|w| (p as f64 * w).cos()));
+/// THE reference predictor of the tests: the predictor of `hidden` units and `embedding` with
+/// flat parameters `weights` (storage order) at one coordinate, written from spec section 5.2
+/// independently of nerp's code (candle, gemm, CUDA, the format's description): frequencies
+/// `ω_k = f32(π·base^k)`; embedding `[sin(p_j·ω_k)…, cos(p_j·ω_k)…]` per coordinate with the
+/// product `p_j·ω_k` in f32, as the spec says, and sin/cos in f64; then five linear layers
+/// `6K → h → h → h → h → 9` (`w` stored `(in, out)` row-major, then `b`) with ReLU between
+/// them, in f64.
+pub fn reference_predict(
+    hidden: usize,
+    embedding: nerp::format::Embedding,
+    weights: &[f32],
+    coord: [f32; 3],
+) -> [f64; 9] {
+    let (k, h) = (embedding.levels as usize, hidden);
+    let freqs: Vec<f32> =
+        (0..k).map(|i| (std::f64::consts::PI * embedding.base.powi(i as i32)) as f32).collect();
+    let mut x: Vec<f64> = Vec::with_capacity(6 * k);
+    for p in coord {
+        x.extend(freqs.iter().map(|&w| ((p * w) as f64).sin()));
+        x.extend(freqs.iter().map(|&w| ((p * w) as f64).cos()));
     }
     let mut at = 0;
     let dims = [(6 * k, h), (h, h), (h, h), (h, h), (h, 9)];

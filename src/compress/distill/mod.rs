@@ -9,7 +9,7 @@ pub mod kernels;
 pub mod loss;
 
 use crate::compress::graph::Graph;
-use crate::compress::train::{self, AdamW, MagnitudeSampler, Progress, Rng, TrainConfig, TrainData};
+use crate::compress::train::{self, MagnitudeSampler, Progress, Rng, TrainConfig, TrainData};
 use crate::data::{self, DataSource, Dataset, Preprocess, Split};
 use crate::error::{Error, Result};
 use crate::predictor::{Linear, Predictor, OUTPUTS};
@@ -538,9 +538,10 @@ pub fn qat_steps(cfg: &TrainConfig, opts: &DistillOptions) -> usize {
     }
 }
 
-/// `cfg.steps` AdamW steps (candle ops) from `init`: reconstruction weighted by `recon_weight`
-/// (skipped when 0) plus distillation on the steps where `kd_at` holds. Reports step
-/// `offset + s`. Returns the reconstruction RMSE per step (NaN when not computed).
+/// `cfg.steps` AdamW steps from `init`: reconstruction weighted by `recon_weight` (skipped
+/// when 0; the CPU trainer of [`train`]) plus distillation on the steps where `kd_at` holds
+/// (candle autograd through the candle predictor). Reports step `offset + s`. Returns the
+/// reconstruction RMSE per step (NaN when not computed).
 #[allow(clippy::too_many_arguments)]
 fn stage(
     cfg: &TrainConfig,
@@ -557,38 +558,28 @@ fn stage(
     if recon_weight == 0.0 && device.is_cpu() {
         return distill_stage(cfg, distiller, init, kd_at, offset, progress, log);
     }
-    let n = data.len();
-    let inputs = crate::predictor::embed(&Tensor::from_slice(&data.coords, (n, 3), &device)?, cfg.embedding)?;
-    let targets = Tensor::from_slice(&data.targets, (n, OUTPUTS), &device)?;
-    let masks = Tensor::from_slice(&data.masks, (n, OUTPUTS), &device)?;
-    let mut batches = ReconBatches::new(data, cfg.seed.wrapping_add(1));
     let (hidden, embedding) = (init.hidden, init.embedding);
-    let mut params = init.to_flat()?;
-    let mut opt = AdamW::new(params.len());
+    let inputs = crate::predictor::gemm::embed(&data.coords, embedding);
+    let batch = cfg.batch.min(data.len()).max(1);
+    let mut trainer =
+        train::cpu::CpuTrainer::new(hidden, embedding.levels as usize, init.to_flat()?, inputs, batch);
+    let mut batches = ReconBatches::new(data, cfg.seed.wrapping_add(1));
     let mut losses = Vec::with_capacity(cfg.steps);
     for step in 0..cfg.steps {
-        let layers = train::computing_layers(&params, cfg, step, &device)?;
-        let mut grads: Option<Vec<f32>> = None;
+        trainer.quantize(cfg.quantized_at(step))?;
         let mut rmse = f64::NAN;
-        if recon_weight > 0.0 {
+        let recon = recon_weight > 0.0;
+        if recon {
             let (idx, count) = batches.next(cfg.batch, cfg.magnitude_fraction);
-            let ids = Tensor::from_slice(&idx, idx.len(), &device)?;
-            let (mse, g) = train::loss_and_grads(
-                &layers,
-                &inputs.index_select(&ids, 0)?,
-                &targets.index_select(&ids, 0)?,
-                &masks.index_select(&ids, 0)?,
-                count,
-            )?;
-            rmse = mse.sqrt();
-            let mut g = train::flatten(cfg, g)?;
+            rmse = trainer.gradients(&idx, data, count).sqrt();
             if recon_weight != 1.0 {
                 let w = recon_weight as f32;
-                g.iter_mut().for_each(|x| *x *= w);
+                trainer.grads_mut().iter_mut().for_each(|x| *x *= w);
             }
-            grads = Some(g);
         }
-        if kd_at(step) {
+        let kd = kd_at(step);
+        if kd {
+            let layers = Predictor::from_flat(hidden, embedding, trainer.effective(), &device)?.layers;
             let (kd, g) = distiller.grads(&layers, hidden, embedding)?;
             if !(kd.kl.is_finite() && kd.feature.is_finite()) {
                 return Err(Error::Training(format!(
@@ -597,22 +588,21 @@ fn stage(
                 )));
             }
             log.push(KdLosses { step: offset + step, ..kd });
-            let g = train::flatten(cfg, g)?;
-            grads = Some(match grads {
-                Some(mut r) => {
-                    r.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
-                    r
-                }
-                None => g,
-            });
+            let g = Predictor { hidden, embedding, layers: g }.to_flat()?;
+            let grads = trainer.grads_mut();
+            if recon {
+                grads.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
+            } else {
+                grads.copy_from_slice(&g);
+            }
         }
-        if let Some(g) = grads {
-            opt.step(&mut params, &g, cfg, step);
+        if recon || kd {
+            trainer.apply_adamw(cfg, step)?;
         }
         progress.step(offset + step, rmse);
         losses.push(rmse);
     }
-    Ok((Predictor::from_flat(hidden, embedding, &params, &device)?, losses))
+    Ok((Predictor::from_flat(hidden, embedding, &trainer.params, &device)?, losses))
 }
 
 /// [`stage`] without reconstruction on the CPU: every step through [`Distiller::step_cpu`].
@@ -741,11 +731,11 @@ mod tests {
         let before = total(&d, &x, &p);
         let kc = TrainConfig { steps: 20, lr: 1e-3, warmup: 1, ..cfg };
         let mut params = p.to_flat().unwrap();
-        let mut opt = AdamW::new(params.len());
+        let mut opt = train::AdamW::new(params.len());
         for step in 0..kc.steps {
-            let layers = train::computing_layers(&params, &kc, step, &Device::Cpu).unwrap();
+            let layers = Predictor::from_flat(p.hidden, p.embedding, &params, &Device::Cpu).unwrap().layers;
             let (_, g) = d.grads_on(&x, &layers, p.hidden, p.embedding).unwrap();
-            opt.step(&mut params, &train::flatten(&kc, g).unwrap(), &kc, step);
+            opt.step(&mut params, &Predictor { layers: g, ..p.clone() }.to_flat().unwrap(), &kc, step);
         }
         let after =
             total(&d, &x, &Predictor::from_flat(p.hidden, p.embedding, &params, &Device::Cpu).unwrap());

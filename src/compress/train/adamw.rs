@@ -1,6 +1,6 @@
 //! THE optimizer: AdamW (PyTorch's formulation, decoupled weight decay) over flat f32
-//! parameters in storage order. The gemm trainer, the candle tensor backend and the candle
-//! autograd paths of distillation all step through it (candle paths flatten their layers with
+//! parameters in storage order. The gemm trainer steps through it, also with distillation's
+//! candle autograd gradients (flattened with
 //! [`Predictor::to_flat`](crate::predictor::Predictor::to_flat)).
 
 use super::TrainConfig;

@@ -1,8 +1,8 @@
-//! The reconstruction step on the CPU, written out on top of gemm: forward with bias + ReLU
-//! fused into one pass, the backward pass by hand, [`AdamW`] over the flat parameters, and no
-//! allocation per step. Parameters use the predictor's storage order ([`ParamLayout`]),
-//! so the result is loaded with [`Predictor::from_flat`](crate::predictor::Predictor::from_flat)
-//! like any stored predictor.
+//! The reconstruction step on the CPU: the gemm executor's forward and backward
+//! ([`crate::predictor::gemm`]), the weighted squared error and its gradient, [`AdamW`] over the
+//! flat parameters, and no allocation per step. Parameters use the predictor's storage order
+//! ([`ParamLayout`]), so the result is loaded with
+//! [`Predictor::from_flat`](crate::predictor::Predictor::from_flat) like any stored predictor.
 //!
 //! Each batch is split into [`CHUNKS`] fixed parts that run forward and backward on their own
 //! threads (single-threaded gemm each); their gradients are summed in chunk order. The result
@@ -16,84 +16,54 @@
 
 use super::{AdamW, TrainConfig, TrainData};
 use crate::error::Result;
-use crate::format::predictor::{ParamLayout, DEPTH, OUTPUTS};
+use crate::format::predictor::{ParamLayout, OUTPUTS};
 use crate::format::WeightDtype;
+use crate::predictor::gemm::Workspace;
 
 /// Parts each batch is split into (and the most threads used).
 pub const CHUNKS: usize = 4;
 
-/// `c (m×n) = op(a) (m×k) · op(b) (k×n)`, all row-major; `ta`/`tb`: the operand is stored
-/// transposed (`a` as k×m, `b` as n×k). Single-threaded: the caller parallelizes.
-#[allow(clippy::too_many_arguments)] // the BLAS signature, kept whole
-fn sgemm(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool, c: &mut [f32]) {
-    crate::linalg::sgemm(m, n, k, a, ta, b, tb, c, false)
-}
-
-/// Layer shapes and where each layer's parameters start: the format's one description.
-type Layout = ParamLayout;
-
-/// Buffers of one chunk: activations, gradient scratch and its share of the gradients.
-struct Workspace {
-    /// `acts[i]`: input of layer i (rows × in_i); `acts[DEPTH]`: the output.
-    acts: Vec<Vec<f32>>,
-    g: Vec<f32>,
-    g_prev: Vec<f32>,
-    grads: Vec<f32>,
+/// One part of a batch: its workspace and its share of the loss.
+struct Chunk {
+    work: Workspace,
     se: f64,
 }
 
-impl Workspace {
-    fn new(layout: &Layout, rows: usize, params: usize) -> Self {
-        let mut acts: Vec<Vec<f32>> = layout.dims.iter().map(|(i, _)| vec![0.0; rows * i]).collect();
-        acts.push(vec![0.0; rows * OUTPUTS]);
-        let widest = layout.dims.iter().map(|(i, o)| *i.max(o)).max().unwrap_or(0);
-        Workspace {
-            acts,
-            g: vec![0.0; rows * widest],
-            g_prev: vec![0.0; rows * widest],
-            grads: vec![0.0; params],
-            se: 0.0,
-        }
+impl Chunk {
+    fn new(layout: ParamLayout, rows: usize) -> Self {
+        Chunk { work: Workspace::new(layout, rows), se: 0.0 }
     }
 
     /// Forward and backward over the kernels `idx`; leaves the weighted squared error
-    /// `Σ w·(out − t)²` in `se` and the gradient of `se / count` in `grads`.
-    fn run(
-        &mut self,
-        lay: &Layout,
-        params: &[f32],
-        inputs: &[f32],
-        idx: &[u32],
-        data: &TrainData,
-        count: f32,
-    ) {
-        let rows = idx.len();
-        let d = lay.dims[0].0;
+    /// `Σ w·(out − t)²` in `se` and the gradient of `se / count` in the workspace.
+    fn run(&mut self, params: &[f32], inputs: &[f32], idx: &[u32], data: &TrainData, count: f32) {
+        let (rows, d) = (idx.len(), self.work.input_dim());
+        let x = self.work.input_mut(rows);
         for (r, &i) in idx.iter().enumerate() {
             let i = i as usize;
-            self.acts[0][r * d..(r + 1) * d].copy_from_slice(&inputs[i * d..(i + 1) * d]);
+            x[r * d..(r + 1) * d].copy_from_slice(&inputs[i * d..(i + 1) * d]);
         }
-        self.forward_layers(lay, params, rows);
+        self.work.forward(params, rows);
         // Loss and its gradient with respect to the output.
-        let out = &self.acts[DEPTH];
         let scale = 2.0 / count;
         self.se = 0.0;
+        let (out, dout) = self.work.output_and_grad_mut(rows);
         for (r, &i) in idx.iter().enumerate() {
             let i = i as usize;
             for j in 0..OUTPUTS {
                 let t = i * OUTPUTS + j;
                 let (diff, w) = (out[r * OUTPUTS + j] - data.targets[t], data.masks[t]);
                 self.se += (w * diff * diff) as f64;
-                self.g[r * OUTPUTS + j] = w * diff * scale;
+                dout[r * OUTPUTS + j] = w * diff * scale;
             }
         }
-        self.backward_layers(lay, params, rows);
+        self.work.backward(params, rows);
     }
 }
 
 /// Training state: flat parameters, the optimizer and one workspace per chunk.
 pub struct CpuTrainer {
-    layout: Layout,
+    layout: ParamLayout,
     hidden: usize,
     levels: usize,
     /// The f32 parameters the optimizer updates.
@@ -105,7 +75,7 @@ pub struct CpuTrainer {
     opt: AdamW,
     /// Embedded coordinates of all kernels, N × in.
     inputs: Vec<f32>,
-    work: Vec<Workspace>,
+    chunks: Vec<Chunk>,
     threads: usize,
 }
 
@@ -115,7 +85,7 @@ impl CpuTrainer {
         let at = layout.len;
         assert_eq!(at, params.len(), "parameter count");
         let rows = batch.div_ceil(CHUNKS);
-        let work = (0..CHUNKS).map(|_| Workspace::new(&layout, rows, at)).collect();
+        let chunks = (0..CHUNKS).map(|_| Chunk::new(layout, rows)).collect();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(CHUNKS);
         CpuTrainer {
             layout,
@@ -126,7 +96,7 @@ impl CpuTrainer {
             opt: AdamW::new(at),
             params,
             inputs,
-            work,
+            chunks,
             threads,
         }
     }
@@ -160,20 +130,28 @@ impl CpuTrainer {
         cfg: &TrainConfig,
         step: usize,
     ) -> Result<f64> {
+        let mse = self.gradients(idx, data, count);
+        self.apply_adamw(cfg, step)?;
+        Ok(mse)
+    }
+
+    /// The gradient of the weighted mean squared error on the kernels `idx` (`count` weighted
+    /// cells) into [`Self::grads_mut`], without a step; returns the error.
+    pub fn gradients(&mut self, idx: &[u32], data: &TrainData, count: f32) -> f64 {
         let rows = idx.len().div_ceil(CHUNKS).max(1);
         let parts: Vec<&[u32]> = idx.chunks(rows).collect();
         let per_thread = CHUNKS.div_ceil(self.threads);
-        let (lay, params, inputs) = (&self.layout, effective(&self.stored, &self.params), &self.inputs[..]);
+        let (params, inputs) = (effective(&self.stored, &self.params), &self.inputs[..]);
         std::thread::scope(|s| {
-            for (t, work) in self.work.chunks_mut(per_thread).enumerate() {
+            for (t, chunks) in self.chunks.chunks_mut(per_thread).enumerate() {
                 let parts = &parts;
                 s.spawn(move || {
-                    for (k, w) in work.iter_mut().enumerate() {
+                    for (k, c) in chunks.iter_mut().enumerate() {
                         match parts.get(t * per_thread + k) {
-                            Some(p) => w.run(lay, params, inputs, p, data, count),
+                            Some(p) => c.run(params, inputs, p, data, count),
                             None => {
-                                w.grads.fill(0.0);
-                                w.se = 0.0;
+                                c.work.clear_grads();
+                                c.se = 0.0;
                             }
                         }
                     }
@@ -181,16 +159,15 @@ impl CpuTrainer {
             }
         });
         // Sum in chunk order: the same bits whatever the number of threads.
-        self.grads.copy_from_slice(&self.work[0].grads);
-        let mut se = self.work[0].se;
-        for w in &self.work[1..] {
-            for (g, x) in self.grads.iter_mut().zip(&w.grads) {
+        self.grads.copy_from_slice(self.chunks[0].work.grads());
+        let mut se = self.chunks[0].se;
+        for c in &self.chunks[1..] {
+            for (g, x) in self.grads.iter_mut().zip(c.work.grads()) {
                 *g += x;
             }
-            se += w.se;
+            se += c.se;
         }
-        self.apply_adamw(cfg, step)?;
-        Ok(se / count as f64)
+        se / count as f64
     }
 }
 
@@ -211,75 +188,6 @@ pub struct BlockPass {
     rows: Vec<std::ops::Range<usize>>,
 }
 
-impl Workspace {
-    /// The forward pass over the first `rows` rows of `acts[0]`: `z = a·W`, then `+ b` and ReLU
-    /// in one pass; every layer's activations are kept, the output is left in `acts[DEPTH]`.
-    fn forward_layers(&mut self, lay: &Layout, params: &[f32], rows: usize) {
-        for l in 0..DEPTH {
-            let (i, o) = lay.dims[l];
-            let (w, b) = (lay.weight(l).start, lay.bias(l).start);
-            let (lo, hi) = self.acts.split_at_mut(l + 1);
-            let (a, z) = (&lo[l][..rows * i], &mut hi[0][..rows * o]);
-            sgemm(rows, o, i, a, false, &params[w..w + i * o], false, z);
-            let bias = &params[b..b + o];
-            let relu = l + 1 < DEPTH;
-            for row in z.chunks_exact_mut(o) {
-                for (v, bb) in row.iter_mut().zip(bias) {
-                    let s = *v + bb;
-                    *v = if relu && s < 0.0 { 0.0 } else { s };
-                }
-            }
-        }
-    }
-
-    /// The backward pass of [`Self::forward_layers`] from the output gradient in the first
-    /// `rows × 9` values of `g`: the parameter gradients into `grads`.
-    fn backward_layers(&mut self, lay: &Layout, params: &[f32], rows: usize) {
-        for l in (0..DEPTH).rev() {
-            let (i, o) = lay.dims[l];
-            let (w, b) = (lay.weight(l).start, lay.bias(l).start);
-            let a = &self.acts[l][..rows * i];
-            let g = &self.g[..rows * o];
-            sgemm(i, o, rows, a, true, g, false, &mut self.grads[w..w + i * o]);
-            let gb = &mut self.grads[b..b + o];
-            gb.fill(0.0);
-            for row in g.chunks_exact(o) {
-                for (s, v) in gb.iter_mut().zip(row) {
-                    *s += v;
-                }
-            }
-            if l > 0 {
-                let gp = &mut self.g_prev[..rows * i];
-                sgemm(rows, i, o, g, false, &params[w..w + i * o], true, gp);
-                // ReLU backward: the gradient passes where the activation was positive.
-                for (gv, av) in gp.iter_mut().zip(a) {
-                    if *av <= 0.0 {
-                        *gv = 0.0;
-                    }
-                }
-                std::mem::swap(&mut self.g, &mut self.g_prev);
-            }
-        }
-    }
-
-    /// Forward over `inputs` (rows × in), keeping every layer's activations; the output is
-    /// left in `acts[DEPTH]`.
-    fn forward_rows(&mut self, lay: &Layout, params: &[f32], inputs: &[f32]) {
-        let d = lay.dims[0].0;
-        let rows = inputs.len() / d;
-        self.acts[0][..rows * d].copy_from_slice(inputs);
-        self.forward_layers(lay, params, rows);
-    }
-
-    /// Backward of [`Self::forward_rows`] (same rows) from the output gradient `dout`
-    /// (rows × 9): this chunk's parameter gradients into `grads`.
-    fn backward_rows(&mut self, lay: &Layout, params: &[f32], dout: &[f32]) {
-        let rows = dout.len() / OUTPUTS;
-        self.g[..rows * OUTPUTS].copy_from_slice(dout);
-        self.backward_layers(lay, params, rows);
-    }
-}
-
 impl CpuTrainer {
     /// Workspaces for [`Self::predict_all`] / [`Self::backward_all`] over every row of the
     /// trainer's inputs.
@@ -287,15 +195,15 @@ impl CpuTrainer {
         let n = self.inputs.len() / self.layout.dims[0].0;
         let per = n.div_ceil(CHUNKS).max(1);
         let rows: Vec<_> = (0..CHUNKS).map(|c| (c * per).min(n)..((c + 1) * per).min(n)).collect();
-        let work = rows.iter().map(|_| Workspace::new(&self.layout, per, self.layout.len)).collect();
+        let work = rows.iter().map(|_| Workspace::new(self.layout, per)).collect();
         BlockPass { work, rows }
     }
 
     /// The predictor's output for every input row, `N×9`, into `out`; `pass` keeps the
     /// activations for [`Self::backward_all`].
     pub fn predict_all(&self, pass: &mut BlockPass, out: &mut [f32]) {
-        let (lay, params, inputs) = (&self.layout, self.effective(), &self.inputs[..]);
-        let d = lay.dims[0].0;
+        let (params, inputs) = (self.effective(), &self.inputs[..]);
+        let d = self.layout.dims[0].0;
         let rows = &pass.rows;
         let mut parts: Vec<(&mut Workspace, &mut [f32])> = Vec::with_capacity(CHUNKS);
         let mut rest = out;
@@ -306,37 +214,43 @@ impl CpuTrainer {
         }
         crate::linalg::for_parts(&mut parts, self.threads, |c, (w, o)| {
             let r = rows[c].clone();
-            w.forward_rows(lay, params, &inputs[r.start * d..r.end * d]);
-            o.copy_from_slice(&w.acts[DEPTH][..o.len()]);
+            w.input_mut(r.len()).copy_from_slice(&inputs[r.start * d..r.end * d]);
+            o.copy_from_slice(w.forward(params, r.len()));
         });
     }
 
     /// Gradient of the parameters from the gradient `dout` (`N×9`) of the outputs of the last
     /// [`Self::predict_all`] with `pass`; left for [`Self::apply_adamw`].
     pub fn backward_all(&mut self, pass: &mut BlockPass, dout: &[f32]) {
-        let (lay, params) = (&self.layout, effective(&self.stored, &self.params));
+        let params = effective(&self.stored, &self.params);
         let rows = &pass.rows;
         crate::linalg::for_parts(&mut pass.work, self.threads, |c, w| {
             let r = rows[c].clone();
-            w.backward_rows(lay, params, &dout[r.start * OUTPUTS..r.end * OUTPUTS]);
+            w.output_and_grad_mut(r.len()).1.copy_from_slice(&dout[r.start * OUTPUTS..r.end * OUTPUTS]);
+            w.backward(params, r.len());
         });
         // Sum in chunk order: the same bits whatever the number of threads.
-        self.grads.copy_from_slice(&pass.work[0].grads);
+        self.grads.copy_from_slice(pass.work[0].grads());
         for w in &pass.work[1..] {
-            for (g, x) in self.grads.iter_mut().zip(&w.grads) {
+            for (g, x) in self.grads.iter_mut().zip(w.grads()) {
                 *g += x;
             }
         }
     }
 
-    /// The gradient of the last [`Self::backward_all`], in storage order.
+    /// The gradient of the last [`Self::gradients`] or [`Self::backward_all`], in storage
+    /// order.
     #[cfg(test)]
     pub fn grads(&self) -> &[f32] {
         &self.grads
     }
 
-    /// One AdamW step on the f32 parameters with the gradient of the last step or
-    /// [`Self::backward_all`]; refreshes the stored round trip while quantization-aware.
+    /// The gradient [`Self::apply_adamw`] steps with, to scale or add to.
+    pub fn grads_mut(&mut self) -> &mut [f32] {
+        &mut self.grads
+    }
+
+    /// One AdamW step on the f32 parameters with [`Self::grads`]; refreshes the stored round trip while quantization-aware.
     pub fn apply_adamw(&mut self, cfg: &TrainConfig, step: usize) -> Result<()> {
         self.opt.step(&mut self.params, &self.grads, cfg, step);
         if let Some((d, stored)) = &mut self.stored {

@@ -1,6 +1,6 @@
-//! Training the predictor to reconstruct kernels (data-free), with a hand-written backward
-//! pass and the one [`AdamW`]: on the CPU a fused gemm kernel ([`cpu`]), elsewhere candle
-//! tensor ops. No autograd graph is built per step.
+//! Training the predictor to reconstruct kernels (data-free): the gemm executor's forward and
+//! hand-written backward ([`crate::predictor::gemm`]) in the CPU trainer ([`cpu`]), stepped by
+//! the one [`AdamW`]. No autograd graph is built per step.
 
 mod adamw;
 pub(crate) mod cpu;
@@ -9,8 +9,8 @@ pub use adamw::AdamW;
 
 use crate::error::{Error, Result};
 use crate::format::{Embedding, WeightDtype};
-use crate::predictor::{embed, layer_dims, Linear, Predictor, OUTPUTS};
-use candle_core::{DType, Device, Tensor};
+use crate::predictor::{layer_dims, Predictor, OUTPUTS};
+use candle_core::Device;
 
 /// Hyper-parameters of reconstruction training.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,26 +141,14 @@ impl<F: FnMut(usize, f64)> Progress for F {
     }
 }
 
-/// Trains a predictor (from `init`, or freshly initialized) to reconstruct `data`.
-/// Returns it with the training loss (masked RMSE) of each step.
+/// Trains a predictor (from `init`, or freshly initialized) to reconstruct `data` on the CPU;
+/// the result lives on `device`. Returns it with the training loss (masked RMSE) of each step.
 pub fn train(
     cfg: &TrainConfig,
     data: &TrainData,
     init: Option<Predictor>,
     device: &Device,
     progress: &mut dyn Progress,
-) -> Result<(Predictor, Vec<f64>)> {
-    train_on(cfg, data, init, device, progress, device.is_cpu())
-}
-
-/// [`train`], choosing the CPU kernel or candle ops explicitly.
-fn train_on(
-    cfg: &TrainConfig,
-    data: &TrainData,
-    init: Option<Predictor>,
-    device: &Device,
-    progress: &mut dyn Progress,
-    cpu_kernel: bool,
 ) -> Result<(Predictor, Vec<f64>)> {
     if data.is_empty() {
         return Err(Error::Training("no kernels to train on".into()));
@@ -170,22 +158,10 @@ fn train_on(
         Some(p) => p,
         None => init_predictor(cfg.hidden, cfg.embedding, cfg.seed, device)?,
     };
-    let coords = Tensor::from_slice(&data.coords, (n, 3), device)?;
-    let inputs = embed(&coords, cfg.embedding)?;
-    let mut backend = if cpu_kernel {
-        let flat = predictor.to_flat()?;
-        let levels = cfg.embedding.levels as usize;
-        let inputs = inputs.flatten_all()?.to_vec1::<f32>()?;
-        Backend::Cpu(Box::new(cpu::CpuTrainer::new(predictor.hidden, levels, flat, inputs, cfg.batch.min(n))))
-    } else {
-        Backend::Tensor {
-            opt: AdamW::new(predictor.to_flat()?.len()),
-            params: predictor.to_flat()?,
-            inputs,
-            targets: Tensor::from_slice(&data.targets, (n, OUTPUTS), device)?,
-            masks: Tensor::from_slice(&data.masks, (n, OUTPUTS), device)?,
-        }
-    };
+    let inputs = crate::predictor::gemm::embed(&data.coords, cfg.embedding);
+    let levels = cfg.embedding.levels as usize;
+    let mut trainer =
+        cpu::CpuTrainer::new(predictor.hidden, levels, predictor.to_flat()?, inputs, cfg.batch.min(n));
     let cells: Vec<f32> =
         data.masks.chunks(OUTPUTS).map(|m| m.iter().filter(|&&w| w != 0.0).count() as f32).collect();
     // Sample ∝ the kernel's norm in the original weights (the targets are divided by the scale,
@@ -201,23 +177,8 @@ fn train_on(
             .map(|_| if by_magnitude { sampler.sample(&mut rng) } else { rng.below(n) } as u32)
             .collect();
         let count: f32 = idx.iter().map(|&i| cells[i as usize]).sum::<f32>().max(1.0);
-        let mse = match &mut backend {
-            Backend::Cpu(trainer) => {
-                trainer.quantize(cfg.quantized_at(step))?;
-                trainer.step(&idx, data, count, cfg, step)?
-            }
-            Backend::Tensor { opt, params, inputs, targets, masks } => {
-                let ids = Tensor::from_slice(&idx, idx.len(), device)?;
-                let x = inputs.index_select(&ids, 0)?;
-                let t = targets.index_select(&ids, 0)?;
-                let m = masks.index_select(&ids, 0)?;
-                let layers = computing_layers(params, cfg, step, device)?;
-                let (loss, grads) = loss_and_grads(&layers, &x, &t, &m, count)?;
-                opt.step(params, &flatten(cfg, grads)?, cfg, step);
-                loss
-            }
-        };
-        let rmse = mse.sqrt();
+        trainer.quantize(cfg.quantized_at(step))?;
+        let rmse = trainer.step(&idx, data, count, cfg, step)?.sqrt();
         if !rmse.is_finite() {
             return Err(Error::Training(format!(
                 "the loss became {rmse} at step {step}; lower --lr or check the model's weights for NaN/inf"
@@ -232,88 +193,8 @@ fn train_on(
         losses.push(rmse);
         progress.step(step, rmse);
     }
-    let trained = match backend {
-        Backend::Cpu(trainer) => {
-            Predictor::from_flat(predictor.hidden, predictor.embedding, &trainer.params, device)?
-        }
-        Backend::Tensor { params, .. } => {
-            Predictor::from_flat(predictor.hidden, predictor.embedding, &params, device)?
-        }
-    };
+    let trained = Predictor::from_flat(predictor.hidden, predictor.embedding, &trainer.params, device)?;
     Ok((trained, losses))
-}
-
-/// The candle layers step `step` computes with: `params` (flat, storage order), or their
-/// stored round trip on the quantization-aware steps.
-pub(crate) fn computing_layers(
-    params: &[f32],
-    cfg: &TrainConfig,
-    step: usize,
-    device: &Device,
-) -> Result<Vec<Linear>> {
-    let flat = match cfg.quantized_at(step) {
-        Some(d) => std::borrow::Cow::Owned(crate::predictor::round_trip(
-            d,
-            cfg.hidden,
-            cfg.embedding.levels as usize,
-            params,
-        )?),
-        None => std::borrow::Cow::Borrowed(params),
-    };
-    Ok(Predictor::from_flat(cfg.hidden, cfg.embedding, &flat, device)?.layers)
-}
-
-/// Per-layer gradients (or parameters) as flat f32 in storage order, for [`AdamW`].
-pub(crate) fn flatten(cfg: &TrainConfig, layers: Vec<Linear>) -> Result<Vec<f32>> {
-    Predictor { hidden: cfg.hidden, embedding: cfg.embedding, layers }.to_flat()
-}
-
-/// Where the training step runs: the hand-written CPU kernel, or candle tensor ops on any
-/// other device.
-enum Backend {
-    Cpu(Box<cpu::CpuTrainer>),
-    /// `params`: flat f32 in storage order, stepped by the same [`AdamW`].
-    Tensor {
-        opt: AdamW,
-        params: Vec<f32>,
-        inputs: Tensor,
-        targets: Tensor,
-        masks: Tensor,
-    },
-}
-
-/// Weighted mean squared error of the batch and the gradients of every weight and bias.
-pub(crate) fn loss_and_grads(
-    layers: &[Linear],
-    x: &Tensor,
-    t: &Tensor,
-    m: &Tensor,
-    count: f32,
-) -> Result<(f64, Vec<Linear>)> {
-    let mut acts = Vec::with_capacity(layers.len());
-    let mut a = x.clone();
-    for (i, l) in layers.iter().enumerate() {
-        let z = a.matmul(&l.w)?.broadcast_add(&l.b)?;
-        acts.push(a);
-        a = if i + 1 < layers.len() { z.relu()? } else { z };
-    }
-    let diff = (a - t)?;
-    let weighted = (&diff * m)?;
-    let loss = (&diff * &weighted)?.sum_all()?.to_scalar::<f32>()? as f64 / count as f64;
-    let mut g = (weighted * (2.0 / count as f64))?;
-    let mut grads = Vec::with_capacity(layers.len());
-    for i in (0..layers.len()).rev() {
-        let gw = acts[i].t()?.matmul(&g)?;
-        let gb = g.sum(0)?;
-        if i > 0 {
-            let ga = g.matmul(&layers[i].w.t()?)?;
-            // ReLU backward: pass the gradient where the activation was positive.
-            g = (ga * acts[i].gt(0f32)?.to_dtype(DType::F32)?)?;
-        }
-        grads.push(Linear { w: gw, b: gb });
-    }
-    grads.reverse();
-    Ok((loss, grads))
 }
 
 /// Samples kernels with probability ∝ their L2 norm (NeRN's magnitude-oriented batching).
@@ -376,22 +257,54 @@ mod tests {
         }
     }
 
-    /// The gemm kernel and the candle ops agree, in f32 and with the last 3 of 5 steps
-    /// quantization-aware (int8).
+    /// One step's gradient (the gemm executor's forward and hand-written backward of the
+    /// weighted squared error, in `CHUNKS` parts) equals candle's autograd through the candle
+    /// executor, on the f32 parameters and on their int8 round trip (quantization-aware), with
+    /// masked cells and kernels drawn twice.
     #[test]
-    fn cpu_kernel_matches_candle_ops() {
-        let d = data(100, 1);
+    fn cpu_step_gradient_matches_candle_autograd() {
+        use crate::predictor::Linear;
+        use candle_core::{Tensor, Var};
+        let (d, cfg) = (data(100, 1), config(5, 1e-2));
+        let levels = cfg.embedding.levels as usize;
+        let p = init_predictor(cfg.hidden, cfg.embedding, 4, &Device::Cpu).unwrap();
+        let idx: Vec<u32> = (0..48).map(|i| (i * 37 % 100) as u32).chain([3, 3, 50]).collect();
+        let count = idx
+            .iter()
+            .map(|&i| d.masks[9 * i as usize..][..9].iter().filter(|&&m| m != 0.0).count())
+            .sum::<usize>() as f32;
+        let rows = |v: &[f32], w: usize| {
+            idx.iter().flat_map(|&i| v[w * i as usize..][..w].to_vec()).collect::<Vec<_>>()
+        };
+        let tensor = |v: Vec<f32>, w: usize| Tensor::from_vec(v, (idx.len(), w), &Device::Cpu).unwrap();
         for quantize in [None, Some(WeightDtype::Int8)] {
-            let cfg = TrainConfig { quantize, qat_fraction: 0.6, ..config(5, 1e-2) };
-            assert_eq!(cfg.qat_steps(), if quantize.is_some() { 3 } else { 0 });
-            let (a, la) = train_on(&cfg, &d, None, &Device::Cpu, &mut |_, _| {}, true).unwrap();
-            let (b, lb) = train_on(&cfg, &d, None, &Device::Cpu, &mut |_, _| {}, false).unwrap();
-            for (x, y) in la.iter().zip(&lb) {
-                assert!((x - y).abs() <= 1e-4 * x.abs(), "{quantize:?}: losses {la:?} vs {lb:?}");
-            }
-            let (pa, pb) = (a.to_flat().unwrap(), b.to_flat().unwrap());
-            let max = pa.iter().zip(&pb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-            assert!(max < 1e-4, "{quantize:?}: parameters differ by {max}");
+            let inputs = crate::predictor::gemm::embed(&d.coords, cfg.embedding);
+            let mut t = cpu::CpuTrainer::new(cfg.hidden, levels, p.to_flat().unwrap(), inputs, idx.len());
+            t.quantize(quantize).unwrap();
+            let mse = t.gradients(&idx, &d, count);
+            let q = Predictor::from_flat(cfg.hidden, cfg.embedding, t.effective(), &Device::Cpu).unwrap();
+            let vars: Vec<(Var, Var)> = q
+                .layers
+                .iter()
+                .map(|l| (Var::from_tensor(&l.w).unwrap(), Var::from_tensor(&l.b).unwrap()))
+                .collect();
+            let layers =
+                vars.iter().map(|(w, b)| Linear { w: w.as_tensor().clone(), b: b.as_tensor().clone() });
+            let q = Predictor { layers: layers.collect(), ..q };
+            let out = q.predict(&tensor(rows(&d.coords, 3), 3)).unwrap();
+            let diff = (out - tensor(rows(&d.targets, 9), 9)).unwrap();
+            let loss = ((&diff * &diff).unwrap() * tensor(rows(&d.masks, 9), 9)).unwrap().sum_all().unwrap();
+            let loss = (loss / count as f64).unwrap();
+            let store = loss.backward().unwrap();
+            let grad = |v: &Var| store.get(v.as_tensor()).unwrap().clone();
+            let layers = vars.iter().map(|(w, b)| Linear { w: grad(w), b: grad(b) }).collect();
+            let expect = Predictor { layers, ..q }.to_flat().unwrap();
+            let want = loss.to_scalar::<f32>().unwrap() as f64;
+            assert!((mse - want).abs() <= 1e-5 * want, "{quantize:?}: loss {mse} vs {want}");
+            let scale = expect.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let max = t.grads().iter().zip(&expect).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            println!("{quantize:?}: max |gemm − autograd| = {max:.3e}, largest gradient {scale:.3e}");
+            assert!(scale > 0.0 && max <= 1e-5 * scale, "{quantize:?}: {max} vs {scale}");
         }
     }
 

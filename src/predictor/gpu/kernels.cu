@@ -1,5 +1,5 @@
 // The element-wise parts of the predictor's forward pass on the GPU (the matrix products go to
-// cuBLAS). They follow src/predictor.rs exactly: same embedding layout, bias added after the
+// cuBLAS). They follow src/predictor/candle.rs exactly: same embedding layout, bias added after the
 // product, ReLU on all but the last layer. Compiled to kernels.ptx by tools/gen_ptx.sh.
 
 // Positional embedding of `rows` coordinates (rows × 3) into rows × 6·levels:

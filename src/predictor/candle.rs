@@ -1,12 +1,8 @@
-//! THE predictor in candle: a positional embedding of a kernel's coordinate followed by a
-//! 5-layer ReLU MLP with 9 outputs (one 3×3 kernel). Its shapes and flat parameter layout are
-//! the format's description ([`crate::format::predictor`], re-exported here); training and
-//! regeneration both use this definition.
+//! The candle executor: the predictor as candle tensors, on any candle device. Regeneration on
+//! the CPU runs it, and distillation differentiates through it with candle's autograd.
 
+use super::{decode_weights, frequencies, param_count, round_trip, ParamLayout, DEPTH};
 use crate::error::Result;
-pub use crate::format::predictor::{
-    frequencies, input_dim, layer_dims, param_count, ParamLayout, ARCH, DEPTH, OUTPUTS,
-};
 use crate::format::{Embedding, PredictorSpec, WeightDtype};
 use candle_core::{Device, Tensor};
 
@@ -100,22 +96,4 @@ impl Predictor {
         let (h, k) = (self.hidden, self.embedding.levels as usize);
         Self::from_flat(h, self.embedding, &round_trip(dtype, h, k, &self.to_flat()?)?, self.device())
     }
-}
-
-/// Flat parameters stored as `dtype` and read back (what the file holds): what
-/// quantization-aware training computes with.
-pub fn round_trip(dtype: WeightDtype, hidden: usize, levels: usize, flat: &[f32]) -> Result<Vec<f32>> {
-    decode_weights(dtype, hidden, levels, &encode_weights(dtype, hidden, levels, flat)?)
-}
-
-/// Stores f32 parameters (storage order) as `dtype` (spec section 5.2; quantized dtypes go
-/// through [`crate::format::quant`]).
-pub fn encode_weights(dtype: WeightDtype, hidden: usize, levels: usize, flat: &[f32]) -> Result<Vec<u8>> {
-    crate::format::predictor::encode_params(dtype, hidden, levels, flat).map_err(crate::Error::Training)
-}
-
-/// Reads stored `dtype` parameters as f32 in storage order.
-pub fn decode_weights(dtype: WeightDtype, hidden: usize, levels: usize, bytes: &[u8]) -> Result<Vec<f32>> {
-    crate::format::predictor::decode_params(dtype, hidden, levels, bytes)
-        .map_err(|e| crate::Error::Rebuild(format!("predictor weights: {e}")))
 }
