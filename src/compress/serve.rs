@@ -28,8 +28,9 @@ pub enum Verdict {
     Cannot(String),
 }
 
-/// Judges `model` under `opts` from its shapes (see the module docs). `Err` only for options
-/// the selection refuses (an `--include` pattern that names nothing).
+/// Judges `model` under `opts` from its shapes (see the module docs). `Err` for options the
+/// selection refuses (an `--include` pattern that names nothing) and for a width the user
+/// asked for that does not fit ([`crate::Error::Budget`], before any work).
 pub fn judge(model: &SourceModel, opts: &CompressOptions) -> Result<Verdict> {
     let decisions = opts.selection.decide_all(model)?;
     let mut blocks = 0u64;
@@ -52,10 +53,12 @@ pub fn judge(model: &SourceModel, opts: &CompressOptions) -> Result<Verdict> {
         (None, None) => DEFAULT_HIDDEN,
     };
     let source: u64 = model.file_bytes;
-    Ok(match check_training_budget(hidden, opts, blocks, source) {
-        Ok(()) => Verdict::Serves { hidden, blocks },
-        Err(e) => Verdict::Cannot(format!("no predictor: {e}; every tensor goes to the codecs")),
-    })
+    match check_training_budget(hidden, opts, blocks, source) {
+        Ok(()) => Ok(Verdict::Serves { hidden, blocks }),
+        // A width the user asked for (--hidden, --target-ratio) is refused, not replaced.
+        Err(e) if opts.hidden.is_some() || opts.target_ratio.is_some() => Err(e),
+        Err(e) => Ok(Verdict::Cannot(format!("no predictor: {e}; every tensor goes to the codecs"))),
+    }
 }
 
 /// `opts` with nothing predicted (what a model the predictor cannot serve is compressed with).

@@ -221,7 +221,8 @@ impl StreamWriter {
         decoded_length: u64,
         stored: &[u8],
     ) -> Result<usize> {
-        let start = section_start(kind, self.offset).ok_or_else(|| Error::Rebuild("file exceeds u64".into()))?;
+        let start =
+            section_start(kind, self.offset).ok_or_else(|| Error::Rebuild("file exceeds u64".into()))?;
         let pad = (start - self.offset) as usize;
         let io = |e| Error::io(&self.data_path, "writing", e);
         self.data.write_all(&[0u8; ALIGN as usize][..pad]).map_err(io)?;
