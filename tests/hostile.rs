@@ -628,7 +628,12 @@ impl V3 {
                 name: "conv.bias".into(),
                 dtype: DType::F32,
                 shape: vec![4],
-                storage: Storage::Quantized { bits: self.bits, group: self.group, section: q },
+                storage: Storage::Quantized {
+                    bits: self.bits,
+                    group: self.group,
+                    zero_point: false,
+                    section: q,
+                },
             },
             TensorEntry {
                 name: "fc.weight".into(),
@@ -809,7 +814,8 @@ fn quantized_storage_with_bad_bits_group_or_length_is_rejected() {
     {
         let v = V3 { bits, group, ..V3::good() };
         let (mut h, sections) = V3::good().header_and_sections();
-        h.tensors[1].storage = Storage::Quantized { bits: v.bits, group: v.group, section: 3 };
+        h.tensors[1].storage =
+            Storage::Quantized { bits: v.bits, group: v.group, zero_point: false, section: 3 };
         let e = format_err(relayout(&h, &sections));
         assert!(
             matches!(&e, FormatError::Quantization { tensor, what } if tensor == "conv.bias" && what.contains(needle)),
@@ -1049,7 +1055,7 @@ fn huge_quantized_declarations_are_refused_by_the_budget() {
             name: "big".into(),
             dtype: DType::F32,
             shape: vec![group, group],
-            storage: Storage::Quantized { bits: 8, group, section: 0 },
+            storage: Storage::Quantized { bits: 8, group, zero_point: false, section: 0 },
         }],
         sections: vec![nerp::format::SectionEntry {
             kind: SectionKind::Quantized,
@@ -1289,4 +1295,71 @@ proptest::proptest! {
             }
         }
     }
+}
+
+/// The good V3 file with its quantized bias replaced by a zero-point section (format 4).
+fn with_zero_point(bits: u8, group: u64, content: Vec<u8>) -> Vec<u8> {
+    let (mut h, mut sections) = V3::good().header_and_sections();
+    h.tensors[1].storage = Storage::Quantized { bits, group, zero_point: true, section: 3 };
+    sections[3] = content;
+    relayout(&h, &sections)
+}
+
+/// A zero-point section of the 4 bias values: scales, minimums, then codes.
+fn zero_point_content(bits: u8, group: usize, scale: half::f16, min: half::f16) -> Vec<u8> {
+    let groups = 4 / group;
+    let mut out = Vec::new();
+    (0..groups).for_each(|_| out.extend(scale.to_le_bytes()));
+    (0..groups).for_each(|_| out.extend(min.to_le_bytes()));
+    out.extend(quant::pack_unsigned(&[1, 0, 2, 3], bits));
+    out
+}
+
+#[test]
+fn zero_point_storage_with_hostile_groups_scales_or_versions_is_a_typed_error() {
+    let one = half::f16::from_f32(0.5);
+    // The good one opens (format 4) and decodes to q·s + m.
+    let good = with_zero_point(4, 2, zero_point_content(4, 2, one, half::f16::from_f32(-1.0)));
+    let file = NerpFile::from_bytes(good.clone(), "zp.nerp").unwrap();
+    assert_eq!(file.major(), 4);
+    let t = &file.header().tensors[1];
+    let bytes = nerp::runtime::regen::stored_bytes(&file, t).unwrap();
+    let values = nerp::format::codec::to_f32(DType::F32, &bytes).unwrap();
+    assert_eq!(values, vec![-0.5, -1.0, 0.0, 0.5]);
+    // Groups that do not divide the row, or none.
+    for group in [0u64, 3, 8] {
+        let e = format_err(with_zero_point(4, group, zero_point_content(4, 2, one, one)));
+        assert!(
+            matches!(&e, FormatError::Quantization { what, .. } if what.contains("divide")),
+            "{group}: {e}"
+        );
+    }
+    // A section of the symmetric length.
+    let mut short = zero_point_content(4, 2, one, one);
+    short.drain(4..8);
+    let e = format_err(with_zero_point(4, 2, short));
+    assert!(matches!(&e, FormatError::Quantization { what, .. } if what.contains("zero points need")), "{e}");
+    // Non-finite or huge scales and minimums open (lengths are right) but never decode.
+    for (s, m) in [
+        (half::f16::INFINITY, one),
+        (half::f16::NAN, one),
+        (one, half::f16::NEG_INFINITY),
+        (one, half::f16::NAN),
+    ] {
+        let file =
+            NerpFile::from_bytes(with_zero_point(4, 2, zero_point_content(4, 2, s, m)), "zp.nerp").unwrap();
+        let e = nerp::runtime::regen::stored_bytes(&file, &file.header().tensors[1]).unwrap_err();
+        assert!(e.to_string().contains("finite"), "{s} {m}: {e}");
+    }
+    // Unused high bits of the last byte (3 bits × 4 values = 12 bits).
+    let mut content = zero_point_content(3, 4, one, one);
+    *content.last_mut().unwrap() |= 0x80;
+    let file = NerpFile::from_bytes(with_zero_point(3, 4, content), "zp.nerp").unwrap();
+    let e = nerp::runtime::regen::stored_bytes(&file, &file.header().tensors[1]).unwrap_err();
+    assert!(e.to_string().contains("unused bits"), "{e}");
+    // A format-3 file may not carry zero points (major 3 and 4 headers are encoded alike).
+    let mut bytes = good;
+    bytes[8..10].copy_from_slice(&3u16.to_le_bytes());
+    let e = format_err(bytes);
+    assert!(matches!(&e, FormatError::Tensor { what, .. } if what.contains("format 4")), "{e}");
 }

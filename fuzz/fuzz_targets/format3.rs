@@ -15,7 +15,8 @@ const LEVELS: u32 = 1;
 // Valid format-3 containers with hostile values: the input supplies the int8 or int4
 // predictor section, the f16 scales, a quantized tensor's bits, group and content, and the
 // predicted tensor's optional residual (first byte: predictor dtype and bits; second byte:
-// the residual's presence, bits and group). Opening may refuse the lengths; whatever opens must not
+// the residual's presence, bits and group; its bit 3 also gives the quantized tensor format 4's
+// zero points: f16 minimums, unsigned codes). Opening may refuse the lengths; whatever opens must not
 // panic in `verify` or `regenerate`, and what `verify` accepts must regenerate to finite values.
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, data)) = data.split_first() else { return };
@@ -27,7 +28,12 @@ fuzz_target!(|data: &[u8]| {
     let bits = (mode >> 1) % 10; // 0..=9: out-of-range widths included
     let group = [1u64, 2, 3, 4, 8][(mode >> 5) as usize % 5];
     let plen = stored_len(dtype, HIDDEN, LEVELS as usize) as usize;
-    let qlen = quant::encoded_len(8, group.max(1), bits.clamp(1, 8)).unwrap_or(0) as usize;
+    let zero_point = mode & 0x08 != 0;
+    let qlen = match zero_point {
+        false => quant::encoded_len(8, group.max(1), bits.clamp(1, 8)),
+        true => quant::encoded_len_zero_point(8, group.max(1), bits.clamp(1, 8)),
+    }
+    .unwrap_or(0) as usize;
     let mut bytes = data.to_vec();
     bytes.resize(plen + 8 + qlen + rlen, 0);
     let (weights, rest) = bytes.split_at(plen);
@@ -62,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
             name: "q".into(),
             dtype: if mode & 0x10 == 0 { DType::F32 } else { DType::F16 },
             shape: vec![2, 4],
-            storage: Storage::Quantized { bits, group, section: q },
+            storage: Storage::Quantized { bits, group, zero_point, section: q },
         },
     ];
     let spec = PredictorSpec {
@@ -79,7 +85,7 @@ fuzz_target!(|data: &[u8]| {
     else {
         return;
     };
-    assert_eq!(file.major(), 3);
+    assert_eq!(file.major(), if zero_point { 4 } else { 3 });
     let verified = nerp::runtime::verify::verify(&file);
     let regenerated = nerp::runtime::regen::regenerate(&file, &nerp::Device::Cpu);
     if verified.is_ok() {

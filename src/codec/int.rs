@@ -26,7 +26,7 @@ pub fn decode(bits: u8, group: u64, bytes: &[u8], numel: usize) -> Result<Vec<f3
 /// Writes a quantized tensor's section.
 pub fn store(b: &mut FileBuilder, bits: u8, group: u64, bytes: &[u8]) -> (Storage, usize) {
     let section = b.add(SectionKind::Quantized, Encoding::Zstd, bytes);
-    (Storage::Quantized { bits, group, section }, section)
+    (Storage::Quantized { bits, group, zero_point: false, section }, section)
 }
 
 /// Writes a residual's section.

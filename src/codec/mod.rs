@@ -4,12 +4,13 @@
 //! reader's, spec sections 4.3 and 5.3a), its cost in bytes and its storage entry; the
 //! per-tensor choice, the writer, the reader, `nerp inspect` and the compressor's report all
 //! go through it. One codec is one file here (and its section of the spec): [`raw`], [`cast`],
-//! [`int`], [`coded`].
+//! [`int`], [`group`], [`coded`].
 
 pub mod cast;
 pub mod coded;
 #[cfg(feature = "compress")]
 pub mod gptq;
+pub mod group;
 pub mod int;
 pub mod raw;
 
@@ -30,6 +31,9 @@ pub enum Codec {
     /// Uniform steps of rung `k` ([`coded::step`]: the tensor's RMS times `2^(k/4)`), the codes
     /// entropy-coded (format 4).
     Coded(i8),
+    /// Quantized to `bits` bits in groups of `group` values of a row (0: the whole row), with
+    /// a zero point (format 4) or symmetric ([`group`]: the LLM path's codecs).
+    Group { bits: u8, group: u16, zero: bool },
 }
 
 impl Codec {
@@ -84,6 +88,8 @@ impl Codec {
             Codec::Cast(to) => to.name().into(),
             Codec::Int(bits) => format!("int{bits}"),
             Codec::Coded(_) => "coded".into(),
+            Codec::Group { bits, group: 0, zero } => format!("int{bits}row{}", if zero { "z" } else { "" }),
+            Codec::Group { bits, group, zero } => format!("int{bits}g{group}{}", if zero { "z" } else { "" }),
         }
     }
 
@@ -93,6 +99,9 @@ impl Codec {
         match storage {
             Storage::Raw { .. } => Some(Codec::Raw),
             Storage::Cast { to, .. } => Some(Codec::Cast(*to)),
+            Storage::Quantized { bits, group, zero_point: true, .. } => {
+                Some(Codec::Group { bits: *bits, group: u16::try_from(*group).unwrap_or(0), zero: true })
+            }
             Storage::Quantized { bits, .. } => Some(Codec::Int(*bits)),
             // The file stores the step, not the rung it was chosen from.
             Storage::Coded { .. } => Some(Codec::CODED),
@@ -105,7 +114,7 @@ impl Codec {
     /// Bits per value of a quantizing codec.
     pub fn bits(self) -> Option<u8> {
         match self {
-            Codec::Int(bits) => Some(bits),
+            Codec::Int(bits) | Codec::Group { bits, .. } => Some(bits),
             _ => None,
         }
     }
@@ -135,11 +144,29 @@ impl std::str::FromStr for Codec {
         if s == "coded" {
             return Ok(Codec::CODED);
         }
+        if let Some(c) = parse_group(s) {
+            return Ok(c);
+        }
         Codec::ALL.into_iter().find(|c| c.name() == s).ok_or_else(|| {
             let names: Vec<String> = Codec::ALL.iter().map(|c| c.name()).collect();
             format!("unknown codec {s:?}; one of {}, coded", names.join(", "))
         })
     }
+}
+
+/// `int{bits}g{group}[z]` (group 32, 64 or 128) or `int{bits}row[z]`.
+fn parse_group(s: &str) -> Option<Codec> {
+    let rest = s.strip_prefix("int")?;
+    let (rest, zero) = match rest.strip_suffix('z') {
+        Some(r) => (r, true),
+        None => (rest, false),
+    };
+    let (bits, group) = match rest.split_once('g') {
+        Some((b, g)) => (b, g.parse::<u16>().ok().filter(|g| group::GROUPS.contains(g))?),
+        None => (rest.strip_suffix("row")?, 0),
+    };
+    let bits: u8 = bits.parse().ok().filter(|b| crate::format::quant::valid_bits(*b))?;
+    Some(Codec::Group { bits, group, zero })
 }
 
 /// Whether a tensor may get a lossy codec: float, rank ≥ 2, not empty. The others (biases,
@@ -162,6 +189,9 @@ pub enum Encoded {
     /// Coded (spec section 4.5): the step (and row scales), then the entropy-coded codes of
     /// rows of `row` values.
     Coded { rung: i8, max_code: u32, row_scales: bool, row: u64, bytes: Vec<u8> },
+    /// Group-wise (spec section 4.3; format 4 with a zero point): codec group `named` (0: the
+    /// row) is `group` values here.
+    Group { bits: u8, named: u16, group: u64, zero: bool, bytes: Vec<u8> },
 }
 
 impl Encoded {
@@ -172,6 +202,9 @@ impl Encoded {
             Encoded::Cast { to, .. } => Codec::Cast(*to),
             Encoded::Int { bits, .. } => Codec::Int(*bits),
             Encoded::Coded { rung, .. } => Codec::Coded(*rung),
+            Encoded::Group { bits, named, zero, .. } => {
+                Codec::Group { bits: *bits, group: *named, zero: *zero }
+            }
         }
     }
 
@@ -181,9 +214,10 @@ impl Encoded {
     pub fn cost(&self, source_bytes: u64) -> u64 {
         match self {
             Encoded::Raw => source_bytes,
-            Encoded::Cast { bytes, .. } | Encoded::Int { bytes, .. } | Encoded::Coded { bytes, .. } => {
-                bytes.len() as u64
-            }
+            Encoded::Cast { bytes, .. }
+            | Encoded::Int { bytes, .. }
+            | Encoded::Coded { bytes, .. }
+            | Encoded::Group { bytes, .. } => bytes.len() as u64,
         }
     }
 
@@ -200,6 +234,9 @@ impl Encoded {
                 coded::decode(bytes, numel, *row as usize, *max_code, *row_scales)
                     .expect("own encoding decodes")
             }
+            Encoded::Group { bits, group, zero, bytes, .. } => {
+                group::decode(*bits, *group, *zero, bytes, numel).expect("own encoding decodes")
+            }
         }
     }
 }
@@ -215,6 +252,7 @@ impl Encoded {
             Encoded::Coded { max_code, row_scales, bytes, .. } => {
                 coded::store(b, *max_code, *row_scales, bytes)
             }
+            Encoded::Group { bits, group, zero, bytes, .. } => group::store(b, *bits, *group, *zero, bytes),
         }
     }
 
@@ -225,7 +263,7 @@ impl Encoded {
             Encoded::Coded { max_code, row_scales, bytes, .. } => {
                 Some(coded::store_residual(b, *max_code, *row_scales, bytes))
             }
-            Encoded::Raw | Encoded::Cast { .. } => None,
+            Encoded::Raw | Encoded::Cast { .. } | Encoded::Group { .. } => None,
         }
     }
 }
@@ -236,7 +274,9 @@ impl Encoded {
 pub fn decode(storage: &Storage, bytes: &[u8], shape: &[u64]) -> Result<Vec<f32>, String> {
     let numel = shape.iter().product::<u64>() as usize;
     match *storage {
-        Storage::Quantized { bits, group, .. } => int::decode(bits, group, bytes, numel),
+        Storage::Quantized { bits, group, zero_point, .. } => {
+            group::decode(bits, group, zero_point, bytes, numel)
+        }
         Storage::Coded { max_code, row_scales, .. } => {
             let row = crate::format::row_len(shape).ok_or("shape overflows")? as usize;
             coded::decode(bytes, numel, row, max_code, row_scales)
@@ -290,6 +330,7 @@ impl Codec {
             Codec::Cast(to) => Ok(cast::encode(t, to)),
             Codec::Int(bits) => int::encode(t, &t.values(), bits, h),
             Codec::Coded(k) => coded::encode(t, &t.values(), k, h),
+            Codec::Group { bits, group: g, zero } => group::encode(t, bits, g, zero),
         }
     }
 
@@ -351,7 +392,8 @@ mod tests {
                 values.iter().zip(&back).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt() / norm;
             if let Encoded::Int { bits, group, bytes } = &e {
                 // The reader's decoding gives the same values.
-                let storage = Storage::Quantized { bits: *bits, group: *group, section: 0 };
+                let storage =
+                    Storage::Quantized { bits: *bits, group: *group, zero_point: false, section: 0 };
                 assert_eq!(decode(&storage, bytes, &shape).unwrap(), back);
                 // Each value within half a step of its group's scale, or clipped (MSE scales).
                 let read = quant::decode(bytes, values.len(), *group as usize, *bits, f32::MAX).unwrap();

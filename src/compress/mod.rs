@@ -17,6 +17,8 @@ pub mod permute;
 pub mod plan;
 pub mod report;
 pub mod select;
+pub mod serve;
+pub mod stream;
 pub mod train;
 pub use build::{build_file, build_file_with, predicted_values, BuiltFile};
 pub use fit::{check_training_budget, hidden_for_ratio, hidden_for_size, train_data};
@@ -58,9 +60,26 @@ pub fn compress(
     let mut inputs = vec![input];
     inputs.extend(opts.distill.teacher.as_deref());
     crate::format::output::check_not_an_input(output, &inputs, "--output")?;
+    // A safetensors model no predictor serves is streamed: judged from its header alone.
+    if stream::Source::is_safetensors(input) && opts.distill.teacher.is_none() {
+        let shapes = stream::Source::open(input)?.shapes();
+        if let serve::Verdict::Cannot(why) = serve::judge(&shapes, opts)? {
+            return stream::compress(input, output, opts, Some(why));
+        }
+    }
     let mut model = ingest::load(input)?;
     let opts = &with_channel_order(&mut model, opts)?;
     let mut warnings = Vec::new();
+    // Decided from the shapes, before any f32 copy or calibration run.
+    let codecs_only;
+    let opts = match serve::judge(&model, opts)? {
+        serve::Verdict::Cannot(why) => {
+            warnings.push(why);
+            codecs_only = serve::codecs_only(opts);
+            &codecs_only
+        }
+        _ => opts,
+    };
     let runnable = measure::check_runnable(input, &model, opts, &mut warnings)?;
     let plan = make_plan(&model, opts)?;
     let represented: usize = plan.values.iter().map(Vec::len).sum();

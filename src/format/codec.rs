@@ -104,7 +104,13 @@ pub fn to_f32(dtype: DType, bytes: &[u8]) -> Option<Vec<f32>> {
 pub fn from_f32(dtype: DType, values: &[f32]) -> Option<Vec<u8>> {
     Some(match dtype {
         DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+        DType::F16 => {
+            let mut out = vec![0u8; 2 * values.len()];
+            for (o, &v) in out.chunks_exact_mut(2).zip(values) {
+                o.copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+            }
+            out
+        }
         DType::Bf16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
         DType::F64 => values.iter().flat_map(|&v| (v as f64).to_le_bytes()).collect(),
         _ => return None,

@@ -205,7 +205,16 @@ pub enum Storage {
     /// Format 3: the values quantized by [`quant`] (symmetric, `bits` bits, one f16 scale per
     /// `group` contiguous values; `group` divides the row length, spec section 4.3) in a
     /// `quantized` section. Float tensors only.
-    Quantized { bits: u8, group: u64, section: usize },
+    ///
+    /// Format 4 adds `zero_point`: one f16 scale and one f16 minimum per group, unsigned codes
+    /// `0..2^bits` read back as `q·s + m` ([`quant::decode_zero_point`]); absent means false.
+    Quantized {
+        bits: u8,
+        group: u64,
+        #[serde(default, skip_serializing_if = "is_false")]
+        zero_point: bool,
+        section: usize,
+    },
     /// Format 3: a float tensor's values stored in the narrower float `to` (`f16` or `bf16`,
     /// round-to-nearest-even) in a `tensor` section.
     Cast { to: DType, section: usize },
@@ -248,7 +257,9 @@ impl Residual {
     /// The storage a tensor of its own would have (the residual is decoded as one).
     pub fn as_storage(&self) -> Storage {
         match *self {
-            Residual::Quantized { bits, group, section } => Storage::Quantized { bits, group, section },
+            Residual::Quantized { bits, group, section } => {
+                Storage::Quantized { bits, group, zero_point: false, section }
+            }
             Residual::Coded { max_code, row_scales, section } => {
                 Storage::Coded { max_code, row_scales, section }
             }
@@ -573,6 +584,7 @@ pub fn needs_format_3(t: &TensorEntry) -> Option<String> {
 pub fn needs_format_4(t: &TensorEntry) -> Option<String> {
     match t.storage {
         Storage::Coded { .. } => Some("coded storage needs format 4".into()),
+        Storage::Quantized { zero_point: true, .. } => Some("zero points need format 4".into()),
         Storage::Predicted { residual: Some(Residual::Coded { .. }), .. } => {
             Some("a coded residual needs format 4".into())
         }

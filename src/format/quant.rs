@@ -235,6 +235,129 @@ pub fn decode(bytes: &[u8], n: usize, group: usize, bits: u8, max_abs: f32) -> R
     Ok(Quantized { bits, group, scales, values })
 }
 
+/// Bytes of the zero-point form (format 4) of `n` values in groups of `group`: the group
+/// scales, the group minimums (f16 each), then the packed unsigned codes.
+pub fn encoded_len_zero_point(n: u64, group: u64, bits: u8) -> Option<u64> {
+    let groups = n.checked_div(group)?;
+    groups.checked_mul(4)?.checked_add(packed_len(n, bits)?)
+}
+
+/// Largest code of the zero-point form, `2^bits − 1` (15 for int4).
+pub fn levels(bits: u8) -> u32 {
+    (1u32 << bits) - 1
+}
+
+/// Packs unsigned codes of `bits` bits (each below `2^bits`), least significant bit first.
+pub fn pack_unsigned(codes: &[u8], bits: u8) -> Vec<u8> {
+    match bits {
+        8 => return codes.to_vec(),
+        4 => {
+            let mut out: Vec<u8> = codes.chunks_exact(2).map(|p| p[0] | (p[1] << 4)).collect();
+            if let [.., last] = codes {
+                if codes.len() % 2 == 1 {
+                    out.push(*last);
+                }
+            }
+            return out;
+        }
+        _ => {}
+    }
+    let len = packed_len(codes.len() as u64, bits).expect("in-memory length") as usize;
+    let mut out = vec![0u8; len];
+    for (i, &v) in codes.iter().enumerate() {
+        let bit = i * bits as usize;
+        let (byte, shift) = (bit / 8, bit % 8);
+        let shifted = (v as u16) << shift;
+        out[byte] |= shifted as u8;
+        if shift + bits as usize > 8 {
+            out[byte + 1] |= (shifted >> 8) as u8;
+        }
+    }
+    out
+}
+
+/// Decodes the zero-point form (format 4, spec section 4.3) of `n` values in groups of
+/// `group` with `bits` bits: value `k` of group `g` is `q·s_g + m_g` (an f32 product, then an
+/// f32 sum) with `q` its unsigned code. Checks every length, that each scale and minimum is
+/// finite with magnitude at most `max_abs`, and that the unused high bits of the last byte
+/// are zero (every code of `bits` bits is valid).
+pub fn decode_zero_point(
+    bytes: &[u8],
+    n: usize,
+    group: usize,
+    bits: u8,
+    max_abs: f32,
+) -> Result<Vec<f32>, String> {
+    if !valid_bits(bits) {
+        return Err(format!("{bits} bits is not in {MIN_BITS}..={MAX_BITS}"));
+    }
+    if group == 0 || !n.is_multiple_of(group) {
+        return Err(format!("group of {group} does not divide {n} values"));
+    }
+    let need = encoded_len_zero_point(n as u64, group as u64, bits).ok_or("length overflows")?;
+    if bytes.len() as u64 != need {
+        return Err(format!(
+            "{} bytes, {n} values of {bits} bits in groups of {group} with zero points need {need}",
+            bytes.len()
+        ));
+    }
+    let groups = n / group;
+    let (sb, rest) = bytes.split_at(2 * groups);
+    let (mb, codes) = rest.split_at(2 * groups);
+    let read = |b: &[u8], what: &str| -> Result<Vec<f32>, String> {
+        let v: Vec<f32> = b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+        match v.iter().position(|x| !(x.is_finite() && x.abs() <= max_abs)) {
+            Some(g) => Err(format!(
+                "{what} {g} is {}; {what}s must be finite and at most {max_abs:e} in magnitude",
+                v[g]
+            )),
+            None => Ok(v),
+        }
+    };
+    let (scales, mins) = (read(sb, "scale")?, read(mb, "minimum")?);
+    let used = n * bits as usize;
+    if !used.is_multiple_of(8) && codes[used / 8] >> (used % 8) != 0 {
+        return Err("unused bits of the last byte are not zero".into());
+    }
+    let mut out = vec![0f32; n];
+    match bits {
+        8 => {
+            for (g, (o, c)) in out.chunks_exact_mut(group).zip(codes.chunks_exact(group)).enumerate() {
+                let (s, m) = (scales[g], mins[g]);
+                for (o, &q) in o.iter_mut().zip(c) {
+                    *o = q as f32 * s + m;
+                }
+            }
+        }
+        4 if group.is_multiple_of(2) => {
+            let half = group / 2;
+            for (g, (o, c)) in out.chunks_exact_mut(group).zip(codes.chunks_exact(half)).enumerate() {
+                let (s, m) = (scales[g], mins[g]);
+                for (o, &b) in o.chunks_exact_mut(2).zip(c) {
+                    o[0] = (b & 15) as f32 * s + m;
+                    o[1] = (b >> 4) as f32 * s + m;
+                }
+            }
+        }
+        _ => {
+            let mask = (1u16 << bits) - 1;
+            for (g, o) in out.chunks_exact_mut(group).enumerate() {
+                let (s, m) = (scales[g], mins[g]);
+                for (k, o) in o.iter_mut().enumerate() {
+                    let bit = (g * group + k) * bits as usize;
+                    let (byte, shift) = (bit / 8, bit % 8);
+                    let mut word = codes[byte] as u16;
+                    if shift + bits as usize > 8 {
+                        word |= (codes[byte + 1] as u16) << 8;
+                    }
+                    *o = ((word >> shift) & mask) as f32 * s + m;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -597,7 +597,7 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
                     return bad(format!("raw data is {got} bytes, shape and dtype need {need}"));
                 }
             }
-            Storage::Quantized { bits, group, section } => {
+            Storage::Quantized { bits, group, zero_point, section } => {
                 if !t.dtype.is_float() {
                     return Err(FormatError::Quantization {
                         tensor: t.name.clone(),
@@ -605,7 +605,8 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
                     });
                 }
                 claim(section, SectionKind::Quantized, &format!("tensor {}", t.name))?;
-                check_quantized(t, numel, bits, group, h.sections[section].decoded_length, "quantized data")?;
+                let got = h.sections[section].decoded_length;
+                check_quantized(t, numel, bits, group, zero_point, got, "quantized data")?;
             }
             Storage::Coded { max_code, row_scales, section } => {
                 claim(section, SectionKind::Coded, &format!("tensor {}", t.name))?;
@@ -633,7 +634,7 @@ fn check_semantics(h: &Header, major: u16) -> Result<(), FormatError> {
                     Some(Residual::Quantized { bits, group, section }) => {
                         claim(section, SectionKind::Quantized, &format!("tensor {} residual", t.name))?;
                         let got = h.sections[section].decoded_length;
-                        check_quantized(t, numel, bits, group, got, "residual")?;
+                        check_quantized(t, numel, bits, group, false, got, "residual")?;
                     }
                     Some(Residual::Coded { max_code, row_scales, section }) => {
                         claim(section, SectionKind::Coded, &format!("tensor {} residual", t.name))?;
@@ -692,6 +693,7 @@ fn check_quantized(
     numel: u64,
     bits: u8,
     group: u64,
+    zero_point: bool,
     got: u64,
     what: &str,
 ) -> Result<(), FormatError> {
@@ -703,10 +705,15 @@ fn check_quantized(
     if group == 0 || !row.is_multiple_of(group) {
         return bad(format!("{what}: group of {group} values does not divide the row length {row}"));
     }
-    let need = quant::encoded_len(numel, group, bits).expect("numel ≤ 2^32");
+    let need = match zero_point {
+        false => quant::encoded_len(numel, group, bits),
+        true => quant::encoded_len_zero_point(numel, group, bits),
+    }
+    .expect("numel ≤ 2^32");
     if got != need {
+        let zp = if zero_point { " with zero points" } else { "" };
         return bad(format!(
-            "{what} is {got} bytes; {numel} values of {bits} bits in groups of {group} need {need}"
+            "{what} is {got} bytes; {numel} values of {bits} bits in groups of {group}{zp} need {need}"
         ));
     }
     Ok(())

@@ -48,8 +48,33 @@ pub fn to_safetensors(d: DType) -> Dtype {
     }
 }
 
-/// Reads a safetensors file.
-pub fn load(path: &Path, bytes: &[u8]) -> Result<SourceModel> {
+/// One tensor of a safetensors file, without its data: where its bytes are in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorView {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    /// Its bytes within the whole file.
+    pub range: std::ops::Range<usize>,
+}
+
+impl TensorView {
+    /// How the model uses it (by rank: safetensors has no graph).
+    pub fn role(&self) -> Role {
+        match self.shape.len() {
+            0 | 1 => Role::Other,
+            2 | 3 => Role::Matrix,
+            _ => Role::ConvKernel,
+        }
+    }
+}
+
+/// The tensors of a safetensors file (sorted by name) and its `__metadata__` (as
+/// `safetensors.KEY`), checked, nothing copied.
+pub fn views(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(Vec<TensorView>, std::collections::BTreeMap<String, String>)> {
     let err = |what: String| Error::Ingest { path: path.to_path_buf(), what };
     precheck(bytes).map_err(err)?;
     let st =
@@ -57,21 +82,31 @@ pub fn load(path: &Path, bytes: &[u8]) -> Result<SourceModel> {
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| err(format!("{e}")))?;
     let metadata =
         meta.metadata().iter().flatten().map(|(k, v)| (format!("{META_PREFIX}{k}"), v.clone())).collect();
-    let mut tensors = Vec::new();
     let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     names.sort();
+    let mut out = Vec::with_capacity(names.len());
     for name in names {
         let view = st.tensor(&name).map_err(|e| err(format!("tensor {name}: {e}")))?;
         let dtype = dtype_of(view.dtype())
             .ok_or_else(|| err(format!("tensor {name}: dtype {:?} is not supported", view.dtype())))?;
         let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
-        let role = match shape.len() {
-            0 | 1 => Role::Other,
-            2 | 3 => Role::Matrix,
-            _ => Role::ConvKernel,
-        };
-        tensors.push(SourceTensor { name, dtype, shape, data: view.data().to_vec(), role });
+        // The view borrows `bytes`: its offset is where its data starts.
+        let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
+        out.push(TensorView { name, dtype, shape, range: start..start + view.data().len() });
     }
+    Ok((out, metadata))
+}
+
+/// Reads a safetensors file.
+pub fn load(path: &Path, bytes: &[u8]) -> Result<SourceModel> {
+    let (views, metadata) = views(path, bytes)?;
+    let tensors = views
+        .into_iter()
+        .map(|v| {
+            let role = v.role();
+            SourceTensor { data: bytes[v.range].to_vec(), name: v.name, dtype: v.dtype, shape: v.shape, role }
+        })
+        .collect();
     Ok(SourceModel {
         kind: SourceKind::Safetensors,
         file_bytes: bytes.len() as u64,

@@ -6,6 +6,7 @@ pub mod candle;
 pub mod device;
 pub mod onnx;
 pub mod regen;
+pub mod stream;
 pub mod verify;
 
 pub use onnx::{

@@ -189,13 +189,21 @@ fn decode_section(
     })
 }
 
-/// The first NaN or infinite value of little-endian float `bytes` of `dtype`.
+/// The first NaN or infinite value of little-endian float `bytes` of `dtype`: an all-ones
+/// exponent, tested on the bits (converting each element through a `Vec` made this 40% of
+/// `decompress` on the 0.5 B LLM layout).
 fn first_non_finite(dtype: DType, bytes: &[u8]) -> Option<(usize, f32)> {
     let n = dtype.size();
-    bytes.chunks_exact(n).enumerate().find_map(|(i, c)| {
-        let v = to_f32(dtype, c)?[0];
-        (!v.is_finite()).then_some((i, v))
-    })
+    let exponent: u64 = match dtype {
+        DType::F16 => 0x7C00,
+        DType::Bf16 => 0x7F80,
+        DType::F32 => 0x7F80_0000,
+        DType::F64 => 0x7FF0_0000_0000_0000,
+        _ => return None,
+    };
+    let bits = |c: &[u8]| c.iter().rev().fold(0u64, |a, &b| (a << 8) | b as u64);
+    let i = bytes.chunks_exact(n).position(|c| bits(c) & exponent == exponent)?;
+    Some((i, to_f32(dtype, &bytes[i * n..(i + 1) * n])?[0]))
 }
 
 /// Checks every predicted tensor of `file` regenerates to finite values, one tensor at a time

@@ -1,0 +1,449 @@
+//! Streaming compress for sources without a graph to run (safetensors) that no predictor
+//! serves ([`super::serve`]): tensors are read from the memory-mapped source (no whole-model
+//! copy), measured and encoded in parallel across row chunks and cores, and written section by
+//! section ([`StreamWriter`]: a temporary file, header then data, atomic rename).
+//!
+//! Two passes. Pass 1 measures every group-wise candidate of [`CANDIDATES`] on every eligible
+//! tensor and keeps only its bytes and squared error; [`allocate`] picks one per tensor under
+//! the weight-error or byte budget. Pass 2 encodes the chosen ones and writes them in tensor
+//! order. Chunks are of whole rows, a multiple of 8 values, summed in chunk order, so the output
+//! does not depend on the thread count. Memory beyond the map: one tensor's section twice (its
+//! content and its zstd frame) plus a chunk per thread, checked against the budget
+//! ([`crate::format::budget`]) before any work.
+
+use crate::codec::group::{self, Part};
+use crate::codec::Codec;
+use crate::compress::choose::{allocate, Allocation, Budget, Candidate, Choice};
+use crate::compress::report::{CompressReport, StorageReport, TensorReport};
+use crate::compress::{CompressOptions, ErrorBudget, DEFAULT_FALLBACK_WEIGHT_ERROR};
+use crate::error::{Error, Result};
+use crate::format::{self, write::StreamWriter, Encoding, SectionKind, Storage, TensorEntry};
+use crate::ingest::safetensors::{views, TensorView};
+use crate::ingest::{SourceModel, SourceTensor};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// The codecs the LLM path measures per weight matrix, more bytes first: int8 per row, int6
+/// and int5 in groups of 128, int4 in groups of 128 symmetric and with zero points in groups of
+/// 128 and 64, int3 with zero points in groups of 128, 64 and 32, int2 with zero points in
+/// groups of 32.
+pub const CANDIDATES: [Codec; 10] = [
+    Codec::Group { bits: 8, group: 0, zero: false },
+    Codec::Group { bits: 6, group: 128, zero: false },
+    Codec::Group { bits: 5, group: 128, zero: false },
+    Codec::Group { bits: 4, group: 128, zero: false },
+    Codec::Group { bits: 4, group: 128, zero: true },
+    Codec::Group { bits: 4, group: 64, zero: true },
+    Codec::Group { bits: 3, group: 128, zero: true },
+    Codec::Group { bits: 3, group: 64, zero: true },
+    Codec::Group { bits: 3, group: 32, zero: true },
+    Codec::Group { bits: 2, group: 32, zero: true },
+];
+
+/// Values per chunk of rows (about 256 k: 1 MiB of f32 per thread).
+const CHUNK_VALUES: usize = 1 << 18;
+
+/// The memory-mapped source and its tensors.
+pub struct Source {
+    bytes: crate::mmap::FileBytes,
+    pub tensors: Vec<TensorView>,
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+impl Source {
+    /// Maps `path` and reads its header (nothing is copied).
+    pub fn open(path: &Path) -> Result<Source> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, "opening model", e))?;
+        let bytes =
+            crate::mmap::FileBytes::map(&file).map_err(|e| Error::io(path, "memory-mapping model", e))?;
+        let (tensors, metadata) = views(path, &bytes)?;
+        Ok(Source { bytes, tensors, metadata })
+    }
+
+    /// Whether `path` is read as safetensors (the rule of [`crate::ingest::load`]).
+    pub fn is_safetensors(path: &Path) -> bool {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        if ext == "safetensors" {
+            return true;
+        }
+        if ext == "onnx" {
+            return false;
+        }
+        let mut head = [0u8; 9];
+        std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+            .is_ok_and(|()| head[8] == b'{')
+    }
+
+    /// The file's length.
+    pub fn file_bytes(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// The model without its data (names, dtypes, shapes, roles): what [`super::serve`] judges.
+    pub fn shapes(&self) -> SourceModel {
+        SourceModel {
+            kind: format::SourceKind::Safetensors,
+            file_bytes: self.file_bytes(),
+            tensors: self
+                .tensors
+                .iter()
+                .map(|v| SourceTensor {
+                    name: v.name.clone(),
+                    dtype: v.dtype,
+                    shape: v.shape.clone(),
+                    data: Vec::new(),
+                    role: v.role(),
+                })
+                .collect(),
+            skeleton: None,
+            metadata: self.metadata.clone(),
+        }
+    }
+
+    fn data(&self, i: usize) -> &[u8] {
+        &self.bytes[self.tensors[i].range.clone()]
+    }
+}
+
+/// A run of whole rows of one tensor: the unit of parallel work.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    tensor: usize,
+    /// Value range within the tensor.
+    start: usize,
+    end: usize,
+}
+
+/// Whole-row chunks of a tensor with rows of `row` values and `numel` values, each a multiple
+/// of 8 values (but the last), at most about [`CHUNK_VALUES`].
+fn chunks(tensor: usize, numel: usize, row: usize) -> Vec<Chunk> {
+    let rows = (CHUNK_VALUES / row.max(1)).max(1);
+    let rows = rows.div_ceil(8) * 8;
+    let step = rows * row;
+    (0..numel)
+        .step_by(step.max(1))
+        .map(|start| Chunk { tensor, start, end: (start + step).min(numel) })
+        .collect()
+}
+
+/// Runs `f` on every job on `threads` threads; results in job order.
+fn parallel<T: Send>(jobs: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<T>>> = (0..jobs).map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, jobs.max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= jobs {
+                    return;
+                }
+                let r = f(i);
+                *slots[i].lock().expect("no worker panicked") = Some(r);
+            });
+        }
+    });
+    slots.into_iter().map(|m| m.into_inner().expect("no worker panicked").expect("every job ran")).collect()
+}
+
+/// Whether tensor `v` gets a lossy codec ([`crate::codec::eligible`]).
+fn eligible(v: &TensorView) -> bool {
+    crate::codec::eligible(v.dtype, &v.shape, v.range.len())
+}
+
+fn row_of(v: &TensorView) -> usize {
+    format::row_len(&v.shape).unwrap_or(0) as usize
+}
+
+/// The candidates of `CANDIDATES` that apply to a tensor with rows of `row` values:
+/// (codec, values per group).
+fn applicable(row: usize) -> Vec<(Codec, usize)> {
+    CANDIDATES
+        .iter()
+        .filter_map(|&c| {
+            let Codec::Group { group: g, .. } = c else { return None };
+            group::group_len(g, row as u64).map(|n| (c, n as usize))
+        })
+        .collect()
+}
+
+fn spec(c: Codec) -> (u8, bool) {
+    match c {
+        Codec::Group { bits, zero, .. } => (bits, zero),
+        _ => unreachable!("stream candidates are group codecs"),
+    }
+}
+
+/// Compresses the safetensors `input` into `output` without a predictor; `why` is the line
+/// saying why (reported first among the warnings).
+pub fn compress(
+    input: &Path,
+    output: &Path,
+    opts: &CompressOptions,
+    why: Option<String>,
+) -> Result<CompressReport> {
+    compress_on(input, output, opts, why, crate::linalg::threads())
+}
+
+/// [`compress`] on `threads` threads (the file does not depend on them).
+pub fn compress_on(
+    input: &Path,
+    output: &Path,
+    opts: &CompressOptions,
+    why: Option<String>,
+    threads: usize,
+) -> Result<CompressReport> {
+    let start = Instant::now();
+    let src = Source::open(input)?;
+    let n = src.tensors.len();
+    let largest = src.tensors.iter().map(|v| v.range.len() as u64).max().unwrap_or(0);
+    // A chunk per thread: its f32 values, codes and encoded part (about 12 bytes a value).
+    let most = src.tensors.iter().map(|v| (v.range.len() / v.dtype.size()) as u64).max().unwrap_or(0);
+    let chunk = (CHUNK_VALUES as u64).min(most);
+    let need = largest.saturating_mul(3).saturating_add((threads as u64).saturating_mul(chunk * 12));
+    format::budget::current().check(
+        || {
+            format!(
+                "compressing {} tensor by tensor (its largest tensor is {largest} bytes)",
+                input.display()
+            )
+        },
+        need,
+    )?;
+    let mut warnings: Vec<String> = why.into_iter().collect();
+
+    // Pass 1: every candidate's squared error, chunk by chunk; the sum of squares.
+    let rows: Vec<usize> = src.tensors.iter().map(row_of).collect();
+    let cands: Vec<Vec<(Codec, usize)>> = src
+        .tensors
+        .iter()
+        .zip(&rows)
+        .map(|(v, &r)| if eligible(v) { applicable(r) } else { Vec::new() })
+        .collect();
+    let jobs: Vec<Chunk> = (0..n)
+        .filter(|&i| eligible(&src.tensors[i]))
+        .flat_map(|i| chunks(i, src.tensors[i].range.len() / src.tensors[i].dtype.size(), rows[i]))
+        .collect();
+    let budget = match (opts.size_ratio, opts.error_budget) {
+        (Some(r), _) => Some(Budget::Bytes((src.file_bytes() as f64 / r).floor() as u64)),
+        (None, ErrorBudget::Target(e)) => Some(Budget::Error(e)),
+        (None, ErrorBudget::Check(e)) => Some(Budget::Error(e.min(DEFAULT_FALLBACK_WEIGHT_ERROR))),
+        (None, ErrorBudget::Off) => None,
+    };
+    let measure_all = budget.is_some();
+    let measured = parallel(jobs.len(), threads, |j| -> Result<(f64, Vec<f64>)> {
+        let c = jobs[j];
+        let v = &src.tensors[c.tensor];
+        let size = v.dtype.size();
+        let mut x = Vec::new();
+        group::widen(v.dtype, &src.data(c.tensor)[c.start * size..c.end * size], &mut x);
+        if let Some(bad) = x.iter().find(|x| !x.is_finite()) {
+            return Err(Error::Training(format!("tensor {} holds {bad}, which cannot be quantized", v.name)));
+        }
+        let sq = x.iter().map(|&a| (a as f64) * (a as f64)).sum();
+        let mut errs = Vec::new();
+        if measure_all {
+            for &(codec, g) in &cands[c.tensor] {
+                let (bits, zero) = spec(codec);
+                errs.push(group::error_of(&x, g, bits, zero).unwrap_or(f64::INFINITY));
+            }
+        }
+        Ok((sq, errs))
+    });
+    let mut sq = vec![0f64; n];
+    let mut sse: Vec<Vec<f64>> = cands.iter().map(|c| vec![0.0; c.len()]).collect();
+    for (c, m) in jobs.iter().zip(measured) {
+        let (s, errs) = m?;
+        sq[c.tensor] += s;
+        for (a, e) in sse[c.tensor].iter_mut().zip(errs) {
+            *a += e;
+        }
+    }
+    let total_norm = sq.iter().sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+    let measure_secs = start.elapsed().as_secs_f64();
+
+    // The choice: one codec per tensor under the budget.
+    let fixed: u64 = 1024
+        + 64 * n as u64
+        + src.tensors.iter().filter(|v| !eligible(v)).map(|v| v.range.len() as u64).sum::<u64>();
+    let mut candidates: Vec<Vec<Candidate>> = Vec::new();
+    let mut index: Vec<usize> = Vec::new(); // tensor → row of `candidates`
+    for i in 0..n {
+        if !eligible(&src.tensors[i]) {
+            index.push(usize::MAX);
+            continue;
+        }
+        let raw = Candidate {
+            choice: Choice::Stored(Codec::Raw),
+            encoded: None,
+            bytes: src.tensors[i].range.len() as u64,
+            error: 0.0,
+        };
+        let numel = (src.tensors[i].range.len() / src.tensors[i].dtype.size()) as u64;
+        let mut list = vec![raw];
+        for (&(codec, g), &e) in cands[i].iter().zip(&sse[i]) {
+            let (bits, zero) = spec(codec);
+            if !e.is_finite() {
+                continue;
+            }
+            let bytes = group::section_len(numel, g as u64, bits, zero).expect("in-memory tensor");
+            list.push(Candidate {
+                choice: Choice::Stored(codec),
+                encoded: None,
+                bytes,
+                error: e.sqrt() / total_norm,
+            });
+        }
+        index.push(candidates.len());
+        candidates.push(list);
+    }
+    let chosen: Vec<Codec> = match budget {
+        Some(b) => {
+            let Allocation { picks, feasible, error, bytes } = allocate(&candidates, fixed, b);
+            if !feasible {
+                warnings.push(format!(
+                    "the budget ({}) is not met: the closest file is about {bytes} bytes at {:.2}% weight error",
+                    budget_name(b),
+                    100.0 * error
+                ));
+            }
+            (0..n)
+                .map(|i| match index[i] {
+                    usize::MAX => Codec::Raw,
+                    k => match candidates[k][picks[k]].choice {
+                        Choice::Stored(c) => c,
+                        _ => unreachable!("codecs only"),
+                    },
+                })
+                .collect()
+        }
+        None => (0..n)
+            .map(|i| if eligible(&src.tensors[i]) { off_codec(opts.raw_codec) } else { Codec::Raw })
+            .collect(),
+    };
+
+    // Pass 2: encode the chosen codecs and write, in tensor order.
+    let mut w = StreamWriter::create(output)?;
+    let mut entries = Vec::with_capacity(n);
+    let mut reports = Vec::with_capacity(n);
+    let mut total_sse = 0f64;
+    for i in 0..n {
+        let v = &src.tensors[i];
+        let data = src.data(i);
+        let (storage, sse_i, stored, section) = match chosen[i] {
+            Codec::Group { bits, group: named, zero }
+                if group::group_len(named, rows[i] as u64).is_some() =>
+            {
+                let g = group::group_len(named, rows[i] as u64).expect("checked") as usize;
+                let numel = data.len() / v.dtype.size();
+                let cs = chunks(i, numel, rows[i]);
+                let size = v.dtype.size();
+                let parts = parallel(cs.len(), threads, |j| -> std::result::Result<Part, String> {
+                    let mut x = Vec::new();
+                    group::widen(v.dtype, &data[cs[j].start * size..cs[j].end * size], &mut x);
+                    group::encode_part(&x, g, bits, zero)
+                });
+                let parts: Vec<Part> =
+                    parts.into_iter().collect::<std::result::Result<_, _>>().map_err(|e| {
+                        Error::Training(format!("tensor {} cannot be stored as int{bits}: {e}", v.name))
+                    })?;
+                let sse_i: f64 = parts.iter().map(|p| p.sse).sum();
+                let bytes = group::join(&parts);
+                drop(parts);
+                let section = w.add(SectionKind::Quantized, Encoding::Zstd, &bytes)?;
+                let storage = Storage::Quantized { bits, group: g as u64, zero_point: zero, section };
+                (storage, sse_i, chosen[i].name(), section)
+            }
+            _ => {
+                let encoding = match v.dtype.size() {
+                    1 => Encoding::Zstd,
+                    s => Encoding::ZstdBytegroup { element: s as u8 },
+                };
+                let section = w.add(SectionKind::Tensor, encoding, data)?;
+                let why = if eligible(v) { "raw".to_string() } else { "raw: not a matrix".to_string() };
+                (Storage::Raw { section }, 0.0, why, section)
+            }
+        };
+        total_sse += sse_i;
+        let numel = (data.len() / v.dtype.size()).max(1) as f64;
+        let rms = (sq[i] / numel).sqrt();
+        let rmse = (sse_i / numel).sqrt();
+        reports.push(TensorReport {
+            name: v.name.clone(),
+            shape: v.shape.clone(),
+            predicted: false,
+            stored,
+            rmse,
+            rel_error: if rms > 0.0 { rmse / rms } else { 0.0 },
+            bytes_before: data.len() as u64,
+            bytes_after: w.stored_len(section),
+            error_alone: index[i].ne(&usize::MAX).then(|| sse_i.sqrt() / total_norm),
+        });
+        entries.push(TensorEntry { name: v.name.clone(), dtype: v.dtype, shape: v.shape.clone(), storage });
+    }
+    let mut metadata = src.metadata.clone();
+    metadata.extend(opts.file_metadata());
+    let source = format::Source {
+        kind: format::SourceKind::Safetensors,
+        file_bytes: src.file_bytes(),
+        skeleton: None,
+    };
+    let file_bytes = w.finish(source, None, entries, metadata)?;
+    let estimated = total_sse.sqrt() / total_norm;
+    let storage = budget.map(|b| StorageReport {
+        budget: budget_name(b),
+        measure: "weights",
+        calibration_batches: 0,
+        predictor_only_error: None,
+        with_predictor: false,
+        estimated_error: estimated,
+        measured_error: None,
+        met: match b {
+            Budget::Bytes(max) => file_bytes <= max,
+            Budget::Error(e) => estimated <= e,
+        },
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    warnings.push(format!(
+        "streamed: measured {} candidates per matrix in {measure_secs:.1} s, wrote in {:.1} s on {threads} threads",
+        CANDIDATES.len(),
+        seconds - measure_secs
+    ));
+    Ok(CompressReport {
+        tensors: reports,
+        hidden: 0,
+        predictor_params: 0,
+        represented: 0,
+        source_bytes: src.file_bytes(),
+        file_bytes,
+        seconds,
+        steps: 0,
+        final_loss: f64::NAN,
+        weight_rmse: 0.0,
+        qat_steps: 0,
+        kd_losses: Vec::new(),
+        warnings,
+        storage,
+        finetune: None,
+    })
+}
+
+/// `--max-error off`: every eligible tensor with `--raw-codec` (an `intN` is int N in groups
+/// of 128 along the row, int8 per row; `raw`, casts and `coded` stay raw here).
+fn off_codec(c: Codec) -> Codec {
+    match c {
+        Codec::Int(8) => Codec::Group { bits: 8, group: 0, zero: false },
+        Codec::Int(bits) => Codec::Group { bits, group: 128, zero: false },
+        g @ Codec::Group { .. } => g,
+        _ => Codec::Raw,
+    }
+}
+
+fn budget_name(b: Budget) -> String {
+    match b {
+        Budget::Bytes(max) => format!("bytes <= {max}"),
+        Budget::Error(e) => format!("weight error <= {e}"),
+    }
+}
