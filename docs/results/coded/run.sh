@@ -7,7 +7,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/../../.."
-nerp="$root/target/release/nerp"
+nerp="${NERP:-$root/target/release/nerp}"
 model="${1:-resnet20}"
 free="${2:-default 15 20 25 30 35}"
 data="${3:-30 40 45 50 60}"
