@@ -20,9 +20,10 @@ pub mod train;
 pub use build::{build_file, build_file_with, predicted_values, BuiltFile};
 pub use fit::{check_training_budget, hidden_for_ratio, hidden_for_size, train_data};
 pub use options::{
-    CompressOptions, ErrorBudget, ResidualMode, DEFAULT_CALIBRATION_IMAGES, DEFAULT_FALLBACK_WEIGHT_ERROR,
-    DEFAULT_HIDDEN, DEFAULT_LR, DEFAULT_MAX_ERROR, DEFAULT_MAX_WEIGHT_ERROR, DEFAULT_MIN_VALUES,
-    DEFAULT_PE_BASE, DEFAULT_PE_LEVELS, DEFAULT_QAT_FRACTION, DEFAULT_STEPS, DEMO_STEPS, MAX_STEPS,
+    CompressOptions, ErrorBudget, ResidualMode, DEFAULT_CALIBRATION_IMAGES, DEFAULT_CHECK_IMAGES,
+    DEFAULT_CHECK_SHARE, DEFAULT_FALLBACK_WEIGHT_ERROR, DEFAULT_HIDDEN, DEFAULT_LR, DEFAULT_MAX_ERROR,
+    DEFAULT_MAX_WEIGHT_ERROR, DEFAULT_MIN_VALUES, DEFAULT_PE_BASE, DEFAULT_PE_LEVELS, DEFAULT_QAT_FRACTION,
+    DEFAULT_STEPS, DEMO_STEPS, MAX_STEPS, MIN_CHECK_INPUTS,
 };
 pub use plan::{make_plan, Plan};
 pub use report::{CompressReport, StorageReport, TensorReport};
@@ -69,8 +70,8 @@ pub fn compress(
     let chooser = if opts.error_budget == ErrorBudget::Off && max_bytes.is_none() {
         None
     } else {
-        let (cal, hessians) = calibration(&model, opts, runnable, &mut warnings)?;
-        Some(Chooser::new(&model, cal, hessians))
+        let (split, hessians) = calibration(&model, opts, runnable, &mut warnings)?;
+        Some(Chooser::new(&model, split, hessians))
     };
     let no_hessians = moments::Hessians::default();
     let hessians = chooser.as_ref().map_or(&no_hessians, |c| &c.hessians);
