@@ -1177,6 +1177,9 @@ fn print_eval(r: &eval::EvalReport, origin: &Path) {
     if let (Some(m), Some(a)) = (r.max_abs_logit_diff, r.mean_abs_logit_diff) {
         println!("logit |diff|:         max {m:.4}, mean {a:.4}");
     }
+    if let Some(e) = r.rel_logit_error {
+        println!("relative logit error: {:.2}%", 100.0 * e);
+    }
     println!(
         "time per image:       {:.3} ms (regenerated){}",
         r.ms_per_image,
@@ -1239,6 +1242,9 @@ fn demo(a: DemoArgs) -> Result<()> {
     println!("| accuracy, regenerated | {:.2}% |", 100.0 * e.regenerated_accuracy);
     println!("| drop | {:.2} points |", e.drop_points().unwrap_or(f64::NAN));
     println!("| top-1 agreement | {} |", pct(e.agreement));
+    if let Some(err) = e.rel_logit_error {
+        println!("| output error on the test images | {:.2}% |", 100.0 * err);
+    }
     let steps = if c.predictor_params > 0 { format!("{} steps, ", c.steps) } else { String::new() };
     println!("| compression time | {:.1} s ({steps}{} threads) |", c.seconds, o.threads);
     println!("| load: open + regenerate | {:.3} s |", r.regen_seconds);

@@ -252,3 +252,31 @@ impl Calibration {
 }
 
 const NON_FINITE: &str = "check the calibration inputs and their preprocessing (--preprocess)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quarter_held_back_is_every_fourth_input_and_the_split_keeps_each_inputs_values() {
+        let held = held_back(16, 4);
+        let at: Vec<usize> = (0..16).filter(|&i| held[i]).collect();
+        assert_eq!(at, vec![3, 7, 11, 15]);
+        assert_eq!(held_back(8, 4).iter().filter(|&&h| h).count(), 4);
+        assert_eq!(held_back(10, 4).iter().filter(|&&h| h).count(), 4);
+        // Two arrays of 3 and 5 inputs (2 values each, input k holds k and k + 0.5).
+        let input = |k: usize| [k as f32, k as f32 + 0.5];
+        let a: Vec<f32> = (0..3).flat_map(input).collect();
+        let b: Vec<f32> = (3..8).flat_map(input).collect();
+        let batches = vec![(a, vec![3, 2]), (b, vec![5, 2])];
+        let (kept, back) = split_batches(batches, &held_back(8, 4));
+        let flat =
+            |x: &Batches| x.iter().flat_map(|(v, _)| v.iter().map(|v| *v as usize)).collect::<Vec<_>>();
+        assert_eq!(flat(&kept), vec![0, 0, 2, 2, 4, 4, 6, 6]);
+        assert_eq!(flat(&back), vec![1, 1, 3, 3, 5, 5, 7, 7]);
+        let shapes = |x: &Batches| x.iter().map(|(_, s)| s.clone()).collect::<Vec<_>>();
+        assert_eq!(shapes(&kept), vec![vec![2, 2], vec![2, 2]]);
+        assert_eq!(shapes(&back), vec![vec![1, 2], vec![3, 2]]);
+        assert_eq!((count_inputs(&kept), count_inputs(&back)), (4, 4));
+    }
+}

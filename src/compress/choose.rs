@@ -635,8 +635,11 @@ pub(crate) fn decide(
                 (Budget::Bytes(max), Budget::Bytes(t)) => {
                     (bytes <= max, got, Budget::Bytes((t + max).saturating_sub(bytes)))
                 }
+                // Aimed at the middle of the accepted 90-100%: aimed at the limit, ResNet-20
+                // fitted on 4 images and checked on 4 others stopped at 5.0004% held back (the
+                // target moved by 0.1% a step and the allocation with it not at all).
                 (Budget::Error(max), Budget::Error(t)) => {
-                    (got <= max, bytes as f64, Budget::Error(t * max / got.max(f64::MIN_POSITIVE)))
+                    (got <= max, bytes as f64, Budget::Error(t * 0.95 * max / got.max(f64::MIN_POSITIVE)))
                 }
                 _ => unreachable!("the target keeps the budget's kind"),
             };
