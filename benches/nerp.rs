@@ -130,5 +130,46 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(nerp_benches, benches);
+/// Laplacian codes of scale `scale`: splitmix64 uniforms through the inverse CDF, rounded.
+fn laplace_codes(n: usize, scale: f64, seed: u64) -> Vec<i32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            let u = (((z ^ (z >> 31)) >> 11) as f64 + 0.5) / (1u64 << 53) as f64 - 0.5;
+            (-scale * u.signum() * (1.0 - 2.0 * u.abs()).ln()).round() as i32
+        })
+        .collect()
+}
+
+/// The entropy coder of quantized codes (`nerp::format::entropy`) on 2^20 i.i.d. Laplacian
+/// codes at ~0.9, ~3 and ~6 bits per code (scales 0.3, 1.5, 12), rows of 576 (a 64-channel
+/// 3×3 kernel's row); throughput in codes.
+fn entropy_coder(c: &mut Criterion) {
+    use nerp::format::entropy;
+    const ROW: usize = 576;
+    let sets = [("laplace_0.9bits", 0.3), ("laplace_3bits", 1.5), ("laplace_6bits", 12.0)];
+    let sets: Vec<(&str, Vec<i32>)> =
+        sets.iter().map(|&(name, scale)| (name, laplace_codes(1 << 20, scale, 1))).collect();
+    let mut g = short(c, "entropy", 3);
+    for (name, codes) in &sets {
+        let bytes = entropy::encode(codes, ROW);
+        let mut out = vec![0i32; codes.len()];
+        g.throughput(Throughput::Elements(codes.len() as u64));
+        g.bench_function(BenchmarkId::new("decode", name), |b| {
+            b.iter(|| {
+                entropy::decode_into(black_box(&bytes), ROW, entropy::MAX_CODE, &mut out).expect("decode")
+            })
+        });
+        g.bench_function(BenchmarkId::new("encoded_len", name), |b| {
+            b.iter(|| black_box(entropy::encoded_len(black_box(codes), ROW)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(nerp_benches, entropy_coder, benches);
 criterion_main!(nerp_benches);

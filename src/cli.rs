@@ -223,9 +223,18 @@ pub struct DistillArgs {
     /// Teacher network (ONNX) for distillation [default: the model being compressed].
     #[arg(long, help_heading = "Distillation")]
     pub teacher: Option<PathBuf>,
-    /// Training images (train split): fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR.
-    #[arg(long, default_value = "fashion-mnist", help_heading = "Distillation")]
-    pub data: String,
+    /// Training images (train split): fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR
+    /// [default: fashion-mnist]. Given with a budget (--size-ratio, --max-error), the chosen
+    /// file is also fine-tuned on them (--finetune-steps).
+    #[arg(long, help_heading = "Distillation")]
+    pub data: Option<String>,
+    /// Distillation steps of the chosen file's coded tensors [default: 200 when --data is given
+    /// with --size-ratio or --max-error, else 0].
+    #[arg(long, help_heading = "Distillation")]
+    pub finetune_steps: Option<usize>,
+    /// Peak learning rate of that fine-tuning, in quantization steps.
+    #[arg(long, default_value_t = crate::compress::DEFAULT_FINETUNE_LR, help_heading = "Distillation")]
+    pub finetune_lr: f64,
     /// Use only the first N training images.
     #[arg(long, help_heading = "Distillation")]
     pub data_limit: Option<usize>,
@@ -251,7 +260,7 @@ impl DistillArgs {
             feature_weight: self.feature_weight,
             recon_weight: self.recon_weight,
             teacher: self.teacher.clone(),
-            data: DataSource::parse(&self.data)?,
+            data: DataSource::parse(self.data.as_deref().unwrap_or("fashion-mnist"))?,
             data_limit: self.data_limit,
         })
     }
@@ -526,6 +535,15 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         check: a.check,
         check_inputs: a.check_inputs,
         data_aware_rounding: !a.nearest_rounding,
+        finetune: crate::compress::finetune::Finetune {
+            steps: a.distill.finetune_steps.unwrap_or(
+                match a.distill.data.is_some() && (a.size_ratio.is_some() || a.max_error.is_some()) {
+                    true => crate::compress::DEFAULT_FINETUNE_STEPS,
+                    false => 0,
+                },
+            ),
+            lr: a.distill.finetune_lr,
+        },
         filter_scales: !a.no_filter_scales,
         selection: crate::compress::select::Selection {
             include: a.include,
@@ -698,6 +716,24 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
             if s.with_predictor { "predictor and codecs" } else { "codecs only" },
             pct(s.estimated_error),
             if s.met { "met" } else { "NOT met" },
+        );
+    }
+    if let Some(f) = &r.finetune {
+        let pct = |e: Option<f64>| e.map_or("-".into(), |e| format!("{:.2}%", 100.0 * e));
+        println!(
+            "fine-tuned {} coded tensors by distillation: {} steps of {} images (of {}), KL {:.4} -> {:.4}, \
+             {} codes changed, error {} -> {}{}, {:.1} s",
+            f.tensors,
+            f.steps,
+            f.batch,
+            f.images,
+            f.first_loss,
+            f.last_loss,
+            f.changed,
+            pct(f.error_before),
+            pct(f.error_after),
+            if f.kept { "" } else { " (not kept: over the budget)" },
+            f.seconds
         );
     }
     if r.qat_steps > 0 {

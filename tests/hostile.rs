@@ -1089,3 +1089,168 @@ fn conv_weight(permutation: usize, scales: usize, scale_dtype: ScaleDtype) -> Te
         },
     }
 }
+
+// ---- Format 4: coded storage (spec 4.4, 4.5; checks 23c and 33) ----
+
+/// A format-4 file: `w` [6, 10] coded (step 0.25, the codes below, optional row scales),
+/// `b` [6] raw.
+struct Coded {
+    codes: Vec<i32>,
+    step: f32,
+    scales: Option<Vec<f32>>,
+    max_code: u32,
+    /// Replaces the section's content when set.
+    content: Option<Vec<u8>>,
+}
+
+impl Coded {
+    fn good() -> Self {
+        let codes = (0..60).map(|i| ((i * 7) % 11) - 5).collect();
+        Coded { codes, step: 0.25, scales: None, max_code: 5, content: None }
+    }
+
+    fn content(&self) -> Vec<u8> {
+        if let Some(c) = &self.content {
+            return c.clone();
+        }
+        let mut c = self.step.to_le_bytes().to_vec();
+        if let Some(s) = &self.scales {
+            c.extend(nerp::format::codec::from_f32(DType::F16, s).unwrap());
+        }
+        c.extend(nerp::format::entropy::encode(&self.codes, 10));
+        c
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut b = FileBuilder::new();
+        let w = b.add(SectionKind::Coded, Encoding::Plain, &self.content());
+        let raw = nerp::format::codec::from_f32(DType::F32, &[0.5; 6]).unwrap();
+        let bias = b.add(SectionKind::Tensor, Encoding::ZstdBytegroup { element: 4 }, &raw);
+        let storage =
+            Storage::Coded { max_code: self.max_code, row_scales: self.scales.is_some(), section: w };
+        let tensors = vec![
+            TensorEntry { name: "w".into(), dtype: DType::F32, shape: vec![6, 10], storage },
+            TensorEntry {
+                name: "b".into(),
+                dtype: DType::F32,
+                shape: vec![6],
+                storage: Storage::Raw { section: bias },
+            },
+        ];
+        let source = Source { kind: SourceKind::Safetensors, file_bytes: 264, skeleton: None };
+        b.finish(source, None, tensors, BTreeMap::new())
+    }
+
+    /// The error regenerating this file gives (opening it must succeed or fail with it).
+    fn error(&self) -> FormatError {
+        let file = match NerpFile::from_bytes(self.bytes(), "c.nerp") {
+            Ok(f) => f,
+            Err(Error::Format { kind, .. }) => return kind,
+            Err(e) => panic!("not a format error: {e}"),
+        };
+        match nerp::runtime::regen::regenerate(&file, &Device::Cpu) {
+            Err(Error::Format { kind, .. }) => kind,
+            Err(e) => panic!("not a format error: {e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+}
+
+#[test]
+fn a_coded_file_regenerates_code_times_step_and_row_scale() {
+    let good = Coded::good();
+    let file = NerpFile::from_bytes(good.bytes(), "c.nerp").unwrap();
+    assert_eq!(file.major(), 4);
+    nerp::runtime::verify::verify(&file).unwrap();
+    let w = nerp::runtime::regen::regenerate(&file, &Device::Cpu).unwrap().remove(0);
+    let values = w.to_f32().unwrap();
+    assert_eq!(values, good.codes.iter().map(|&q| q as f32 * 0.25).collect::<Vec<_>>());
+    let scales = vec![1.0, 2.0, 0.5, -1.0, 4.0, 0.0];
+    let scaled = Coded { scales: Some(scales.clone()), ..Coded::good() };
+    let file = NerpFile::from_bytes(scaled.bytes(), "c.nerp").unwrap();
+    let w = nerp::runtime::regen::regenerate(&file, &Device::Cpu).unwrap().remove(0);
+    let want: Vec<f32> =
+        good.codes.iter().enumerate().map(|(i, &q)| q as f32 * (0.25 * scales[i / 10])).collect();
+    assert_eq!(w.to_f32().unwrap(), want);
+}
+
+#[test]
+fn hostile_coded_sections_are_typed_errors() {
+    let coded = |e: &FormatError, needle: &str| {
+        assert!(
+            matches!(e, FormatError::Coded { tensor, what } if tensor == "w" && what.contains(needle)),
+            "{e}"
+        );
+    };
+    for step in [f32::NAN, 0.0, -0.25, f32::INFINITY, 2e30] {
+        coded(&Coded { step, ..Coded::good() }.error(), "step");
+    }
+    let good = Coded::good().content();
+    // Truncated at every length that still holds a step and a byte of stream, and extended.
+    for len in 5..good.len() {
+        coded(&Coded { content: Some(good[..len].to_vec()), ..Coded::good() }.error(), "entropy stream");
+    }
+    let mut longer = good.clone();
+    longer.push(0);
+    coded(&Coded { content: Some(longer), ..Coded::good() }.error(), "entropy stream");
+    // A code beyond the declared bound.
+    coded(&Coded { max_code: 4, ..Coded::good() }.error(), "entropy stream");
+    // A non-finite row scale.
+    let mut nan = vec![1.0; 6];
+    nan[3] = f32::NAN;
+    coded(&Coded { scales: Some(nan), ..Coded::good() }.error(), "scale");
+    // Header checks (23c): the bound, and a section too short for its step and a stream.
+    for max_code in [0, nerp::format::entropy::MAX_CODE + 1] {
+        let e = format_err(Coded { max_code, ..Coded::good() }.bytes());
+        assert!(matches!(&e, FormatError::Quantization { what, .. } if what.contains("max_code")), "{e}");
+    }
+    let e = format_err(Coded { content: Some(good[..4].to_vec()), ..Coded::good() }.bytes());
+    assert!(matches!(&e, FormatError::Quantization { what, .. } if what.contains("need at least 5")), "{e}");
+    // A stream far too short for its codes is refused before the codes are allocated.
+    let mut huge = Coded::good();
+    huge.content = Some([0.25f32.to_le_bytes().to_vec(), vec![0x00]].concat());
+    coded(&huge.error(), "entropy stream");
+}
+
+#[test]
+fn coded_storage_needs_format_4() {
+    let bytes = Coded::good().bytes();
+    let mut v3 = bytes.clone();
+    v3[8..10].copy_from_slice(&3u16.to_le_bytes());
+    let e = format_err(v3);
+    assert!(matches!(&e, FormatError::Tensor { what, .. } if what.contains("format 4")), "{e}");
+    let mut v5 = bytes;
+    v5[8..10].copy_from_slice(&5u16.to_le_bytes());
+    assert!(matches!(format_err(v5), FormatError::UnsupportedVersion { found: 5, .. }));
+}
+
+proptest::proptest! {
+    /// What `fuzz/fuzz_targets/coded.rs` checks, on stable Rust: arbitrary coded sections (step,
+    /// row scales, stream) never panic the reader, and what regenerates is finite.
+    #[test]
+    fn arbitrary_coded_sections_never_panic(
+        content in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        max_code in 0u32..40,
+        scales in proptest::bool::ANY,
+        mutate in proptest::option::of((0usize..64, proptest::num::u8::ANY)),
+    ) {
+        // Half the cases start from a valid section, then one byte changes.
+        let mut c = Coded { max_code, ..Coded::good() };
+        if scales {
+            c.scales = Some(vec![1.0; 6]);
+        }
+        let mut bytes = if content.len() % 2 == 0 { c.content() } else { content.clone() };
+        if let Some((at, v)) = mutate {
+            if let Some(b) = bytes.get_mut(at) {
+                *b = v;
+            }
+        }
+        c.content = Some(bytes);
+        if let Ok(file) = NerpFile::from_bytes(c.bytes(), "c.nerp") {
+            let _ = nerp::runtime::verify::verify(&file);
+            if let Ok(w) = nerp::runtime::regen::regenerate(&file, &Device::Cpu) {
+                proptest::prop_assert!(w[0].to_f32().unwrap().iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+}

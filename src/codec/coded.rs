@@ -29,6 +29,10 @@ pub fn decode(
     row_scales: bool,
 ) -> Result<Vec<f32>, String> {
     let (steps, stream) = row_steps(bytes, numel, row, row_scales)?;
+    // Before allocating: no stream of this length holds that many codes (spec 4.4).
+    if numel as u128 >= entropy::MAX_CODES_PER_BYTE as u128 * stream.len() as u128 {
+        return Err(format!("a stream of {} bytes cannot hold {numel} codes", stream.len()));
+    }
     let mut out = vec![0f32; numel];
     let row = row.max(1);
     entropy::decode_with(stream, numel, row, max_code, |i, q| out[i] = q as f32 * steps[i / row])?;
@@ -76,10 +80,12 @@ pub fn store_residual(b: &mut FileBuilder, max_code: u32, row_scales: bool, byte
 }
 
 /// The uniform grid of one step: code `round(x / step)` (within `±MAX_CODE`), value
-/// `code · step` — the reader's arithmetic.
+/// `code · step` — the reader's arithmetic. It keeps what each code was rounded from, in steps
+/// (the latent values distillation starts from: rounding them gives the codes).
 #[cfg(feature = "compress")]
 struct Uniform {
     step: f32,
+    latents: Vec<f32>,
 }
 
 #[cfg(feature = "compress")]
@@ -88,9 +94,11 @@ impl super::gptq::Grid for Uniform {
         Ok(())
     }
 
-    fn round(&self, _: usize, _: usize, x: f32) -> (i32, f32) {
+    fn round(&mut self, index: usize, _: usize, _: usize, x: f32) -> (i32, f32) {
         let m = entropy::MAX_CODE as f32;
-        let q = (x / self.step).round().clamp(-m, m) as i32;
+        let u = x / self.step;
+        self.latents[index] = u;
+        let q = u.round().clamp(-m, m) as i32;
         (q, q as f32 * self.step)
     }
 }
@@ -106,6 +114,28 @@ pub fn encode(
     k: i8,
     h: Option<&super::gptq::Moments>,
 ) -> crate::Result<super::Encoded> {
+    let (step, codes, _) = codes(t, values, k, h)?;
+    let row = crate::format::row_len(t.shape).expect("ingested shapes fit") as usize;
+    Ok(encoded(k, step, &codes, row))
+}
+
+/// The coded form of `codes` (rows of `row`) on steps of `step`, from rung `k`.
+pub fn encoded(k: i8, step: f32, codes: &[i32], row: usize) -> super::Encoded {
+    let max_code = codes.iter().map(|q| q.unsigned_abs()).max().unwrap_or(0).max(1);
+    let mut bytes = step.to_le_bytes().to_vec();
+    bytes.extend(entropy::encode(codes, row));
+    super::Encoded::Coded { rung: k, max_code, row_scales: false, row: row as u64, bytes }
+}
+
+/// What [`encode`] rounds: the step of rung `k`, the codes, and the values each was rounded
+/// from in units of the step (so `round` of them gives the codes).
+#[cfg(feature = "compress")]
+pub fn codes(
+    t: super::Tensor,
+    values: &[f32],
+    k: i8,
+    h: Option<&super::gptq::Moments>,
+) -> crate::Result<(f32, Vec<i32>, Vec<f32>)> {
     use super::gptq::Grid;
     let fail = |what: String| crate::Error::Training(format!("tensor {} cannot be coded: {what}", t.name));
     let own = t.values();
@@ -119,13 +149,10 @@ pub fn encode(
         return Err(fail(format!("{largest} is more than {} steps of {step}", entropy::MAX_CODE)));
     }
     let row = crate::format::row_len(t.shape).expect("ingested shapes fit") as usize;
-    let mut grid = Uniform { step };
+    let mut grid = Uniform { step, latents: vec![0.0; values.len()] };
     let codes = match h.and_then(|m| m.round(values, row, row, &mut grid)) {
         Some(codes) => codes?,
-        None => values.iter().map(|&x| grid.round(0, 0, x).0).collect(),
+        None => values.iter().enumerate().map(|(i, &x)| grid.round(i, 0, 0, x).0).collect(),
     };
-    let max_code = codes.iter().map(|q| q.unsigned_abs()).max().unwrap_or(0).max(1);
-    let mut bytes = step.to_le_bytes().to_vec();
-    bytes.extend(entropy::encode(&codes, row));
-    Ok(super::Encoded::Coded { rung: k, max_code, row_scales: false, row: row as u64, bytes })
+    Ok((step, codes, grid.latents))
 }

@@ -381,6 +381,41 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// A coded tensor round-trips at any rung: the reader's decoding gives the encoder's
+        /// values, each within half a step of the original (rounded to nearest), the cost is
+        /// the section's length, and encoding twice gives the same bytes.
+        #[test]
+        fn coded_round_trips_at_any_step(
+            rows in 1u64..5,
+            row in 1u64..50,
+            k in -40i8..20,
+            seed in 0u64..1000,
+        ) {
+            let n = (rows * row) as usize;
+            let values: Vec<f32> = (0..n as u64)
+                .map(|i| (((i + 1).wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 700.0 - 1.4)
+                .collect();
+            let (source, shape) = matrix(&values, rows);
+            let t = Tensor { name: "w", dtype: DType::F32, shape: &shape, source: &source };
+            let Ok(e) = Codec::Coded(k).encode(t, None) else {
+                // Only a step too small for MAX_CODE codes may fail.
+                let rms = (values.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / n as f64).sqrt();
+                let largest = values.iter().fold(0f32, |a, v| a.max(v.abs()));
+                proptest::prop_assert!(largest / coded::step(rms, k) > crate::format::entropy::MAX_CODE as f32);
+                return Ok(());
+            };
+            proptest::prop_assert_eq!(&e, &Codec::Coded(k).encode(t, None).unwrap());
+            let Encoded::Coded { max_code, row_scales, ref bytes, .. } = e else { panic!("not coded") };
+            let back = e.values(t.dtype, t.source, n);
+            let storage = Storage::Coded { max_code, row_scales, section: 0 };
+            proptest::prop_assert_eq!(&decode(&storage, bytes, &shape).unwrap(), &back);
+            proptest::prop_assert_eq!(e.cost(source.len() as u64), bytes.len() as u64);
+            let step = f32::from_le_bytes(bytes[..4].try_into().unwrap());
+            for (a, b) in values.iter().zip(&back) {
+                proptest::prop_assert!((a - b).abs() <= 0.5 * step * 1.0001, "{} vs {} (step {})", a, b, step);
+            }
+        }
+
         /// A residual round-trips: the file's values are the prediction plus the decoded
         /// residual, each within half of its group's largest residual of the original.
         #[test]

@@ -50,6 +50,9 @@ pub struct Fidelity {
 pub struct Split {
     pub fit: Calibration,
     pub check: Calibration,
+    /// The training images of `--data` that `check` runs, when it runs images: fine-tuning
+    /// leaves them out, so that no stage of the file has seen them.
+    pub held_images: Option<std::ops::Range<usize>>,
 }
 
 /// Which of `n` inputs are held back when `m` are: spread evenly, input `i` when

@@ -30,8 +30,8 @@ pub enum Choice {
     Predicted,
     /// Stored with a codec.
     Stored(Codec),
-    /// The predictor's output plus a residual of this many bits (spec section 5.3b).
-    Residual(u8),
+    /// The predictor's output plus a residual stored by this codec (spec section 5.3b).
+    Residual(Codec),
 }
 
 impl Choice {
@@ -40,7 +40,7 @@ impl Choice {
         match self {
             Choice::Predicted => "predicted".into(),
             Choice::Stored(c) => c.name(),
-            Choice::Residual(bits) => format!("predicted+int{bits}"),
+            Choice::Residual(c) => format!("predicted+{c}"),
         }
     }
 
@@ -207,6 +207,14 @@ pub fn eligible(t: &SourceTensor) -> bool {
     crate::codec::eligible(t.dtype, &t.shape, t.data.len())
 }
 
+/// Rungs of the coded candidates of a weight tensor ([`crate::codec::coded::step`]: steps from a
+/// sixteenth of the tensor's RMS, about 6 bits per weight, to eight times it, mostly zeros),
+/// every other rung of the ladder.
+pub const CODED_RUNGS: [i8; 16] = [-16, -14, -12, -10, -8, -6, -4, -2, 0, 2, 4, 6, 8, 10, 12, 14];
+/// Rungs of the coded candidates of a bias or norm (rank < 2): steps of 1/256 to 1/16 of its
+/// RMS.
+pub const FINE_RUNGS: [i8; 5] = [-32, -28, -24, -20, -16];
+
 /// The codec candidates of every tensor of `model`: raw, and for an [`eligible`] one each of
 /// [`Codec::CHOICES`] (those that give raw back are left out), encoded once (data-aware with
 /// `hessians`) and kept. Errors are measured on `threads` threads (one tract model per
@@ -226,13 +234,19 @@ pub fn candidates(
             error: 0.0,
         };
         let mut out = vec![raw];
-        if !eligible(t) {
-            return Ok(out);
-        }
         let view = tensor(t);
+        let codecs: Vec<Codec> = match (eligible(t), t.dtype.is_float() && !t.data.is_empty()) {
+            (true, _) => Codec::CHOICES.into_iter().chain(CODED_RUNGS.map(Codec::Coded)).collect(),
+            // Biases and norms: coded finely (they are few bytes, and sensitive).
+            (false, true) => FINE_RUNGS.map(Codec::Coded).to_vec(),
+            (false, false) => return Ok(out),
+        };
         let original = view.values();
-        for codec in Codec::CHOICES.into_iter().filter(|&c| c != Codec::Raw) {
-            let encoded = codec.encode(view, hessians.0.get(&t.name))?;
+        for codec in codecs.into_iter().filter(|&c| c != Codec::Raw) {
+            let encoded = match codec {
+                Codec::Coded(k) => crate::codec::coded::encode(view, &original, k, hessians.0.get(&t.name))?,
+                _ => codec.encode(view, hessians.0.get(&t.name))?,
+            };
             if encoded == Encoded::Raw {
                 continue;
             }
@@ -290,10 +304,7 @@ impl Store {
     pub fn choice(&self) -> Choice {
         match self {
             Store::Predicted(None) => Choice::Predicted,
-            Store::Predicted(Some(r)) => match r.codec() {
-                Codec::Int(bits) => Choice::Residual(bits),
-                c => unreachable!("{c} stores no residuals"),
-            },
+            Store::Predicted(Some(r)) => Choice::Residual(r.codec()),
             Store::Coded(e) => Choice::Stored(e.codec()),
         }
     }
@@ -355,6 +366,8 @@ pub struct Chooser {
     pub(crate) cal: Option<Calibration>,
     /// The held-back inputs: an assignment's error on them is the file's error.
     pub(crate) check: Option<Calibration>,
+    /// The training images the check runs ([`Split::held_images`]).
+    pub(crate) held_images: Option<std::ops::Range<usize>>,
     pub(crate) hessians: Hessians,
     total_norm: f64,
     /// Measured on first use: the default check without calibration inputs needs them only
@@ -372,8 +385,11 @@ impl Chooser {
             .map(|t| tensor(t).values().iter().map(|x| (*x as f64).powi(2)).sum::<f64>())
             .sum::<f64>()
             .sqrt();
-        let (cal, check) = split.map(|s| (s.fit, s.check)).unzip();
-        Chooser { cal, check, hessians, total_norm, codecs: std::cell::OnceCell::new() }
+        let (cal, check, held_images) = match split {
+            Some(s) => (Some(s.fit), Some(s.check), s.held_images),
+            None => (None, None, None),
+        };
+        Chooser { cal, check, held_images, hessians, total_norm, codecs: std::cell::OnceCell::new() }
     }
 
     /// Every codec of every tensor of `model`, measured once (see [`candidates`]).
@@ -482,6 +498,40 @@ impl Assessed {
     }
 }
 
+/// The predictor's values of each predicted tensor (model order), and the bytes it adds beside
+/// the predictor (its scales and permutation).
+fn predicted_of<'a>(
+    model: &SourceModel,
+    plan: &Plan,
+    fitted: Option<&'a Fitted>,
+    opts: &CompressOptions,
+) -> Vec<Option<(&'a [f32], u64)>> {
+    let mut predicted = vec![None; model.tensors.len()];
+    if let Some(f) = fitted {
+        for (p, v) in plan.layers.iter().zip(&f.predictions) {
+            let scales = p.scales.as_ref().map_or(0, |s| s.len() * opts.scale_dtype.dtype().size());
+            let perm = if opts.ordering == Ordering::None { 0 } else { pack_permutation(&p.perm).len() };
+            predicted[p.tensor] = Some((v.as_slice(), (scales + perm) as u64));
+        }
+    }
+    predicted
+}
+
+impl Chooser {
+    /// What the file `stores` describe does (on the fit and the held-back inputs, or the weights'
+    /// error).
+    pub(crate) fn file_error(
+        &self,
+        model: &SourceModel,
+        plan: &Plan,
+        fitted: Option<&Fitted>,
+        opts: &CompressOptions,
+        stores: &[Store],
+    ) -> Result<Assessed> {
+        self.assess(model, &predicted_of(model, plan, fitted, opts), stores)
+    }
+}
+
 /// The storage `compress` plans without a budget: the planned tensors predicted when
 /// `with_predictor` (with a `--residual` encoded against the predictor's `predictions`, plan
 /// order, when asked and given), the others with `--raw-codec` (data-aware with `hessians`).
@@ -541,16 +591,7 @@ pub(crate) fn decide(
     let Some(budget) = chooser.budget(opts, max_bytes) else { return keep(planned) };
     let cal = chooser.cal.as_ref();
     let measure = chooser.measure();
-    // The predictor's values of each predicted tensor, and the bytes it adds beside the
-    // predictor (its scales and permutation).
-    let mut predicted: Vec<Option<(&[f32], u64)>> = vec![None; model.tensors.len()];
-    if let Some(f) = fitted {
-        for (p, v) in plan.layers.iter().zip(&f.predictions) {
-            let scales = p.scales.as_ref().map_or(0, |s| s.len() * opts.scale_dtype.dtype().size());
-            let perm = if opts.ordering == Ordering::None { 0 } else { pack_permutation(&p.perm).len() };
-            predicted[p.tensor] = Some((v.as_slice(), (scales + perm) as u64));
-        }
-    }
+    let predicted = predicted_of(model, plan, fitted, opts);
     let mut predictor_only_error = None;
     if let (ErrorBudget::Check(e), None, Some(_)) = (opts.error_budget, max_bytes, fitted) {
         let limit = if cal.is_some() { e } else { DEFAULT_MAX_WEIGHT_ERROR };
@@ -579,17 +620,26 @@ pub(crate) fn decide(
         cands[i].push(Candidate { choice: Choice::Predicted, encoded: None, bytes: side, error });
         let mut widths = opts.residual.widths();
         widths.sort_unstable();
-        for bits in widths {
+        // The prediction as the first step of predictive coding: its residual entropy-coded at
+        // every rung too (issue 23, item 4).
+        let residuals = match opts.residual {
+            ResidualMode::Off => Vec::new(),
+            _ => widths.into_iter().map(Codec::Int).chain(CODED_RUNGS.map(Codec::Coded)).collect(),
+        };
+        for codec in residuals {
             let encoded = match &planned[i] {
-                Store::Predicted(Some(r)) if r.codec() == Codec::Int(bits) => r.clone(),
-                _ => Arc::new(
-                    Codec::Int(bits).encode_residual(tensor(t), &original, v, hessians.0.get(&t.name))?.0,
-                ),
+                Store::Predicted(Some(r)) if r.codec() == codec => r.clone(),
+                _ => Arc::new(codec.encode_residual(tensor(t), &original, v, hessians.0.get(&t.name))?.0),
             };
             let values = Store::Predicted(Some(encoded.clone())).values(t, Some(v)).expect("predicted");
             let error = measure.error(i, &original, &values)?;
             let bytes = side + encoded.cost(t.data.len() as u64);
-            cands[i].push(Candidate { choice: Choice::Residual(bits), encoded: Some(encoded), bytes, error });
+            cands[i].push(Candidate {
+                choice: Choice::Residual(codec),
+                encoded: Some(encoded),
+                bytes,
+                error,
+            });
         }
     }
     let without: Vec<Vec<Candidate>> =

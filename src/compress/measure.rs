@@ -31,6 +31,7 @@ pub(crate) fn calibration(
     let mut hessians = Hessians::default();
     let shapes = &opts.input_shapes;
     let given = read_arrays(&opts.check_inputs, "--check-inputs")?;
+    let mut held_images = None;
     let (fit, check) = if !opts.calibration_inputs.is_empty() {
         let batches = read_arrays(&opts.calibration_inputs, "--calibration-inputs")?;
         let (fit, check) = if opts.check_inputs.is_empty() {
@@ -108,6 +109,7 @@ pub(crate) fn calibration(
                 );
                 return Err(Error::usage("--check", what));
             }
+            held_images = Some(images.len()..images.len() + held.len());
             Calibration::image_batches(&held)
         } else {
             refuse_overlap(
@@ -127,7 +129,7 @@ pub(crate) fn calibration(
     }
     let fit = Calibration::new(model, fit, shapes.clone())?;
     let check = Calibration::new(model, check, shapes.clone())?;
-    Ok((Some(Split { fit, check }), hessians))
+    Ok((Some(Split { fit, check, held_images }), hessians))
 }
 
 /// Images per calibration batch ([`Calibration::image_batches`]).

@@ -7,6 +7,7 @@ pub mod build;
 pub mod calibrate;
 pub mod choose;
 pub mod distill;
+pub mod finetune;
 pub mod fit;
 pub mod graph;
 pub mod measure;
@@ -21,14 +22,15 @@ pub use build::{build_file, build_file_with, predicted_values, BuiltFile};
 pub use fit::{check_training_budget, hidden_for_ratio, hidden_for_size, train_data};
 pub use options::{
     CompressOptions, ErrorBudget, ResidualMode, DEFAULT_CALIBRATION_IMAGES, DEFAULT_CHECK_IMAGES,
-    DEFAULT_CHECK_SHARE, DEFAULT_FALLBACK_WEIGHT_ERROR, DEFAULT_HIDDEN, DEFAULT_LR, DEFAULT_MAX_ERROR,
-    DEFAULT_MAX_WEIGHT_ERROR, DEFAULT_MIN_VALUES, DEFAULT_PE_BASE, DEFAULT_PE_LEVELS, DEFAULT_QAT_FRACTION,
-    DEFAULT_STEPS, DEMO_STEPS, MAX_STEPS, MIN_CHECK_INPUTS,
+    DEFAULT_CHECK_SHARE, DEFAULT_FALLBACK_WEIGHT_ERROR, DEFAULT_FINETUNE_LR, DEFAULT_FINETUNE_STEPS,
+    DEFAULT_HIDDEN, DEFAULT_LR, DEFAULT_MAX_ERROR, DEFAULT_MAX_WEIGHT_ERROR, DEFAULT_MIN_VALUES,
+    DEFAULT_PE_BASE, DEFAULT_PE_LEVELS, DEFAULT_QAT_FRACTION, DEFAULT_STEPS, DEMO_STEPS, MAX_STEPS,
+    MIN_CHECK_INPUTS,
 };
 pub use plan::{make_plan, Plan};
 pub use report::{CompressReport, StorageReport, TensorReport};
 
-use crate::compress::choose::{decide, planned, Chooser, Decided, Store};
+use crate::compress::choose::{decide, planned, Assessed, Chooser, Decided, Store};
 use crate::compress::fit::{fit, Training};
 use crate::compress::measure::calibration;
 use crate::compress::plan::{with_channel_order, LayerPlan};
@@ -109,8 +111,64 @@ pub fn compress(
         false => Some(fit(input, &model, &plan, opts, hidden, progress)?),
     };
     let fitted = training.as_ref().map(|t| &t.fitted);
-    let Decided { stores, errors, report: storage } =
+    let Decided { mut stores, errors, report: mut storage } =
         decide(&model, &plan, fitted, opts, chooser.as_ref(), max_bytes, &mut warnings)?;
+    let finetune = match (&opts.preprocess, &model.skeleton) {
+        (Some(pre), Some(skeleton)) if opts.finetune.steps > 0 => {
+            let graph = crate::compress::graph::Graph::from_proto(&crate::runtime::patch_skeleton(
+                skeleton,
+                &crate::compress::permute::as_weights(&model),
+            )?)?;
+            let before = match &chooser {
+                Some(c) => Some(c.file_error(&model, &plan, fitted, opts, &stores)?),
+                None => None,
+            };
+            let chosen = stores.clone();
+            let held = chooser.as_ref().and_then(|c| c.held_images.clone());
+            let report = finetune::finetune(&model, &graph, &mut stores, opts, pre, held, progress)?;
+            match (report, &chooser) {
+                (Some(mut r), c) => {
+                    let after =
+                        c.as_ref().map(|c| c.file_error(&model, &plan, fitted, opts, &stores)).transpose()?;
+                    r.error_before = before.as_ref().map(Assessed::error);
+                    r.error_after = after.as_ref().map(Assessed::error);
+                    if let (Some(b), Some(a)) = (&before, &after) {
+                        // The budget is kept on the held-back inputs by the file as written: a
+                        // fine-tuning that breaks it is not kept.
+                        let limit = match opts.error_budget {
+                            ErrorBudget::Check(e) | ErrorBudget::Target(e) => e,
+                            ErrorBudget::Off => f64::INFINITY,
+                        };
+                        if a.held_back.is_some() && a.error() > limit && a.error() > b.error() {
+                            warnings.push(format!(
+                                "fine-tuning raised the error on the held-back inputs to {:.2}% (over {:.2}%): \
+                                 the file keeps the codes as chosen",
+                                100.0 * a.error(),
+                                100.0 * limit
+                            ));
+                            stores = chosen;
+                            r.kept = false;
+                        } else if let Some(s) = storage.as_mut() {
+                            s.fitted_error = Some(a.fitted);
+                            s.measured_error = a.held_back.map(|h| h.error);
+                            s.top1_agreement = a.held_back.and_then(|h| h.top1_agreement);
+                            s.input_agreement = a.held_back.and_then(|h| h.input_agreement);
+                            if max_bytes.is_none() && s.measured_error.is_some() {
+                                s.met = a.error() <= limit;
+                            }
+                        }
+                    }
+                    Some(r)
+                }
+                (None, _) => None,
+            }
+        }
+        _ if opts.finetune.steps > 0 => {
+            warnings.push("fine-tuning needs an ONNX source and --preprocess: skipped".into());
+            None
+        }
+        _ => None,
+    };
     let with = fitted.map(|f| (&f.predictor, Some(f.predictions.as_slice())));
     let BuiltFile { bytes, mut tensors, weight_rmse } =
         build::build(&model, &plan.layers, &plan.values, with, opts, &stores)?;
@@ -156,5 +214,6 @@ pub fn compress(
         kd_losses,
         warnings,
         storage,
+        finetune,
     })
 }

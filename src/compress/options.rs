@@ -3,6 +3,7 @@
 
 use crate::codec::Codec;
 use crate::compress::distill::DistillOptions;
+use crate::compress::finetune::Finetune;
 use crate::compress::select::Selection;
 use crate::compress::train::TrainConfig;
 use crate::data::Preprocess;
@@ -77,6 +78,8 @@ pub struct CompressOptions {
     /// With calibration images, round quantized tensors data-aware ([`crate::codec::gptq`]) instead
     /// of to the nearest step.
     pub data_aware_rounding: bool,
+    /// Distillation of the chosen file's codes ([`crate::compress::finetune`]; 0 steps: off).
+    pub finetune: Finetune,
 }
 
 /// What `compress` does about the error of the file it writes.
@@ -134,6 +137,11 @@ pub const DEFAULT_MAX_WEIGHT_ERROR: f64 = 0.5;
 /// about 1% of the weights.
 pub const DEFAULT_FALLBACK_WEIGHT_ERROR: f64 = 0.01;
 
+/// Fine-tuning steps when `--data` is given with a budget (`nerp compress`).
+pub const DEFAULT_FINETUNE_STEPS: usize = 200;
+/// Fine-tuning's peak learning rate, in steps of each tensor's grid. ResNet-20 at 30×, 200
+/// steps: 0.02 moved too many codes (91.38% → 74.30%), 0.005 kept them near GPTQ's (91.58%).
+pub const DEFAULT_FINETUNE_LR: f64 = 0.005;
 /// Calibration images by default.
 pub const DEFAULT_CALIBRATION_IMAGES: usize = 64;
 
@@ -181,6 +189,7 @@ impl Default for CompressOptions {
             check: None,
             check_inputs: Vec::new(),
             data_aware_rounding: true,
+            finetune: Finetune { steps: 0, lr: DEFAULT_FINETUNE_LR },
         }
     }
 }
@@ -250,6 +259,12 @@ impl CompressOptions {
         if matches!(self.residual, ResidualMode::Every(b) if !format::quant::valid_bits(b)) {
             let (lo, hi) = (format::quant::MIN_BITS, format::quant::MAX_BITS);
             return Err(Error::usage("--residual", format!("must be a number of bits in {lo}..={hi}")));
+        }
+        if !(self.finetune.lr.is_finite() && self.finetune.lr > 0.0) {
+            return Err(Error::usage("--finetune-lr", "must be a positive number"));
+        }
+        if self.finetune.steps > MAX_STEPS {
+            return Err(Error::usage("--finetune-steps", format!("must be at most {MAX_STEPS}")));
         }
         if self.calibration_images == 0 {
             return Err(Error::usage("--calibration", "must be at least 1 image"));

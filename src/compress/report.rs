@@ -79,6 +79,8 @@ pub struct CompressReport {
     /// How the storage per tensor was chosen; `None`: predicted tensors as planned, the others
     /// with `--raw-codec`.
     pub storage: Option<StorageReport>,
+    /// Distillation of the chosen file's codes, when it ran.
+    pub finetune: Option<crate::compress::finetune::FinetuneReport>,
 }
 
 impl CompressReport {

@@ -730,9 +730,9 @@ fn check_coded(
     if !(1..=entropy::MAX_CODE).contains(&max_code) {
         return bad(format!("{what}: max_code {max_code} is not in 1..={}", entropy::MAX_CODE));
     }
-    let need = coded_prefix_len(&t.shape, row_scales).expect("checked shapes");
+    let need = coded_prefix_len(&t.shape, row_scales).expect("checked shapes") + 1;
     if got < need {
-        return bad(format!("{what} is {got} bytes; its step and row scales alone need {need}"));
+        return bad(format!("{what} is {got} bytes; its step, row scales and a stream need at least {need}"));
     }
     Ok(())
 }
