@@ -246,6 +246,33 @@ fn fitted_on_half_the_inputs_and_checked_on_the_other_half_the_file_error_is_the
     assert!(s.met && m <= 0.05, "the budget holds on the held-back inputs: {s:?}");
 }
 
+#[test]
+fn after_fine_tuning_the_files_error_is_still_measured_on_images_no_stage_saw() {
+    common::train_set();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out) = (common::shared_model(RESNET20), dir.path().join("f.nerp"));
+    let finetune = nerp::compress::finetune::Finetune { steps: 4, lr: nerp::compress::DEFAULT_FINETUNE_LR };
+    let opts = CompressOptions {
+        error_budget: ErrorBudget::Target(0.05),
+        calibration_images: 16,
+        check: Some(8),
+        finetune,
+        ..options()
+    };
+    let r = compress(&src, &out, &opts, &mut |_, _| {}).unwrap();
+    let (s, f) = (r.storage.as_ref().expect("a storage report"), r.finetune.as_ref().expect("fine-tuned"));
+    // Fine-tuning draws from every training image (Fashion-MNIST has 60,000) but the check's eight.
+    assert_eq!(f.images, 60_000 - 8, "{f:?}");
+    let m = s.measured_error.unwrap();
+    assert_eq!(Some(m), if f.kept { f.error_after } else { f.error_before }, "{s:?} {f:?}");
+    // The report's figure is the written file's, on training images 16..24.
+    let images = training_images(24);
+    let (held, top1) = outputs_against(&src, &out, &images[16 * 784..]);
+    assert!((held - m).abs() <= 1e-4 * m.max(1e-3), "{held} vs {s:?}");
+    assert_eq!(s.top1_agreement, Some(top1), "{s:?}");
+    assert_eq!(s.met, m <= 0.05, "{s:?}");
+}
+
 /// `nerp compress` on the ResNet-20 with `args`; (exit code, stdout, stderr).
 fn cli_compress(out: &Path, args: &[&str]) -> (Option<i32>, String, String) {
     let src = common::shared_model(RESNET20);
