@@ -4,6 +4,7 @@
 # figure on the 10,000 Fashion-MNIST test images, the evaluation set (`nerp eval`: relative
 # logit error, top-1 agreement, accuracy). Rows into resnet20.tsv, logs beside it.
 # Usage: docs/results/real_budget/resnet20.sh   (from the repository root, after a release build)
+# ROWS="default budget5" runs only those rows (and replaces them in resnet20.tsv).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${NERP:-target/release/nerp}
@@ -12,9 +13,11 @@ src=${MODEL:-../shared/models/resnet20_fashion_mnist.onnx}
 [ -f "$src" ] || src=examples/models/resnet20_fashion_mnist.onnx
 out=$(mktemp -d)
 tsv=$here/resnet20.tsv
-printf 'storage\tbytes\tratio\tprinted (held back)\tfitted\ttest set: rel logit error\ttop-1 agreement\taccuracy\tseconds\n' > "$tsv"
+[ -n "${ROWS:-}" ] && [ -f "$tsv" ] || printf 'storage\tbytes\tratio\tprinted (held back)\tfitted\ttest set: rel logit error\ttop-1 agreement\taccuracy\tseconds\n' > "$tsv"
 row() { # name options...
   local name=$1; shift
+  if [ -n "${ROWS:-}" ] && [[ " $ROWS " != *" $name "* ]]; then return; fi
+  awk -F'\t' -v n="$name" '$1 != n && $1 !~ ("^" n " ")' "$tsv" > "$tsv.tmp" && mv "$tsv.tmp" "$tsv"
   local f=$out/$name.nerp log=$here/resnet20-$name.log
   "$bin" compress "$src" -o "$f" --preprocess mean=0.286,std=0.353 "$@" > "$log" 2>&1
   "$bin" eval "$f" --original "$src" --json --quiet > "$f.json" 2>> "$log"
