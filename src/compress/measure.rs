@@ -174,7 +174,9 @@ fn refuse_overlap(
     paths: &[std::path::PathBuf],
 ) -> Result<()> {
     use std::hash::{Hash, Hasher};
-    fn inputs(b: &Batches) -> impl Iterator<Item = (usize, usize, &[usize], &[f32])> {
+    /// One input: its batch, its place in the batch, its shape and values.
+    type Input<'a> = (usize, usize, &'a [usize], &'a [f32]);
+    fn inputs(b: &Batches) -> impl Iterator<Item = Input<'_>> {
         b.iter().enumerate().flat_map(|(k, (values, shape))| {
             let n = shape.first().copied().unwrap_or(1).max(1);
             let per = values.len() / n;
@@ -187,15 +189,13 @@ fn refuse_overlap(
         x.iter().for_each(|v| v.to_bits().hash(&mut h));
         h.finish()
     };
-    let mut seen: std::collections::HashMap<u64, Vec<(usize, usize, &[usize], &[f32])>> =
-        std::collections::HashMap::new();
+    let mut seen: std::collections::HashMap<u64, Vec<Input>> = std::collections::HashMap::new();
     for (k, i, shape, x) in inputs(calibration) {
         seen.entry(key(shape, x)).or_default().push((k, i, shape, x));
     }
     for (k, i, shape, x) in inputs(check) {
-        let same = |(_, _, s, y): &&(usize, usize, &[usize], &[f32])| {
-            *s == shape && y.iter().zip(x).all(|(a, b)| a.to_bits() == b.to_bits())
-        };
+        let same =
+            |(_, _, s, y): &&Input| *s == shape && y.iter().zip(x).all(|(a, b)| a.to_bits() == b.to_bits());
         if let Some((ck, ci, _, _)) = seen.get(&key(shape, x)).and_then(|c| c.iter().find(same)) {
             let what = format!(
                 "input {i} of {} is {}: the check must use inputs the allocation never sees",
