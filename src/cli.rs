@@ -715,7 +715,11 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
             s.measure,
             if s.with_predictor { "predictor and codecs" } else { "codecs only" },
             pct(s.estimated_error),
-            if s.met { "met" } else { "NOT met" },
+            match (s.met, s.measured_error.is_some()) {
+                (true, true) => "met on the fit and the held-back inputs",
+                (true, false) => "met",
+                (false, _) => "NOT met",
+            },
         );
     }
     if let Some(f) = &r.finetune {

@@ -64,7 +64,7 @@ fn an_error_budget_holds_on_held_back_images() {
     let (n, m) = (opts.calibration_images, nerp::compress::DEFAULT_CHECK_IMAGES);
     assert_eq!((s.fit_inputs, s.check_inputs), (n, m), "{s:?}");
     let measured = s.measured_error.unwrap();
-    assert!(measured <= 0.05, "{s:?}");
+    assert!(measured <= 0.05 && s.fitted_error.unwrap() <= 0.05, "{s:?}");
     // The same figures, computed independently: the file's error on the 64 training images
     // after the 64 it was fitted to, the fitted error on those.
     let images = training_images(n + m);
@@ -244,6 +244,7 @@ fn fitted_on_half_the_inputs_and_checked_on_the_other_half_the_file_error_is_the
     assert!((m - f).abs() > 1e-3 * f, "the file's error is not the fitted one: {s:?}");
     assert_eq!(s.top1_agreement, Some(top1), "{s:?}");
     assert!(s.met && m <= 0.05, "the budget holds on the held-back inputs: {s:?}");
+    assert!(f <= 0.05, "and on the fitted ones (a few held-back inputs may be easier): {s:?}");
 }
 
 #[test]

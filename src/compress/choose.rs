@@ -492,9 +492,12 @@ pub(crate) struct Assessed {
 }
 
 impl Assessed {
-    /// The error the budget is checked against: on the held-back inputs where there are.
+    /// The error the budget is checked against: where inputs are held back, the larger of their
+    /// error (the file's) and the fitted one. A few held-back inputs can be easier than the
+    /// others: PP-OCR cls, fitted to 24 lines, measured 5.03% on them and 4.17% on its 8
+    /// held-back lines, and 6.65% on 24 evaluation lines; the budget is kept on both.
     pub fn error(&self) -> f64 {
-        self.held_back.map_or(self.fitted, |h| h.error)
+        self.held_back.map_or(self.fitted, |h| h.error.max(self.fitted))
     }
 }
 

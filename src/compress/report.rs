@@ -50,7 +50,7 @@ pub struct StorageReport {
     /// Classifiers with several rows per input (a CTC recognizer's time steps): the share of
     /// held-back inputs whose rows all agree.
     pub input_agreement: Option<f64>,
-    /// Whether the budget is met.
+    /// Whether the budget is met (an error budget: on the held-back and on the fit inputs).
     pub met: bool,
 }
 
