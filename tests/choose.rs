@@ -271,7 +271,8 @@ fn after_fine_tuning_the_files_error_is_still_measured_on_images_no_stage_saw() 
     let (held, top1) = outputs_against(&src, &out, &images[16 * 784..]);
     assert!((held - m).abs() <= 1e-4 * m.max(1e-3), "{held} vs {s:?}");
     assert_eq!(s.top1_agreement, Some(top1), "{s:?}");
-    assert_eq!(s.met, m <= 0.05, "{s:?}");
+    // The budget is kept on the fit inputs too.
+    assert_eq!(s.met, m.max(s.fitted_error.unwrap()) <= 0.05, "{s:?}");
 }
 
 /// `nerp compress` on the ResNet-20 with `args`; (exit code, stdout, stderr).
