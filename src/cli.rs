@@ -142,6 +142,15 @@ pub struct CompressArgs {
     /// Input arrays (.npy) run to measure output errors instead of images (repeatable).
     #[arg(long, value_name = "NPY")]
     pub calibration_inputs: Vec<PathBuf>,
+    /// Inputs held back from the choice, the file's error measured on them: N of the
+    /// --calibration-inputs [default: a quarter, at least 4], or the N training images after
+    /// the --calibration ones [default: 64].
+    #[arg(long, value_name = "N")]
+    pub check: Option<usize>,
+    /// Input arrays (.npy) the file's error is measured on instead of held-back inputs
+    /// (repeatable; at least 4 inputs, none of them a calibration input).
+    #[arg(long, value_name = "NPY")]
+    pub check_inputs: Vec<PathBuf>,
     /// Round quantized tensors to the nearest step even with calibration images (default:
     /// data-aware rounding, GPTQ, weighted by each layer's inputs).
     #[arg(long)]
@@ -279,6 +288,10 @@ pub struct EvalArgs {
     /// Probability threshold of --task detector.
     #[arg(long, default_value_t = 0.3)]
     pub threshold: f32,
+    /// With --inputs, compare an output computed by a final Softmax before it (the logits):
+    /// the relative error `nerp compress` measures and prints.
+    #[arg(long)]
+    pub logits: bool,
     /// Dataset: fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR.
     #[arg(long, default_value = "fashion-mnist")]
     pub data: String,
@@ -523,6 +536,8 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         error_budget: a.max_error.unwrap_or(CompressOptions::default().error_budget),
         calibration_images: a.calibration,
         calibration_inputs: a.calibration_inputs,
+        check: a.check,
+        check_inputs: a.check_inputs,
         data_aware_rounding: !a.nearest_rounding,
         finetune: crate::compress::finetune::Finetune {
             steps: a.distill.finetune_steps.unwrap_or(
@@ -684,22 +699,39 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
     }
     println!("storage: {}", r.storage_summary());
     if let Some(s) = &r.storage {
-        let measured = s.measured_error.map_or(String::new(), |m| format!(", measured {:.2}%", 100.0 * m));
+        let pct = |e: f64| format!("{:.2}%", 100.0 * e);
+        let mut measured = String::new();
+        if let Some(f) = s.fitted_error {
+            measured += &format!(", on the {} fit inputs {}", s.fit_inputs, pct(f));
+        }
+        if let Some(m) = s.measured_error {
+            measured +=
+                &format!(", on the {} held-back inputs {} (the file's error)", s.check_inputs, pct(m));
+        }
+        if let Some(t) = s.top1_agreement {
+            measured += &format!("; held back: top-1 agreement {}", pct(t));
+        }
+        if let Some(a) = s.input_agreement {
+            measured += &format!(", inputs agreeing in every row {}", pct(a));
+        }
         println!(
-            "storage chosen per tensor under {} ({} errors{}): {}; error estimated {:.2}%{measured}; budget {}",
+            "storage chosen per tensor under {} ({} errors): {}; error estimated {}{measured}; budget {}",
             s.budget,
             s.measure,
-            if s.calibration_batches > 0 { format!(", {} calibration batches", s.calibration_batches) } else { String::new() },
             if s.with_predictor { "predictor and codecs" } else { "codecs only" },
-            100.0 * s.estimated_error,
-            if s.met { "met" } else { "NOT met" },
+            pct(s.estimated_error),
+            match (s.met, s.measured_error.is_some()) {
+                (true, true) => "met on the fit and the held-back inputs",
+                (true, false) => "met",
+                (false, _) => "NOT met",
+            },
         );
     }
     if let Some(f) = &r.finetune {
         let pct = |e: Option<f64>| e.map_or("-".into(), |e| format!("{:.2}%", 100.0 * e));
         println!(
             "fine-tuned {} coded tensors by distillation: {} steps of {} images (of {}), KL {:.4} -> {:.4}, \
-             {} codes changed, error {} -> {}, {:.1} s",
+             {} codes changed, error {} -> {}{}, {:.1} s",
             f.tensors,
             f.steps,
             f.batch,
@@ -709,6 +741,7 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
             f.changed,
             pct(f.error_before),
             pct(f.error_after),
+            if f.kept { "" } else { " (not kept: over the budget)" },
             f.seconds
         );
     }
@@ -1058,7 +1091,7 @@ fn eval_outputs(a: EvalArgs) -> Result<()> {
     for path in &a.inputs {
         existing(path)?;
     }
-    let r = crate::eval::fidelity::outputs_report(&a.file, &orig_path, &a.inputs, task, &device)?;
+    let r = crate::eval::fidelity::outputs_report(&a.file, &orig_path, &a.inputs, task, a.logits, &device)?;
     let f = &r.fidelity;
     if a.json {
         let mut v = serde_json::to_value(&r).expect("serializes");
@@ -1193,6 +1226,9 @@ fn print_eval(r: &eval::EvalReport, origin: &Path) {
     if let (Some(m), Some(a)) = (r.max_abs_logit_diff, r.mean_abs_logit_diff) {
         println!("logit |diff|:         max {m:.4}, mean {a:.4}");
     }
+    if let Some(e) = r.rel_logit_error {
+        println!("relative logit error: {:.2}%", 100.0 * e);
+    }
     println!(
         "time per image:       {:.3} ms (regenerated){}",
         r.ms_per_image,
@@ -1245,12 +1281,19 @@ fn demo(a: DemoArgs) -> Result<()> {
     }
     if let Some(s) = &c.storage {
         let measured = s.measured_error.map_or("-".into(), |m| format!("{:.2}%", 100.0 * m));
-        println!("| output error on the calibration images | {measured} (budget {}) |", s.budget);
+        let fitted = s.fitted_error.map_or("-".into(), |m| format!("{:.2}%", 100.0 * m));
+        println!(
+            "| output error on {} held-back training images | {measured} (budget {}; on the {} fit images {fitted}) |",
+            s.check_inputs, s.budget, s.fit_inputs
+        );
     }
     println!("| accuracy, original | {} |", pct(e.original_accuracy));
     println!("| accuracy, regenerated | {:.2}% |", 100.0 * e.regenerated_accuracy);
     println!("| drop | {:.2} points |", e.drop_points().unwrap_or(f64::NAN));
     println!("| top-1 agreement | {} |", pct(e.agreement));
+    if let Some(err) = e.rel_logit_error {
+        println!("| output error on the test images | {:.2}% |", 100.0 * err);
+    }
     let steps = if c.predictor_params > 0 { format!("{} steps, ", c.steps) } else { String::new() };
     println!("| compression time | {:.1} s ({steps}{} threads) |", c.seconds, o.threads);
     println!("| load: open + regenerate | {:.3} s |", r.regen_seconds);

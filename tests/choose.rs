@@ -1,7 +1,8 @@
 //! The per-tensor storage choice under one budget (`--max-error`, `--size-ratio`): the budget
-//! holds when measured independently of the compressor, the choice is never worse than one
-//! codec for every tensor at the same size, and a planned tensor stored otherwise leaves its
-//! predictor layer unused (format 3).
+//! holds on held-back inputs when measured independently of the compressor, the file's error
+//! is never the fitted one, check inputs are disjoint from the calibration inputs and enough,
+//! the choice is never worse than one codec for every tensor at the same size, and a planned
+//! tensor stored otherwise leaves its predictor layer unused (format 3).
 
 mod common;
 
@@ -23,23 +24,36 @@ fn options() -> CompressOptions {
 /// `‖y − y₀‖ / ‖y₀‖` of the regenerated model against the original on `n` training images,
 /// computed here with tract directly (not with the compressor's calibration code).
 fn output_error(original: &Path, file: &Path, n: usize) -> f64 {
+    let images = training_images(n);
+    outputs_against(original, file, &images).0
+}
+
+/// The first `n` training images, preprocessed, one after another (1×28×28 each).
+fn training_images(n: usize) -> Vec<f32> {
     let pre = Preprocess::parse(common::PREPROCESS).unwrap();
     let images = data::load(&DataSource::FashionMnist(None), Split::Train, Some(n), &pre).unwrap();
+    images.batch(0, images.len()).0.to_vec()
+}
+
+/// The relative error and the top-1 agreement of the regenerated model's logits against the
+/// original's on `images` (1×28×28 each, run one at a time), with tract directly.
+fn outputs_against(original: &Path, file: &Path, images: &[f32]) -> (f64, f64) {
     let (a, b) =
         (Model::from_onnx_file(original).unwrap(), nerp::load_model(file, &nerp::Device::Cpu).unwrap());
-    let (mut diff, mut norm) = (0f64, 0f64);
-    for i in 0..images.len() {
-        let x = images.batch(i, i + 1).0;
+    let (mut diff, mut norm, mut same) = (0f64, 0f64, 0usize);
+    let argmax = |y: &[f32]| (0..y.len()).fold(0, |k, i| if y[i] > y[k] { i } else { k });
+    for x in images.chunks(28 * 28) {
         let (ya, _) = a.run_f32(x, &[1, 1, 28, 28]).unwrap();
         let (yb, _) = b.run_f32(x, &[1, 1, 28, 28]).unwrap();
         diff += ya.iter().zip(&yb).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>();
         norm += ya.iter().map(|p| (*p as f64).powi(2)).sum::<f64>();
+        same += (argmax(&ya) == argmax(&yb)) as usize;
     }
-    (diff / norm).sqrt()
+    ((diff / norm).sqrt(), same as f64 / (images.len() / (28 * 28)) as f64)
 }
 
 #[test]
-fn an_error_budget_holds_on_the_calibration_images() {
+fn an_error_budget_holds_on_held_back_images() {
     common::train_set();
     let dir = tempfile::tempdir().unwrap();
     let (src, out) = (common::shared_model(RESNET20), dir.path().join("e.nerp"));
@@ -47,11 +61,19 @@ fn an_error_budget_holds_on_the_calibration_images() {
     let r = compress(&src, &out, &opts, &mut |_, _| {}).unwrap();
     let s = r.storage.as_ref().expect("a storage report");
     assert!(s.met && s.measure == "output", "{s:?}");
+    let (n, m) = (opts.calibration_images, nerp::compress::DEFAULT_CHECK_IMAGES);
+    assert_eq!((s.fit_inputs, s.check_inputs), (n, m), "{s:?}");
     let measured = s.measured_error.unwrap();
-    assert!(measured <= 0.05, "{s:?}");
-    // The same figure, computed independently on the same 64 images.
-    let independent = output_error(&src, &out, opts.calibration_images);
-    assert!((independent - measured).abs() <= 1e-4 * measured.max(1e-3), "{independent} vs {measured}");
+    assert!(measured <= 0.05 && s.fitted_error.unwrap() <= 0.05, "{s:?}");
+    // The same figures, computed independently: the file's error on the 64 training images
+    // after the 64 it was fitted to, the fitted error on those.
+    let images = training_images(n + m);
+    let (held, top1) = outputs_against(&src, &out, &images[n * 784..]);
+    assert!((held - measured).abs() <= 1e-4 * measured.max(1e-3), "{held} vs {measured}");
+    assert_eq!(s.top1_agreement, Some(top1), "{s:?}");
+    let fitted = outputs_against(&src, &out, &images[..n * 784]).0;
+    let f = s.fitted_error.unwrap();
+    assert!((fitted - f).abs() <= 1e-4 * f.max(1e-3), "{fitted} vs {f}");
     // Smaller than the source by more than int8 alone would be.
     assert!(r.file_bytes * 4 < r.source_bytes, "{} bytes", r.file_bytes);
     // Every tensor's report says what it got.
@@ -174,11 +196,210 @@ fn calibration_arrays_measure_outputs_and_round_data_aware() {
     };
     let r = compress(&src, &out, &opts, &mut |_, _| {}).unwrap();
     let s = r.storage.as_ref().expect("a storage report");
-    assert_eq!((s.measure, s.calibration_batches), ("output", 1), "{s:?}");
+    // Eight inputs: a quarter is fewer than the minimum, so four are held back.
+    assert_eq!((s.measure, s.fit_inputs, s.check_inputs), ("output", 4, 4), "{s:?}");
     assert!(s.met && s.measured_error.unwrap() <= 0.05, "{s:?}");
     assert!(!r.warnings.iter().any(|w| w.contains("rounded to nearest")), "{:?}", r.warnings);
     let quantized = |s: &str| s.starts_with("int") || s.starts_with("coded");
     assert!(r.tensors.iter().any(|t| quantized(&t.stored)), "some tensor quantized");
+}
+
+/// `images` (1×28×28 each) written as one input array.
+fn write_images(path: &Path, images: &[f32]) {
+    nerp::data::npy::write_f32(path, images, &[images.len() / 784, 1, 28, 28]).unwrap();
+}
+
+#[test]
+fn fitted_on_half_the_inputs_and_checked_on_the_other_half_the_file_error_is_the_held_back_one() {
+    common::train_set();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out) = (common::shared_model(RESNET20), dir.path().join("h.nerp"));
+    let images = training_images(16);
+    let npy = dir.path().join("x.npy");
+    write_images(&npy, &images);
+    let opts = CompressOptions {
+        steps: 10,
+        error_budget: ErrorBudget::Target(0.05),
+        calibration_inputs: vec![npy],
+        check: Some(8),
+        ..Default::default()
+    };
+    let r = compress(&src, &out, &opts, &mut |_, _| {}).unwrap();
+    let s = r.storage.as_ref().expect("a storage report");
+    assert_eq!((s.fit_inputs, s.check_inputs), (8, 8), "{s:?}");
+    // Half held back: every second input, the second first.
+    let pick = |odd: bool| -> Vec<f32> {
+        images
+            .chunks(784)
+            .enumerate()
+            .filter(|(i, _)| (i % 2 == 1) == odd)
+            .flat_map(|(_, x)| x.to_vec())
+            .collect()
+    };
+    let (held, top1) = outputs_against(&src, &out, &pick(true));
+    let fitted = outputs_against(&src, &out, &pick(false)).0;
+    let (m, f) = (s.measured_error.unwrap(), s.fitted_error.unwrap());
+    assert!((held - m).abs() <= 1e-4 * m.max(1e-3), "held back: {held} vs {s:?}");
+    assert!((fitted - f).abs() <= 1e-4 * f.max(1e-3), "fitted: {fitted} vs {s:?}");
+    assert!((m - f).abs() > 1e-3 * f, "the file's error is not the fitted one: {s:?}");
+    assert_eq!(s.top1_agreement, Some(top1), "{s:?}");
+    assert!(s.met && m <= 0.05, "the budget holds on the held-back inputs: {s:?}");
+    assert!(f <= 0.05, "and on the fitted ones (a few held-back inputs may be easier): {s:?}");
+}
+
+#[test]
+fn after_fine_tuning_the_files_error_is_still_measured_on_images_no_stage_saw() {
+    common::train_set();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, out) = (common::shared_model(RESNET20), dir.path().join("f.nerp"));
+    let finetune = nerp::compress::finetune::Finetune {
+        steps: 4,
+        lr: nerp::compress::DEFAULT_FINETUNE_LR,
+        scale_lr: nerp::compress::DEFAULT_FINETUNE_SCALE_LR,
+    };
+    let opts = CompressOptions {
+        error_budget: ErrorBudget::Target(0.05),
+        calibration_images: 16,
+        check: Some(8),
+        finetune,
+        ..options()
+    };
+    let r = compress(&src, &out, &opts, &mut |_, _| {}).unwrap();
+    let (s, f) = (r.storage.as_ref().expect("a storage report"), r.finetune.as_ref().expect("fine-tuned"));
+    // Fine-tuning draws from every training image (Fashion-MNIST has 60,000) but the check's eight.
+    assert_eq!(f.images, 60_000 - 8, "{f:?}");
+    let m = s.measured_error.unwrap();
+    assert_eq!(Some(m), if f.kept { f.error_after } else { f.error_before }, "{s:?} {f:?}");
+    // The report's figure is the written file's, on training images 16..24.
+    let images = training_images(24);
+    let (held, top1) = outputs_against(&src, &out, &images[16 * 784..]);
+    assert!((held - m).abs() <= 1e-4 * m.max(1e-3), "{held} vs {s:?}");
+    assert_eq!(s.top1_agreement, Some(top1), "{s:?}");
+    // The budget is kept on the fit inputs too.
+    assert_eq!(s.met, m.max(s.fitted_error.unwrap()) <= 0.05, "{s:?}");
+}
+
+/// Distillation of the chosen file lowers its output error: the same allocation written without
+/// and with 30 steps of fine-tuning, both measured here with tract on the 32 held-back images.
+#[test]
+fn fine_tuning_lowers_the_output_error_on_held_back_images() {
+    common::train_set();
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::shared_model(RESNET20);
+    let finetune = |steps| nerp::compress::finetune::Finetune {
+        steps,
+        lr: nerp::compress::DEFAULT_FINETUNE_LR,
+        scale_lr: nerp::compress::DEFAULT_FINETUNE_SCALE_LR,
+    };
+    let opts = |steps| CompressOptions {
+        error_budget: ErrorBudget::Target(0.05),
+        calibration_images: 16,
+        check: Some(32),
+        finetune: finetune(steps),
+        ..options()
+    };
+    let (plain, tuned) = (dir.path().join("p.nerp"), dir.path().join("t.nerp"));
+    let r0 = compress(&src, &plain, &opts(0), &mut |_, _| {}).unwrap();
+    assert!(r0.finetune.is_none());
+    let r = compress(&src, &tuned, &opts(30), &mut |_, _| {}).unwrap();
+    let f = r.finetune.as_ref().expect("fine-tuned");
+    assert!(f.kept && f.tensors > 0, "{f:?}");
+    let images = training_images(48);
+    let (before, _) = outputs_against(&src, &plain, &images[16 * 784..]);
+    let (after, _) = outputs_against(&src, &tuned, &images[16 * 784..]);
+    println!("held-back output error: {before:.4} as chosen, {after:.4} fine-tuned; report {f:?}");
+    assert!(after < before, "fine-tuning raised the error: {before} -> {after}");
+    let reported = r.storage.as_ref().and_then(|s| s.measured_error).expect("a held-back error");
+    assert!((after - reported).abs() <= 1e-4 * after, "{after} vs the report's {reported}");
+}
+
+/// `nerp compress` on the ResNet-20 with `args`; (exit code, stdout, stderr).
+fn cli_compress(out: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let src = common::shared_model(RESNET20);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_nerp"))
+        .args(["compress", src.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"])
+        .args(args)
+        .output()
+        .unwrap();
+    (o.status.code(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+}
+
+#[test]
+fn the_held_back_error_compress_prints_is_the_written_files_error_on_the_check_inputs() {
+    common::train_set();
+    let dir = tempfile::tempdir().unwrap();
+    let images = training_images(24);
+    let (cal, check) = (dir.path().join("cal.npy"), dir.path().join("check.npy"));
+    write_images(&cal, &images[..16 * 784]);
+    write_images(&check, &images[16 * 784..]);
+    let out = dir.path().join("c.nerp");
+    let (cal, check) = (cal.to_str().unwrap(), check.to_str().unwrap());
+    let args = ["--max-error", "0.05", "--calibration-inputs", cal, "--check-inputs", check, "--json"];
+    let (code, stdout, stderr) = cli_compress(&out, &args);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let storage = &report["storage"];
+    assert_eq!((storage["fit_inputs"].as_u64(), storage["check_inputs"].as_u64()), (Some(16), Some(8)));
+    let printed = storage["measured_error"].as_f64().unwrap();
+    let (held, top1) = outputs_against(&common::shared_model(RESNET20), &out, &images[16 * 784..]);
+    assert!((held - printed).abs() <= 1e-4 * printed.max(1e-3), "{held} vs printed {printed}");
+    assert_eq!(storage["top1_agreement"].as_f64(), Some(top1), "{storage}");
+}
+
+#[test]
+fn check_inputs_that_are_calibration_inputs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = training_images(12);
+    let (cal, check) = (dir.path().join("cal.npy"), dir.path().join("check.npy"));
+    write_images(&cal, &images[..8 * 784]);
+    // Training image 3 (a calibration input) among four others.
+    let mixed: Vec<f32> =
+        [8, 9, 3, 10, 11].iter().flat_map(|&i| images[i * 784..(i + 1) * 784].to_vec()).collect();
+    write_images(&check, &mixed);
+    let out = dir.path().join("o.nerp");
+    let (cal, check) = (cal.to_str().unwrap(), check.to_str().unwrap());
+    let (code, _, err) = cli_compress(&out, &["--calibration-inputs", cal, "--check-inputs", check]);
+    assert_eq!(code, Some(2), "a usage error: {err}");
+    assert!(
+        err.contains("--check-inputs") && err.contains("input 2 of") && err.contains("input 3 of"),
+        "{err}"
+    );
+    assert!(err.contains("never sees"), "{err}");
+    assert!(!out.exists(), "no output on error");
+    // The same file as both.
+    let (code, _, err) = cli_compress(&out, &["--calibration-inputs", cal, "--check-inputs", cal]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("input 0 of") && err.contains("never sees"), "{err}");
+}
+
+#[test]
+fn too_few_check_inputs_are_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = training_images(12);
+    let (cal, two, five) =
+        (dir.path().join("cal.npy"), dir.path().join("two.npy"), dir.path().join("five.npy"));
+    write_images(&cal, &images[..8 * 784]);
+    write_images(&two, &images[8 * 784..10 * 784]);
+    write_images(&five, &images[..5 * 784]);
+    let out = dir.path().join("o.nerp");
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let cases: [(&[String], &str, &str); 3] = [
+        (
+            &["--calibration-inputs".into(), path(&cal), "--check-inputs".into(), path(&two)],
+            "--check-inputs",
+            "2 inputs are too few",
+        ),
+        (&["--calibration-inputs".into(), path(&cal), "--check".into(), "2".into()], "--check", "at least 4"),
+        // Five inputs cannot give four to the check and four to the fit.
+        (&["--calibration-inputs".into(), path(&five)], "--calibration-inputs", "5 inputs are too few"),
+    ];
+    for (args, flag, says) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, err) = cli_compress(&out, &args);
+        assert_eq!(code, Some(2), "{args:?}: a usage error: {err}");
+        assert!(err.contains(flag) && err.contains(says), "{args:?}: {err}");
+        assert!(!out.exists(), "no output on error");
+    }
 }
 
 /// Every float tensor of `file` regenerated, by name.

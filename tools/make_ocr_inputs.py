@@ -8,12 +8,14 @@
   det.npy  [1, 3, 480, 480] a page of dark text on light paper, ImageNet mean/std
 
 and, for calibrating on some inputs and evaluating on others (docs/results/real_budget.md), two
-disjoint sets: 16 other lines to calibrate on and 24 to evaluate on (the 8 above and 16 more),
-in four DejaVu faces (Sans, Serif, Mono, Sans Bold) and three sizes:
+disjoint sets: 32 other lines to calibrate on (`compress` fits to three quarters of them and
+checks the file on the rest) and 24 to evaluate on (the 8 above and 16 more), in four DejaVu
+faces (Sans, Serif, Mono, Sans Bold) and three sizes:
 
-  rec_cal.npy [16, 3, 48, 320]   rec_eval.npy [24, 3, 48, 320]
-  cls_cal.npy [16, 3, 48, 192]   cls_eval.npy [24, 3, 48, 192]   (every second line rotated)
-  det_cal.npy, det_eval.npy [1, 3, 480, 480]  pages of the calibration / evaluation lines
+  rec_cal.npy [32, 3, 48, 320]   rec_eval.npy [24, 3, 48, 320]
+  cls_cal.npy [32, 3, 48, 192]   cls_eval.npy [24, 3, 48, 192]   (every second line rotated)
+  det_cal.npy, det_eval.npy [8, 3, 480, 480]  pages of 16 calibration / evaluation lines each,
+                                              each page in another face, size, line order
 
 Needs numpy and pillow (e.g. python3 -m venv v && v/bin/pip install numpy pillow) and a TrueType
 font (DejaVu Sans by default, Debian package fonts-dejavu-core; or pass --font; the split sets
@@ -55,6 +57,22 @@ CALIBRATION = [
     "Turn left at the library",
     "Price per kg 3.49",
     "Welcome to Riverside Park",
+    "Staff only beyond this point",
+    "Ticket valid for 2 zones",
+    "Lot 5 - 250 g - 1.99",
+    "Emergency exit, keep clear",
+    "Tuesday 14 October",
+    "Library returns box",
+    "Call 0800 123 456 now",
+    "Hand wash only at 30 C",
+    "Platform 9 and a half",
+    "Free wifi: guest / 2468",
+    "Mind the step",
+    "Invoice 2026-0117 paid",
+    "Dogs must be kept on a lead",
+    "Bakery open until 6 pm",
+    "Recycling: paper and glass",
+    "Section C, row 12, seat 7",
 ]
 MORE = [
     "Please close the gate",
@@ -84,14 +102,15 @@ def fonts(path):
     return [ImageFont.truetype(f, size) for size in (30, 34, 28) for f in (found or [path])]
 
 
-def render_page(texts, path, size):
-    """A 480x480 page of `texts`, dark on light paper, ImageNet mean/std, and its image."""
+def render_page(texts, path, size, shift=0):
+    """A 480x480 page of `texts`, dark on light paper, ImageNet mean/std, and its image;
+    `shift` moves the lines' indents."""
     img = Image.new("RGB", (480, 480), (245, 243, 235))
     draw = ImageDraw.Draw(img)
     font = ImageFont.truetype(path, size)
     step = 460 // len(texts)
     for k, t in enumerate(texts):
-        draw.text((20 + 10 * (k % 3), 12 + step * k), t, font=font, fill=(25, 25, 35))
+        draw.text((20 + 10 * ((k + shift) % 3), 12 + step * k), t, font=font, fill=(25, 25, 35))
     x = np.asarray(img, dtype=np.float32) / 255.0
     x = (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     return x.transpose(2, 0, 1)[None].astype(np.float32), img
@@ -147,9 +166,18 @@ def main():
         if name == "_eval":  # the 8 lines above as they are
             images[: len(LINES)] = lines
         save_lines(a.out, name, images)
-        x, img = render_page(texts[:16], a.font, 20)
-        np.save(os.path.join(a.out, f"det{name}.npy"), x)
-        img.save(os.path.join(a.out, f"det{name}.png"))
+        # Eight pages of 16 lines: page p starts at line 3p (wrapping), in face p % 4, at
+        # 18-22 px (the first page: the first 16 lines in DejaVu Sans 20, as before).
+        found = [f for f in (os.path.join(os.path.dirname(a.font), n) for n in FACES) if os.path.exists(f)]
+        pages = []
+        for p in range(8):
+            order = [texts[(3 * p + k) % len(texts)] for k in range(16)]
+            face = (found or [a.font])[p % len(found or [a.font])] if p else a.font
+            x, img = render_page(order, face, (20, 18, 22, 19, 21, 20, 18, 22)[p], shift=p)
+            pages.append(x)
+            if p == 0:
+                img.save(os.path.join(a.out, f"det{name}.png"))
+        np.save(os.path.join(a.out, f"det{name}.npy"), np.concatenate(pages))
     print("wrote", a.out)
 
 

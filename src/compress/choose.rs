@@ -9,7 +9,7 @@
 
 use crate::codec::{Codec, Encoded};
 use crate::compress::build::build;
-use crate::compress::calibrate::Calibration;
+use crate::compress::calibrate::{Calibration, Fidelity, Split};
 use crate::compress::moments::Hessians;
 use crate::compress::plan::LayerPlan;
 use crate::compress::{
@@ -369,10 +369,15 @@ pub struct Decided {
     pub report: Option<StorageReport>,
 }
 
-/// What the per-tensor choice measures with, prepared before training: the calibration run,
-/// the layers' input moments, and every tensor's codec candidates (measured once).
+/// What the per-tensor choice measures with, prepared before training: the calibration run
+/// (candidates measured on the fit inputs, whole assignments also on the held-back ones), the
+/// layers' input moments, and every tensor's codec candidates (measured once).
 pub struct Chooser {
     pub(crate) cal: Option<Calibration>,
+    /// The held-back inputs: an assignment's error on them is the file's error.
+    pub(crate) check: Option<Calibration>,
+    /// The training images the check runs ([`Split::held_images`]).
+    pub(crate) held_images: Option<std::ops::Range<usize>>,
     pub(crate) hessians: Hessians,
     total_norm: f64,
     /// Measured on first use: the default check without calibration inputs needs them only
@@ -382,7 +387,7 @@ pub struct Chooser {
 
 impl Chooser {
     /// What the codecs of `model`'s tensors are measured with.
-    pub(crate) fn new(model: &SourceModel, cal: Option<Calibration>, hessians: Hessians) -> Self {
+    pub(crate) fn new(model: &SourceModel, split: Option<Split>, hessians: Hessians) -> Self {
         let total_norm = model
             .tensors
             .iter()
@@ -390,7 +395,11 @@ impl Chooser {
             .map(|t| tensor(t).values().iter().map(|x| (*x as f64).powi(2)).sum::<f64>())
             .sum::<f64>()
             .sqrt();
-        Chooser { cal, hessians, total_norm, codecs: std::cell::OnceCell::new() }
+        let (cal, check, held_images) = match split {
+            Some(s) => (Some(s.fit), Some(s.check), s.held_images),
+            None => (None, None, None),
+        };
+        Chooser { cal, check, held_images, hessians, total_norm, codecs: std::cell::OnceCell::new() }
     }
 
     /// Every codec of every tensor of `model`, measured once (see [`candidates`]).
@@ -451,31 +460,54 @@ impl Chooser {
             })
     }
 
-    /// The error of a whole assignment: one run (output), or the weights' error.
-    fn error_of(
+    /// What a whole assignment does: one run on the fit inputs and one on the held-back inputs
+    /// (output), or the weights' error.
+    pub(crate) fn assess(
         &self,
         model: &SourceModel,
         predicted: &[Option<(&[f32], u64)>],
         stores: &[Store],
-    ) -> Result<f64> {
+    ) -> Result<Assessed> {
         let changes: Vec<(usize, Vec<f32>)> = stores
             .iter()
             .enumerate()
             .filter_map(|(i, s)| s.values(&model.tensors[i], predicted[i].map(|(v, _)| v)).map(|v| (i, v)))
             .collect();
+        let changes: Vec<(usize, &[f32])> = changes.iter().map(|(i, v)| (*i, v.as_slice())).collect();
         match &self.cal {
-            Some(c) => c.error(&changes.iter().map(|(i, v)| (*i, v.as_slice())).collect::<Vec<_>>()),
+            Some(c) => Ok(Assessed {
+                fitted: c.error(&changes)?,
+                held_back: self.check.as_ref().map(|h| h.fidelity(&changes)).transpose()?,
+            }),
             None => {
                 let d: f64 = changes
                     .iter()
                     .map(|(i, v)| {
                         let o = tensor(&model.tensors[*i]).values();
-                        o.iter().zip(v).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>()
+                        o.iter().zip(*v).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>()
                     })
                     .sum();
-                Ok(d.sqrt() / self.total_norm.max(f64::MIN_POSITIVE))
+                Ok(Assessed { fitted: d.sqrt() / self.total_norm.max(f64::MIN_POSITIVE), held_back: None })
             }
         }
+    }
+}
+
+/// What a whole assignment does ([`Chooser::assess`]).
+pub(crate) struct Assessed {
+    /// Its error on the inputs the allocation was fitted to (or the weights' error).
+    pub fitted: f64,
+    /// What it does on the held-back inputs: the file's error.
+    pub held_back: Option<Fidelity>,
+}
+
+impl Assessed {
+    /// The error the budget is checked against: where inputs are held back, the larger of their
+    /// error (the file's) and the fitted one. A few held-back inputs can be easier than the
+    /// others: PP-OCR cls, fitted to 24 lines, measured 5.03% on them and 4.17% on its 8
+    /// held-back lines, and 6.65% on 24 evaluation lines; the budget is kept on both.
+    pub fn error(&self) -> f64 {
+        self.held_back.map_or(self.fitted, |h| h.error.max(self.fitted))
     }
 }
 
@@ -499,8 +531,8 @@ fn predicted_of<'a>(
 }
 
 impl Chooser {
-    /// The measured error (on the calibration inputs, or of the weights) of the file `stores`
-    /// describe.
+    /// What the file `stores` describe does (on the fit and the held-back inputs, or the weights'
+    /// error).
     pub(crate) fn file_error(
         &self,
         model: &SourceModel,
@@ -508,8 +540,8 @@ impl Chooser {
         fitted: Option<&Fitted>,
         opts: &CompressOptions,
         stores: &[Store],
-    ) -> Result<f64> {
-        self.error_of(model, &predicted_of(model, plan, fitted, opts), stores)
+    ) -> Result<Assessed> {
+        self.assess(model, &predicted_of(model, plan, fitted, opts), stores)
     }
 }
 
@@ -576,7 +608,7 @@ pub(crate) fn decide(
     let mut predictor_only_error = None;
     if let (ErrorBudget::Check(e), None, Some(_)) = (opts.error_budget, max_bytes, fitted) {
         let limit = if cal.is_some() { e } else { DEFAULT_MAX_WEIGHT_ERROR };
-        let err = chooser.error_of(model, &predicted, &planned)?;
+        let err = chooser.assess(model, &predicted, &planned)?.error();
         if err <= limit {
             return keep(planned);
         }
@@ -655,30 +687,37 @@ pub(crate) fn decide(
             let stores: Vec<Store> = picked.iter().map(|c| c.store()).collect();
             let errors: Vec<f64> = picked.iter().map(|c| c.error).collect();
             let measured = match cal {
-                Some(_) => Some(chooser.error_of(model, &predicted, &stores)?),
+                Some(_) => Some(chooser.assess(model, &predicted, &stores)?),
                 None => None,
             };
             let with =
                 fitted.filter(|_| with_predictor).map(|f| (&f.predictor, Some(f.predictions.as_slice())));
             let bytes = build(model, &plan.layers, &plan.values, with, opts, &stores)?.bytes.len() as u64;
-            let got = measured.unwrap_or(alloc.error);
+            let got = measured.as_ref().map_or(alloc.error, Assessed::error);
             let (met, score, next) = match (budget, target) {
                 (Budget::Bytes(max), Budget::Bytes(t)) => {
                     (bytes <= max, got, Budget::Bytes((t + max).saturating_sub(bytes)))
                 }
+                // Aimed at the middle of the accepted 90-100%: aimed at the limit, ResNet-20
+                // fitted on 4 images and checked on 4 others stopped at 5.0004% held back (the
+                // target moved by 0.1% a step and the allocation with it not at all).
                 (Budget::Error(max), Budget::Error(t)) => {
-                    (got <= max, bytes as f64, Budget::Error(t * max / got.max(f64::MIN_POSITIVE)))
+                    (got <= max, bytes as f64, Budget::Error(t * 0.95 * max / got.max(f64::MIN_POSITIVE)))
                 }
                 _ => unreachable!("the target keeps the budget's kind"),
             };
             let report = StorageReport {
                 budget: what.clone(),
                 measure: measure.name(),
-                calibration_batches: cal.map_or(0, |c| c.batches()),
+                fit_inputs: cal.map_or(0, |c| c.inputs()),
+                check_inputs: chooser.check.as_ref().map_or(0, |c| c.inputs()),
                 predictor_only_error,
                 with_predictor,
                 estimated_error: alloc.error,
-                measured_error: measured,
+                fitted_error: measured.as_ref().map(|m| m.fitted),
+                measured_error: measured.as_ref().and_then(|m| m.held_back.map(|h| h.error)),
+                top1_agreement: measured.as_ref().and_then(|m| m.held_back?.top1_agreement),
+                input_agreement: measured.as_ref().and_then(|m| m.held_back?.input_agreement),
                 met,
             };
             let decided = Decided { stores, errors: Some(errors), report: Some(report) };
@@ -700,6 +739,21 @@ pub(crate) fn decide(
         }
     }
     if let Some((_, decided)) = best {
+        // Under a byte budget the error budget (`--max-error`, or the default check) is not
+        // allocated to: where the held-back error is above it, say that these bytes cannot keep it.
+        let held = decided.report.as_ref().and_then(|r| r.measured_error);
+        if let (Budget::Bytes(b), ErrorBudget::Check(e) | ErrorBudget::Target(e), Some(h)) =
+            (budget, opts.error_budget, held)
+        {
+            if h > e {
+                warnings.push(format!(
+                    "the file changes the outputs on the held-back inputs by {:.2}% (more than {:.2}%): \
+                     the size budget ({b} bytes) cannot keep the error budget; a smaller --size-ratio can",
+                    100.0 * h,
+                    100.0 * e
+                ));
+            }
+        }
         return Ok(decided);
     }
     let (decided, bytes) = last.expect("one allocation ran");

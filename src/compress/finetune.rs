@@ -58,10 +58,13 @@ pub struct FinetuneReport {
     /// Matrices given row scales, and vectors (biases) tuned.
     pub scaled: usize,
     pub biases: usize,
-    /// The file's error (on the calibration inputs, as the budget measures it) before and after;
+    /// The file's error (on the held-back inputs, as the budget measures it) before and after;
     /// filled in by the pipeline.
     pub error_before: Option<f64>,
     pub error_after: Option<f64>,
+    /// Whether the file keeps the fine-tuned codes (not when they break the error budget on the
+    /// held-back inputs that the chosen codes kept).
+    pub kept: bool,
     pub seconds: f64,
 }
 
@@ -97,15 +100,17 @@ enum Kind {
     Vector { at: usize, start: Vec<f32>, rms: f32 },
 }
 
-/// Fine-tunes the `coded` tensors of `stores` on the training images of `--data`
-/// (through `graph`, the source network with the compressed model's tensor order), replacing
-/// their stores with the re-encoded ones. Returns `None` when no tensor is coded.
+/// Fine-tunes the `coded` tensors of `stores` on the training images of `--data` but those in
+/// `held_back` (the file's check inputs: issue 26) through `graph`, the source network with the
+/// compressed model's tensor order, replacing their stores with the re-encoded ones. Returns
+/// `None` when no tensor is coded.
 pub fn finetune(
     model: &SourceModel,
     graph: &Graph,
     stores: &mut [Store],
     opts: &CompressOptions,
     preprocess: &Preprocess,
+    held_back: Option<std::ops::Range<usize>>,
     progress: &mut dyn Progress,
 ) -> Result<Option<FinetuneReport>> {
     let (ft, distill, seed) = (&opts.finetune, &opts.distill, opts.seed);
@@ -145,8 +150,10 @@ pub fn finetune(
         return Ok(None);
     }
     let images = data::load(&distill.data, Split::Train, distill.data_limit, preprocess)?;
-    if images.is_empty() {
-        return Err(Error::usage("--data", "has no training images to fine-tune on"));
+    let held = held_back.map_or(0..0, |r| r.start.min(images.len())..r.end.min(images.len()));
+    let pool = images.len() - held.len();
+    if pool == 0 {
+        return Err(Error::usage("--data", "has no training images to fine-tune on (but the check's)"));
     }
     let initial = codes.clone();
     let config = |lr: f64| TrainConfig {
@@ -167,7 +174,8 @@ pub fn finetune(
     for step in 0..ft.steps {
         let mut x = Vec::with_capacity(batch * c * h * w);
         for _ in 0..batch {
-            let k = rng.below(images.len());
+            let k = rng.below(pool);
+            let k = if k >= held.start { k + held.len() } else { k };
             x.extend_from_slice(images.batch(k, k + 1).0);
         }
         let x = Tensor::from_vec(x, (batch, c, h, w), &device)?;
@@ -268,7 +276,7 @@ pub fn finetune(
     Ok(Some(FinetuneReport {
         steps: ft.steps,
         batch,
-        images: images.len(),
+        images: pool,
         tensors: tuned.len(),
         first_loss,
         last_loss,
@@ -277,6 +285,7 @@ pub fn finetune(
         biases,
         error_before: None,
         error_after: None,
+        kept: true,
         seconds: start.elapsed().as_secs_f64(),
     }))
 }

@@ -23,15 +23,16 @@ pub mod train;
 pub use build::{build_file, build_file_with, predicted_values, BuiltFile};
 pub use fit::{check_training_budget, hidden_for_ratio, hidden_for_size, train_data};
 pub use options::{
-    CompressOptions, ErrorBudget, ResidualMode, DEFAULT_CALIBRATION_IMAGES, DEFAULT_FALLBACK_WEIGHT_ERROR,
-    DEFAULT_FINETUNE_LR, DEFAULT_FINETUNE_SCALE_LR, DEFAULT_FINETUNE_STEPS, DEFAULT_HIDDEN, DEFAULT_LR,
-    DEFAULT_MAX_ERROR, DEFAULT_MAX_WEIGHT_ERROR, DEFAULT_MIN_VALUES, DEFAULT_PE_BASE, DEFAULT_PE_LEVELS,
-    DEFAULT_QAT_FRACTION, DEFAULT_STEPS, DEMO_STEPS, MAX_STEPS,
+    CompressOptions, ErrorBudget, ResidualMode, DEFAULT_CALIBRATION_IMAGES, DEFAULT_CHECK_IMAGES,
+    DEFAULT_CHECK_SHARE, DEFAULT_FALLBACK_WEIGHT_ERROR, DEFAULT_FINETUNE_LR, DEFAULT_FINETUNE_SCALE_LR,
+    DEFAULT_FINETUNE_STEPS, DEFAULT_HIDDEN, DEFAULT_LR, DEFAULT_MAX_ERROR, DEFAULT_MAX_WEIGHT_ERROR,
+    DEFAULT_MIN_VALUES, DEFAULT_PE_BASE, DEFAULT_PE_LEVELS, DEFAULT_QAT_FRACTION, DEFAULT_STEPS, DEMO_STEPS,
+    MAX_STEPS, MIN_CHECK_INPUTS,
 };
 pub use plan::{make_plan, Plan};
 pub use report::{CompressReport, StorageReport, TensorReport};
 
-use crate::compress::choose::{decide, planned, Chooser, Decided, Store};
+use crate::compress::choose::{decide, planned, Assessed, Chooser, Decided, Store};
 use crate::compress::fit::{fit, Training};
 use crate::compress::measure::calibration;
 use crate::compress::plan::{with_channel_order, LayerPlan};
@@ -90,8 +91,8 @@ pub fn compress(
     let chooser = if opts.error_budget == ErrorBudget::Off && max_bytes.is_none() {
         None
     } else {
-        let (cal, hessians) = calibration(&model, opts, runnable, &mut warnings)?;
-        Some(Chooser::new(&model, cal, hessians))
+        let (split, hessians) = calibration(&model, opts, runnable, &mut warnings)?;
+        Some(Chooser::new(&model, split, hessians))
     };
     let no_hessians = moments::Hessians::default();
     let hessians = chooser.as_ref().map_or(&no_hessians, |c| &c.hessians);
@@ -133,9 +134,9 @@ pub fn compress(
     let allowed =
         max_bytes
             .map(|max| if tuning { max.saturating_sub(finetune::reserve(&model, opts, max)) } else { max });
-    let Decided { mut stores, errors, report: storage } =
+    let Decided { mut stores, errors, report: mut storage } =
         decide(&model, &plan, fitted, opts, chooser.as_ref(), allowed, &mut warnings)?;
-    let chosen = stores.clone();
+    let (chosen, chosen_storage) = (stores.clone(), storage.clone());
     let mut finetune = match (&opts.preprocess, &model.skeleton) {
         (Some(pre), Some(skeleton)) if opts.finetune.steps > 0 => {
             let graph = crate::compress::graph::Graph::from_proto(&crate::runtime::patch_skeleton(
@@ -146,12 +147,40 @@ pub fn compress(
                 Some(c) => Some(c.file_error(&model, &plan, fitted, opts, &stores)?),
                 None => None,
             };
-            let report = finetune::finetune(&model, &graph, &mut stores, opts, pre, progress)?;
+            let held = chooser.as_ref().and_then(|c| c.held_images.clone());
+            let report = finetune::finetune(&model, &graph, &mut stores, opts, pre, held, progress)?;
             match (report, &chooser) {
                 (Some(mut r), c) => {
-                    r.error_before = before;
-                    r.error_after =
+                    let after =
                         c.as_ref().map(|c| c.file_error(&model, &plan, fitted, opts, &stores)).transpose()?;
+                    r.error_before = before.as_ref().map(Assessed::error);
+                    r.error_after = after.as_ref().map(Assessed::error);
+                    if let (Some(b), Some(a)) = (&before, &after) {
+                        // The budget is kept on the held-back inputs by the file as written: a
+                        // fine-tuning that breaks it is not kept.
+                        let limit = match opts.error_budget {
+                            ErrorBudget::Check(e) | ErrorBudget::Target(e) => e,
+                            ErrorBudget::Off => f64::INFINITY,
+                        };
+                        if a.held_back.is_some() && a.error() > limit && a.error() > b.error() {
+                            warnings.push(format!(
+                                "fine-tuning raised the error on the held-back inputs to {:.2}% (over {:.2}%): \
+                                 the file keeps the codes as chosen",
+                                100.0 * a.error(),
+                                100.0 * limit
+                            ));
+                            stores = chosen.clone();
+                            r.kept = false;
+                        } else if let Some(s) = storage.as_mut() {
+                            s.fitted_error = Some(a.fitted);
+                            s.measured_error = a.held_back.map(|h| h.error);
+                            s.top1_agreement = a.held_back.and_then(|h| h.top1_agreement);
+                            s.input_agreement = a.held_back.and_then(|h| h.input_agreement);
+                            if max_bytes.is_none() && s.measured_error.is_some() {
+                                s.met = a.error() <= limit;
+                            }
+                        }
+                    }
                     Some(r)
                 }
                 (None, _) => None,
@@ -167,13 +196,14 @@ pub fn compress(
     let mut built = build::build(&model, &plan.layers, &plan.values, with, opts, &stores)?;
     // Fine-tuning may grow the codes' entropy and adds row scales: a file beyond the size budget
     // keeps the stores as chosen.
-    if let (Some(max), Some(_)) = (max_bytes, &finetune) {
-        if built.bytes.len() as u64 > max {
+    if let (Some(max), Some(r)) = (max_bytes, finetune.as_mut()) {
+        if r.kept && built.bytes.len() as u64 > max {
             warnings.push(format!(
-                "the fine-tuned file ({} bytes) exceeds --size-ratio's {max} bytes: kept the file as chosen",
+                "the fine-tuned file ({} bytes) exceeds --size-ratio's {max} bytes: the file keeps the codes as chosen",
                 built.bytes.len()
             ));
-            finetune = None;
+            r.kept = false;
+            storage = chosen_storage;
             built = build::build(&model, &plan.layers, &plan.values, with, opts, &chosen)?;
         }
     }

@@ -67,6 +67,14 @@ pub struct CompressOptions {
     pub calibration_images: usize,
     /// Input arrays (`.npy`) run to measure output errors instead of images.
     pub calibration_inputs: Vec<std::path::PathBuf>,
+    /// Inputs held back from the allocation to measure the file's error (`--check N`): with
+    /// calibration arrays, N of their inputs (default: a quarter, [`DEFAULT_CHECK_SHARE`], at
+    /// least [`MIN_CHECK_INPUTS`]); with images, the N training images after the calibration
+    /// ones (default [`DEFAULT_CHECK_IMAGES`]).
+    pub check: Option<usize>,
+    /// Input arrays (`.npy`) that measure the file's error instead (`--check-inputs`); none of
+    /// their inputs may be a calibration input.
+    pub check_inputs: Vec<std::path::PathBuf>,
     /// With calibration images, round quantized tensors data-aware ([`crate::codec::gptq`]) instead
     /// of to the nearest step.
     pub data_aware_rounding: bool,
@@ -139,6 +147,16 @@ pub const DEFAULT_FINETUNE_SCALE_LR: f64 = 0.001;
 /// Calibration images by default.
 pub const DEFAULT_CALIBRATION_IMAGES: usize = 64;
 
+/// Training images after the calibration ones that check the file by default (`--check`).
+pub const DEFAULT_CHECK_IMAGES: usize = 64;
+
+/// Share of the calibration arrays' inputs held back to check the file by default: one in
+/// this many.
+pub const DEFAULT_CHECK_SHARE: usize = 4;
+
+/// Fewest inputs that check a file: the error of fewer is a clear usage error.
+pub const MIN_CHECK_INPUTS: usize = 4;
+
 impl Default for CompressOptions {
     fn default() -> Self {
         CompressOptions {
@@ -170,6 +188,8 @@ impl Default for CompressOptions {
             error_budget: ErrorBudget::Check(DEFAULT_MAX_ERROR),
             calibration_images: DEFAULT_CALIBRATION_IMAGES,
             calibration_inputs: Vec::new(),
+            check: None,
+            check_inputs: Vec::new(),
             data_aware_rounding: true,
             finetune: Finetune { steps: 0, lr: DEFAULT_FINETUNE_LR, scale_lr: DEFAULT_FINETUNE_SCALE_LR },
         }
@@ -253,6 +273,16 @@ impl CompressOptions {
         }
         if self.calibration_images == 0 {
             return Err(Error::usage("--calibration", "must be at least 1 image"));
+        }
+        if matches!(self.check, Some(n) if n < MIN_CHECK_INPUTS) {
+            let what = format!(
+                "must be at least {MIN_CHECK_INPUTS} inputs: the file's error is measured on inputs \
+                 the allocation never sees, and fewer give no estimate worth printing"
+            );
+            return Err(Error::usage("--check", what));
+        }
+        if self.check.is_some() && !self.check_inputs.is_empty() {
+            return Err(Error::usage("--check", "give it or --check-inputs, not both"));
         }
         if let ErrorBudget::Target(e) | ErrorBudget::Check(e) = self.error_budget {
             if !(e.is_finite() && e >= 0.0) {

@@ -29,17 +29,28 @@ pub struct StorageReport {
     /// `output` (relative output error on calibration inputs) or `weights` (relative weight
     /// error; no calibration inputs).
     pub measure: &'static str,
-    /// Calibration batches run (0 for `weights`).
-    pub calibration_batches: usize,
+    /// Inputs the allocation measured its candidates on (0 for `weights`).
+    pub fit_inputs: usize,
+    /// Inputs held back from the allocation, the file's error measured on them (0 for `weights`).
+    pub check_inputs: usize,
     /// The error of the file the predictor alone would have given (the default check).
     pub predictor_only_error: Option<f64>,
     /// Whether a predictor is stored (the alternative: codecs only).
     pub with_predictor: bool,
     /// `√Σ` of the per-tensor errors.
     pub estimated_error: f64,
-    /// The error of the chosen model, measured in one run (`output` only).
+    /// The chosen model's error on the fit inputs, measured in one run (`output` only).
+    pub fitted_error: Option<f64>,
+    /// The chosen model's error on the held-back inputs, measured in one run (`output` only):
+    /// the file's error, the one the budget is checked against.
     pub measured_error: Option<f64>,
-    /// Whether the budget is met.
+    /// Classifiers: top-1 agreement with the original on the held-back inputs (rows of the last
+    /// axis).
+    pub top1_agreement: Option<f64>,
+    /// Classifiers with several rows per input (a CTC recognizer's time steps): the share of
+    /// held-back inputs whose rows all agree.
+    pub input_agreement: Option<f64>,
+    /// Whether the budget is met (an error budget: on the held-back and on the fit inputs).
     pub met: bool,
 }
 

@@ -395,11 +395,15 @@ pub fn compress_on(
     let storage = budget.map(|b| StorageReport {
         budget: budget_name(b),
         measure: "weights",
-        calibration_batches: 0,
+        fit_inputs: 0,
+        check_inputs: 0,
         predictor_only_error: None,
         with_predictor: false,
         estimated_error: estimated,
+        fitted_error: None,
         measured_error: None,
+        top1_agreement: None,
+        input_agreement: None,
         met: match b {
             Budget::Bytes(max) => file_bytes <= max,
             Budget::Error(e) => estimated <= e,

@@ -234,13 +234,16 @@ pub const NON_FINITE_OUTPUT: &str =
      and compare with the original model";
 
 /// Regenerates `file` on `device`, runs it and the model at `original` on each `.npy` input
-/// (one model pair per input shape) and compares their first outputs for `task`; a non-finite
-/// output is an error ([`Error::NonFinite`](crate::Error::NonFinite)), not a NaN error figure.
+/// (one model pair per input shape) and compares their first outputs for `task` (with `logits`,
+/// both cut before a final `Softmax`, as the compressor compares them:
+/// [`runtime::before_softmax`](crate::runtime::before_softmax)); a non-finite output is an
+/// error ([`Error::NonFinite`](crate::Error::NonFinite)), not a NaN error figure.
 pub fn outputs_report(
     file: &std::path::Path,
     original: &std::path::Path,
     inputs: &[std::path::PathBuf],
     task: Task,
+    logits: bool,
     device: &crate::Device,
 ) -> crate::error::Result<OutputsReport> {
     use crate::error::Error;
@@ -250,7 +253,10 @@ pub fn outputs_report(
     let t = Instant::now();
     let file = crate::open(file)?;
     let weights = regen::regenerate(&file, device)?;
-    let proto = runtime::rebuild_onnx(&file, &weights)?;
+    let mut proto = runtime::rebuild_onnx(&file, &weights)?;
+    if logits {
+        runtime::before_softmax(&mut proto);
+    }
     let load_s = t.elapsed().as_secs_f64();
     let mut models: Vec<(Vec<usize>, runtime::Model, runtime::Model)> = Vec::new();
     let mut pairs = Vec::new();
@@ -261,7 +267,10 @@ pub fn outputs_report(
         if !models.iter().any(|(s, _, _)| *s == shape) {
             let shapes = [shape.clone()];
             let r = runtime::Model::from_proto_shaped(&proto, &shapes)?;
-            let o = runtime::Model::from_onnx_file_shaped(orig_path, &shapes)?;
+            let o = match logits {
+                true => runtime::Model::from_onnx_file_logits(orig_path, &shapes)?,
+                false => runtime::Model::from_onnx_file_shaped(orig_path, &shapes)?,
+            };
             models.push((shape.clone(), r, o));
         }
         let (_, r, o) = models.iter().find(|(s, _, _)| *s == shape).expect("built above");

@@ -25,6 +25,9 @@ pub struct EvalReport {
     pub agreement: Option<f64>,
     pub max_abs_logit_diff: Option<f64>,
     pub mean_abs_logit_diff: Option<f64>,
+    /// `‖orig − regen‖ / ‖orig‖` over all logits: the relative output error `nerp compress`
+    /// budgets, here on the evaluation images.
+    pub rel_logit_error: Option<f64>,
     /// Wall time per image of the regenerated model (all threads together).
     pub ms_per_image: f64,
     pub ms_per_image_original: Option<f64>,
@@ -116,6 +119,7 @@ pub fn evaluate(
         agreement: None,
         max_abs_logit_diff: None,
         mean_abs_logit_diff: None,
+        rel_logit_error: None,
         ms_per_image: ms,
         ms_per_image_original: None,
     };
@@ -140,6 +144,11 @@ pub fn evaluate(
         report.agreement = Some(agree as f64 / data.len().max(1) as f64);
         report.max_abs_logit_diff = Some(max);
         report.mean_abs_logit_diff = Some(sum / orig.len().max(1) as f64);
+        let (se, ss) = orig
+            .iter()
+            .zip(&regen)
+            .fold((0f64, 0f64), |(e, s), (a, b)| (e + ((a - b) as f64).powi(2), s + (*a as f64).powi(2)));
+        report.rel_logit_error = Some((se / ss.max(f64::MIN_POSITIVE)).sqrt());
         report.ms_per_image_original = Some(ms_o);
     }
     Ok(report)

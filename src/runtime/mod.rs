@@ -10,6 +10,6 @@ pub mod stream;
 pub mod verify;
 
 pub use onnx::{
-    check_skeleton, onnx_bytes, parse_shape, patch_skeleton, rebuild_onnx, stored_input_shapes,
-    write_safetensors, InputShapes, Model, IMAGES_PER_RUN, INPUT_SHAPES_KEY,
+    before_softmax, check_skeleton, onnx_bytes, parse_shape, patch_skeleton, rebuild_onnx,
+    stored_input_shapes, write_safetensors, InputShapes, Model, IMAGES_PER_RUN, INPUT_SHAPES_KEY,
 };
