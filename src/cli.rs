@@ -952,12 +952,13 @@ fn decompress(path: &Path, output: &Path, device_name: &str) -> Result<()> {
         ));
     }
     crate::format::output::check_not_an_input(output, &[path], "--output")?;
+    // The options are checked before any work, the device among them.
+    let device = open_device(device_name)?;
     let file = crate::open(path)?;
     if ext == "safetensors" && runtime::stream::write_safetensors(&file, output)?.is_some() {
         println!("wrote {}", output.display());
         return Ok(());
     }
-    let device = open_device(device_name)?;
     let weights = regen::regenerate(&file, &device)?;
     if ext == "onnx" {
         let proto = runtime::rebuild_onnx(&file, &weights)?;
