@@ -4,7 +4,7 @@
 //! exists. Single-threaded: the trainer (`compress::train`) splits its batches into fixed parts,
 //! one workspace each, so results do not depend on the number of cores.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::predictor::{frequencies, ParamLayout, DEPTH, OUTPUTS};
 use crate::format::Embedding;
 
@@ -157,10 +157,7 @@ pub fn predict(
     coords: &[f32],
     batch: usize,
 ) -> Result<Vec<f32>> {
-    let layout = ParamLayout::new(hidden, embedding.levels as usize);
-    if flat.len() != layout.len {
-        return Err(Error::Rebuild(format!("predictor needs {} parameters, got {}", layout.len, flat.len())));
-    }
+    let layout = super::flat_layout(hidden, embedding, flat)?;
     let n = coords.len() / 3;
     let batch = batch.clamp(1, n.max(1));
     let mut work = Workspace::new(layout, batch);

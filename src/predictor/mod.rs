@@ -28,6 +28,20 @@ pub use crate::format::predictor::{
 use crate::error::Result;
 use crate::format::WeightDtype;
 
+/// The parameter layout of a predictor with `hidden` units and `embedding`, after checking that
+/// `flat` holds exactly its parameters (what every executor taking flat parameters checks).
+pub fn flat_layout(hidden: usize, embedding: crate::format::Embedding, flat: &[f32]) -> Result<ParamLayout> {
+    let layout = ParamLayout::new(hidden, embedding.levels as usize);
+    if flat.len() != layout.len {
+        return Err(crate::Error::Rebuild(format!(
+            "predictor needs {} parameters, got {}",
+            layout.len,
+            flat.len()
+        )));
+    }
+    Ok(layout)
+}
+
 /// Flat parameters stored as `dtype` and read back (what the file holds): what
 /// quantization-aware training computes with.
 pub fn round_trip(dtype: WeightDtype, hidden: usize, levels: usize, flat: &[f32]) -> Result<Vec<f32>> {

@@ -137,10 +137,7 @@ impl Gpu {
         coords: &[f32],
         batch: usize,
     ) -> Result<Vec<f32>> {
-        let need = ParamLayout::new(hidden, embedding.levels as usize).len;
-        if flat.len() != need {
-            return Err(Error::Rebuild(format!("predictor needs {need} parameters, got {}", flat.len())));
-        }
+        crate::predictor::flat_layout(hidden, embedding, flat)?;
         self.forward(hidden, embedding, flat, coords, batch.max(1))
             .map_err(|what| Error::Gpu { device: format!("cuda:{}", self.ordinal), what })
     }
