@@ -84,14 +84,12 @@ pub fn store_residual(b: &mut FileBuilder, max_code: u32, row_scales: bool, byte
 }
 
 /// The uniform grid of one step: code `round(x / step)` (within `±MAX_CODE`), value
-/// `code · step` — the reader's arithmetic. It keeps what each code was rounded from, in steps
-/// (the latent values distillation starts from: rounding them gives the codes).
+/// `code · step` — the reader's arithmetic.
 #[cfg(feature = "compress")]
 struct Uniform {
     step: f32,
     /// Rounds `|u|` down when its fraction is below `0.5 + dead_zone` (0: to nearest).
     dead_zone: f32,
-    latents: Vec<f32>,
 }
 
 #[cfg(feature = "compress")]
@@ -100,10 +98,9 @@ impl super::gptq::Grid for Uniform {
         Ok(())
     }
 
-    fn round(&mut self, index: usize, _: usize, _: usize, x: f32) -> (i32, f32) {
+    fn round(&mut self, _: usize, _: usize, x: f32) -> (i32, f32) {
         let m = entropy::MAX_CODE as f32;
         let u = x / self.step;
-        self.latents[index] = u;
         let q = ((u.abs() + 0.5 - self.dead_zone).floor().max(0.0) * u.signum()).clamp(-m, m) as i32;
         (q, q as f32 * self.step)
     }
@@ -134,7 +131,7 @@ pub fn encode_with(
     h: Option<&super::gptq::Moments>,
     dead_zone: f32,
 ) -> crate::Result<super::Encoded> {
-    let (step, codes, _) = codes(t, values, k, h, dead_zone)?;
+    let (step, codes) = codes(t, values, k, h, dead_zone)?;
     let row = crate::format::row_len(t.shape).expect("ingested shapes fit") as usize;
     Ok(encoded(k, step, &codes, row))
 }
@@ -147,16 +144,15 @@ pub fn encoded(k: i8, step: f32, codes: &[i32], row: usize) -> super::Encoded {
     super::Encoded::Coded { rung: k, max_code, row_scales: false, row: row as u64, bytes }
 }
 
-/// What [`encode`] rounds: the step of rung `k`, the codes, and the values each was rounded
-/// from in units of the step (so `round` of them gives the codes).
+/// What [`encode_with`] rounds: the step of rung `k`, and the codes.
 #[cfg(feature = "compress")]
-pub fn codes(
+fn codes(
     t: super::Tensor,
     values: &[f32],
     k: i8,
     h: Option<&super::gptq::Moments>,
     dead_zone: f32,
-) -> crate::Result<(f32, Vec<i32>, Vec<f32>)> {
+) -> crate::Result<(f32, Vec<i32>)> {
     use super::gptq::Grid;
     let fail = |what: String| crate::Error::Training(format!("tensor {} cannot be coded: {what}", t.name));
     let own = t.values();
@@ -170,10 +166,10 @@ pub fn codes(
         return Err(fail(format!("{largest} is more than {} steps of {step}", entropy::MAX_CODE)));
     }
     let row = crate::format::row_len(t.shape).expect("ingested shapes fit") as usize;
-    let mut grid = Uniform { step, dead_zone, latents: vec![0.0; values.len()] };
+    let mut grid = Uniform { step, dead_zone };
     let codes = match h.and_then(|m| m.round(values, row, row, &mut grid)) {
         Some(codes) => codes?,
-        None => values.iter().enumerate().map(|(i, &x)| grid.round(i, 0, 0, x).0).collect(),
+        None => values.iter().map(|&x| grid.round(0, 0, x).0).collect(),
     };
-    Ok((step, codes, grid.latents))
+    Ok((step, codes))
 }

@@ -82,9 +82,9 @@ pub trait Grid {
     /// Prepares group `g` of stored row `r` from its `current` values (rounding errors of the
     /// columns before it already spread over them).
     fn begin(&mut self, r: usize, g: usize, current: &[f32]) -> Result<()>;
-    /// The code of `x`, element `index` (row-major) in group `g` of stored row `r`, and the
+    /// The code of `x` in group `g` of stored row `r`, and the
     /// value it decodes to.
-    fn round(&mut self, index: usize, r: usize, g: usize, x: f32) -> (i32, f32);
+    fn round(&mut self, r: usize, g: usize, x: f32) -> (i32, f32);
 }
 
 /// The int-`bits` grid of [`quant`]: one f16 scale per group.
@@ -110,7 +110,7 @@ impl Grid for IntGrid {
         Ok(())
     }
 
-    fn round(&mut self, _: usize, r: usize, g: usize, x: f32) -> (i32, f32) {
+    fn round(&mut self, r: usize, g: usize, x: f32) -> (i32, f32) {
         let s = self.scales[r * self.groups + g];
         let code = quant::quant(x, s, self.bits);
         (code as i32, quant::dequant(code, s))
@@ -146,7 +146,7 @@ pub fn round_output_rows(
                 let current: Vec<f32> = row[j..j + group].iter().map(|&v| v as f32).collect();
                 grid.begin(r, g, &current)?;
             }
-            let (code, value) = grid.round(r * d + j, r, g, row[j] as f32);
+            let (code, value) = grid.round(r, g, row[j] as f32);
             q[r * d + j] = code;
             let err = (row[j] - value as f64) / u[j * d + j];
             for k in j + 1..d {
@@ -189,7 +189,7 @@ pub fn round_input_rows(
             grid.begin(i, g, &current)?;
         }
         for (j, e) in err.iter_mut().enumerate() {
-            let (code, value) = grid.round(i * n + j, i, j / group, row[j] as f32);
+            let (code, value) = grid.round(i, j / group, row[j] as f32);
             q[i * n + j] = code;
             *e = (row[j] - value as f64) / u[i * d + i];
         }
