@@ -189,7 +189,7 @@ impl Sums {
                 .into_iter()
                 .map(|(k, (d, mut h, n, layout))| {
                     h.iter_mut().for_each(|v| *v /= n.max(1) as f64);
-                    (k, Moments { d, h, layout })
+                    (k, Moments::new(d, h, layout))
                 })
                 .collect(),
         )
