@@ -151,6 +151,11 @@ pub struct CompressArgs {
     /// (repeatable; at least 4 inputs, none of them a calibration input).
     #[arg(long, value_name = "NPY")]
     pub check_inputs: Vec<PathBuf>,
+    /// Versions of each tensor (codecs, step sizes, residuals) whose output error is measured by
+    /// running the model; the others' errors are estimated from them by each one's change of
+    /// the layer's outputs (0: measure all, about 5x slower).
+    #[arg(long, value_name = "N", default_value_t = CompressOptions::default().measured_candidates)]
+    pub measured_candidates: usize,
     /// Round quantized tensors to the nearest step even with calibration images (default:
     /// data-aware rounding, GPTQ, weighted by each layer's inputs).
     #[arg(long)]
@@ -538,6 +543,7 @@ fn compress(a: CompressArgs) -> Result<crate::compress::CompressReport> {
         calibration_inputs: a.calibration_inputs,
         check: a.check,
         check_inputs: a.check_inputs,
+        measured_candidates: a.measured_candidates,
         data_aware_rounding: !a.nearest_rounding,
         finetune: crate::compress::finetune::Finetune {
             steps: a.distill.finetune_steps.unwrap_or(

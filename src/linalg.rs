@@ -79,6 +79,26 @@ pub fn for_parts<T: Send>(items: &mut [T], threads: usize, f: impl Fn(usize, &mu
     });
 }
 
+/// Runs `f(job)` for every job in `0..jobs` on `threads` threads, each taking the next job
+/// when done; the results in job order.
+pub fn parallel<T: Send>(jobs: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<T>>> = (0..jobs).map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, jobs.max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= jobs {
+                    return;
+                }
+                let r = f(i);
+                *slots[i].lock().expect("no worker panicked") = Some(r);
+            });
+        }
+    });
+    slots.into_iter().map(|m| m.into_inner().expect("no worker panicked").expect("every job ran")).collect()
+}
+
 /// Makes candle's element-wise thread pool single-threaded (`CANDLE_NUM_THREADS=1`) unless
 /// the environment already chooses. Its caller spins until the pool's workers finish, which on
 /// 2 busy cores, between nerp's own parallel convolutions, cost more than it saved: one

@@ -79,6 +79,36 @@ impl Moments {
         }
     }
 
+    /// `√tr(Δ H Δᵀ)` for a change `delta` of a weight with rows of `row` values: the RMS change
+    /// of the layer's outputs per input (summed over outputs), or `None` when these moments do
+    /// not fit its shape. O(d² · outputs), as one rounding pass.
+    pub fn output_change(&self, delta: &[f32], row: usize) -> Option<f64> {
+        let d = self.d;
+        let sum = match self.layout {
+            Layout::OutputRows if d == row && d > 0 => delta
+                .chunks_exact(d)
+                .map(|r| {
+                    let r: Vec<f64> = r.iter().map(|&v| v as f64).collect();
+                    self.h.chunks_exact(d).zip(&r).map(|(h, ra)| ra * dot(h, &r)).sum::<f64>()
+                })
+                .sum::<f64>(),
+            Layout::InputRows if delta.len() == d.checked_mul(row)? && row > 0 => {
+                // tr(Δᵀ H Δ) = Σ_ab H_ab ⟨Δ_a, Δ_b⟩ over the stored rows Δ_a.
+                let rows: Vec<Vec<f64>> =
+                    delta.chunks_exact(row).map(|r| r.iter().map(|&v| v as f64).collect()).collect();
+                (0..d)
+                    .map(|a| {
+                        let h = &self.h[a * d..(a + 1) * d];
+                        h[a] * dot(&rows[a], &rows[a])
+                            + 2.0 * (a + 1..d).map(|b| h[b] * dot(&rows[a], &rows[b])).sum::<f64>()
+                    })
+                    .sum::<f64>()
+            }
+            _ => return None,
+        };
+        Some(sum.max(0.0).sqrt())
+    }
+
     /// [`Self::round`] onto the int-`bits` grid of [`quant`] (one f16 scale per group, chosen
     /// by [`ScaleRule::Mse`] from the group's values when its first column is reached).
     pub fn quantize(&self, values: &[f32], row: usize, group: usize, bits: u8) -> Option<Result<Quantized>> {
@@ -240,6 +270,19 @@ pub fn quantize_input_rows(values: &[f32], d: usize, group: usize, bits: u8, h: 
     })
 }
 
+/// `⟨a, b⟩` in four running sums (the compiler vectorizes it; one sum does not).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut s = [0.0; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..4 {
+            s[i] += x[i] * y[i];
+        }
+    }
+    s.iter().sum::<f64>() + tail
+}
+
 /// An error of data-aware quantization.
 fn bad_input(what: String) -> Error {
     Error::Training(format!("data-aware quantization: {what}"))
@@ -356,6 +399,23 @@ mod tests {
                 assert!((s - inv[i * 2 + j]).abs() < 1e-12, "{i},{j}: {s} vs {}", inv[i * 2 + j]);
             }
         }
+    }
+
+    #[test]
+    fn output_change_is_the_rms_output_change_in_both_layouts() {
+        let (d, rows, n) = (12, 5, 200);
+        let mut rng = Rng::new(3);
+        let (xs, h) = correlated(&mut rng, d, n, 0.05);
+        let delta: Vec<f32> = (0..rows * d).map(|_| (rng.uniform() - 0.5) as f32).collect();
+        let zero = vec![0f32; rows * d];
+        let want = (output_error(&delta, &zero, &xs, d) / n as f64).sqrt();
+        let got = Moments::new(d, h.clone(), Layout::OutputRows).output_change(&delta, d).unwrap();
+        assert!((got - want).abs() < 1e-9 * want, "{got} vs {want}");
+        // The same change stored inputs × outputs.
+        let t: Vec<f32> = (0..d * rows).map(|k| delta[(k % rows) * d + k / rows]).collect();
+        let got = Moments::new(d, h.clone(), Layout::InputRows).output_change(&t, rows).unwrap();
+        assert!((got - want).abs() < 1e-9 * want, "{got} vs {want}");
+        assert_eq!(Moments::new(d, h, Layout::OutputRows).output_change(&delta, d + 1), None);
     }
 
     #[test]

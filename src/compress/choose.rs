@@ -10,6 +10,7 @@
 use crate::codec::{Codec, Encoded};
 use crate::compress::build::build;
 use crate::compress::calibrate::{Calibration, Fidelity, Split};
+use crate::compress::estimate;
 use crate::compress::moments::Hessians;
 use crate::compress::plan::LayerPlan;
 use crate::compress::{
@@ -62,6 +63,8 @@ pub struct Candidate {
     /// The error it causes alone (relative output error, or relative weight error over the
     /// whole model where no calibration inputs exist).
     pub error: f64,
+    /// Whether `error` is an estimate ([`estimate::errors`]) rather than measured.
+    pub estimated: bool,
 }
 
 /// What to keep within.
@@ -215,15 +218,26 @@ pub const CODED_RUNGS: [i8; 16] = [-16, -14, -12, -10, -8, -6, -4, -2, 0, 2, 4, 
 /// RMS.
 pub const FINE_RUNGS: [i8; 5] = [-32, -28, -24, -20, -16];
 
+/// Which candidates share an error per unit of proxy ([`estimate::errors`]): coded codes rounded
+/// to nearest, coded with a dead zone, and the others (int, f16).
+fn family(codec: Codec, dead_zone: f32) -> u8 {
+    match codec {
+        Codec::Coded(_) if dead_zone > 0.0 => 1,
+        Codec::Coded(_) => 0,
+        _ => 2,
+    }
+}
+
 /// The codec candidates of every tensor of `model`: raw, and for an [`eligible`] one each of
 /// [`Codec::CHOICES`] (those that give raw back are left out), encoded once (data-aware with
-/// `hessians`) and kept. Errors are measured on `threads` threads (one tract model per
-/// candidate).
+/// `hessians`) and kept. Errors are measured on `threads` threads, by running the model on
+/// `anchors` candidates per tensor and estimating the others ([`estimate::errors`]).
 pub fn candidates(
     model: &SourceModel,
     measure: &Measure,
     hessians: &Hessians,
     threads: usize,
+    anchors: usize,
 ) -> Result<Vec<Vec<Candidate>>> {
     let one = |i: usize| -> Result<Vec<Candidate>> {
         let t = &model.tensors[i];
@@ -232,6 +246,7 @@ pub fn candidates(
             encoded: Some(Arc::new(Encoded::Raw)),
             bytes: t.data.len() as u64,
             error: 0.0,
+            estimated: false,
         };
         let mut out = vec![raw];
         let view = tensor(t);
@@ -251,51 +266,35 @@ pub fn candidates(
             .into_iter()
             .filter(|&c| c != Codec::Raw)
             .flat_map(|c| zones(c).into_iter().map(move |z| (c, z)));
+        let h = hessians.0.get(&t.name);
+        let mut encodings = Vec::new();
         for (codec, zone) in variants {
-            let h = hessians.0.get(&t.name);
             let encoded = match codec {
                 Codec::Coded(k) => crate::codec::coded::encode_with(view, &original, k, h, zone)?,
                 _ => codec.encode(view, h)?,
             };
-            if encoded == Encoded::Raw {
-                continue;
+            if encoded != Encoded::Raw {
+                encodings.push((codec, encoded, zone));
             }
-            let values = encoded.values(t.dtype, &t.data, view.numel());
-            let error = measure.error(i, &original, &values)?;
+        }
+        let values = |k: usize| encodings[k].1.values(t.dtype, &t.data, view.numel());
+        let row = crate::format::row_len(&t.shape).unwrap_or(1) as usize;
+        let family: Vec<u8> = encodings.iter().map(|(c, _, z)| family(*c, *z)).collect();
+        let of = estimate::Source { tensor: i, original: &original, row, h };
+        let errors = estimate::errors(measure, &of, &family, values, anchors)?;
+        for ((codec, encoded, _), (error, measured)) in encodings.into_iter().zip(errors) {
             let bytes = encoded.cost(t.data.len() as u64);
             out.push(Candidate {
                 choice: Choice::Stored(codec),
                 encoded: Some(Arc::new(encoded)),
                 bytes,
                 error,
+                estimated: !measured,
             });
         }
         Ok(out)
     };
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let n = model.tensors.len();
-    let done: Vec<Vec<(usize, Result<Vec<Candidate>>)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads.clamp(1, n.max(1)))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if i >= n {
-                            return mine;
-                        }
-                        mine.push((i, one(i)));
-                    }
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("calibration thread panicked")).collect()
-    });
-    let mut out: Vec<Option<Vec<Candidate>>> = vec![None; n];
-    for (i, r) in done.into_iter().flatten() {
-        out[i] = Some(r?);
-    }
-    Ok(out.into_iter().map(|c| c.expect("every tensor measured")).collect())
+    crate::linalg::parallel(model.tensors.len(), threads, one).into_iter().collect()
 }
 
 /// A tensor's storage as decided, with what is stored for it: encoded once (when its
@@ -383,11 +382,13 @@ pub struct Chooser {
     /// Measured on first use: the default check without calibration inputs needs them only
     /// when the predictor's file fails it.
     codecs: std::cell::OnceCell<Vec<Vec<Candidate>>>,
+    /// Versions of a tensor measured by running the model ([`estimate::errors`]).
+    pub(crate) anchors: usize,
 }
 
 impl Chooser {
     /// What the codecs of `model`'s tensors are measured with.
-    pub(crate) fn new(model: &SourceModel, split: Option<Split>, hessians: Hessians) -> Self {
+    pub(crate) fn new(model: &SourceModel, split: Option<Split>, hessians: Hessians, anchors: usize) -> Self {
         let total_norm = model
             .tensors
             .iter()
@@ -399,7 +400,7 @@ impl Chooser {
             Some(s) => (Some(s.fit), Some(s.check), s.held_images),
             None => (None, None, None),
         };
-        Chooser { cal, check, held_images, hessians, total_norm, codecs: std::cell::OnceCell::new() }
+        Chooser { cal, check, held_images, hessians, total_norm, codecs: std::cell::OnceCell::new(), anchors }
     }
 
     /// Every codec of every tensor of `model`, measured once (see [`candidates`]).
@@ -407,7 +408,8 @@ impl Chooser {
         if let Some(c) = self.codecs.get() {
             return Ok(c);
         }
-        let measured = candidates(model, &self.measure(), &self.hessians, crate::linalg::threads())?;
+        let measured =
+            candidates(model, &self.measure(), &self.hessians, crate::linalg::threads(), self.anchors)?;
         Ok(self.codecs.get_or_init(|| measured))
     }
 
@@ -545,6 +547,51 @@ impl Chooser {
     }
 }
 
+/// Allocation rounds of [`settle`] at most (on ResNet-20 the picks rest on measured errors
+/// after 2–3).
+const SETTLE_ROUNDS: usize = 4;
+
+/// [`allocate`]s `table` under `target`, where the allocation decides measuring the errors that
+/// were only estimated ([`estimate::errors`]): each tensor's pick and its neighbours on its hull,
+/// then allocating again, until the picks rest on measured errors (at most [`SETTLE_ROUNDS`]).
+fn settle(
+    table: &mut [Vec<Candidate>],
+    fixed: u64,
+    target: Budget,
+    measure: &Measure,
+    model: &SourceModel,
+    predicted: &[Option<(&[f32], u64)>],
+) -> Result<Allocation> {
+    for _ in 0..SETTLE_ROUNDS {
+        let alloc = allocate(table, fixed, target);
+        let mut todo: Vec<(usize, usize)> = Vec::new();
+        for (t, &pick) in alloc.picks.iter().enumerate() {
+            let h = hull(&table[t]);
+            let at = h.iter().position(|&k| k == pick).unwrap_or(0);
+            let near = &h[at.saturating_sub(1)..(at + 2).min(h.len())];
+            todo.extend(near.iter().filter(|&&k| table[t][k].estimated).map(|&k| (t, k)));
+        }
+        if todo.is_empty() {
+            return Ok(alloc);
+        }
+        let table_ref = &*table;
+        let errors = crate::linalg::parallel(todo.len(), crate::linalg::threads(), |j| {
+            let (t, k) = todo[j];
+            let source = &model.tensors[t];
+            let original = tensor(source).values();
+            match table_ref[t][k].store().values(source, predicted[t].map(|(v, _)| v)) {
+                Some(v) => measure.error(t, &original, &v),
+                None => Ok(0.0),
+            }
+        });
+        for (&(t, k), e) in todo.iter().zip(errors) {
+            table[t][k].error = e?;
+            table[t][k].estimated = false;
+        }
+    }
+    Ok(allocate(table, fixed, target))
+}
+
 /// The storage `compress` plans without a budget: the planned tensors predicted when
 /// `with_predictor` (with a `--residual` encoded against the predictor's `predictions`, plan
 /// order, when asked and given), the others with `--raw-codec` (data-aware with `hessians`).
@@ -630,7 +677,13 @@ pub(crate) fn decide(
         let t = &model.tensors[i];
         let original = tensor(t).values();
         let error = measure.error(i, &original, v)?;
-        cands[i].push(Candidate { choice: Choice::Predicted, encoded: None, bytes: side, error });
+        cands[i].push(Candidate {
+            choice: Choice::Predicted,
+            encoded: None,
+            bytes: side,
+            error,
+            estimated: false,
+        });
         let mut widths = opts.residual.widths();
         widths.sort_unstable();
         // The prediction as the first step of predictive coding: its residual entropy-coded at
@@ -639,19 +692,28 @@ pub(crate) fn decide(
             ResidualMode::Off => Vec::new(),
             _ => widths.into_iter().map(Codec::Int).chain(CODED_RUNGS.map(Codec::Coded)).collect(),
         };
+        let h = hessians.0.get(&t.name);
+        let mut encodings = Vec::new();
         for codec in residuals {
-            let encoded = match &planned[i] {
+            encodings.push(match &planned[i] {
                 Store::Predicted(Some(r)) if r.codec() == codec => r.clone(),
-                _ => Arc::new(codec.encode_residual(tensor(t), &original, v, hessians.0.get(&t.name))?.0),
-            };
-            let values = Store::Predicted(Some(encoded.clone())).values(t, Some(v)).expect("predicted");
-            let error = measure.error(i, &original, &values)?;
+                _ => Arc::new(codec.encode_residual(tensor(t), &original, v, h)?.0),
+            });
+        }
+        let values =
+            |k: usize| Store::Predicted(Some(encodings[k].clone())).values(t, Some(v)).expect("predicted");
+        let row = crate::format::row_len(&t.shape).unwrap_or(1) as usize;
+        let family: Vec<u8> = encodings.iter().map(|e| family(e.codec(), 0.0)).collect();
+        let of = estimate::Source { tensor: i, original: &original, row, h };
+        let errors = estimate::errors(&measure, &of, &family, values, chooser.anchors)?;
+        for (encoded, (error, measured)) in encodings.into_iter().zip(errors) {
             let bytes = side + encoded.cost(t.data.len() as u64);
             cands[i].push(Candidate {
-                choice: Choice::Residual(codec),
+                choice: Choice::Residual(encoded.codec()),
                 encoded: Some(encoded),
                 bytes,
                 error,
+                estimated: !measured,
             });
         }
     }
@@ -676,11 +738,12 @@ pub(crate) fn decide(
     let mut last: Option<(Decided, u64)> = None;
     let alternatives: &[bool] = if fitted.is_some() { &[false, true] } else { &[false] };
     for &with_predictor in alternatives {
-        let (table, fixed) = if with_predictor { (&cands, base + predictor_bytes) } else { (&without, base) };
+        let (mut table, fixed) =
+            if with_predictor { (cands.clone(), base + predictor_bytes) } else { (without.clone(), base) };
         let mut target = budget;
         for _ in 0..5 {
-            let alloc = allocate(table, fixed, target);
-            let picked: Vec<&Candidate> = alloc.picks.iter().zip(table).map(|(&k, c)| &c[k]).collect();
+            let alloc = settle(&mut table, fixed, target, &measure, model, &predicted)?;
+            let picked: Vec<&Candidate> = alloc.picks.iter().zip(&table).map(|(&k, c)| &c[k]).collect();
             if with_predictor && !picked.iter().any(|c| c.choice.uses_predictor()) {
                 break; // the same as codecs only
             }
@@ -771,7 +834,7 @@ mod tests {
     use super::*;
 
     fn cand(bytes: u64, error: f64) -> Candidate {
-        Candidate { choice: Choice::Stored(Codec::Raw), encoded: None, bytes, error }
+        Candidate { choice: Choice::Stored(Codec::Raw), encoded: None, bytes, error, estimated: false }
     }
 
     /// Exhaustive search: the smallest error within `max` bytes.

@@ -7,6 +7,7 @@ pub mod build;
 pub mod calibrate;
 pub mod choose;
 pub mod distill;
+pub mod estimate;
 pub mod finetune;
 pub mod fit;
 pub mod graph;
@@ -26,8 +27,8 @@ pub use options::{
     CompressOptions, ErrorBudget, ResidualMode, DEFAULT_CALIBRATION_IMAGES, DEFAULT_CHECK_IMAGES,
     DEFAULT_CHECK_SHARE, DEFAULT_FALLBACK_WEIGHT_ERROR, DEFAULT_FINETUNE_LR, DEFAULT_FINETUNE_SCALE_LR,
     DEFAULT_FINETUNE_STEPS, DEFAULT_HIDDEN, DEFAULT_LR, DEFAULT_MAX_ERROR, DEFAULT_MAX_WEIGHT_ERROR,
-    DEFAULT_MIN_VALUES, DEFAULT_PE_BASE, DEFAULT_PE_LEVELS, DEFAULT_QAT_FRACTION, DEFAULT_STEPS, DEMO_STEPS,
-    MAX_STEPS, MIN_CHECK_INPUTS,
+    DEFAULT_MEASURED_CANDIDATES, DEFAULT_MIN_VALUES, DEFAULT_PE_BASE, DEFAULT_PE_LEVELS,
+    DEFAULT_QAT_FRACTION, DEFAULT_STEPS, DEMO_STEPS, MAX_STEPS, MIN_CHECK_INPUTS,
 };
 pub use plan::{make_plan, Plan};
 pub use report::{CompressReport, StorageReport, TensorReport};
@@ -92,7 +93,7 @@ pub fn compress(
         None
     } else {
         let (split, hessians) = calibration(&model, opts, runnable, &mut warnings)?;
-        Some(Chooser::new(&model, split, hessians))
+        Some(Chooser::new(&model, split, hessians, opts.measured_candidates))
     };
     let no_hessians = moments::Hessians::default();
     let hessians = chooser.as_ref().map_or(&no_hessians, |c| &c.hessians);

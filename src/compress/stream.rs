@@ -20,9 +20,8 @@ use crate::error::{Error, Result};
 use crate::format::{self, write::StreamWriter, Encoding, SectionKind, Storage, TensorEntry};
 use crate::ingest::safetensors::{views, TensorView};
 use crate::ingest::{SourceModel, SourceTensor};
+use crate::linalg::parallel;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 /// The codecs the LLM path measures per weight matrix, more bytes first: int8 per row, int6
@@ -127,25 +126,6 @@ fn chunks(tensor: usize, numel: usize, row: usize) -> Vec<Chunk> {
         .step_by(step.max(1))
         .map(|start| Chunk { tensor, start, end: (start + step).min(numel) })
         .collect()
-}
-
-/// Runs `f` on every job on `threads` threads; results in job order.
-fn parallel<T: Send>(jobs: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let next = AtomicUsize::new(0);
-    let slots: Vec<Mutex<Option<T>>> = (0..jobs).map(|_| Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..threads.clamp(1, jobs.max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= jobs {
-                    return;
-                }
-                let r = f(i);
-                *slots[i].lock().expect("no worker panicked") = Some(r);
-            });
-        }
-    });
-    slots.into_iter().map(|m| m.into_inner().expect("no worker panicked").expect("every job ran")).collect()
 }
 
 /// Whether tensor `v` gets a lossy codec ([`crate::codec::eligible`]).
@@ -280,6 +260,7 @@ pub fn compress_on(
             encoded: None,
             bytes: src.tensors[i].range.len() as u64,
             error: 0.0,
+            estimated: false,
         };
         let numel = (src.tensors[i].range.len() / src.tensors[i].dtype.size()) as u64;
         let mut list = vec![raw];
@@ -294,6 +275,7 @@ pub fn compress_on(
                 encoded: None,
                 bytes,
                 error: e.sqrt() / total_norm,
+                estimated: false,
             });
         }
         index.push(candidates.len());
