@@ -224,3 +224,29 @@ fn weight_tensors_with_wrong_lengths_are_refused() {
     let ok = nerp::runtime::regen::WeightTensor { data: vec![0; 24], ..w };
     assert_eq!(nerp::runtime::candle::to_candle(&ok, &CDevice::Cpu).unwrap().dims(), [2, 3]);
 }
+
+#[test]
+fn a_file_without_predicted_tensors_is_handed_over_tensor_by_tensor_with_the_same_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, nerp_path) = (dir.path().join("m.safetensors"), dir.path().join("m.nerp"));
+    write_model(&src);
+    let mut opts = fast(Codec::INT8);
+    opts.selection.exclude = vec!["*".into()];
+    compress(&src, &nerp_path, &opts, &mut |_: usize, _: f64| panic!("nothing is predicted")).unwrap();
+    let file = nerp::open(&nerp_path).unwrap();
+    let h = file.header();
+    assert!(h.tensors.iter().all(|t| !matches!(t.storage, Storage::Predicted { .. })));
+    assert!(h.tensors.iter().any(|t| matches!(t.storage, Storage::Quantized { .. })));
+    let all = nerp::runtime::candle::tensors(&file, &nerp::Device::Cpu, &CDevice::Cpu, None).unwrap();
+    let vb =
+        nerp::runtime::candle::var_builder(&file, &nerp::Device::Cpu, &CDevice::Cpu, CDType::F32).unwrap();
+    for t in &h.tensors {
+        let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        let got = vb.get_with_hints_dtype(dims.as_slice(), &t.name, Default::default(), CDType::F32);
+        let want = all[&t.name].to_dtype(CDType::F32).unwrap();
+        assert_eq!(tensor_bytes(&got.unwrap()), tensor_bytes(&want), "{}", t.name);
+    }
+    assert!(vb.get((64, 96), "layer.0.weight").is_err(), "a wrong shape is refused");
+    assert!(vb.get(5, "missing").is_err());
+    assert!(vb.contains_tensor("layer.0.weight") && !vb.contains_tensor("missing"));
+}

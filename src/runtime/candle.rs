@@ -11,7 +11,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::format::{DType, NerpFile};
+use crate::format::{DType, NerpFile, Storage};
 use crate::runtime::regen::WeightTensor;
 use candle_core::{DType as CandleDType, Device as CandleDevice, Tensor};
 use std::collections::HashMap;
@@ -48,13 +48,7 @@ pub fn to_candle(w: &WeightTensor, on: &CandleDevice) -> Result<Tensor> {
             w.dtype
         )));
     }
-    let dtype = candle_dtype(w.dtype).ok_or_else(|| {
-        Error::Rebuild(format!(
-            "tensor {} is {:?}, which candle has no type for; use `nerp decompress` to safetensors \
-             and convert it, or leave it out of the model",
-            w.name, w.dtype
-        ))
-    })?;
+    let dtype = candle_dtype(w.dtype).ok_or_else(|| Error::Rebuild(no_candle_type(&w.name, w.dtype)))?;
     Ok(if w.dtype == DType::U16 {
         let wide: Vec<u32> =
             w.data.chunks_exact(2).map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))).collect();
@@ -87,13 +81,95 @@ pub fn tensors(
     Ok(out)
 }
 
-/// Regenerates `file` on `regen` and gives its tensors as a [`VarBuilder`] on `on` whose
-/// tensors come as `dtype` (candle converts them on `get`).
-pub fn var_builder(
-    file: &NerpFile,
+/// `file`'s tensors as a [`VarBuilder`] on `on` whose tensors come as `dtype`. A file with
+/// predicted tensors is regenerated on `regen` first (the predictor runs over whole layers); a
+/// file without them (the LLM path) is decoded tensor by tensor as the model asks for each, so
+/// that no second copy of the model is held ([`Lazy`]). Either way a tensor candle has no type
+/// for is refused here, naming it.
+pub fn var_builder<'a>(
+    file: &'a NerpFile,
     regen: &crate::Device,
     on: &CandleDevice,
     dtype: CandleDType,
-) -> Result<VarBuilder<'static>> {
-    Ok(VarBuilder::from_tensors(tensors(file, regen, on, Some(dtype))?, dtype, on))
+) -> Result<VarBuilder<'a>> {
+    let h = file.header();
+    if h.tensors.iter().any(|t| matches!(t.storage, Storage::Predicted { .. })) {
+        return Ok(VarBuilder::from_tensors(tensors(file, regen, on, Some(dtype))?, dtype, on));
+    }
+    if let Some(t) = h.tensors.iter().find(|t| candle_dtype(t.dtype).is_none()) {
+        return Err(Error::Rebuild(format!(
+            "{}: {}",
+            file.path().display(),
+            no_candle_type(&t.name, t.dtype)
+        )));
+    }
+    let index = h.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+    Ok(VarBuilder::from_backend(Box::new(Lazy { file, index }), dtype, on.clone()))
+}
+
+fn no_candle_type(name: &str, dtype: DType) -> String {
+    format!(
+        "tensor {name} is {dtype:?}, which candle has no type for; use `nerp decompress` to \
+         safetensors and convert it, or leave it out of the model"
+    )
+}
+
+/// The tensors of a file without predicted tensors, each decoded (and checked, as
+/// `decompress` does) when asked for: the candle hand-off of [`var_builder`] in the memory of
+/// the tensors the model keeps.
+struct Lazy<'a> {
+    file: &'a NerpFile,
+    index: HashMap<String, usize>,
+}
+
+impl Lazy<'_> {
+    fn load(&self, name: &str, dtype: CandleDType, on: &CandleDevice) -> Result<Tensor> {
+        let Some(&i) = self.index.get(name) else {
+            return Err(Error::Rebuild(format!("{}: no tensor named {name}", self.file.path().display())));
+        };
+        let t = &self.file.header().tensors[i];
+        let data = match t.storage {
+            Storage::Raw { section } => self.file.decode_section(section)?.into_owned(),
+            _ => crate::runtime::regen::stored_bytes(self.file, t)?,
+        };
+        let w = WeightTensor { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), data };
+        Ok(to_candle(&w, on)?.to_dtype(dtype)?)
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for Lazy<'_> {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: CandleDType,
+        dev: &CandleDevice,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() != &s {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: s,
+                got: t.shape().clone(),
+            });
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: CandleDType,
+        dev: &CandleDevice,
+    ) -> candle_core::Result<Tensor> {
+        if !self.index.contains_key(name) {
+            return Err(candle_core::Error::CannotFindTensor { path: name.to_string() });
+        }
+        self.load(name, dtype, dev).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
 }
