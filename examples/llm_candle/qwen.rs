@@ -52,7 +52,7 @@ fn head(vb: &VarBuilder, cfg: &Config) -> BoxResult<Tensor> {
 
 /// The logits at every position of `tokens`, `[tokens, vocab]`: candle-transformers' Qwen2
 /// body, then the head as `ModelForCausalLM` applies it (which returns the last position only).
-pub fn all_logits(vb: &VarBuilder<'static>, cfg: &Config, tokens: &[u32]) -> BoxResult<Tensor> {
+pub fn all_logits(vb: &VarBuilder, cfg: &Config, tokens: &[u32]) -> BoxResult<Tensor> {
     let mut model = Model::new(cfg, vb.clone())?;
     let input = Tensor::new(tokens, vb.device())?.unsqueeze(0)?;
     let hidden = model.forward(&input, 0, None)?.squeeze(0)?;
@@ -73,12 +73,7 @@ pub struct Generation {
 }
 
 /// Runs `prompt` through `ModelForCausalLM` on `vb`, then `steps` greedy decode steps.
-pub fn generate(
-    vb: &VarBuilder<'static>,
-    cfg: &Config,
-    prompt: &[u32],
-    steps: usize,
-) -> BoxResult<Generation> {
+pub fn generate(vb: &VarBuilder, cfg: &Config, prompt: &[u32], steps: usize) -> BoxResult<Generation> {
     let mut model = ModelForCausalLM::new(cfg, vb.clone())?;
     let dev = vb.device().clone();
     let start = Instant::now();
