@@ -27,7 +27,7 @@ pub struct Source<'a> {
 
 /// The error of each of the versions of tensor `of` (`family[k]` says how version k was
 /// rounded, `values(k)` gives its values). Each family is estimated from its own anchors,
-/// `anchors` shared in proportion to the families' sizes (at least two each): on ResNet-20 a
+/// `anchors` shared in proportion to the families' sizes (at least one each): on ResNet-20 a
 /// dead zone's error per unit of proxy is 1.3–1.5× that of rounding to nearest at the same
 /// rung (it shrinks the weights coherently). With weight errors (cheap) or `anchors` = 0 or ≥
 /// the number of versions, every version is measured. Returns each error and whether it was
@@ -57,7 +57,7 @@ pub fn errors(
     kinds.dedup();
     for f in kinds {
         let members: Vec<usize> = (0..n).filter(|&k| family[k] == f).collect();
-        let share = (anchors * members.len()).div_ceil(n).max(2);
+        let share = (anchors * members.len()).div_ceil(n).max(1);
         let p: Vec<f64> = members.iter().map(|&k| proxies[k]).collect();
         let mut measured = vec![None; members.len()];
         for j in pick(&p, share) {
@@ -71,13 +71,17 @@ pub fn errors(
 }
 
 /// Up to `anchors` versions spread evenly over the order of their (positive) proxies, the
-/// smallest and the largest included; versions of proxy 0 change nothing and need no run.
+/// smallest and the largest included (one anchor: the middle one); versions of proxy 0 change
+/// nothing and need no run.
 fn pick(proxies: &[f64], anchors: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..proxies.len()).filter(|&k| proxies[k] > 0.0).collect();
     order.sort_by(|&a, &b| proxies[a].total_cmp(&proxies[b]).then(a.cmp(&b)));
     let m = order.len();
     if m <= anchors {
         return order;
+    }
+    if anchors == 1 {
+        return vec![order[m / 2]];
     }
     let mut at: Vec<usize> =
         (0..anchors).map(|a| order[(a * (m - 1) + (anchors - 1) / 2) / (anchors - 1)]).collect();
@@ -136,6 +140,7 @@ mod tests {
         assert_eq!(pick(&proxies, 3), vec![2, 5, 6]);
         assert_eq!(pick(&proxies, 10), vec![2, 4, 3, 5, 0, 6]);
         assert_eq!(pick(&proxies, 2), vec![2, 6]);
+        assert_eq!(pick(&proxies, 1), vec![5]);
     }
 
     #[test]
