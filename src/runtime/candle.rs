@@ -123,21 +123,35 @@ struct Lazy<'a> {
 }
 
 impl Lazy<'_> {
-    fn load(&self, name: &str, dtype: CandleDType, on: &CandleDevice) -> Result<Tensor> {
-        let Some(&i) = self.index.get(name) else {
-            return Err(Error::Rebuild(format!("{}: no tensor named {name}", self.file.path().display())));
+    /// The header entry of tensor `name`.
+    fn entry(&self, name: &str) -> candle_core::Result<&crate::format::TensorEntry> {
+        match self.index.get(name) {
+            Some(&i) => Ok(&self.file.header().tensors[i]),
+            None => Err(candle_core::Error::CannotFindTensor { path: name.to_string() }),
+        }
+    }
+
+    /// Tensor `t` decoded (raw sections as stored, the others by their codec) on `on` as `dtype`.
+    fn load(
+        &self,
+        t: &crate::format::TensorEntry,
+        dtype: CandleDType,
+        on: &CandleDevice,
+    ) -> candle_core::Result<Tensor> {
+        let load = || -> Result<Tensor> {
+            let data = match t.storage {
+                Storage::Raw { section } => self.file.decode_section(section)?.into_owned(),
+                _ => crate::runtime::regen::stored_bytes(self.file, t)?,
+            };
+            let w = WeightTensor { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), data };
+            Ok(to_candle(&w, on)?.to_dtype(dtype)?)
         };
-        let t = &self.file.header().tensors[i];
-        let data = match t.storage {
-            Storage::Raw { section } => self.file.decode_section(section)?.into_owned(),
-            _ => crate::runtime::regen::stored_bytes(self.file, t)?,
-        };
-        let w = WeightTensor { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), data };
-        Ok(to_candle(&w, on)?.to_dtype(dtype)?)
+        load().map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 }
 
 impl candle_nn::var_builder::SimpleBackend for Lazy<'_> {
+    /// The shape is checked against the header before anything is decoded.
     fn get(
         &self,
         s: candle_core::Shape,
@@ -146,15 +160,16 @@ impl candle_nn::var_builder::SimpleBackend for Lazy<'_> {
         dtype: CandleDType,
         dev: &CandleDevice,
     ) -> candle_core::Result<Tensor> {
-        let t = self.get_unchecked(name, dtype, dev)?;
-        if t.shape() != &s {
+        let t = self.entry(name)?;
+        let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        if dims != s.dims() {
             return Err(candle_core::Error::UnexpectedShape {
                 msg: format!("shape mismatch for {name}"),
                 expected: s,
-                got: t.shape().clone(),
+                got: dims.into(),
             });
         }
-        Ok(t)
+        self.load(t, dtype, dev)
     }
 
     fn get_unchecked(
@@ -163,10 +178,7 @@ impl candle_nn::var_builder::SimpleBackend for Lazy<'_> {
         dtype: CandleDType,
         dev: &CandleDevice,
     ) -> candle_core::Result<Tensor> {
-        if !self.index.contains_key(name) {
-            return Err(candle_core::Error::CannotFindTensor { path: name.to_string() });
-        }
-        self.load(name, dtype, dev).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        self.load(self.entry(name)?, dtype, dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
