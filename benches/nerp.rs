@@ -8,6 +8,7 @@
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
+use nerp::codec::Codec;
 use nerp::format::{Storage, WeightDtype};
 use nerp::Device;
 use nerp::{ingest, runtime, runtime::regen, synth};
@@ -22,6 +23,10 @@ const RESNET20: &str = "resnet20_fashion_mnist.onnx";
 /// The synthetic model: `LAYERS` kernels of `CHANNELS`×`CHANNELS`×3×3.
 const CHANNELS: usize = 256;
 const LAYERS: usize = 17;
+/// Rungs of `coded` storage (step `RMS · 2^(k/4)`) giving about 3 and 6 bits per weight on
+/// these models (the bench prints the measured figure).
+const CODED_3BITS: i8 = -4;
+const CODED_6BITS: i8 = -16;
 
 fn shared_model(name: &str) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -42,11 +47,30 @@ fn nerp_of(source: &Path, dir: &Path, name: &str) -> PathBuf {
     path
 }
 
-/// Values of the predicted tensors of a file.
-fn predicted_weights(file: &nerp::NerpFile) -> u64 {
+/// Writes a `.nerp` of the model at `source` into `dir` with every tensor stored `coded` at rung
+/// `rung` (no predictor), and says its bits per coded weight.
+fn coded_of(source: &Path, dir: &Path, name: &str, rung: i8) -> PathBuf {
+    let model = ingest::load(source).expect("source model");
+    let bytes = synth::codec_file(&model, Codec::Coded(rung)).expect("build .nerp");
+    let path = dir.join(name);
+    nerp::format::write_atomic(&path, &bytes).expect("write .nerp");
+    let coded = stored_weights(&nerp::open(&path).expect("open"), |s| matches!(s, Storage::Coded { .. }));
+    eprintln!(
+        "{name}: rung {rung}, {:.2} bits per coded weight (file bytes)",
+        bytes.len() as f64 * 8.0 / coded as f64
+    );
+    path
+}
+
+/// Values of the tensors of a file whose storage satisfies `which`.
+fn stored_weights(file: &nerp::NerpFile, which: impl Fn(&Storage) -> bool) -> u64 {
     let h = file.header();
-    let predicted = h.tensors.iter().filter(|t| matches!(t.storage, Storage::Predicted { .. }));
-    predicted.map(|t| t.shape.iter().product::<u64>()).sum()
+    h.tensors.iter().filter(|t| which(&t.storage)).map(|t| t.shape.iter().product::<u64>()).sum()
+}
+
+/// Values of the predicted or coded tensors of a file: what regeneration computes or decodes.
+fn regenerated_weights(file: &nerp::NerpFile) -> u64 {
+    stored_weights(file, |s| matches!(s, Storage::Predicted { .. } | Storage::Coded { .. }))
 }
 
 struct Fixtures {
@@ -54,6 +78,11 @@ struct Fixtures {
     onnx: PathBuf,
     resnet20: PathBuf,
     big: PathBuf,
+    /// ResNet-20 with every tensor `coded`: ~3 and ~6 bits per weight.
+    resnet20_coded: [(&'static str, PathBuf); 2],
+    /// The synthetic stack as ONNX, and `coded` at ~6 bits per weight.
+    stack_onnx: PathBuf,
+    big_coded: PathBuf,
 }
 
 fn fixtures() -> Fixtures {
@@ -64,7 +93,14 @@ fn fixtures() -> Fixtures {
     std::fs::write(&stack, synth::conv_stack_safetensors(CHANNELS, LAYERS, 0).expect("synthetic model"))
         .expect("write synthetic model");
     let big = nerp_of(&stack, dir.path(), "conv_stack_10m.nerp");
-    Fixtures { _dir: dir, onnx, resnet20, big }
+    let resnet20_coded = [
+        ("nerp_coded_3bits", coded_of(&onnx, dir.path(), "resnet20_coded3.nerp", CODED_3BITS)),
+        ("nerp_coded_6bits", coded_of(&onnx, dir.path(), "resnet20_coded6.nerp", CODED_6BITS)),
+    ];
+    let stack_onnx = dir.path().join("conv_stack.onnx");
+    std::fs::write(&stack_onnx, synth::conv_stack_onnx(CHANNELS, LAYERS, 0)).expect("write synthetic model");
+    let big_coded = coded_of(&stack_onnx, dir.path(), "conv_stack_10m_coded6.nerp", CODED_6BITS);
+    Fixtures { _dir: dir, onnx, resnet20, big, resnet20_coded, stack_onnx, big_coded }
 }
 
 fn short<'a>(c: &'a mut Criterion, name: &str, secs: u64) -> criterion::BenchmarkGroup<'a, WallTime> {
@@ -95,10 +131,13 @@ fn benches(c: &mut Criterion) {
 
     let cpu = Device::Cpu;
     let mut g = short(c, "regenerate", 5);
-    for (name, path) in models {
+    let coded = [("resnet20", &fx.resnet20_coded[1].1), ("conv_stack_10m", &fx.big_coded)];
+    let coded = coded.map(|(name, path)| ("coded_6bits".to_string(), name, path));
+    let predicted = models.map(|(name, path)| (format!("h{HIDDEN}_f16"), name, path));
+    for (storage, name, path) in predicted.into_iter().chain(coded) {
         let file = nerp::open(path).expect("open");
-        g.throughput(Throughput::Elements(predicted_weights(&file)));
-        g.bench_function(BenchmarkId::new(format!("h{HIDDEN}_f16"), name), |b| {
+        g.throughput(Throughput::Elements(regenerated_weights(&file)));
+        g.bench_function(BenchmarkId::new(storage, name), |b| {
             b.iter(|| black_box(regen::regenerate(&file, &cpu).expect("regenerate")))
         });
     }
@@ -126,6 +165,19 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function(format!("nerp_h{HIDDEN}_f16"), |b| {
         b.iter(|| black_box(nerp::load_model(&fx.resnet20, &cpu).expect("load")))
+    });
+    for (name, path) in &fx.resnet20_coded {
+        g.bench_function(*name, |b| b.iter(|| black_box(nerp::load_model(path, &cpu).expect("load"))));
+    }
+    g.finish();
+
+    // Large dense kernels: the most decoding per unit of tract's own loading work.
+    let mut g = short(c, "load_to_ready_conv_stack_10m", 5);
+    g.bench_function("original_onnx", |b| {
+        b.iter(|| black_box(runtime::Model::from_onnx_file(&fx.stack_onnx).expect("load")))
+    });
+    g.bench_function("nerp_coded_6bits", |b| {
+        b.iter(|| black_box(nerp::load_model(&fx.big_coded, &cpu).expect("load")))
     });
     g.finish();
 }

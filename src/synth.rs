@@ -3,6 +3,7 @@
 //! exercise every step of reading, regeneration and rebuilding, and safetensors files with the
 //! tensor names and shapes of a decoder LLM ([`LlmLayout`], [`write_llm`]).
 
+use crate::codec::Codec;
 use crate::compress::train::{init_predictor, Rng};
 use crate::compress::{build_file, make_plan, CompressOptions, Plan};
 use crate::error::{Error, Result};
@@ -218,6 +219,16 @@ pub fn untrained_file(
     let p = init_predictor(hidden, opts.embedding, seed, &Device::Cpu)?.rounded(dtype)?;
     let bytes = build_file(model, &plans, &values, Some(&p), &opts)?.bytes;
     Ok((bytes, p))
+}
+
+/// A complete `.nerp` (bytes) of `model` without a predictor: every tensor stored with `codec`
+/// (rounded to nearest), as `--raw-codec` stores the tensors a file does not predict. With
+/// `Codec::Coded(k)` it measures the entropy decoder inside loading (benches/nerp.rs).
+pub fn codec_file(model: &SourceModel, codec: Codec) -> Result<Vec<u8>> {
+    let opts = CompressOptions { raw_codec: codec, ..Default::default() };
+    opts.validate()?;
+    let Plan { layers: plans, values, .. } = make_plan(model, &opts)?;
+    Ok(build_file(model, &plans, &values, None, &opts)?.bytes)
 }
 
 /// The tensor names and shapes of a decoder LLM of the Qwen2 family, as the Hugging Face

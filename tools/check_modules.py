@@ -27,7 +27,7 @@ MAY_USE = {
     "format": FORMAT_MAY_USE,
     "codec": {"error", "format"},
     "predictor": {"error", "format", "gpu", "linalg"},
-    "runtime": {"error", "format", "mmap", "codec", "predictor", "gpu", "ingest", "data"},
+    "runtime": {"error", "format", "mmap", "codec", "predictor", "gpu", "ingest", "data", "linalg"},
     "compress": {"error", "format", "mmap", "codec", "predictor", "gpu", "ingest", "data", "runtime",
                  "linalg", "synth"},
 }
