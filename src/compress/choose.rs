@@ -19,7 +19,7 @@ use crate::compress::{
 };
 use crate::error::{Error, Result};
 use crate::format::{self, codec::pack_permutation, Encoding, Ordering};
-use crate::ingest::{SourceModel, SourceTensor};
+use crate::ingest::{Role, SourceModel, SourceTensor};
 use crate::predictor::Predictor;
 use std::sync::Arc;
 
@@ -191,7 +191,13 @@ impl Measure<'_> {
             return Ok(0.0);
         }
         match self {
-            Measure::Output(c) => c.error(&[(tensor, values)]),
+            // The original runs on these inputs, so a model that cannot be built or run with
+            // these values (a shape that no longer matches) is this candidate's fault: not a
+            // candidate.
+            Measure::Output(c) => match c.error(&[(tensor, values)]) {
+                Err(Error::Tract(_) | Error::Rebuild(_)) => Ok(f64::INFINITY),
+                r => r,
+            },
             Measure::Weights { total_norm } => {
                 let d: f64 = original.iter().zip(values).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
                 Ok(d.sqrt() / total_norm.max(f64::MIN_POSITIVE))
@@ -205,9 +211,9 @@ pub fn tensor(t: &SourceTensor) -> crate::codec::Tensor<'_> {
     crate::codec::Tensor { name: &t.name, dtype: t.dtype, shape: &t.shape, source: &t.data }
 }
 
-/// Whether a tensor may get a lossy codec ([`crate::codec::eligible`]).
+/// Whether a tensor may get a lossy codec ([`crate::codec::eligible`], and not a shape).
 pub fn eligible(t: &SourceTensor) -> bool {
-    crate::codec::eligible(t.dtype, &t.shape, t.data.len())
+    t.role != Role::Shape && crate::codec::eligible(t.dtype, &t.shape, t.data.len())
 }
 
 /// Rungs of the coded candidates of a weight tensor ([`crate::codec::coded::step`]: steps from a
@@ -250,7 +256,8 @@ pub fn candidates(
         };
         let mut out = vec![raw];
         let view = tensor(t);
-        let codecs: Vec<Codec> = match (eligible(t), t.dtype.is_float() && !t.data.is_empty()) {
+        let lossy = t.dtype.is_float() && !t.data.is_empty() && t.role != Role::Shape;
+        let codecs: Vec<Codec> = match (eligible(t), lossy) {
             (true, _) => Codec::CHOICES.into_iter().chain(CODED_RUNGS.map(Codec::Coded)).collect(),
             // Biases and norms: coded finely (they are few bytes, and sensitive).
             (false, true) => FINE_RUNGS.map(Codec::Coded).to_vec(),
@@ -859,6 +866,34 @@ mod tests {
                 t += 1;
             }
         }
+    }
+
+    #[test]
+    fn a_shape_tensor_gets_no_lossy_candidate() {
+        let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let t = |name: &str, data: &[f32], role| SourceTensor {
+            name: name.into(),
+            dtype: format::DType::F32,
+            shape: vec![data.len() as u64],
+            data: f32s(data),
+            role,
+        };
+        let model = SourceModel {
+            kind: format::SourceKind::Onnx,
+            file_bytes: 0,
+            tensors: vec![
+                t("scales", &[1.0, 1.0, 2.0, 2.0], Role::Shape),
+                t("b", &[0.3, -0.1, 0.7, 0.2], Role::Other),
+            ],
+            skeleton: None,
+            metadata: Default::default(),
+        };
+        let c =
+            candidates(&model, &Measure::Weights { total_norm: 1.0 }, &Hessians::default(), 1, 0).unwrap();
+        assert_eq!(c[0].len(), 1, "raw only");
+        assert_eq!(c[0][0].choice, Choice::Stored(Codec::Raw));
+        assert!(c[1].len() > 1, "a bias is coded finely");
+        assert!(!eligible(&model.tensors[0]));
     }
 
     #[test]

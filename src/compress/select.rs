@@ -102,6 +102,7 @@ impl Selection {
             (Role::Matrix, _) => Layout::Matrix,
             (Role::Other, SourceKind::Safetensors) => Layout::Matrix,
             (Role::Other, SourceKind::Onnx) if included => Layout::Matrix,
+            (Role::Shape, _) => return Err("decides other values' shapes (kept exact)".into()),
             (Role::Other, SourceKind::Onnx) => {
                 return Err("not used as a Conv/ConvTranspose kernel, Gemm/MatMul operand, RNN weight or \
                             Gather table (name it with --include to predict it as a matrix)"

@@ -30,7 +30,11 @@ pub enum Role {
     /// A weight matrix: ONNX `Gemm`/`MatMul` operand, `LSTM`/`GRU`/`RNN` `W`/`R`, `Gather`
     /// table; safetensors: rank 2 or 3.
     Matrix,
-    /// Anything else (biases, norms, shapes, …).
+    /// A float value that decides other values' shapes or lengths (ONNX `Resize`'s roi and
+    /// scales, `Upsample`'s scales, `Range`'s bounds): stored losslessly, since a scale of 2
+    /// stored as 2.0026 made PP-OCR det's upsampled maps 94 wide against 96.
+    Shape,
+    /// Anything else (biases, norms, integer shapes, …).
     Other,
 }
 

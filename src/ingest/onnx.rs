@@ -28,9 +28,15 @@ pub fn tensor_slots(graph: &mut GraphProto) -> Vec<(String, &mut TensorProto)> {
     slots
 }
 
-/// The role of each value name from the nodes of the main graph that consume it (a kernel
-/// role wins over a matrix role).
+/// The role of each value name from the nodes of the main graph that consume it (a shape role
+/// wins over a kernel role, which wins over a matrix role).
 fn roles(graph: &GraphProto) -> HashMap<String, Role> {
+    let rank = |r: Role| match r {
+        Role::Shape => 3,
+        Role::ConvKernel => 2,
+        Role::Matrix => 1,
+        Role::Other => 0,
+    };
     let mut roles = HashMap::new();
     for n in graph.node.iter().filter(|n| is_default_domain(&n.domain)) {
         let (role, inputs): (Role, &[usize]) = match n.op_type.as_str() {
@@ -38,11 +44,14 @@ fn roles(graph: &GraphProto) -> HashMap<String, Role> {
             "Gemm" | "MatMul" => (Role::Matrix, &[0, 1]),
             "LSTM" | "GRU" | "RNN" => (Role::Matrix, &[1, 2]),
             "Gather" => (Role::Matrix, &[0]),
+            "Resize" => (Role::Shape, &[1, 2, 3]),
+            "Upsample" => (Role::Shape, &[1]),
+            "Range" => (Role::Shape, &[0, 1, 2]),
             _ => continue,
         };
         for name in inputs.iter().filter_map(|&i| n.input.get(i)) {
             let r = roles.entry(name.clone()).or_insert(role);
-            if role == Role::ConvKernel {
+            if rank(role) > rank(*r) {
                 *r = role;
             }
         }
@@ -243,4 +252,40 @@ fn open_external(dir: &Path, rel: &Path) -> std::result::Result<(std::fs::File, 
         .map_err(|e| format!("external data file {shown}: {e}"))?;
     let len = regular(f.metadata())?;
     Ok((f, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::pb::NodeProto;
+
+    fn node(op: &str, inputs: &[&str]) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn resize_scales_and_range_bounds_are_shapes_whatever_else_reads_them() {
+        let graph = GraphProto {
+            node: vec![
+                node("Conv", &["x", "w", "b"]),
+                node("Resize", &["y", "roi", "scales"]),
+                node("Upsample", &["y", "up"]),
+                node("Range", &["start", "limit", "delta"]),
+                // A value both multiplied and used as a scale stays exact.
+                node("MatMul", &["scales", "m"]),
+            ],
+            ..Default::default()
+        };
+        let r = roles(&graph);
+        assert_eq!(r["w"], Role::ConvKernel);
+        assert_eq!(r["m"], Role::Matrix);
+        for name in ["roi", "scales", "up", "start", "limit", "delta"] {
+            assert_eq!(r[name], Role::Shape, "{name}");
+        }
+        assert!(!r.contains_key("b"), "a bias has no role of its own");
+    }
 }
