@@ -233,7 +233,7 @@ pub struct DistillArgs {
     /// file is also fine-tuned on them (--finetune-steps).
     #[arg(long, help_heading = "Distillation")]
     pub data: Option<String>,
-    /// Distillation steps of the chosen file's coded tensors [default: 200 when --data is given
+    /// Distillation steps of the chosen file's coded tensors [default: 800 when --data is given
     /// with --size-ratio or --max-error, else 0].
     #[arg(long, help_heading = "Distillation")]
     pub finetune_steps: Option<usize>,

@@ -6,7 +6,7 @@
 //!   per row `aᵣ` (local scaling adaptation, as NNCodec does; stored as the section's f16 row
 //!   scales): the network computes with `round(Uᵢ) · sᵢ · aᵣ`, the gradient passes the rounding
 //!   unchanged (straight-through), and `Uᵢ` starts at the chosen codes, `aᵣ` at 1, so step 0 is
-//!   the file as chosen.
+//!   the file as chosen. Codes chosen as 0 stay 0 ([`keep_zeros`]): the file keeps its size.
 //! - A coded vector (a bias, a folded BatchNorm's shift) is trained as values, `b₀ + δ · rms(b₀)`,
 //!   and rounded again at its rung afterwards (its steps are 1/16 to 1/256 of its RMS).
 //!
@@ -79,6 +79,18 @@ pub fn reserve(model: &SourceModel, opts: &CompressOptions, max: u64) -> u64 {
         false => 0,
     };
     max / 100 + 2 * rows
+}
+
+/// Zeroes the gradient of every code that was chosen as 0, so that it stays 0 (Adam moves no
+/// parameter whose gradients were all 0). ResNet-20 at 45× with data, 800 steps: left free, 545
+/// codes moved, mostly off zero, and the file grew 8.3% past its size budget (so the chosen
+/// codes were kept: 87.51%); with zeros kept, 312 moved, the file fit, 89.91%.
+fn keep_zeros(grad: &mut [f32], initial: &[f32]) {
+    for (g, q) in grad.iter_mut().zip(initial) {
+        if *q == 0.0 {
+            *g = 0.0;
+        }
+    }
 }
 
 /// One fine-tuned tensor: its index in the model, its rung and step, its rows (of `row`
@@ -235,6 +247,7 @@ pub fn finetune(
                 Kind::Vector { .. } => grad(&mut g_rel)?,
             }
         }
+        keep_zeros(&mut g_codes, &initial);
         opt_codes.step(&mut codes, &g_codes, &cfg_codes, step);
         if ft.scale_lr > 0.0 {
             opt_rel.step(&mut rel, &g_rel, &cfg_rel, step);
@@ -288,4 +301,30 @@ pub fn finetune(
         kept: true,
         seconds: start.elapsed().as_secs_f64(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_codes_stay_zero_while_the_others_learn() {
+        let initial = vec![0.0f32, 2.0, 0.0, -1.0];
+        let mut codes = initial.clone();
+        let cfg = TrainConfig {
+            steps: 100,
+            lr: 0.05,
+            lr_min: 0.05,
+            warmup: 1,
+            ..CompressOptions::default().train_config(1)
+        };
+        let mut opt = AdamW::new(codes.len());
+        for step in 0..100 {
+            let mut grad = vec![1.0f32; 4];
+            keep_zeros(&mut grad, &initial);
+            opt.step(&mut codes, &grad, &cfg, step);
+        }
+        assert_eq!((codes[0], codes[2]), (0.0, 0.0), "{codes:?}");
+        assert!(codes[1] < 1.5 && codes[3] < -1.5, "the others move against the gradient: {codes:?}");
+    }
 }
