@@ -4,13 +4,14 @@
 # and with data (the same plus the default fine-tuning of the chosen file on the training
 # images). Accuracy on the full 10,000-image test set. Writes <model>.tsv and logs here.
 # Usage: docs/results/coded/run.sh [resnet20|resnet56] "RATIOS data-free" "RATIOS with data"
+# (an empty list runs no point of that kind; an omitted one the default list)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/../../.."
 nerp="${NERP:-$root/target/release/nerp}"
 model="${1:-resnet20}"
-free="${2:-default 15 20 25 30 35}"
-data="${3:-30 40 45 50 60}"
+free="${2-default 15 20 25 30 35}"
+data="${3-30 40 45 50 60}"
 src="$root/../shared/models/${model}_fashion_mnist.onnx"
 pre="--preprocess mean=0.286,std=0.353"
 tsv="$here/$model.tsv"
