@@ -9,6 +9,7 @@ use crate::format::{read, DType, NerpFile, PredictorSpec, Storage};
 use crate::predictor::{self, Predictor};
 use crate::runtime::device::Device;
 use candle_core::Tensor;
+use std::borrow::Cow;
 
 /// The predicted layers of a file, permutations and scales decoded and checked (by the reader).
 pub use crate::format::layer_plans;
@@ -103,19 +104,26 @@ pub fn regenerate(file: &NerpFile, device: &Device) -> Result<Vec<WeightTensor>>
     // faster on 2 cores that a compress kept busy (benches/README.md).
     let one = |i: usize| -> Result<WeightTensor> {
         let (t, pred) = (&h.tensors[i], by_tensor[i]);
-        let data = match (t.storage.clone(), pred) {
-            (Storage::Raw { section }, _) => file.decode_section(section)?.into_owned(),
-            (Storage::Quantized { .. } | Storage::Coded { .. } | Storage::Cast { .. }, _) => {
-                stored_bytes(file, t)?
-            }
+        let data = match (&t.storage, pred) {
             (Storage::Predicted { .. }, Some((p, pred))) => predicted_bytes(file, p, pred)?,
             (Storage::Predicted { .. }, None) => {
                 return Err(Error::Rebuild(format!("tensor {} has no layer plan", t.name)))
             }
+            _ => unpredicted_bytes(file, t)?.into_owned(),
         };
         Ok(WeightTensor { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), data })
     };
     crate::linalg::parallel(h.tensors.len(), crate::linalg::threads(), one).into_iter().collect()
+}
+
+/// The bytes of a tensor that is not predicted, in its dtype: a `raw` section as stored (borrowed
+/// where it is plain), any other by [`stored_bytes`]. The one reading of such a tensor shared by
+/// regeneration, the streaming safetensors writer and the lazy candle backend.
+pub fn unpredicted_bytes<'a>(file: &'a NerpFile, t: &crate::format::TensorEntry) -> Result<Cow<'a, [u8]>> {
+    match t.storage {
+        Storage::Raw { section } => file.decode_section(section),
+        _ => Ok(Cow::Owned(stored_bytes(file, t)?)),
+    }
 }
 
 /// The bytes of a tensor stored `quantized`, `coded` or `cast`, in its dtype: decoded by its

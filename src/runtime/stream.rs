@@ -64,10 +64,7 @@ pub fn write_safetensors(file: &NerpFile, path: &Path) -> Result<Option<u64>> {
         w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
         w.write_all(&json).map_err(|e| Error::io(&out_path, "writing", e))?;
         for t in &h.tensors {
-            let data = match t.storage {
-                Storage::Raw { section } => file.decode_section(section)?,
-                _ => std::borrow::Cow::Owned(super::regen::stored_bytes(file, t)?),
-            };
+            let data = super::regen::unpredicted_bytes(file, t)?;
             w.write_all(&data).map_err(|e| Error::io(&out_path, "writing", e))?;
         }
         let f = w.into_inner().map_err(|e| Error::io(&out_path, "writing", e.into_error()))?;
