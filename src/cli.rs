@@ -714,6 +714,9 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
             measured +=
                 &format!(", on the {} held-back inputs {} (the file's error)", s.check_inputs, pct(m));
         }
+        if let Some(b) = s.error_bound {
+            measured += &format!(", at most {} on inputs like them (95% bound, checked)", pct(b));
+        }
         if let Some(t) = s.top1_agreement {
             measured += &format!("; held back: top-1 agreement {}", pct(t));
         }
@@ -732,6 +735,21 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
                 (false, _) => "NOT met",
             },
         );
+        let tries: Vec<String> = s
+            .tries
+            .iter()
+            .map(|t| {
+                let aim = if s.budget.starts_with("bytes") {
+                    format!("{:.0} B", t.target)
+                } else {
+                    format!("error {}", pct(t.target))
+                };
+                let what = if t.with_predictor { "with predictor " } else { "" };
+                let met = if t.met { "met" } else { "not met" };
+                format!("{what}aimed at {aim}: {} B, {} ({met})", t.bytes, pct(t.error))
+            })
+            .collect();
+        println!("allocations tried: {}", tries.join("; "));
     }
     if let Some(f) = &r.finetune {
         let pct = |e: Option<f64>| e.map_or("-".into(), |e| format!("{:.2}%", 100.0 * e));
@@ -1289,8 +1307,9 @@ fn demo(a: DemoArgs) -> Result<()> {
     if let Some(s) = &c.storage {
         let measured = s.measured_error.map_or("-".into(), |m| format!("{:.2}%", 100.0 * m));
         let fitted = s.fitted_error.map_or("-".into(), |m| format!("{:.2}%", 100.0 * m));
+        let bound = s.error_bound.map_or("-".into(), |m| format!("{:.2}%", 100.0 * m));
         println!(
-            "| output error on {} held-back training images | {measured} (budget {}; on the {} fit images {fitted}) |",
+            "| output error on {} held-back training images | {measured}, 95% bound {bound} (budget {}; on the {} fit images {fitted}) |",
             s.check_inputs, s.budget, s.fit_inputs
         );
     }

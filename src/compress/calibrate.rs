@@ -37,6 +37,10 @@ pub struct Calibration {
 pub struct Fidelity {
     /// Relative L2 error of the first output (logits where a final `Softmax` computes it).
     pub error: f64,
+    /// A one-sided 95% upper bound on that error over inputs like these ([`upper_bound`]): the
+    /// error plus Student's t times its jackknife standard error over the inputs. What a budget
+    /// is checked against on held-back inputs.
+    pub bound: f64,
     /// Classifiers: share of rows (all axes but the last) whose largest value is at the same
     /// place as the original's.
     pub top1_agreement: Option<f64>,
@@ -202,13 +206,36 @@ impl Calibration {
             )));
         }
         let (top1_agreement, input_agreement) = self.agreement(&y);
-        let error = if y.iter().any(|v| !v.is_finite()) {
-            f64::INFINITY
+        let (error, bound) = if y.iter().any(|v| !v.is_finite()) {
+            (f64::INFINITY, f64::INFINITY)
         } else {
-            let diff: f64 = y.iter().zip(&self.reference).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-            diff.sqrt() / self.reference_norm.max(f64::MIN_POSITIVE)
+            let sq =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>();
+            let (mut diff, mut norm) = (Vec::new(), Vec::new());
+            for (a, b) in self.units().into_iter().map(|r| (&y[r.clone()], &self.reference[r])) {
+                diff.push(sq(a, b));
+                norm.push(b.iter().map(|q| (*q as f64).powi(2)).sum());
+            }
+            upper_bound(&diff, &norm)
         };
-        Ok(Fidelity { error, top1_agreement, input_agreement })
+        Ok(Fidelity { error, bound, top1_agreement, input_agreement })
+    }
+
+    /// The ranges of the first output that belong to one input each (one per batch where the
+    /// output's first axis does not count the batch's inputs).
+    fn units(&self) -> Vec<std::ops::Range<usize>> {
+        let mut units = Vec::new();
+        let mut at = 0usize;
+        for ((_, input), shape) in self.inputs.iter().zip(&self.output_shapes) {
+            let len: usize = shape.iter().product();
+            let n = match (input.first(), shape.first()) {
+                (Some(&a), Some(&b)) if a == b && a > 0 => a,
+                _ => 1,
+            };
+            units.extend((0..n).map(|i| at + i * len / n..at + (i + 1) * len / n));
+            at += len;
+        }
+        units
     }
 
     /// Top-1 agreement of `y` with the reference over rows of the last axis, and the share of
@@ -254,6 +281,45 @@ impl Calibration {
     }
 }
 
+/// The pooled relative error `√(Σdᵢ / Σrᵢ)` of inputs with squared output differences `diff`
+/// and squared reference norms `norm`, and a one-sided 95% upper bound on it: the error plus
+/// Student's t (n − 1 degrees of freedom) times its jackknife standard error (leave one input
+/// out); with fewer than two inputs, the error itself. Without such a margin the budget was met on the few inputs it was checked on and not
+/// on others: the allocation retargets until its check passes, so the check it stops on reads
+/// low (ResNet-20 `--max-error 0.05`: 4.80% on 64 held-back images, 5.40% on the 10,000 test
+/// images; PP-OCR det: 4.82% on 4 held-back pages, 7.37% on 8 others).
+pub fn upper_bound(diff: &[f64], norm: &[f64]) -> (f64, f64) {
+    let (d, r): (f64, f64) = (diff.iter().sum(), norm.iter().sum());
+    let error = (d / r.max(f64::MIN_POSITIVE)).sqrt();
+    let n = diff.len();
+    if n < 2 || !error.is_finite() {
+        return (error, error); // no spread to measure
+    }
+    let out: Vec<f64> = diff
+        .iter()
+        .zip(norm)
+        .map(|(di, ri)| ((d - di).max(0.0) / (r - ri).max(f64::MIN_POSITIVE)).sqrt())
+        .collect();
+    let mean = out.iter().sum::<f64>() / n as f64;
+    let var = (n - 1) as f64 / n as f64 * out.iter().map(|e| (e - mean).powi(2)).sum::<f64>();
+    (error, error + student_t95(n - 1) * var.sqrt())
+}
+
+/// Student's t one-sided 95% quantile for `df` degrees of freedom: a table to 30, then the
+/// Cornish–Fisher expansion around the normal's 1.645 (within 0.001 beyond 30).
+fn student_t95(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812, 1.796, 1.782, 1.771, 1.761,
+        1.753, 1.746, 1.740, 1.734, 1.729, 1.725, 1.721, 1.717, 1.714, 1.711, 1.708, 1.706, 1.703, 1.701,
+        1.699, 1.697,
+    ];
+    if (1..=30).contains(&df) {
+        return T[df - 1];
+    }
+    let (z, v) = (1.644_853_6_f64, df.max(1) as f64);
+    z + (z.powi(3) + z) / (4.0 * v) + (5.0 * z.powi(5) + 16.0 * z.powi(3) + 3.0 * z) / (96.0 * v * v)
+}
+
 const NON_FINITE: &str = "check the calibration inputs and their preprocessing (--preprocess)";
 
 #[cfg(test)]
@@ -281,5 +347,23 @@ mod tests {
         assert_eq!(shapes(&kept), vec![vec![2, 2], vec![2, 2]]);
         assert_eq!(shapes(&back), vec![vec![1, 2], vec![3, 2]]);
         assert_eq!((count_inputs(&kept), count_inputs(&back)), (4, 4));
+    }
+
+    #[test]
+    fn the_bound_adds_t_times_the_jackknife_standard_error() {
+        // Equal inputs: no spread, the bound is the error.
+        let (e, b) = upper_bound(&[1.0; 4], &[4.0; 4]);
+        assert_eq!((e, b), (0.5, 0.5));
+        // Two inputs: leaving out one gives 1/1 = 1 or 0/1 = 0; the pooled error is √(1/2);
+        // the jackknife variance (1/2)·(0.25 + 0.25) = 0.25, t(1 df) = 6.314.
+        let (e, b) = upper_bound(&[1.0, 0.0], &[1.0, 1.0]);
+        assert!((e - 0.5f64.sqrt()).abs() < 1e-12);
+        assert!((b - (e + 6.314 * 0.5)).abs() < 1e-12, "{b}");
+        // One input gives no spread to measure.
+        assert_eq!(upper_bound(&[1.0], &[4.0]), (0.5, 0.5));
+        // The expansion meets the table: t(30) 1.697, t(60) 1.671, t(120) 1.658.
+        for (df, t) in [(30, 1.697), (31, 1.696), (60, 1.671), (120, 1.658)] {
+            assert!((student_t95(df) - t).abs() < 1e-3, "t({df}) = {}", student_t95(df));
+        }
     }
 }

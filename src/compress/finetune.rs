@@ -58,8 +58,8 @@ pub struct FinetuneReport {
     /// Matrices given row scales, and vectors (biases) tuned.
     pub scaled: usize,
     pub biases: usize,
-    /// The file's error (on the held-back inputs, as the budget measures it) before and after;
-    /// filled in by the pipeline.
+    /// The file's error (on the held-back inputs; the budget checks their 95% bound) before
+    /// and after; filled in by the pipeline.
     pub error_before: Option<f64>,
     pub error_after: Option<f64>,
     /// Whether the file keeps the fine-tuned codes (not when they break the error budget on the

@@ -31,7 +31,7 @@ pub use options::{
     DEFAULT_QAT_FRACTION, DEFAULT_STEPS, DEMO_STEPS, MAX_STEPS, MIN_CHECK_INPUTS,
 };
 pub use plan::{make_plan, Plan};
-pub use report::{CompressReport, StorageReport, TensorReport};
+pub use report::{AllocationTry, CompressReport, StorageReport, TensorReport};
 
 use crate::compress::choose::{decide, planned, Assessed, Chooser, Decided, Store};
 use crate::compress::fit::{fit, Training};
@@ -154,8 +154,8 @@ pub fn compress(
                 (Some(mut r), c) => {
                     let after =
                         c.as_ref().map(|c| c.file_error(&model, &plan, fitted, opts, &stores)).transpose()?;
-                    r.error_before = before.as_ref().map(Assessed::error);
-                    r.error_after = after.as_ref().map(Assessed::error);
+                    r.error_before = before.as_ref().map(Assessed::file_error);
+                    r.error_after = after.as_ref().map(Assessed::file_error);
                     if let (Some(b), Some(a)) = (&before, &after) {
                         // The budget is kept on the held-back inputs by the file as written: a
                         // fine-tuning that breaks it is not kept.
@@ -165,7 +165,7 @@ pub fn compress(
                         };
                         if a.held_back.is_some() && a.error() > limit && a.error() > b.error() {
                             warnings.push(format!(
-                                "fine-tuning raised the error on the held-back inputs to {:.2}% (over {:.2}%): \
+                                "fine-tuning raised the error on the held-back inputs to up to {:.2}% (95% bound; over {:.2}%): \
                                  the file keeps the codes as chosen",
                                 100.0 * a.error(),
                                 100.0 * limit
@@ -175,6 +175,7 @@ pub fn compress(
                         } else if let Some(s) = storage.as_mut() {
                             s.fitted_error = Some(a.fitted);
                             s.measured_error = a.held_back.map(|h| h.error);
+                            s.error_bound = a.held_back.map(|h| h.bound);
                             s.top1_agreement = a.held_back.and_then(|h| h.top1_agreement);
                             s.input_agreement = a.held_back.and_then(|h| h.input_agreement);
                             if max_bytes.is_none() && s.measured_error.is_some() {

@@ -42,15 +42,34 @@ pub struct StorageReport {
     /// The chosen model's error on the fit inputs, measured in one run (`output` only).
     pub fitted_error: Option<f64>,
     /// The chosen model's error on the held-back inputs, measured in one run (`output` only):
-    /// the file's error, the one the budget is checked against.
+    /// the file's error.
     pub measured_error: Option<f64>,
+    /// A one-sided 95% upper bound on the file's error over inputs like the held-back ones, from
+    /// their spread ([`crate::compress::calibrate::upper_bound`]): what an error budget is
+    /// checked against.
+    pub error_bound: Option<f64>,
     /// Classifiers: top-1 agreement with the original on the held-back inputs (rows of the last
     /// axis).
     pub top1_agreement: Option<f64>,
     /// Classifiers with several rows per input (a CTC recognizer's time steps): the share of
     /// held-back inputs whose rows all agree.
     pub input_agreement: Option<f64>,
-    /// Whether the budget is met (an error budget: on the held-back and on the fit inputs).
+    /// Whether the budget is met (an error budget: its bound on the held-back inputs and the
+    /// error on the fit inputs).
+    pub met: bool,
+    /// Every allocation tried, in order ([`AllocationTry`]).
+    pub tries: Vec<AllocationTry>,
+}
+
+/// One allocation the budget tried: the target it was aimed at (bytes, or the estimated error),
+/// and what its file measured.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct AllocationTry {
+    pub with_predictor: bool,
+    pub target: f64,
+    pub bytes: u64,
+    /// The error the budget is checked against (the held-back bound, or the fitted error).
+    pub error: f64,
     pub met: bool,
 }
 

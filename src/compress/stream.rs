@@ -384,6 +384,8 @@ pub fn compress_on(
         estimated_error: estimated,
         fitted_error: None,
         measured_error: None,
+        error_bound: None,
+        tries: Vec::new(),
         top1_agreement: None,
         input_agreement: None,
         met: match b {

@@ -5,7 +5,8 @@
 # other lines evaluate; det: 8 pages of calibration lines, 4 fit and 4 held back, and 8 pages of
 # evaluation lines), against lossless (zstd), fp16, int8 and int4 for every weight tensor.
 # Quantized tensors round data-aware (GPTQ, layer inputs collected through tract).
-# Per row: the error `compress` printed (on the held-back inputs; the fitted one beside it) and
+# Per row: the error `compress` printed (on the held-back inputs, with the 95% bound from their
+# spread that the budget is checked against since 2026-12-06; the fitted one beside it) and
 # the same figure measured on the evaluation inputs (`nerp eval --logits`: outputs compared
 # before a final Softmax, as `compress` compares them), then the task metric and the relative
 # error of the probabilities (`nerp eval` without --logits).
@@ -45,7 +46,10 @@ fid = ", ".join(f"{k} {d[k]:.3f}" for k in keys) + f", rel err (probabilities) {
 text = open(log).read()
 held = re.findall(r"on the (\d+) held-back inputs ([0-9.]+)%", text)
 fit = re.findall(r"on the (\d+) fit inputs ([0-9.]+)%", text)
+bound = re.findall(r"at most ([0-9.]+)% on inputs like them", text)
 printed = f"{float(held[-1][1]) / 100:.4f} ({held[-1][0]})" if held else "-"
+if bound:
+    printed += f", 95% bound {float(bound[-1]) / 100:.4f}"
 fitted = f"{float(fit[-1][1]) / 100:.4f} ({fit[-1][0]})" if fit else "-"
 print(f"{m}\t{name}\t{b}\t{s/b:.2f}\t{printed}\t{fitted}\t{lg['rel_error']:.4f}\t{fid}")
 PY
