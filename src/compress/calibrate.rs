@@ -24,7 +24,9 @@ pub struct Calibration {
     inputs: Vec<(Vec<f32>, Vec<usize>)>,
     /// The original model's first output on each batch, concatenated.
     reference: Vec<f32>,
-    reference_norm: f64,
+    /// Each input's range of the first output ([`Calibration::input_ranges`]) and the
+    /// original output's squared norm there.
+    units: Vec<(std::ops::Range<usize>, f64)>,
     /// The first output's shape on each batch.
     output_shapes: Vec<Vec<usize>>,
     /// Whether the first output is a classifier's: computed by a final `Softmax`, or
@@ -124,7 +126,7 @@ impl Calibration {
             tensors,
             inputs,
             reference: Vec::new(),
-            reference_norm: 0.0,
+            units: Vec::new(),
             output_shapes: Vec::new(),
             classifier: false,
         };
@@ -132,7 +134,14 @@ impl Calibration {
         let rank2 = |s: &Vec<usize>| s.len() == 2 && s[1] >= 2;
         c.classifier = softmax || output_shapes.iter().all(rank2);
         (c.reference, c.output_shapes) = (reference, output_shapes);
-        c.reference_norm = c.reference.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        c.units = c
+            .input_ranges()
+            .into_iter()
+            .map(|r| {
+                let norm = c.reference[r.clone()].iter().map(|v| (*v as f64).powi(2)).sum();
+                (r, norm)
+            })
+            .collect();
         crate::error::check_finite(
             || "the original model's outputs on the calibration inputs".into(),
             &c.reference,
@@ -209,13 +218,14 @@ impl Calibration {
         let (error, bound) = if y.iter().any(|v| !v.is_finite()) {
             (f64::INFINITY, f64::INFINITY)
         } else {
-            let sq =
-                |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>();
-            let (mut diff, mut norm) = (Vec::new(), Vec::new());
-            for (a, b) in self.units().into_iter().map(|r| (&y[r.clone()], &self.reference[r])) {
-                diff.push(sq(a, b));
-                norm.push(b.iter().map(|q| (*q as f64).powi(2)).sum());
-            }
+            let (diff, norm): (Vec<f64>, Vec<f64>) = self
+                .units
+                .iter()
+                .map(|(r, norm)| {
+                    let (a, b) = (&y[r.clone()], &self.reference[r.clone()]);
+                    (a.iter().zip(b).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>(), *norm)
+                })
+                .unzip();
             upper_bound(&diff, &norm)
         };
         Ok(Fidelity { error, bound, top1_agreement, input_agreement })
@@ -223,7 +233,7 @@ impl Calibration {
 
     /// The ranges of the first output that belong to one input each (one per batch where the
     /// output's first axis does not count the batch's inputs).
-    fn units(&self) -> Vec<std::ops::Range<usize>> {
+    fn input_ranges(&self) -> Vec<std::ops::Range<usize>> {
         let mut units = Vec::new();
         let mut at = 0usize;
         for ((_, input), shape) in self.inputs.iter().zip(&self.output_shapes) {
@@ -284,9 +294,9 @@ impl Calibration {
 /// The pooled relative error `√(Σdᵢ / Σrᵢ)` of inputs with squared output differences `diff`
 /// and squared reference norms `norm`, and a one-sided 95% upper bound on it: the error plus
 /// Student's t (n − 1 degrees of freedom) times its jackknife standard error (leave one input
-/// out); with fewer than two inputs, the error itself. Without such a margin the budget was met on the few inputs it was checked on and not
-/// on others: the allocation retargets until its check passes, so the check it stops on reads
-/// low (ResNet-20 `--max-error 0.05`: 4.80% on 64 held-back images, 5.40% on the 10,000 test
+/// out); with fewer than two inputs, the error itself. Without such a margin the budget was
+/// met on the few inputs it was checked on and not on others: the allocation retargets until
+/// its check passes, so the check it stops on reads low (ResNet-20 `--max-error 0.05`: 4.80% on 64 held-back images, 5.40% on the 10,000 test
 /// images; PP-OCR det: 4.82% on 4 held-back pages, 7.37% on 8 others).
 pub fn upper_bound(diff: &[f64], norm: &[f64]) -> (f64, f64) {
     let (d, r): (f64, f64) = (diff.iter().sum(), norm.iter().sum());
