@@ -715,7 +715,8 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
                 &format!(", on the {} held-back inputs {} (the file's error)", s.check_inputs, pct(m));
         }
         if let Some(b) = s.error_bound {
-            measured += &format!(", at most {} on inputs like them (95% bound, checked)", pct(b));
+            // An error budget is checked against the bound; a byte budget only reports it.
+            measured += &format!(", at most {} on inputs like them (95% bound)", pct(b));
         }
         if let Some(t) = s.top1_agreement {
             measured += &format!("; held back: top-1 agreement {}", pct(t));
@@ -739,10 +740,9 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
             .tries
             .iter()
             .map(|t| {
-                let aim = if s.budget.starts_with("bytes") {
-                    format!("{:.0} B", t.target)
-                } else {
-                    format!("error {}", pct(t.target))
+                let aim = match t.target {
+                    crate::compress::choose::Budget::Bytes(b) => format!("{b} B"),
+                    crate::compress::choose::Budget::Error(e) => format!("error {}", pct(e)),
                 };
                 let what = if t.with_predictor { "with predictor " } else { "" };
                 let met = if t.met { "met" } else { "not met" };

@@ -296,8 +296,9 @@ impl Calibration {
 /// Student's t (n − 1 degrees of freedom) times its jackknife standard error (leave one input
 /// out); with fewer than two inputs, the error itself. Without such a margin the budget was
 /// met on the few inputs it was checked on and not on others: the allocation retargets until
-/// its check passes, so the check it stops on reads low (ResNet-20 `--max-error 0.05`: 4.80% on 64 held-back images, 5.40% on the 10,000 test
-/// images; PP-OCR det: 4.82% on 4 held-back pages, 7.37% on 8 others).
+/// its check passes, so the check it stops on reads low (ResNet-20 `--max-error 0.05`: 4.80%
+/// on 64 held-back images, 5.40% on the 10,000 test images; PP-OCR det: 4.82% on 4 held-back
+/// pages, 7.37% on 8 others).
 pub fn upper_bound(diff: &[f64], norm: &[f64]) -> (f64, f64) {
     let (d, r): (f64, f64) = (diff.iter().sum(), norm.iter().sum());
     let error = (d / r.max(f64::MIN_POSITIVE)).sqrt();

@@ -68,7 +68,7 @@ pub struct Candidate {
 }
 
 /// What to keep within.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub enum Budget {
     /// The whole file at most this many bytes: the smallest estimated error.
     Bytes(u64),
@@ -523,6 +523,17 @@ impl Assessed {
     pub fn file_error(&self) -> f64 {
         self.held_back.map_or(self.fitted, |h| h.error)
     }
+
+    /// Writes what was measured into `report`: the fitted error, and on the held-back inputs
+    /// the error, its bound and the agreements.
+    pub fn report_into(&self, report: &mut StorageReport) {
+        let h = self.held_back;
+        report.fitted_error = Some(self.fitted);
+        report.measured_error = h.map(|h| h.error);
+        report.error_bound = h.map(|h| h.bound);
+        report.top1_agreement = h.and_then(|h| h.top1_agreement);
+        report.input_agreement = h.and_then(|h| h.input_agreement);
+    }
 }
 
 /// The predictor's values of each predicted tensor (model order), and the bytes it adds beside
@@ -798,7 +809,7 @@ pub(crate) fn decide(
                 }
                 _ => unreachable!("the target keeps the budget's kind"),
             };
-            let report = StorageReport {
+            let mut report = StorageReport {
                 budget: what.clone(),
                 measure: measure.name(),
                 fit_inputs: cal.map_or(0, |c| c.inputs()),
@@ -806,19 +817,18 @@ pub(crate) fn decide(
                 predictor_only_error,
                 with_predictor,
                 estimated_error: alloc.error,
-                fitted_error: measured.as_ref().map(|m| m.fitted),
-                measured_error: measured.as_ref().and_then(|m| m.held_back.map(|h| h.error)),
-                error_bound: measured.as_ref().and_then(|m| m.held_back.map(|h| h.bound)),
-                top1_agreement: measured.as_ref().and_then(|m| m.held_back?.top1_agreement),
-                input_agreement: measured.as_ref().and_then(|m| m.held_back?.input_agreement),
+                fitted_error: None,
+                measured_error: None,
+                error_bound: None,
+                top1_agreement: None,
+                input_agreement: None,
                 met,
                 tries: Vec::new(),
             };
-            let aim = match target {
-                Budget::Bytes(t) => t as f64,
-                Budget::Error(t) => t,
-            };
-            tries.push(AllocationTry { with_predictor, target: aim, bytes, error: got, met });
+            if let Some(m) = &measured {
+                m.report_into(&mut report);
+            }
+            tries.push(AllocationTry { with_predictor, target, bytes, error: got, met });
             let decided = Decided { stores, errors: Some(errors), report: Some(report) };
             if met && best.as_ref().is_none_or(|(s, _)| score < *s) {
                 best = Some((score, decided.clone()));

@@ -173,11 +173,7 @@ pub fn compress(
                             stores = chosen.clone();
                             r.kept = false;
                         } else if let Some(s) = storage.as_mut() {
-                            s.fitted_error = Some(a.fitted);
-                            s.measured_error = a.held_back.map(|h| h.error);
-                            s.error_bound = a.held_back.map(|h| h.bound);
-                            s.top1_agreement = a.held_back.and_then(|h| h.top1_agreement);
-                            s.input_agreement = a.held_back.and_then(|h| h.input_agreement);
+                            a.report_into(s);
                             if max_bytes.is_none() && s.measured_error.is_some() {
                                 s.met = a.error() <= limit;
                             }

@@ -66,7 +66,7 @@ pub struct StorageReport {
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct AllocationTry {
     pub with_predictor: bool,
-    pub target: f64,
+    pub target: crate::compress::choose::Budget,
     pub bytes: u64,
     /// The error the budget is checked against (the held-back bound, or the fitted error).
     pub error: f64,
