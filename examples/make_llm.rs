@@ -1,6 +1,7 @@
 //! Writes a safetensors file with the tensor names, shapes and dtype of a decoder LLM (Qwen2
 //! layouts; random weights from a fixed seed, a few outlier input channels per matrix) and its
-//! `config.json`, streaming, and prints its size and the time taken.
+//! `config.json`, streaming, and `tokens.npy` (random token ids, the calibration inputs of
+//! `nerp compress --calibration-inputs`), and prints its size and the time taken.
 //!
 //! ```sh
 //! cargo run --release --example make_llm -- --layout qwen2-0.5b --out /tmp/qwen2-0.5b
@@ -10,10 +11,11 @@
 //! Options: `--layout qwen2-0.5b|qwen2-1.5b` (default qwen2-0.5b), then any of `--layers`,
 //! `--hidden`, `--intermediate`, `--heads`, `--kv-heads`, `--vocab` to change it; `--seed S`
 //! (0); `--dtype f16|bf16|f32` (f16); `--outliers N` outlier input channels per matrix (4; 0:
-//! none) and `--outlier-factor LO,HI` their factors (10,50).
+//! none) and `--outlier-factor LO,HI` their factors (10,50); `--tokens N,LEN` sequences of
+//! token ids and their length (16,64).
 
 use nerp::format::DType;
-use nerp::synth::{write_llm, LlmLayout, LlmValues};
+use nerp::synth::{write_llm, write_tokens, LlmLayout, LlmValues};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -21,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut layout = LlmLayout::QWEN2_0_5B;
     let (mut out, mut values, mut dtype) = (None, LlmValues::default(), DType::F16);
+    let mut tokens = (16usize, 64usize);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let number = || value.parse::<usize>().map_err(|e| format!("{flag} {value}: {e}"));
@@ -32,6 +35,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 })?
             }
             "--out" => out = Some(PathBuf::from(value)),
+            "--tokens" => {
+                let bad = || format!("--tokens {value}: expected N,LEN");
+                let (n, len) = value.split_once(',').ok_or_else(bad)?;
+                tokens = (n.parse().map_err(|_| bad())?, len.parse().map_err(|_| bad())?);
+            }
             "--layers" => layout.layers = number()?,
             "--hidden" => layout.hidden = number()?,
             "--intermediate" => layout.intermediate = number()?,
@@ -59,14 +67,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = out.ok_or("--out DIR is required")?;
     let start = Instant::now();
     let files = write_llm(&layout, dtype, &values, &out)?;
+    let ids = out.join("tokens.npy");
+    write_tokens(&ids, tokens.0, tokens.1, layout.vocab, values.seed)?;
     println!(
-        "{}: {} parameters, {} bytes ({:.1} MB) as {dtype:?}, {values:?}, in {:.1} s; config {}",
+        "{}: {} parameters, {} bytes ({:.1} MB) as {dtype:?}, {values:?}, in {:.1} s; config {}; {} x {} token ids {}",
         files.model.display(),
         files.parameters,
         files.bytes,
         files.bytes as f64 / 1e6,
         start.elapsed().as_secs_f64(),
-        files.config.display()
+        files.config.display(),
+        tokens.0,
+        tokens.1,
+        ids.display()
     );
     Ok(())
 }

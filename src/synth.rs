@@ -633,6 +633,27 @@ pub fn write_llm(
     Ok(LlmFiles { model, config, bytes: 8 + json.len() as u64 + offset, parameters: layout.parameters() })
 }
 
+/// Writes `sequences` token-id sequences of `len` tokens, uniform over `vocab` (int64 `.npy`,
+/// `[sequences, len]`, seed `seed`): calibration inputs for a generated model, whose random
+/// weights give no text more meaning than random ids.
+pub fn write_tokens(
+    path: &std::path::Path,
+    sequences: usize,
+    len: usize,
+    vocab: usize,
+    seed: u64,
+) -> Result<()> {
+    if sequences == 0 || len == 0 || vocab == 0 {
+        return Err(Error::usage(
+            "--tokens",
+            "sequences, their length and the vocabulary must be at least 1",
+        ));
+    }
+    let mut rng = Rng::new(seed ^ 0x746f_6b65_6e73); // "tokens"
+    let ids: Vec<i64> = (0..sequences * len).map(|_| rng.below(vocab) as i64).collect();
+    crate::data::npy::write_i64(path, &ids, &[sequences, len])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -158,3 +158,124 @@ fn reference_codecs_round_to_nearest_within_half_a_step() {
         896 * 448 + 896 * 7 * 2 + 896 * 7 / 2
     );
 }
+
+/// `nerp compress` with `args`: its exit status, stdout and stderr.
+fn nerp_run(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nerp")).args(args).output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// Token-id calibration (`--calibration-inputs tokens.npy` on a Qwen2-layout safetensors): the
+/// budget keeps the logits' error, and the figures the report prints for the held-back
+/// sequences (the error and its 95% bound) are what candle-transformers measures on the
+/// written file, computed here independently of the compressor.
+#[test]
+fn token_calibration_keeps_the_logits_budget_on_held_back_sequences() {
+    let dir = tempfile::tempdir().unwrap();
+    small_model(dir.path());
+    let (src, tokens, path) =
+        (dir.path().join("model.safetensors"), dir.path().join("tokens.npy"), dir.path().join("t.nerp"));
+    let (sequences, len) = (16, 24);
+    nerp::synth::write_tokens(&tokens, sequences, len, 1000, 3).unwrap();
+    let (ok, stdout, stderr) = nerp_run(&[
+        "compress".as_ref(),
+        src.as_os_str(),
+        "-o".as_ref(),
+        path.as_os_str(),
+        "--calibration-inputs".as_ref(),
+        tokens.as_os_str(),
+        "--max-error".as_ref(),
+        "0.05".as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let storage = &report["storage"];
+    assert_eq!(storage["measure"], "output", "{storage}");
+    assert_eq!((storage["fit_inputs"].as_u64(), storage["check_inputs"].as_u64()), (Some(12), Some(4)));
+    assert_eq!(storage["met"], true, "{storage}");
+    let (measured, bound) =
+        (storage["measured_error"].as_f64().unwrap(), storage["error_bound"].as_f64().unwrap());
+    assert!(measured > 0.0 && bound >= measured && bound <= 0.05, "{storage}");
+    assert!(!storage["tries"].as_array().unwrap().is_empty());
+    // Smaller than the source: the logits' budget let the codecs quantize.
+    assert!(report["file_bytes"].as_u64().unwrap() < report["source_bytes"].as_u64().unwrap(), "{report}");
+
+    // Independently: the held-back sequences through candle-transformers' Qwen2, the original
+    // against the file.
+    let ids = nerp::data::npy::read(&tokens).unwrap();
+    let ids: Vec<u32> =
+        ids.try_as_plain_ram().unwrap().as_slice::<i64>().unwrap().iter().map(|&t| t as u32).collect();
+    let cfg = qwen::config(&dir.path().join("config.json")).unwrap();
+    let cpu = Device::Cpu;
+    let original = VarBuilder::from_tensors(qwen::load_f32(&src).unwrap(), DType::F32, &cpu);
+    let file = nerp::open(&path).unwrap();
+    let regenerated =
+        nerp::runtime::candle::var_builder(&file, &nerp::Device::Cpu, &cpu, DType::F32).unwrap();
+    let held = nerp::compress::calibrate::held_back(sequences, 4);
+    let (mut diff, mut norm) = (Vec::new(), Vec::new());
+    for s in (0..sequences).filter(|&s| held[s]) {
+        let seq = &ids[s * len..(s + 1) * len];
+        let a =
+            qwen::all_logits(&original, &cfg, seq).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = qwen::all_logits(&regenerated, &cfg, seq)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        diff.push(a.iter().zip(&b).map(|(x, y)| ((y - x) as f64).powi(2)).sum::<f64>());
+        norm.push(a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>());
+    }
+    let (error, upper) = nerp::compress::calibrate::upper_bound(&diff, &norm);
+    assert!((error - measured).abs() <= 1e-4 * measured, "report {measured}, measured here {error}");
+    assert!((upper - bound).abs() <= 1e-4 * bound, "report {bound}, measured here {upper}");
+}
+
+/// Token arrays a model cannot take are usage errors naming the array and what is wrong, and
+/// no output file is left.
+#[test]
+fn bad_token_calibration_inputs_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    small_model(dir.path());
+    let src = dir.path().join("model.safetensors");
+    let out = dir.path().join("t.nerp");
+    let npy = |name: &str| dir.path().join(name);
+    nerp::data::npy::write_i64(&npy("outside.npy"), &[5, 1000, 7, 8], &[2, 2]).unwrap();
+    nerp::data::npy::write_f32(&npy("float.npy"), &[1.0; 8], &[2, 4]).unwrap();
+    nerp::data::npy::write_i64(&npy("few.npy"), &[1, 2, 3, 4], &[4, 1]).unwrap();
+    nerp::data::npy::write_i64(&npy("cube.npy"), &[1; 8], &[2, 2, 2]).unwrap();
+    let cases: [(&str, &str); 4] = [
+        ("outside.npy", "token 1000 at position 1 of sequence 0 is outside the vocabulary"),
+        ("float.npy", "token ids are integers"),
+        ("few.npy", "4 inputs are too few"),
+        ("cube.npy", "token ids are [sequences, tokens]"),
+    ];
+    for (name, why) in cases {
+        let (ok, _, stderr) = nerp_run(&[
+            "compress".as_ref(),
+            src.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--calibration-inputs".as_ref(),
+            npy(name).as_os_str(),
+        ]);
+        assert!(!ok && stderr.contains(name) || stderr.contains(why), "{name}: {stderr}");
+        assert!(stderr.contains(why), "{name}: {stderr}");
+        assert!(!out.exists(), "{name}: an output file was left");
+    }
+    // Without config.json beside the model nothing says how to run it.
+    std::fs::remove_file(dir.path().join("config.json")).unwrap();
+    nerp::synth::write_tokens(&npy("tokens.npy"), 8, 4, 1000, 0).unwrap();
+    let (ok, _, stderr) = nerp_run(&[
+        "compress".as_ref(),
+        src.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--calibration-inputs".as_ref(),
+        npy("tokens.npy").as_os_str(),
+    ]);
+    assert!(!ok && stderr.contains("config.json") && stderr.contains("Qwen2"), "{stderr}");
+    assert!(!out.exists());
+}

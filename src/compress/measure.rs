@@ -36,20 +36,7 @@ pub(crate) fn calibration(
         let batches = read_arrays(&opts.calibration_inputs, "--calibration-inputs")?;
         let (fit, check) = if opts.check_inputs.is_empty() {
             let n = count_inputs(&batches);
-            let (m, fit_min) = match opts.check {
-                Some(m) => (m, 1),
-                None => ((n / DEFAULT_CHECK_SHARE).max(MIN_CHECK_INPUTS), MIN_CHECK_INPUTS),
-            };
-            if n < m + fit_min {
-                let what = format!(
-                    "{n} inputs are too few to hold {m} back for the check and fit on at least {fit_min} \
-                     (the file's error is measured on inputs the allocation never sees): give at least \
-                     {} inputs, a smaller --check, or --check-inputs X.npy with at least {MIN_CHECK_INPUTS} others",
-                    m + fit_min
-                );
-                return Err(Error::usage("--calibration-inputs", what));
-            }
-            split_batches(batches, &held_back(n, m))
+            split_batches(batches, &held_back(n, held_count(n, opts.check)?))
         } else {
             refuse_overlap(
                 &batches,
@@ -130,6 +117,26 @@ pub(crate) fn calibration(
     let fit = Calibration::new(model, fit, shapes.clone())?;
     let check = Calibration::new(model, check, shapes.clone())?;
     Ok((Some(Split { fit, check, held_images }), hessians))
+}
+
+/// How many of `n` calibration inputs are held back for the check: `--check`, else a quarter
+/// ([`DEFAULT_CHECK_SHARE`]), at least [`MIN_CHECK_INPUTS`]; a usage error where too few would
+/// be left to fit on.
+pub(crate) fn held_count(n: usize, check: Option<usize>) -> Result<usize> {
+    let (m, fit_min) = match check {
+        Some(m) => (m, 1),
+        None => ((n / DEFAULT_CHECK_SHARE).max(MIN_CHECK_INPUTS), MIN_CHECK_INPUTS),
+    };
+    if n < m + fit_min {
+        let what = format!(
+            "{n} inputs are too few to hold {m} back for the check and fit on at least {fit_min} \
+             (the file's error is measured on inputs the allocation never sees): give at least \
+             {} inputs, a smaller --check, or --check-inputs X.npy with at least {MIN_CHECK_INPUTS} others",
+            m + fit_min
+        );
+        return Err(Error::usage("--calibration-inputs", what));
+    }
+    Ok(m)
 }
 
 /// Images per calibration batch ([`Calibration::image_batches`]).

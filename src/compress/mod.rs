@@ -20,6 +20,7 @@ pub mod report;
 pub mod select;
 pub mod serve;
 pub mod stream;
+pub mod tokens;
 pub mod train;
 pub use build::{build_file, build_file_with, predicted_values, BuiltFile};
 pub use fit::{check_training_budget, hidden_for_ratio, hidden_for_size, train_data};
@@ -62,8 +63,13 @@ pub fn compress(
     let mut inputs = vec![input];
     inputs.extend(opts.distill.teacher.as_deref());
     crate::format::output::check_not_an_input(output, &inputs, "--output")?;
-    // A safetensors model no predictor serves is streamed: judged from its header alone.
+    // A safetensors model no predictor serves is streamed: judged from its header alone. So is
+    // one calibrated with token ids ([`tokens`]): the codecs path, no predictor tried.
     if stream::Source::is_safetensors(input) && opts.distill.teacher.is_none() {
+        if !opts.calibration_inputs.is_empty() {
+            let why = "token-id calibration: every tensor goes to the codecs (no predictor is tried)";
+            return stream::compress(input, output, opts, Some(why.into()));
+        }
         let shapes = stream::Source::open(input)?.shapes();
         if let serve::Verdict::Cannot(why) = serve::judge(&shapes, opts)? {
             return stream::compress(input, output, opts, Some(why));

@@ -13,14 +13,16 @@
 
 use crate::codec::group::{self, Part};
 use crate::codec::Codec;
-use crate::compress::choose::{allocate, Allocation, Budget, Candidate, Choice};
-use crate::compress::report::{CompressReport, StorageReport, TensorReport};
-use crate::compress::{CompressOptions, ErrorBudget, DEFAULT_FALLBACK_WEIGHT_ERROR};
+use crate::compress::choose::{allocate, Allocation, Assessed, Budget, Candidate, Choice, Retarget};
+use crate::compress::report::{AllocationTry, CompressReport, StorageReport, TensorReport};
+use crate::compress::tokens::{Reference, Tokens};
+use crate::compress::{CompressOptions, ErrorBudget, DEFAULT_FALLBACK_WEIGHT_ERROR, DEFAULT_MAX_ERROR};
 use crate::error::{Error, Result};
 use crate::format::{self, write::StreamWriter, Encoding, SectionKind, Storage, TensorEntry};
 use crate::ingest::safetensors::{views, TensorView};
 use crate::ingest::{SourceModel, SourceTensor};
 use crate::linalg::parallel;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -193,9 +195,25 @@ pub fn compress_on(
         need,
     )?;
     let mut warnings: Vec<String> = why.into_iter().collect();
+    let rows: Vec<usize> = src.tensors.iter().map(row_of).collect();
+
+    // Token-id calibration: the original model's logits, before anything is measured (a model
+    // candle cannot run fails here, not after pass 1).
+    let reference = match opts.calibration_inputs.is_empty() {
+        true => None,
+        false => {
+            let tokens = Tokens::read(input, opts)?;
+            let params: u64 = src.tensors.iter().map(|v| (v.range.len() / v.dtype.size()) as u64).sum();
+            format::budget::current().check(
+                || format!("running {} on its calibration tokens (f32)", input.display()),
+                need.saturating_add(params.saturating_mul(4)).saturating_add(tokens.memory()),
+            )?;
+            let original = vec![Codec::Raw; n];
+            Some(tokens.reference(regenerated(&src, &original, &rows, threads)?)?)
+        }
+    };
 
     // Pass 1: every candidate's squared error, chunk by chunk; the sum of squares.
-    let rows: Vec<usize> = src.tensors.iter().map(row_of).collect();
     let cands: Vec<Vec<(Codec, usize)>> = src
         .tensors
         .iter()
@@ -209,7 +227,11 @@ pub fn compress_on(
     let budget = match (opts.size_ratio, opts.error_budget) {
         (Some(r), _) => Some(Budget::Bytes((src.file_bytes() as f64 / r).floor() as u64)),
         (None, ErrorBudget::Target(e)) => Some(Budget::Error(e)),
-        (None, ErrorBudget::Check(e)) => Some(Budget::Error(e.min(DEFAULT_FALLBACK_WEIGHT_ERROR))),
+        // With token calibration the logits' error is aimed at ([`aim`]), else the weights'.
+        (None, ErrorBudget::Check(e)) if reference.is_none() => {
+            Some(Budget::Error(e.min(DEFAULT_FALLBACK_WEIGHT_ERROR)))
+        }
+        (None, ErrorBudget::Check(e)) => Some(Budget::Error(e)),
         (None, ErrorBudget::Off) => None,
     };
     let measure_all = budget.is_some();
@@ -281,27 +303,75 @@ pub fn compress_on(
         index.push(candidates.len());
         candidates.push(list);
     }
-    let chosen: Vec<Codec> = match budget {
-        Some(b) => {
-            let Allocation { picks, feasible, error, bytes } = allocate(&candidates, fixed, b);
-            if !feasible {
+    let codecs_of = |picks: &[usize]| -> Vec<Codec> {
+        (0..n)
+            .map(|i| match index[i] {
+                usize::MAX => Codec::Raw,
+                k => match candidates[k][picks[k]].choice {
+                    Choice::Stored(c) => c,
+                    _ => unreachable!("codecs only"),
+                },
+            })
+            .collect()
+    };
+    let mut aimed = None;
+    let chosen: Vec<Codec> = match (budget, &reference) {
+        (Some(Budget::Error(limit)), Some(r)) => {
+            let a = aim(limit, r, |t| {
+                let alloc = allocate(&candidates, fixed, Budget::Error(t));
+                let codecs = codecs_of(&alloc.picks);
+                Ok((regenerated(&src, &codecs, &rows, threads)?, codecs, alloc))
+            })?;
+            if !a.met {
                 warnings.push(format!(
-                    "the budget ({}) is not met: the closest file is about {bytes} bytes at {:.2}% weight error",
-                    budget_name(b),
-                    100.0 * error
+                    "the budget (logits error <= {limit}) could not be met: the closest file changes the \
+                     held-back logits by up to {:.2}% (95% bound)",
+                    100.0 * a.assessed.error()
                 ));
             }
-            (0..n)
-                .map(|i| match index[i] {
-                    usize::MAX => Codec::Raw,
-                    k => match candidates[k][picks[k]].choice {
-                        Choice::Stored(c) => c,
-                        _ => unreachable!("codecs only"),
-                    },
-                })
-                .collect()
+            let codecs = a.codecs.clone();
+            aimed = Some(a);
+            codecs
         }
-        None => (0..n)
+        (Some(b), _) => {
+            let alloc = allocate(&candidates, fixed, b);
+            if !alloc.feasible {
+                warnings.push(format!(
+                    "the budget ({}) is not met: the closest file is about {} bytes at {:.2}% weight error",
+                    budget_name(b),
+                    alloc.bytes,
+                    100.0 * alloc.error
+                ));
+            }
+            let codecs = codecs_of(&alloc.picks);
+            if let Some(r) = &reference {
+                // A byte budget: the logits' error is measured and reported, not aimed at.
+                let assessed = r.assess(regenerated(&src, &codecs, &rows, threads)?)?;
+                let met = alloc.feasible;
+                let tries = vec![AllocationTry {
+                    with_predictor: false,
+                    target: b,
+                    bytes: alloc.bytes,
+                    error: assessed.error(),
+                    met,
+                }];
+                if let (ErrorBudget::Check(e) | ErrorBudget::Target(e), Some(h)) =
+                    (opts.error_budget, assessed.held_back)
+                {
+                    if h.bound > e {
+                        warnings.push(format!(
+                            "the file changes the held-back logits by up to {:.2}% (95% bound; more than {:.2}%): \
+                             the size budget cannot keep the error budget; a smaller --size-ratio can",
+                            100.0 * h.bound,
+                            100.0 * e
+                        ));
+                    }
+                }
+                aimed = Some(Aimed { codecs: codecs.clone(), alloc, assessed, tries, met });
+            }
+            codecs
+        }
+        (None, _) => (0..n)
             .map(|i| if eligible(&src.tensors[i]) { off_codec(opts.raw_codec) } else { Codec::Raw })
             .collect(),
     };
@@ -319,21 +389,7 @@ pub fn compress_on(
                 if group::group_len(named, rows[i] as u64).is_some() =>
             {
                 let g = group::group_len(named, rows[i] as u64).expect("checked") as usize;
-                let numel = data.len() / v.dtype.size();
-                let cs = chunks(i, numel, rows[i]);
-                let size = v.dtype.size();
-                let parts = parallel(cs.len(), threads, |j| -> std::result::Result<Part, String> {
-                    let mut x = Vec::new();
-                    group::widen(v.dtype, &data[cs[j].start * size..cs[j].end * size], &mut x);
-                    group::encode_part(&x, g, bits, zero)
-                });
-                let parts: Vec<Part> =
-                    parts.into_iter().collect::<std::result::Result<_, _>>().map_err(|e| {
-                        Error::Training(format!("tensor {} cannot be stored as int{bits}: {e}", v.name))
-                    })?;
-                let sse_i: f64 = parts.iter().map(|p| p.sse).sum();
-                let bytes = group::join(&parts);
-                drop(parts);
+                let (bytes, sse_i) = encode(&src, i, rows[i], (g, bits, zero), threads)?;
                 let section = w.add(SectionKind::Quantized, Encoding::Zstd, &bytes)?;
                 let storage = Storage::Quantized { bits, group: g as u64, zero_point: zero, section };
                 (storage, sse_i, chosen[i].name(), section)
@@ -374,24 +430,40 @@ pub fn compress_on(
     };
     let file_bytes = w.finish(source, None, entries, metadata)?;
     let estimated = total_sse.sqrt() / total_norm;
-    let storage = budget.map(|b| StorageReport {
-        budget: budget_name(b),
-        measure: "weights",
-        fit_inputs: 0,
-        check_inputs: 0,
-        predictor_only_error: None,
-        with_predictor: false,
-        estimated_error: estimated,
-        fitted_error: None,
-        measured_error: None,
-        error_bound: None,
-        tries: Vec::new(),
-        top1_agreement: None,
-        input_agreement: None,
-        met: match b {
-            Budget::Bytes(max) => file_bytes <= max,
-            Budget::Error(e) => estimated <= e,
-        },
+    let storage = budget.map(|b| {
+        let mut report = StorageReport {
+            budget: budget_name(b),
+            measure: "weights",
+            fit_inputs: 0,
+            check_inputs: 0,
+            predictor_only_error: None,
+            with_predictor: false,
+            estimated_error: estimated,
+            fitted_error: None,
+            measured_error: None,
+            error_bound: None,
+            tries: Vec::new(),
+            top1_agreement: None,
+            input_agreement: None,
+            met: match b {
+                Budget::Bytes(max) => file_bytes <= max,
+                Budget::Error(e) => estimated <= e,
+            },
+        };
+        if let (Some(a), Some(r)) = (&aimed, &reference) {
+            (report.fit_inputs, report.check_inputs) = r.counts();
+            report.measure = "output";
+            a.assessed.report_into(&mut report);
+            report.tries = a.tries.clone();
+            report.met = match b {
+                Budget::Bytes(max) => file_bytes <= max,
+                Budget::Error(_) => a.met,
+            };
+            if let Budget::Error(e) = b {
+                report.budget = format!("logits error <= {e}");
+            }
+        }
+        report
     });
     let seconds = start.elapsed().as_secs_f64();
     warnings.push(format!(
@@ -416,6 +488,126 @@ pub fn compress_on(
         storage,
         finetune: None,
     })
+}
+
+/// Tensor `i` (rows of `row` values) encoded group-wise with `(group, bits, zero)`, chunks of
+/// rows on `threads` threads: the section's content and its squared error.
+fn encode(
+    src: &Source,
+    i: usize,
+    row: usize,
+    (g, bits, zero): (usize, u8, bool),
+    threads: usize,
+) -> Result<(Vec<u8>, f64)> {
+    let v = &src.tensors[i];
+    let data = src.data(i);
+    let size = v.dtype.size();
+    let cs = chunks(i, data.len() / size, row);
+    let parts = parallel(cs.len(), threads, |j| -> std::result::Result<Part, String> {
+        let mut x = Vec::new();
+        group::widen(v.dtype, &data[cs[j].start * size..cs[j].end * size], &mut x);
+        group::encode_part(&x, g, bits, zero)
+    });
+    let parts: Vec<Part> = parts
+        .into_iter()
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Training(format!("tensor {} cannot be stored as int{bits}: {e}", v.name)))?;
+    Ok((group::join(&parts), parts.iter().map(|p| p.sse).sum()))
+}
+
+/// The model as a file storing tensor `i` with `codecs[i]` gives it back: each float tensor's
+/// values, decoded from its encoding where a codec stores it, as an f32 candle tensor.
+fn regenerated(
+    src: &Source,
+    codecs: &[Codec],
+    rows: &[usize],
+    threads: usize,
+) -> Result<HashMap<String, candle_core::Tensor>> {
+    let mut out = HashMap::new();
+    for (i, v) in src.tensors.iter().enumerate().filter(|(_, v)| v.dtype.is_float()) {
+        let numel = v.range.len() / v.dtype.size();
+        let values = match codecs[i] {
+            Codec::Group { bits, group: named, zero } => {
+                let g =
+                    group::group_len(named, rows[i] as u64).expect("a candidate's group divides its rows");
+                let (bytes, _) = encode(src, i, rows[i], (g as usize, bits, zero), threads)?;
+                let mut x = group::decode(bits, g, zero, &bytes, numel).map_err(|e| {
+                    Error::Training(format!("tensor {} does not decode as int{bits}: {e}", v.name))
+                })?;
+                // The runtime gives the values back in the tensor's own type.
+                match v.dtype {
+                    format::DType::F16 => x.iter_mut().for_each(|a| *a = half::f16::from_f32(*a).to_f32()),
+                    format::DType::Bf16 => x.iter_mut().for_each(|a| *a = half::bf16::from_f32(*a).to_f32()),
+                    _ => {}
+                }
+                x
+            }
+            _ => {
+                let mut x = Vec::new();
+                group::widen(v.dtype, src.data(i), &mut x);
+                x
+            }
+        };
+        let shape: Vec<usize> = v.shape.iter().map(|&d| d as usize).collect();
+        out.insert(v.name.clone(), candle_core::Tensor::from_vec(values, shape, &candle_core::Device::Cpu)?);
+    }
+    Ok(out)
+}
+
+/// Allocations tried against the logits' error, and the one kept.
+struct Aimed {
+    codecs: Vec<Codec>,
+    alloc: Allocation,
+    assessed: Assessed,
+    tries: Vec<AllocationTry>,
+    met: bool,
+}
+
+/// Weight-error targets tried before the logits' error is taken as it is.
+const AIM_TRIES: usize = 6;
+
+/// The fewest bytes whose logits' error (on the fit sequences, and its 95% bound on the
+/// held-back ones: [`Assessed::error`]) is within `limit`: the allocation's weight-error target
+/// moves by what each try missed ([`Retarget`]), starting from the MiniLM rule (a 5% output
+/// error needs about 1% of the weights). `run(t)` allocates at target `t` and regenerates the
+/// model. Keeps the smallest allocation that met, else the last.
+fn aim(
+    limit: f64,
+    reference: &Reference,
+    mut run: impl FnMut(f64) -> Result<(HashMap<String, candle_core::Tensor>, Vec<Codec>, Allocation)>,
+) -> Result<Aimed> {
+    let mut target = limit * DEFAULT_FALLBACK_WEIGHT_ERROR / DEFAULT_MAX_ERROR;
+    let mut retarget = Retarget::default();
+    let mut tries = Vec::new();
+    let (mut best, mut last): (Option<Aimed>, Option<Aimed>) = (None, None);
+    for _ in 0..AIM_TRIES {
+        let (weights, codecs, alloc) = run(target)?;
+        let assessed = reference.assess(weights)?;
+        let got = assessed.error();
+        let (met, next) = retarget.step(target, got, limit);
+        tries.push(AllocationTry {
+            with_predictor: false,
+            target: Budget::Error(target),
+            bytes: alloc.bytes,
+            error: got,
+            met,
+        });
+        let close = met && got * 10.0 >= limit * 9.0;
+        let done = close || next == target;
+        let this = Aimed { codecs, alloc, assessed, tries: Vec::new(), met };
+        if met && best.as_ref().is_none_or(|b| this.alloc.bytes < b.alloc.bytes) {
+            best = Some(this);
+        } else {
+            last = Some(this);
+        }
+        if done {
+            break;
+        }
+        target = next;
+    }
+    let mut kept = best.or(last).expect("one allocation ran");
+    kept.tries = tries;
+    Ok(kept)
 }
 
 /// `--max-error off`: every eligible tensor with `--raw-codec` (an `intN` is int N in groups

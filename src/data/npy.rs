@@ -90,20 +90,29 @@ fn typed<T: tract_onnx::prelude::Datum + Copy, const N: usize>(
 
 /// Writes f32 values of `shape` as a `.npy` file (atomically).
 pub fn write_f32(path: &Path, values: &[f32], shape: &[usize]) -> Result<()> {
+    write(path, "<f4", values.iter().flat_map(|v| v.to_le_bytes()), shape)
+}
+
+/// Writes int64 values of `shape` as a `.npy` file (atomically): token ids, for example.
+pub fn write_i64(path: &Path, values: &[i64], shape: &[usize]) -> Result<()> {
+    write(path, "<i8", values.iter().flat_map(|v| v.to_le_bytes()), shape)
+}
+
+fn write(path: &Path, descr: &str, data: impl Iterator<Item = u8>, shape: &[usize]) -> Result<()> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_str =
         if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_str}, }}");
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_str}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + values.len() * 4);
+    let mut out = Vec::with_capacity(10 + header.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    out.extend(data);
     crate::format::write_atomic(path, &out)
 }
 

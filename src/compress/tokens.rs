@@ -1,0 +1,261 @@
+//! Token-id calibration of a decoder LLM (issue 24, item 4). A safetensors model with a Hugging
+//! Face `config.json` of the Qwen2 layout beside it runs through candle-transformers' `qwen2`
+//! model (CPU, f32) on `--calibration-inputs` token arrays (`.npy` of integers, one sequence per
+//! row). The relative error of the logits at every position against the original model's is
+//! the output error a budget keeps, checked as for ONNX models: the allocation is aimed on the
+//! fit sequences, and the file's error is the held-back sequences' with its 95% bound
+//! ([`upper_bound`]). Where there is no such config, `--calibration-inputs` on a safetensors
+//! model is refused, not ignored.
+
+use crate::compress::calibrate::{held_back, upper_bound, Fidelity};
+use crate::compress::choose::Assessed;
+use crate::compress::measure::held_count;
+use crate::compress::CompressOptions;
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::qwen2::{Config, Model};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The config file read beside the model (a fixed name: no path from the model is followed).
+pub const CONFIG: &str = "config.json";
+
+/// Longest context a config may declare: candle builds its rotary tables for all of it.
+const MAX_POSITIONS: usize = 1 << 20;
+
+/// The model's config and the token sequences, split into fit and check sequences.
+pub struct Tokens {
+    config: Config,
+    fit: Vec<Vec<u32>>,
+    check: Vec<Vec<u32>>,
+}
+
+/// The original model's logits on every sequence: what changed models are compared with.
+pub struct Reference {
+    tokens: Tokens,
+    /// Logits of each sequence (fit, then check), `[tokens · vocab]`.
+    logits: Vec<Vec<f32>>,
+}
+
+impl Tokens {
+    /// Reads `config.json` beside `model` and the token arrays of `opts` (`--calibration-inputs`,
+    /// `--check`, `--check-inputs`). Usage errors name what is wrong: no config, another
+    /// architecture, a float array, a token outside the vocabulary, a sequence longer than the
+    /// model's context, too few sequences, a check sequence that is also a calibration one.
+    pub fn read(model: &Path, opts: &CompressOptions) -> Result<Tokens> {
+        let config = read_config(model)?;
+        let mut all = Vec::new();
+        for path in &opts.calibration_inputs {
+            all.extend(read_sequences(path, &config, "--calibration-inputs")?);
+        }
+        let (fit, check) = if opts.check_inputs.is_empty() {
+            let held = held_back(all.len(), held_count(all.len(), opts.check)?);
+            let (mut fit, mut check) = (Vec::new(), Vec::new());
+            for (s, h) in all.into_iter().zip(held) {
+                if h {
+                    check.push(s)
+                } else {
+                    fit.push(s)
+                }
+            }
+            (fit, check)
+        } else {
+            let mut check = Vec::new();
+            for path in &opts.check_inputs {
+                check.extend(read_sequences(path, &config, "--check-inputs")?);
+            }
+            if check.len() < crate::compress::MIN_CHECK_INPUTS {
+                return Err(Error::usage(
+                    "--check-inputs",
+                    format!(
+                        "{} sequences are too few to check the file: give at least {}",
+                        check.len(),
+                        crate::compress::MIN_CHECK_INPUTS
+                    ),
+                ));
+            }
+            if let Some(i) = check.iter().position(|c| all.contains(c)) {
+                return Err(Error::usage(
+                    "--check-inputs",
+                    format!("check sequence {i} is also a calibration sequence: check on sequences the allocation never sees"),
+                ));
+            }
+            (all, check)
+        };
+        if fit.is_empty() {
+            return Err(Error::usage("--calibration-inputs", "no sequence is left to fit on"));
+        }
+        Ok(Tokens { config, fit, check })
+    }
+
+    /// Sequences fitted to and held back.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.fit.len(), self.check.len())
+    }
+
+    /// Bytes of memory a measurement holds beyond the weights: the reference logits, one
+    /// sequence's logits and the rotary tables.
+    pub fn memory(&self) -> u64 {
+        let vocab = self.config.vocab_size as u64;
+        let tokens: u64 = self.fit.iter().chain(&self.check).map(|s| s.len() as u64).sum();
+        let longest = self.fit.iter().chain(&self.check).map(Vec::len).max().unwrap_or(0) as u64;
+        let head = (self.config.hidden_size / self.config.num_attention_heads.max(1)) as u64;
+        4 * (tokens * vocab + 2 * longest * vocab + 2 * self.config.max_position_embeddings as u64 * head)
+    }
+
+    /// Runs the original `weights` (f32) on every sequence.
+    pub fn reference(self, weights: HashMap<String, Tensor>) -> Result<Reference> {
+        let logits = self.logits(weights)?;
+        Ok(Reference { tokens: self, logits })
+    }
+
+    /// The logits of every sequence (fit, then check) on `weights`.
+    fn logits(&self, weights: HashMap<String, Tensor>) -> Result<Vec<Vec<f32>>> {
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+        let cfg = &self.config;
+        let mut model = Model::new(cfg, vb.clone())?;
+        let name =
+            if vb.contains_tensor("lm_head.weight") { "lm_head.weight" } else { "model.embed_tokens.weight" };
+        let head = vb.get((cfg.vocab_size, cfg.hidden_size), name)?;
+        let mut out = Vec::new();
+        for seq in self.fit.iter().chain(&self.check) {
+            model.clear_kv_cache();
+            let input = Tensor::new(seq.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+            let hidden = model.forward(&input, 0, None)?.squeeze(0)?;
+            out.push(hidden.matmul(&head.t()?)?.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(out)
+    }
+}
+
+impl Reference {
+    /// Sequences fitted to and held back.
+    pub fn counts(&self) -> (usize, usize) {
+        self.tokens.counts()
+    }
+
+    /// What `weights` (the model as a file would give it back, f32) do against the original:
+    /// the pooled relative logits error on the fit sequences, and on the held-back ones the
+    /// error, its 95% bound and the share of positions whose next-token argmax agrees.
+    pub(crate) fn assess(&self, weights: HashMap<String, Tensor>) -> Result<Assessed> {
+        let logits = self.tokens.logits(weights)?;
+        let vocab = self.tokens.config.vocab_size.max(1);
+        let fit = self.tokens.fit.len();
+        let (mut diff, mut norm) = (Vec::new(), Vec::new());
+        let (mut same, mut positions) = (0usize, 0usize);
+        for (k, (a, b)) in self.logits.iter().zip(&logits).enumerate() {
+            let d: f64 = a.iter().zip(b).map(|(x, y)| ((y - x) as f64).powi(2)).sum();
+            let n: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum();
+            diff.push(d);
+            norm.push(n);
+            if k >= fit {
+                for (ra, rb) in a.chunks(vocab).zip(b.chunks(vocab)) {
+                    same += usize::from(argmax(ra) == argmax(rb));
+                    positions += 1;
+                }
+            }
+        }
+        let fitted =
+            (diff[..fit].iter().sum::<f64>() / norm[..fit].iter().sum::<f64>().max(f64::MIN_POSITIVE)).sqrt();
+        let (error, bound) = upper_bound(&diff[fit..], &norm[fit..]);
+        let held = Fidelity {
+            error,
+            bound,
+            top1_agreement: Some(same as f64 / positions.max(1) as f64),
+            input_agreement: None,
+        };
+        Ok(Assessed { fitted, held_back: Some(held) })
+    }
+}
+
+/// Index of the largest value (the first on ties).
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The Qwen2 config beside `model`, checked so that candle cannot fail on it later.
+fn read_config(model: &Path) -> Result<Config> {
+    let path: PathBuf = model.parent().unwrap_or(Path::new(".")).join(CONFIG);
+    let bad = |what: String| Error::Usage {
+        option: "--calibration-inputs".into(),
+        what: format!("{}: {what}", path.display()),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(bad(format!(
+                "cannot be read ({e}): token arrays calibrate a safetensors model that nerp runs, \
+                 a Qwen2 layout with its config.json beside it; without one, leave out \
+                 --calibration-inputs (the budget then keeps the weights' error)"
+            )))
+        }
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    match value.get("model_type").and_then(|v| v.as_str()) {
+        Some("qwen2") => {}
+        other => {
+            return Err(bad(format!(
+                "model_type {}: token calibration runs Qwen2-layout models (model_type \"qwen2\") only",
+                other.map_or("missing".to_string(), |t| format!("{t:?}"))
+            )))
+        }
+    }
+    let c: Config = serde_json::from_value(value).map_err(|e| bad(format!("not a Qwen2 config: {e}")))?;
+    let sane = c.vocab_size > 0
+        && c.hidden_size > 0
+        && c.num_attention_heads > 0
+        && c.num_key_value_heads > 0
+        && c.hidden_size.is_multiple_of(c.num_attention_heads)
+        && c.num_attention_heads.is_multiple_of(c.num_key_value_heads)
+        && (c.hidden_size / c.num_attention_heads).is_multiple_of(2)
+        && (1..=MAX_POSITIONS).contains(&c.max_position_embeddings);
+    if !sane {
+        return Err(bad(format!(
+            "an inconsistent Qwen2 config (hidden {} over {} heads and {} key/value heads, context {}; \
+             the context at most {MAX_POSITIONS})",
+            c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.max_position_embeddings
+        )));
+    }
+    Ok(c)
+}
+
+/// The token sequences of `path`: an integer array `[sequences, tokens]` (or one sequence),
+/// every token below the vocabulary's size, no sequence longer than the model's context.
+fn read_sequences(path: &Path, config: &Config, flag: &str) -> Result<Vec<Vec<u32>>> {
+    let bad = |what: String| Error::usage(flag, format!("{}: {what}", path.display()));
+    let x = crate::data::npy::read(path)?;
+    if !x.datum_type().is_integer() {
+        return Err(bad(format!("{:?} values: token ids are integers (int32 or int64)", x.datum_type())));
+    }
+    let shape = x.shape().to_vec();
+    let (rows, len) = match shape[..] {
+        [n] => (1, n),
+        [r, n] => (r, n),
+        _ => return Err(bad(format!("shape {shape:?}: token ids are [sequences, tokens]"))),
+    };
+    if len == 0 || len > config.max_position_embeddings {
+        return Err(bad(format!(
+            "sequences of {len} tokens: give 1 to {} (the model's context)",
+            config.max_position_embeddings
+        )));
+    }
+    let x = x.cast_to::<i64>().map_err(|e| bad(format!("not an integer array: {e}")))?;
+    let ids = x.try_as_plain_ram()?.as_slice::<i64>()?.to_vec();
+    if let Some((i, t)) = ids.iter().enumerate().find(|(_, &t)| t < 0 || t as u64 >= config.vocab_size as u64)
+    {
+        return Err(bad(format!(
+            "token {t} at position {} of sequence {} is outside the vocabulary (0..{})",
+            i % len,
+            i / len,
+            config.vocab_size
+        )));
+    }
+    Ok((0..rows).map(|r| ids[r * len..(r + 1) * len].iter().map(|&t| t as u32).collect()).collect())
+}
