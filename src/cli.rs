@@ -139,7 +139,9 @@ pub struct CompressArgs {
     /// Training images of --data run to measure output errors (with --preprocess).
     #[arg(long, value_name = "N", default_value_t = CompressOptions::default().calibration_images)]
     pub calibration: usize,
-    /// Input arrays (.npy) run to measure output errors instead of images (repeatable).
+    /// Input arrays (.npy) run to measure output errors instead of images (repeatable). For a
+    /// Qwen2-layout safetensors with its config.json beside it: token ids [sequences, tokens],
+    /// and the budget keeps the logits' error.
     #[arg(long, value_name = "NPY")]
     pub calibration_inputs: Vec<PathBuf>,
     /// Inputs held back from the choice, the file's error measured on them: N of the
@@ -749,7 +751,9 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
                 format!("{what}aimed at {aim}: {} B, {} ({met})", t.bytes, pct(t.error))
             })
             .collect();
-        println!("allocations tried: {}", tries.join("; "));
+        if !tries.is_empty() {
+            println!("allocations tried: {}", tries.join("; "));
+        }
     }
     if let Some(f) = &r.finetune {
         let pct = |e: Option<f64>| e.map_or("-".into(), |e| format!("{:.2}%", 100.0 * e));

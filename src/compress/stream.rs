@@ -15,22 +15,26 @@ use crate::codec::group::{self, Part};
 use crate::codec::Codec;
 use crate::compress::choose::{allocate, Allocation, Assessed, Budget, Candidate, Choice, Retarget};
 use crate::compress::report::{AllocationTry, CompressReport, StorageReport, TensorReport};
-use crate::compress::tokens::{Reference, Tokens};
-use crate::compress::{CompressOptions, ErrorBudget, DEFAULT_FALLBACK_WEIGHT_ERROR, DEFAULT_MAX_ERROR};
+use crate::compress::tokens::{class_of, Reference, Tokens};
+use crate::compress::{CompressOptions, ErrorBudget, DEFAULT_FALLBACK_WEIGHT_ERROR};
 use crate::error::{Error, Result};
 use crate::format::{self, write::StreamWriter, Encoding, SectionKind, Storage, TensorEntry};
 use crate::ingest::safetensors::{views, TensorView};
 use crate::ingest::{SourceModel, SourceTensor};
 use crate::linalg::parallel;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-/// The codecs the LLM path measures per weight matrix, more bytes first: int8 per row, int6
-/// and int5 in groups of 128, int4 in groups of 128 symmetric and with zero points in groups of
-/// 128 and 64, int3 with zero points in groups of 128, 64 and 32, int2 with zero points in
-/// groups of 32.
-pub const CANDIDATES: [Codec; 10] = [
+/// The codecs the LLM path measures per weight matrix, more bytes first: int8 in groups of 128
+/// and per row, int6 and int5 in groups of 128, int4 in groups of 128 symmetric and with zero
+/// points in groups of 128 and 64, int3 with zero points in groups of 128, 64 and 32, int2 with
+/// zero points in groups of 32. int8 in groups fills the gap between f16 and int8 per row,
+/// which with token calibration kept the 0.5 B layout's embedding (the tied head, the most
+/// sensitive matrix after v and o) at f16.
+pub const CANDIDATES: [Codec; 11] = [
+    Codec::Group { bits: 8, group: 128, zero: false },
     Codec::Group { bits: 8, group: 0, zero: false },
     Codec::Group { bits: 6, group: 128, zero: false },
     Codec::Group { bits: 5, group: 128, zero: false },
@@ -303,6 +307,19 @@ pub fn compress_on(
         index.push(candidates.len());
         candidates.push(list);
     }
+    // With token calibration, each class of matrices (the same matrix of every layer) has its
+    // candidates' errors scaled by the logits' error per unit of its weight error, measured once
+    // per class: the allocation then estimates the logits' error, which the weights' error alone
+    // misjudged by class (see `sensitivities`).
+    if let Some(r) = &reference {
+        let scale = sensitivities(&src, r, &rows, &cands, &sse, total_norm, threads)?;
+        for (i, &k) in index.iter().enumerate().filter(|(_, &k)| k != usize::MAX) {
+            let s = scale.get(&class_of(&src.tensors[i].name)).copied().unwrap_or(1.0);
+            candidates[k].iter_mut().for_each(|c| c.error *= s);
+        }
+        let line: Vec<String> = scale.iter().map(|(c, s)| format!("{c} {s:.2}")).collect();
+        warnings.push(format!("logits error per unit of weight error, by class: {}", line.join(", ")));
+    }
     let codecs_of = |picks: &[usize]| -> Vec<Codec> {
         (0..n)
             .map(|i| match index[i] {
@@ -453,6 +470,7 @@ pub fn compress_on(
         if let (Some(a), Some(r)) = (&aimed, &reference) {
             (report.fit_inputs, report.check_inputs) = r.counts();
             report.measure = "output";
+            report.estimated_error = a.alloc.error;
             a.assessed.report_into(&mut report);
             report.tries = a.tries.clone();
             report.met = match b {
@@ -567,16 +585,16 @@ struct Aimed {
 const AIM_TRIES: usize = 6;
 
 /// The fewest bytes whose logits' error (on the fit sequences, and its 95% bound on the
-/// held-back ones: [`Assessed::error`]) is within `limit`: the allocation's weight-error target
-/// moves by what each try missed ([`Retarget`]), starting from the MiniLM rule (a 5% output
-/// error needs about 1% of the weights). `run(t)` allocates at target `t` and regenerates the
-/// model. Keeps the smallest allocation that met, else the last.
+/// held-back ones: [`Assessed::error`]) is within `limit`: the allocation's target (its estimate
+/// of the logits' error, from [`sensitivities`]) starts at the limit and moves by what each try
+/// missed ([`Retarget`]). `run(t)` allocates at target `t` and regenerates the model. Keeps the
+/// smallest allocation that met, else the last.
 fn aim(
     limit: f64,
     reference: &Reference,
     mut run: impl FnMut(f64) -> Result<(HashMap<String, candle_core::Tensor>, Vec<Codec>, Allocation)>,
 ) -> Result<Aimed> {
-    let mut target = limit * DEFAULT_FALLBACK_WEIGHT_ERROR / DEFAULT_MAX_ERROR;
+    let mut target = limit;
     let mut retarget = Retarget::default();
     let mut tries = Vec::new();
     let (mut best, mut last): (Option<Aimed>, Option<Aimed>) = (None, None);
@@ -608,6 +626,40 @@ fn aim(
     let mut kept = best.or(last).expect("one allocation ran");
     kept.tries = tries;
     Ok(kept)
+}
+
+/// The logits' error per unit of weight error of each class of matrices ([`class_of`]): the
+/// model with every matrix of the class stored by a probe codec (int6 in groups of 128, or
+/// the first candidate where that does not apply), the rest as they are, run on the fit
+/// sequences, its logits' error divided by the class's weight error.
+fn sensitivities(
+    src: &Source,
+    reference: &Reference,
+    rows: &[usize],
+    cands: &[Vec<(Codec, usize)>],
+    sse: &[Vec<f64>],
+    total_norm: f64,
+    threads: usize,
+) -> Result<BTreeMap<String, f64>> {
+    const PROBE: Codec = Codec::Group { bits: 6, group: 128, zero: false };
+    let mut classes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, _) in cands.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
+        classes.entry(class_of(&src.tensors[i].name)).or_default().push(i);
+    }
+    let mut out = BTreeMap::new();
+    for (class, members) in classes {
+        let mut codecs = vec![Codec::Raw; src.tensors.len()];
+        let mut sq = 0f64;
+        for &i in &members {
+            let k = cands[i].iter().position(|&(c, _)| c == PROBE).unwrap_or(0);
+            codecs[i] = cands[i][k].0;
+            sq += sse[i][k];
+        }
+        let weight = sq.sqrt() / total_norm;
+        let logits = reference.fit_error(regenerated(src, &codecs, rows, threads)?)?;
+        out.insert(class, if weight > 0.0 { logits / weight } else { 1.0 });
+    }
+    Ok(out)
 }
 
 /// `--max-error off`: every eligible tensor with `--raw-codec` (an `intN` is int N in groups

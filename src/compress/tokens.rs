@@ -106,12 +106,12 @@ impl Tokens {
 
     /// Runs the original `weights` (f32) on every sequence.
     pub fn reference(self, weights: HashMap<String, Tensor>) -> Result<Reference> {
-        let logits = self.logits(weights)?;
+        let logits = self.logits(weights, true)?;
         Ok(Reference { tokens: self, logits })
     }
 
-    /// The logits of every sequence (fit, then check) on `weights`.
-    fn logits(&self, weights: HashMap<String, Tensor>) -> Result<Vec<Vec<f32>>> {
+    /// The logits of every fit sequence, then (with `check`) every held-back one, on `weights`.
+    fn logits(&self, weights: HashMap<String, Tensor>, check: bool) -> Result<Vec<Vec<f32>>> {
         let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
         let cfg = &self.config;
         let mut model = Model::new(cfg, vb.clone())?;
@@ -119,7 +119,8 @@ impl Tokens {
             if vb.contains_tensor("lm_head.weight") { "lm_head.weight" } else { "model.embed_tokens.weight" };
         let head = vb.get((cfg.vocab_size, cfg.hidden_size), name)?;
         let mut out = Vec::new();
-        for seq in self.fit.iter().chain(&self.check) {
+        let held: &[Vec<u32>] = if check { &self.check } else { &[] };
+        for seq in self.fit.iter().chain(held) {
             model.clear_kv_cache();
             let input = Tensor::new(seq.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
             let hidden = model.forward(&input, 0, None)?.squeeze(0)?;
@@ -139,7 +140,7 @@ impl Reference {
     /// the pooled relative logits error on the fit sequences, and on the held-back ones the
     /// error, its 95% bound and the share of positions whose next-token argmax agrees.
     pub(crate) fn assess(&self, weights: HashMap<String, Tensor>) -> Result<Assessed> {
-        let logits = self.tokens.logits(weights)?;
+        let logits = self.tokens.logits(weights, true)?;
         let vocab = self.tokens.config.vocab_size.max(1);
         let fit = self.tokens.fit.len();
         let (mut diff, mut norm) = (Vec::new(), Vec::new());
@@ -167,6 +168,24 @@ impl Reference {
         };
         Ok(Assessed { fitted, held_back: Some(held) })
     }
+
+    /// The pooled relative logits error of `weights` on the fit sequences only.
+    pub fn fit_error(&self, weights: HashMap<String, Tensor>) -> Result<f64> {
+        let logits = self.tokens.logits(weights, false)?;
+        let (mut d, mut n) = (0f64, 0f64);
+        for (a, b) in self.logits.iter().zip(&logits) {
+            d += a.iter().zip(b).map(|(x, y)| ((y - x) as f64).powi(2)).sum::<f64>();
+            n += a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>();
+        }
+        Ok((d / n.max(f64::MIN_POSITIVE)).sqrt())
+    }
+}
+
+/// The class of a tensor named `name`: its name without the path components that are numbers
+/// (`model.layers.3.mlp.up_proj.weight` → `model.layers.mlp.up_proj.weight`), so that the
+/// same matrix of every layer is one class.
+pub fn class_of(name: &str) -> String {
+    name.split('.').filter(|p| p.parse::<u64>().is_err()).collect::<Vec<_>>().join(".")
 }
 
 /// Index of the largest value (the first on ties).
@@ -258,4 +277,23 @@ fn read_sequences(path: &Path, config: &Config, flag: &str) -> Result<Vec<Vec<u3
         )));
     }
     Ok((0..rows).map(|r| ids[r * len..(r + 1) * len].iter().map(|&t| t as u32).collect()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_class_is_the_same_matrix_of_every_layer() {
+        assert_eq!(class_of("model.layers.3.mlp.up_proj.weight"), "model.layers.mlp.up_proj.weight");
+        assert_eq!(
+            class_of("model.layers.23.mlp.up_proj.weight"),
+            class_of("model.layers.0.mlp.up_proj.weight")
+        );
+        assert_ne!(
+            class_of("model.layers.3.mlp.up_proj.weight"),
+            class_of("model.layers.3.mlp.gate_proj.weight")
+        );
+        assert_eq!(class_of("model.embed_tokens.weight"), "model.embed_tokens.weight");
+    }
 }
