@@ -596,7 +596,8 @@ fn compress_with_progress(
     quiet: bool,
 ) -> Result<crate::compress::CompressReport> {
     let bar = training_bar(opts.steps, quiet);
-    let report = crate::compress::compress(input, output, opts, &mut training_progress(&bar, opts.steps));
+    let mut bars = Bars { bar: &bar, steps: opts.steps, stage: String::new() };
+    let report = crate::compress::compress(input, output, opts, &mut bars);
     bar.finish_and_clear();
     report
 }
@@ -604,28 +605,60 @@ fn compress_with_progress(
 /// The training progress bar (hidden with `--quiet` or when stderr is not a terminal).
 #[cfg(feature = "compress")]
 fn training_bar(steps: usize, quiet: bool) -> indicatif::ProgressBar {
-    use indicatif::{ProgressBar, ProgressStyle};
+    use indicatif::ProgressBar;
     if !show_progress(quiet) {
         return ProgressBar::hidden();
     }
     let b = ProgressBar::new(steps as u64);
-    let style = "training {bar:30} {pos}/{len} steps, loss {msg}, {per_sec}, ETA {eta}";
-    b.set_style(ProgressStyle::with_template(style).expect("valid template"));
+    b.set_style(training_style());
     b
 }
 
-/// Compression's progress callback, drawing on `bar`.
+/// The training bar's look.
 #[cfg(feature = "compress")]
-fn training_progress(bar: &indicatif::ProgressBar, steps: usize) -> impl FnMut(usize, f64) + '_ {
-    move |step, loss| {
+fn training_style() -> indicatif::ProgressStyle {
+    let style = "training {bar:30} {pos}/{len} steps, loss {msg}, {per_sec}, ETA {eta}";
+    indicatif::ProgressStyle::with_template(style).expect("valid template")
+}
+
+/// Compression's progress, drawn on one bar: training steps with their loss, and the stages of
+/// other long work (the streaming compress, token calibration) with their counts.
+#[cfg(feature = "compress")]
+struct Bars<'a> {
+    bar: &'a indicatif::ProgressBar,
+    steps: usize,
+    /// The stage drawn now (empty: training).
+    stage: String,
+}
+
+#[cfg(feature = "compress")]
+impl crate::compress::train::Progress for Bars<'_> {
+    fn step(&mut self, step: usize, loss: f64) {
         if step == 0 {
+            if !self.stage.is_empty() {
+                self.stage.clear();
+                self.bar.set_style(training_style());
+                self.bar.set_length(self.steps as u64);
+            }
             // Ingest and ordering happened before: start the rate and ETA from here.
-            bar.reset();
+            self.bar.reset();
         }
-        if step.is_multiple_of(10) || step + 1 == steps {
-            bar.set_position(step as u64 + 1);
-            bar.set_message(format!("{loss:.5}"));
+        if step.is_multiple_of(10) || step + 1 == self.steps {
+            self.bar.set_position(step as u64 + 1);
+            self.bar.set_message(format!("{loss:.5}"));
         }
+    }
+
+    fn stage(&mut self, what: &str, done: usize, total: usize) {
+        if self.stage != what {
+            self.stage = what.to_string();
+            let style = "{msg} {bar:30} {pos}/{len}, {elapsed}, ETA {eta}";
+            self.bar.set_style(indicatif::ProgressStyle::with_template(style).expect("valid template"));
+            self.bar.set_message(what.to_string());
+            self.bar.reset();
+        }
+        self.bar.set_length(total as u64);
+        self.bar.set_position(done as u64);
     }
 }
 
@@ -1277,7 +1310,8 @@ fn demo(a: DemoArgs) -> Result<()> {
     o.compress_options()?;
     eprintln!("compressing the bundled ResNet-20 (Fashion-MNIST) into {} ...", o.paths().nerp.display());
     let bar = training_bar(o.steps, a.quiet);
-    let prepared = crate::eval::demo::prepare(&o, &mut training_progress(&bar, o.steps));
+    let prepared =
+        crate::eval::demo::prepare(&o, &mut Bars { bar: &bar, steps: o.steps, stage: String::new() });
     bar.finish_and_clear();
     let prepared = prepared?;
     eprintln!("evaluating on {} ...", data::resolve_fashion_mnist());

@@ -30,7 +30,7 @@ fn memory_stays_bounded_and_the_file_does_not_depend_on_threads() {
     assert!(report.file_bytes < len, "{} of {len}", report.file_bytes);
     // One thread gives the same bytes as two.
     let one = dir.path().join("one.nerp");
-    stream::compress_on(&src, &one, &opts, None, 1).unwrap();
+    stream::compress_on(&src, &one, &opts, None, 1, &mut |_, _| {}).unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&one).unwrap());
     // The budget below one tensor's section twice: a typed refusal, no file.
     nerp::format::budget::set_limit(len / 8);

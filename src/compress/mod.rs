@@ -68,11 +68,11 @@ pub fn compress(
     if stream::Source::is_safetensors(input) && opts.distill.teacher.is_none() {
         if !opts.calibration_inputs.is_empty() {
             let why = "token-id calibration: every tensor goes to the codecs (no predictor is tried)";
-            return stream::compress(input, output, opts, Some(why.into()));
+            return stream::compress(input, output, opts, Some(why.into()), progress);
         }
         let shapes = stream::Source::open(input)?.shapes();
         if let serve::Verdict::Cannot(why) = serve::judge(&shapes, opts)? {
-            return stream::compress(input, output, opts, Some(why));
+            return stream::compress(input, output, opts, Some(why), progress);
         }
     }
     let mut model = ingest::load(input)?;

@@ -16,6 +16,7 @@ use crate::codec::Codec;
 use crate::compress::choose::{allocate, Allocation, Assessed, Budget, Candidate, Choice, Retarget};
 use crate::compress::report::{AllocationTry, CompressReport, StorageReport, TensorReport};
 use crate::compress::tokens::{class_of, Reference, Tokens};
+use crate::compress::train::Progress;
 use crate::compress::{CompressOptions, ErrorBudget, DEFAULT_FALLBACK_WEIGHT_ERROR};
 use crate::error::{Error, Result};
 use crate::format::{self, write::StreamWriter, Encoding, SectionKind, Storage, TensorEntry};
@@ -169,8 +170,9 @@ pub fn compress(
     output: &Path,
     opts: &CompressOptions,
     why: Option<String>,
+    progress: &mut dyn Progress,
 ) -> Result<CompressReport> {
-    compress_on(input, output, opts, why, crate::linalg::threads())
+    compress_on(input, output, opts, why, crate::linalg::threads(), progress)
 }
 
 /// [`compress`] on `threads` threads (the file does not depend on them).
@@ -180,6 +182,7 @@ pub fn compress_on(
     opts: &CompressOptions,
     why: Option<String>,
     threads: usize,
+    progress: &mut dyn Progress,
 ) -> Result<CompressReport> {
     let start = Instant::now();
     let src = Source::open(input)?;
@@ -213,6 +216,7 @@ pub fn compress_on(
                 need.saturating_add(params.saturating_mul(4)).saturating_add(tokens.memory()),
             )?;
             let original = vec![Codec::Raw; n];
+            progress.stage("running the original", 0, 1);
             Some(tokens.reference(regenerated(&src, &original, &rows, threads)?)?)
         }
     };
@@ -239,25 +243,15 @@ pub fn compress_on(
         (None, ErrorBudget::Off) => None,
     };
     let measure_all = budget.is_some();
-    let measured = parallel(jobs.len(), threads, |j| -> Result<(f64, Vec<f64>)> {
-        let c = jobs[j];
-        let v = &src.tensors[c.tensor];
-        let size = v.dtype.size();
-        let mut x = Vec::new();
-        group::widen(v.dtype, &src.data(c.tensor)[c.start * size..c.end * size], &mut x);
-        if let Some(bad) = x.iter().find(|x| !x.is_finite()) {
-            return Err(Error::Training(format!("tensor {} holds {bad}, which cannot be quantized", v.name)));
-        }
-        let sq = x.iter().map(|&a| (a as f64) * (a as f64)).sum();
-        let mut errs = Vec::new();
-        if measure_all {
-            for &(codec, g) in &cands[c.tensor] {
-                let (bits, zero) = spec(codec);
-                errs.push(group::error_of(&x, g, bits, zero).unwrap_or(f64::INFINITY));
-            }
-        }
-        Ok((sq, errs))
-    });
+    // In windows of chunks, in order, so that progress shows (the sums do not change).
+    let window = 8 * threads.max(1);
+    let mut measured = Vec::with_capacity(jobs.len());
+    for first in (0..jobs.len()).step_by(window) {
+        progress.stage("measuring candidates", first, jobs.len());
+        let last = (first + window).min(jobs.len());
+        measured
+            .extend(parallel(last - first, threads, |j| measure(&src, jobs[first + j], &cands, measure_all)));
+    }
     let mut sq = vec![0f64; n];
     let mut sse: Vec<Vec<f64>> = cands.iter().map(|c| vec![0.0; c.len()]).collect();
     for (c, m) in jobs.iter().zip(measured) {
@@ -312,7 +306,7 @@ pub fn compress_on(
     // per class: the allocation then estimates the logits' error, which the weights' error alone
     // misjudged by class (see `sensitivities`).
     if let Some(r) = &reference {
-        let scale = sensitivities(&src, r, &rows, &cands, &sse, total_norm, threads)?;
+        let scale = sensitivities(&src, r, &rows, &cands, &sse, total_norm, threads, progress)?;
         for (i, &k) in index.iter().enumerate().filter(|(_, &k)| k != usize::MAX) {
             let s = scale.get(&class_of(&src.tensors[i].name)).copied().unwrap_or(1.0);
             candidates[k].iter_mut().for_each(|c| c.error *= s);
@@ -334,7 +328,7 @@ pub fn compress_on(
     let mut aimed = None;
     let chosen: Vec<Codec> = match (budget, &reference) {
         (Some(Budget::Error(limit)), Some(r)) => {
-            let a = aim(limit, r, |t| {
+            let a = aim(limit, r, progress, |t| {
                 let alloc = allocate(&candidates, fixed, Budget::Error(t));
                 let codecs = codecs_of(&alloc.picks);
                 Ok((regenerated(&src, &codecs, &rows, threads)?, codecs, alloc))
@@ -399,6 +393,7 @@ pub fn compress_on(
     let mut reports = Vec::with_capacity(n);
     let mut total_sse = 0f64;
     for i in 0..n {
+        progress.stage("writing", i, n);
         let v = &src.tensors[i];
         let data = src.data(i);
         let (storage, sse_i, stored, section) = match chosen[i] {
@@ -508,6 +503,27 @@ pub fn compress_on(
     })
 }
 
+/// Chunk `c`'s sum of squares and, with `all`, the squared error of each of its tensor's
+/// candidates `cands`.
+fn measure(src: &Source, c: Chunk, cands: &[Vec<(Codec, usize)>], all: bool) -> Result<(f64, Vec<f64>)> {
+    let v = &src.tensors[c.tensor];
+    let size = v.dtype.size();
+    let mut x = Vec::new();
+    group::widen(v.dtype, &src.data(c.tensor)[c.start * size..c.end * size], &mut x);
+    if let Some(bad) = x.iter().find(|x| !x.is_finite()) {
+        return Err(Error::Training(format!("tensor {} holds {bad}, which cannot be quantized", v.name)));
+    }
+    let sq = x.iter().map(|&a| (a as f64) * (a as f64)).sum();
+    let mut errs = Vec::new();
+    if all {
+        for &(codec, g) in &cands[c.tensor] {
+            let (bits, zero) = spec(codec);
+            errs.push(group::error_of(&x, g, bits, zero).unwrap_or(f64::INFINITY));
+        }
+    }
+    Ok((sq, errs))
+}
+
 /// Tensor `i` (rows of `row` values) encoded group-wise with `(group, bits, zero)`, chunks of
 /// rows on `threads` threads: the section's content and its squared error.
 fn encode(
@@ -592,13 +608,15 @@ const AIM_TRIES: usize = 6;
 fn aim(
     limit: f64,
     reference: &Reference,
+    progress: &mut dyn Progress,
     mut run: impl FnMut(f64) -> Result<(HashMap<String, candle_core::Tensor>, Vec<Codec>, Allocation)>,
 ) -> Result<Aimed> {
     let mut target = limit;
     let mut retarget = Retarget::default();
     let mut tries = Vec::new();
     let (mut best, mut last): (Option<Aimed>, Option<Aimed>) = (None, None);
-    for _ in 0..AIM_TRIES {
+    for k in 0..AIM_TRIES {
+        progress.stage("allocating on the logits", k, AIM_TRIES);
         let (weights, codecs, alloc) = run(target)?;
         let assessed = reference.assess(weights)?;
         let got = assessed.error();
@@ -632,6 +650,7 @@ fn aim(
 /// model with every matrix of the class stored by a probe codec (int6 in groups of 128, or
 /// the first candidate where that does not apply), the rest as they are, run on the fit
 /// sequences, its logits' error divided by the class's weight error.
+#[allow(clippy::too_many_arguments)] // pass 1's results, passed once
 fn sensitivities(
     src: &Source,
     reference: &Reference,
@@ -640,6 +659,7 @@ fn sensitivities(
     sse: &[Vec<f64>],
     total_norm: f64,
     threads: usize,
+    progress: &mut dyn Progress,
 ) -> Result<BTreeMap<String, f64>> {
     const PROBE: Codec = Codec::Group { bits: 6, group: 128, zero: false };
     let mut classes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -647,7 +667,9 @@ fn sensitivities(
         classes.entry(class_of(&src.tensors[i].name)).or_default().push(i);
     }
     let mut out = BTreeMap::new();
-    for (class, members) in classes {
+    let total = classes.len();
+    for (done, (class, members)) in classes.into_iter().enumerate() {
+        progress.stage("measuring class effects", done, total);
         let mut codecs = vec![Codec::Raw; src.tensors.len()];
         let mut sq = 0f64;
         for &i in &members {

@@ -133,6 +133,12 @@ pub fn init_predictor(hidden: usize, embedding: Embedding, seed: u64, device: &D
 /// Per-step report to a progress display.
 pub trait Progress {
     fn step(&mut self, step: usize, loss: f64);
+
+    /// Work other than training steps: `done` of `total` units of the stage `what` (the
+    /// streaming compress's passes, the token calibration's runs). Ignored by default.
+    fn stage(&mut self, what: &str, done: usize, total: usize) {
+        let _ = (what, done, total);
+    }
 }
 
 impl<F: FnMut(usize, f64)> Progress for F {
