@@ -27,6 +27,8 @@ const MAX_POSITIONS: usize = 1 << 20;
 /// The model's config and the token sequences, split into fit and check sequences.
 pub struct Tokens {
     config: Config,
+    /// Where `config` was read (named in errors).
+    path: PathBuf,
     fit: Vec<Vec<u32>>,
     check: Vec<Vec<u32>>,
 }
@@ -44,7 +46,7 @@ impl Tokens {
     /// architecture, a float array, a token outside the vocabulary, a sequence longer than the
     /// model's context, too few sequences, a check sequence that is also a calibration one.
     pub fn read(model: &Path, opts: &CompressOptions) -> Result<Tokens> {
-        let config = read_config(model)?;
+        let (config, path) = read_config(model)?;
         let mut all = Vec::new();
         for path in &opts.calibration_inputs {
             all.extend(read_sequences(path, &config, "--calibration-inputs")?);
@@ -86,7 +88,7 @@ impl Tokens {
         if fit.is_empty() {
             return Err(Error::usage("--calibration-inputs", "no sequence is left to fit on"));
         }
-        Ok(Tokens { config, fit, check })
+        Ok(Tokens { config, path, fit, check })
     }
 
     /// Sequences fitted to and held back.
@@ -106,7 +108,23 @@ impl Tokens {
 
     /// Runs the original `weights` (f32) on every sequence.
     pub fn reference(self, weights: HashMap<String, Tensor>) -> Result<Reference> {
-        let logits = self.logits(weights, true)?;
+        let logits = self.logits(weights, true).map_err(|e| {
+            // The config and the weights disagree (a shape, a missing tensor): say so in one line.
+            let first = e.to_string().lines().next().unwrap_or_default().to_string();
+            Error::Usage {
+                option: "--calibration-inputs".into(),
+                what: format!("{}: the model does not run with these weights: {first}", self.path.display()),
+            }
+        })?;
+        if let Some(k) = logits.iter().position(|l| l.iter().any(|x| !x.is_finite())) {
+            return Err(Error::Usage {
+                option: "--calibration-inputs".into(),
+                what: format!(
+                    "{}: the original model's logits on sequence {k} are not finite: nothing to measure against",
+                    self.path.display()
+                ),
+            });
+        }
         Ok(Reference { tokens: self, logits })
     }
 
@@ -200,7 +218,7 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 /// The Qwen2 config beside `model`, checked so that candle cannot fail on it later.
-fn read_config(model: &Path) -> Result<Config> {
+fn read_config(model: &Path) -> Result<(Config, PathBuf)> {
     let path: PathBuf = model.parent().unwrap_or(Path::new(".")).join(CONFIG);
     let bad = |what: String| Error::Usage {
         option: "--calibration-inputs".into(),
@@ -234,15 +252,24 @@ fn read_config(model: &Path) -> Result<Config> {
         && c.hidden_size.is_multiple_of(c.num_attention_heads)
         && c.num_attention_heads.is_multiple_of(c.num_key_value_heads)
         && (c.hidden_size / c.num_attention_heads).is_multiple_of(2)
-        && (1..=MAX_POSITIONS).contains(&c.max_position_embeddings);
+        && (1..=MAX_POSITIONS).contains(&c.max_position_embeddings)
+        && c.rms_norm_eps.is_finite()
+        && c.rms_norm_eps > 0.0
+        && c.rope_theta.is_finite()
+        && c.rope_theta > 0.0;
     if !sane {
         return Err(bad(format!(
-            "an inconsistent Qwen2 config (hidden {} over {} heads and {} key/value heads, context {}; \
-             the context at most {MAX_POSITIONS})",
-            c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.max_position_embeddings
+            "an inconsistent Qwen2 config (hidden {} over {} heads and {} key/value heads, context {}, \
+             rms_norm_eps {}, rope_theta {}; the context at most {MAX_POSITIONS}, the last two positive)",
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.max_position_embeddings,
+            c.rms_norm_eps,
+            c.rope_theta
         )));
     }
-    Ok(c)
+    Ok((c, path))
 }
 
 /// The token sequences of `path`: an integer array `[sequences, tokens]` (or one sequence),
