@@ -2,11 +2,11 @@
 # The 1.5 B-parameter layout (issue 24's third target: <= 6 minutes within 24 GB): default
 # compress, --size-ratio 4 and decompress on a generated Qwen2-1.5B layout (x2-5 outliers, as
 # the 0.5 B "mild" model), timed with /usr/bin/time -v (user CPU is the load-independent figure).
-# Usage: docs/results/llm/run_1_5b.sh [DIR]   (NERP overrides the binary)
+# Usage: docs/results/llm/run_1_5b.sh [DIR]   (NERP overrides the binary, OUT the log folder)
 set -e
 DIR=${1:-/tmp/qwen2-1.5b-mild}
 NERP=${NERP:-target/release/nerp}
-OUT=docs/results/llm/stream-1.5b
+OUT=${OUT:-docs/results/llm/stream-1.5b}
 mkdir -p $OUT
 [ -f $DIR/model.safetensors ] || target/release/examples/make_llm --layout qwen2-1.5b --out $DIR --outlier-factor 2,5
 ls -l $DIR/model.safetensors > $OUT/source.txt
