@@ -348,10 +348,11 @@ pub fn compress_on(
             let alloc = allocate(&candidates, fixed, b);
             if !alloc.feasible {
                 warnings.push(format!(
-                    "the budget ({}) is not met: the closest file is about {} bytes at {:.2}% weight error",
+                    "the budget ({}) is not met: the closest file is about {} bytes at {:.2}% estimated {} error",
                     budget_name(b),
                     alloc.bytes,
-                    100.0 * alloc.error
+                    100.0 * alloc.error,
+                    if reference.is_some() { "logits" } else { "weight" }
                 ));
             }
             let codecs = codecs_of(&alloc.picks);
