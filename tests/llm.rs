@@ -231,6 +231,27 @@ fn token_calibration_keeps_the_logits_budget_on_held_back_sequences() {
     let (error, upper) = nerp::compress::calibrate::upper_bound(&diff, &norm);
     assert!((error - measured).abs() <= 1e-4 * measured, "report {measured}, measured here {error}");
     assert!((upper - bound).abs() <= 1e-4 * bound, "report {bound}, measured here {upper}");
+
+    // Under a byte budget the logits' error is measured and reported, not aimed at.
+    let (ok, stdout, stderr) = nerp_run(&[
+        "compress".as_ref(),
+        src.as_os_str(),
+        "-o".as_ref(),
+        path.as_os_str(),
+        "--calibration-inputs".as_ref(),
+        tokens.as_os_str(),
+        "--size-ratio".as_ref(),
+        "3".as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let storage = &report["storage"];
+    assert_eq!(storage["measure"], "output", "{storage}");
+    assert_eq!(storage["tries"].as_array().unwrap().len(), 1, "{storage}");
+    let max = report["source_bytes"].as_u64().unwrap() / 3;
+    assert!(report["file_bytes"].as_u64().unwrap() <= max && storage["met"] == true, "{report}");
+    assert!(storage["error_bound"].as_f64().unwrap() >= storage["measured_error"].as_f64().unwrap());
 }
 
 /// Token arrays a model cannot take are usage errors naming the array and what is wrong, and
