@@ -232,6 +232,21 @@ fn token_calibration_keeps_the_logits_budget_on_held_back_sequences() {
     assert!((error - measured).abs() <= 1e-4 * measured, "report {measured}, measured here {error}");
     assert!((upper - bound).abs() <= 1e-4 * bound, "report {bound}, measured here {upper}");
 
+    // The same inputs and options give the same bytes.
+    let again = dir.path().join("again.nerp");
+    let (ok, _, stderr) = nerp_run(&[
+        "compress".as_ref(),
+        src.as_os_str(),
+        "-o".as_ref(),
+        again.as_os_str(),
+        "--calibration-inputs".as_ref(),
+        tokens.as_os_str(),
+        "--max-error".as_ref(),
+        "0.05".as_ref(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(std::fs::read(&again).unwrap() == std::fs::read(&path).unwrap(), "two runs, two files");
+
     // Under a byte budget the logits' error is measured and reported, not aimed at.
     let (ok, stdout, stderr) = nerp_run(&[
         "compress".as_ref(),
