@@ -103,7 +103,9 @@ impl Tokens {
         let tokens: u64 = self.fit.iter().chain(&self.check).map(|s| s.len() as u64).sum();
         let longest = self.fit.iter().chain(&self.check).map(Vec::len).max().unwrap_or(0) as u64;
         let head = (self.config.hidden_size / self.config.num_attention_heads.max(1)) as u64;
-        4 * (tokens * vocab + 2 * longest * vocab + 2 * self.config.max_position_embeddings as u64 * head)
+        let rotary = 2u64.saturating_mul(self.config.max_position_embeddings as u64).saturating_mul(head);
+        let logits = tokens.saturating_add(2u64.saturating_mul(longest)).saturating_mul(vocab);
+        4u64.saturating_mul(logits.saturating_add(rotary))
     }
 
     /// Runs the original `weights` (f32) on every sequence.
