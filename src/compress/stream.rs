@@ -242,6 +242,14 @@ pub fn compress_on(
         (None, ErrorBudget::Check(e)) => Some(Budget::Error(e)),
         (None, ErrorBudget::Off) => None,
     };
+    if let (None, ErrorBudget::Check(_), None) = (opts.size_ratio, opts.error_budget, &reference) {
+        warnings.push(format!(
+            "the default budget keeps the weights within {}% (about 5% of the outputs); --size-ratio 4 \
+             gives a 4-bit-level file, and for a Qwen2-layout model --calibration-inputs with token ids \
+             keeps the logits' error instead",
+            100.0 * DEFAULT_FALLBACK_WEIGHT_ERROR
+        ));
+    }
     let measure_all = budget.is_some();
     // In windows of chunks, in order, so that progress shows (the sums do not change).
     let window = 8 * threads.max(1);
