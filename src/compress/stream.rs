@@ -574,15 +574,15 @@ fn regenerated(
                 let g =
                     group::group_len(named, rows[i] as u64).expect("a candidate's group divides its rows");
                 let (bytes, _) = encode(src, i, rows[i], (g as usize, bits, zero), threads)?;
-                let mut x = group::decode(bits, g, zero, &bytes, numel).map_err(|e| {
+                let x = group::decode(bits, g, zero, &bytes, numel).map_err(|e| {
                     Error::Training(format!("tensor {} does not decode as int{bits}: {e}", v.name))
                 })?;
                 // The runtime gives the values back in the tensor's own type.
-                match v.dtype {
-                    format::DType::F16 => x.iter_mut().for_each(|a| *a = half::f16::from_f32(*a).to_f32()),
-                    format::DType::Bf16 => x.iter_mut().for_each(|a| *a = half::bf16::from_f32(*a).to_f32()),
-                    _ => {}
-                }
+                let own = format::codec::from_f32(v.dtype, &x).ok_or_else(|| {
+                    Error::Training(format!("tensor {} is {:?}, not a float type", v.name, v.dtype))
+                })?;
+                let mut x = Vec::new();
+                group::widen(v.dtype, &own, &mut x);
                 x
             }
             _ => {
