@@ -159,9 +159,19 @@ fn reference_codecs_round_to_nearest_within_half_a_step() {
     );
 }
 
-/// `nerp compress` with `args`: its exit status, stdout and stderr.
-fn nerp_run(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nerp")).args(args).output().unwrap();
+/// `nerp compress SRC -o OUT --calibration-inputs TOKENS EXTRA…`: its exit status, stdout and
+/// stderr.
+fn compress_calibrated(src: &Path, out: &Path, tokens: &Path, extra: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nerp"))
+        .arg("compress")
+        .arg(src)
+        .arg("-o")
+        .arg(out)
+        .arg("--calibration-inputs")
+        .arg(tokens)
+        .args(extra)
+        .output()
+        .unwrap();
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (out.status.success(), text(&out.stdout), text(&out.stderr))
 }
@@ -178,17 +188,7 @@ fn token_calibration_keeps_the_logits_budget_on_held_back_sequences() {
         (dir.path().join("model.safetensors"), dir.path().join("tokens.npy"), dir.path().join("t.nerp"));
     let (sequences, len) = (16, 24);
     nerp::synth::write_tokens(&tokens, sequences, len, 1000, 3).unwrap();
-    let (ok, stdout, stderr) = nerp_run(&[
-        "compress".as_ref(),
-        src.as_os_str(),
-        "-o".as_ref(),
-        path.as_os_str(),
-        "--calibration-inputs".as_ref(),
-        tokens.as_os_str(),
-        "--max-error".as_ref(),
-        "0.05".as_ref(),
-        "--json".as_ref(),
-    ]);
+    let (ok, stdout, stderr) = compress_calibrated(&src, &path, &tokens, &["--max-error", "0.05", "--json"]);
     assert!(ok, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let storage = &report["storage"];
@@ -234,31 +234,12 @@ fn token_calibration_keeps_the_logits_budget_on_held_back_sequences() {
 
     // The same inputs and options give the same bytes.
     let again = dir.path().join("again.nerp");
-    let (ok, _, stderr) = nerp_run(&[
-        "compress".as_ref(),
-        src.as_os_str(),
-        "-o".as_ref(),
-        again.as_os_str(),
-        "--calibration-inputs".as_ref(),
-        tokens.as_os_str(),
-        "--max-error".as_ref(),
-        "0.05".as_ref(),
-    ]);
+    let (ok, _, stderr) = compress_calibrated(&src, &again, &tokens, &["--max-error", "0.05"]);
     assert!(ok, "{stderr}");
     assert!(std::fs::read(&again).unwrap() == std::fs::read(&path).unwrap(), "two runs, two files");
 
     // Under a byte budget the logits' error is measured and reported, not aimed at.
-    let (ok, stdout, stderr) = nerp_run(&[
-        "compress".as_ref(),
-        src.as_os_str(),
-        "-o".as_ref(),
-        path.as_os_str(),
-        "--calibration-inputs".as_ref(),
-        tokens.as_os_str(),
-        "--size-ratio".as_ref(),
-        "3".as_ref(),
-        "--json".as_ref(),
-    ]);
+    let (ok, stdout, stderr) = compress_calibrated(&src, &path, &tokens, &["--size-ratio", "3", "--json"]);
     assert!(ok, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let storage = &report["storage"];
@@ -289,14 +270,7 @@ fn bad_token_calibration_inputs_are_usage_errors() {
         ("cube.npy", "token ids are [sequences, tokens]"),
     ];
     for (name, why) in cases {
-        let (ok, _, stderr) = nerp_run(&[
-            "compress".as_ref(),
-            src.as_os_str(),
-            "-o".as_ref(),
-            out.as_os_str(),
-            "--calibration-inputs".as_ref(),
-            npy(name).as_os_str(),
-        ]);
+        let (ok, _, stderr) = compress_calibrated(&src, &out, &npy(name), &[]);
         assert!(!ok, "{name}: {stderr}");
         assert!(stderr.contains(why), "{name}: {stderr}");
         assert!(!out.exists(), "{name}: an output file was left");
@@ -311,14 +285,7 @@ fn bad_token_calibration_inputs_are_usage_errors() {
         ("model_type", "llama".into(), "Qwen2-layout models"),
     ];
     let calibrated = |stderr_has: &str| {
-        let (ok, _, stderr) = nerp_run(&[
-            "compress".as_ref(),
-            src.as_os_str(),
-            "-o".as_ref(),
-            out.as_os_str(),
-            "--calibration-inputs".as_ref(),
-            npy("tokens.npy").as_os_str(),
-        ]);
+        let (ok, _, stderr) = compress_calibrated(&src, &out, &npy("tokens.npy"), &[]);
         assert!(!ok && stderr.contains("config.json") && stderr.contains(stderr_has), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(!out.exists());
