@@ -166,8 +166,7 @@ impl Reference {
         let (mut diff, mut norm) = (Vec::new(), Vec::new());
         let (mut same, mut positions) = (0usize, 0usize);
         for (k, (a, b)) in self.logits.iter().zip(&logits).enumerate() {
-            let d: f64 = a.iter().zip(b).map(|(x, y)| ((y - x) as f64).powi(2)).sum();
-            let n: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum();
+            let (d, n) = change(a, b);
             diff.push(d);
             norm.push(n);
             if k >= fit {
@@ -194,8 +193,8 @@ impl Reference {
         let logits = self.tokens.logits(weights, false)?;
         let (mut d, mut n) = (0f64, 0f64);
         for (a, b) in self.logits.iter().zip(&logits) {
-            d += a.iter().zip(b).map(|(x, y)| ((y - x) as f64).powi(2)).sum::<f64>();
-            n += a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>();
+            let (di, ni) = change(a, b);
+            (d, n) = (d + di, n + ni);
         }
         Ok((d / n.max(f64::MIN_POSITIVE)).sqrt())
     }
@@ -206,6 +205,12 @@ impl Reference {
 /// same matrix of every layer is one class.
 pub fn class_of(name: &str) -> String {
     name.split('.').filter(|p| p.parse::<u64>().is_err()).collect::<Vec<_>>().join(".")
+}
+
+/// `‖b − a‖²` and `‖a‖²`: one sequence's logits `b` against the original's `a`.
+fn change(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let d = a.iter().zip(b).map(|(x, y)| ((y - x) as f64).powi(2)).sum();
+    (d, a.iter().map(|&x| (x as f64).powi(2)).sum())
 }
 
 /// Index of the largest value (the first on ties).
