@@ -176,6 +176,34 @@ fn compress_calibrated(src: &Path, out: &Path, tokens: &Path, extra: &[&str]) ->
     (out.status.success(), text(&out.stdout), text(&out.stderr))
 }
 
+/// nerp's own forward pass (what token calibration runs, and taps for GPTQ) gives the logits
+/// candle-transformers' Qwen2 gives, at every position, and its taps see every layer.
+#[test]
+fn own_decoder_matches_candle_transformers_qwen2() {
+    let dir = tempfile::tempdir().unwrap();
+    small_model(dir.path());
+    let cfg = qwen::config(&dir.path().join("config.json")).unwrap();
+    let config: nerp::compress::decoder::Config =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(config.problem(1 << 20), None);
+    let weights = qwen::load_f32(&dir.path().join("model.safetensors")).unwrap();
+    let seq = qwen::prompt(cfg.vocab_size);
+    let decoder = nerp::compress::decoder::Decoder::new(&config, &weights, seq.len()).unwrap();
+    let mut taps = nerp::compress::decoder::Taps::default();
+    let ours = decoder.logits(&seq, Some(&mut taps)).unwrap();
+    let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
+    let theirs = qwen::all_logits(&vb, &cfg, &seq).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    let diff: f64 = ours.iter().zip(&theirs).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let norm: f64 = theirs.iter().map(|&b| (b as f64).powi(2)).sum();
+    assert!((diff / norm).sqrt() < 1e-5, "relative difference {}", (diff / norm).sqrt());
+    // Every linear layer of both layers has input moments of its input width.
+    let moments = taps.moments();
+    assert_eq!(moments.len(), 2 * 7, "{:?}", moments.keys().collect::<Vec<_>>());
+    let down = &moments["model.layers.1.mlp.down_proj.weight"];
+    assert_eq!(down.d, cfg.intermediate_size);
+}
+
 /// Token-id calibration (`--calibration-inputs tokens.npy` on a Qwen2-layout safetensors): the
 /// budget keeps the logits' error, and the figures the report prints for the held-back
 /// sequences (the error and its 95% bound) are what candle-transformers measures on the
@@ -281,8 +309,8 @@ fn bad_token_calibration_inputs_are_usage_errors() {
     let original: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
     let edits: [(&str, serde_json::Value, &str); 3] = [
         ("hidden_size", 256.into(), "the model does not run with these weights"),
-        ("rms_norm_eps", (-1.0).into(), "an inconsistent Qwen2 config"),
-        ("model_type", "llama".into(), "Qwen2-layout models"),
+        ("rms_norm_eps", (-1.0).into(), "an inconsistent config"),
+        ("model_type", "gpt2".into(), "the Qwen2 and Llama layouts"),
     ];
     let calibrated = |stderr_has: &str| {
         let (ok, _, stderr) = compress_calibrated(&src, &out, &npy("tokens.npy"), &[]);
@@ -297,5 +325,5 @@ fn bad_token_calibration_inputs_are_usage_errors() {
         calibrated(why);
     }
     std::fs::remove_file(&config).unwrap();
-    calibrated("Qwen2");
+    calibrated("a Qwen2 or Llama layout");
 }

@@ -58,6 +58,12 @@ impl Moments {
             .ok_or_else(|| bad_input("the input moments are not positive definite".into()))
     }
 
+    /// Factors the moments now (the first rounding would), so that callers can do it in
+    /// parallel; fails as rounding would.
+    pub fn prepare(&self) -> Result<()> {
+        self.factor().map(|_| ())
+    }
+
     /// `values` of a weight with rows of `row` values rounded data-aware onto `grid` in groups
     /// of `group` along its stored rows (the codes, row-major), or `None` when these moments do
     /// not fit its shape.

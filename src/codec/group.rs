@@ -234,6 +234,104 @@ pub fn encode_part(values: &[f32], group: usize, bits: u8, zero: bool) -> Result
     Ok(part)
 }
 
+/// [`encode_part`] with GPTQ's rounding ([`super::gptq`]) for the layer inputs' moments `m`
+/// (a weight stored `[out, in]`, rows of `row` values): each group's scale (and minimum) is
+/// searched as [`encode_part`] searches it, from the group's values as the rounding of the
+/// columns before it has changed them, and each value's rounding error is spread over the
+/// columns not yet rounded. The same stored form; only the codes differ. `None` when `m` does
+/// not fit rows of `row`.
+#[cfg(feature = "compress")]
+pub fn encode_part_gptq(
+    values: &[f32],
+    row: usize,
+    group: usize,
+    bits: u8,
+    zero: bool,
+    m: &super::gptq::Moments,
+) -> Option<Result<Part, String>> {
+    if let Some(x) = values.iter().find(|x| !x.is_finite()) {
+        return Some(Err(format!("it holds {x}, which cannot be quantized")));
+    }
+    let rows = values.len().checked_div(row)?;
+    let mut grid = GroupGrid { bits, zero, groups: row / group.max(1), scales: vec![], mins: vec![] };
+    grid.scales = vec![f16::ZERO; rows * grid.groups];
+    grid.mins = vec![f16::ZERO; if zero { rows * grid.groups } else { 0 }];
+    let codes = match m.round(values, row, group, &mut grid)? {
+        Ok(c) => c,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    let mut part = Part::default();
+    for (k, &c) in codes.iter().enumerate() {
+        let d = values[k] - grid.value(k / group, c);
+        part.sse += (d as f64) * (d as f64);
+    }
+    part.scales = grid.scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+    part.mins = grid.mins.iter().flat_map(|s| s.to_le_bytes()).collect();
+    part.codes = match zero {
+        true => quant::pack_unsigned(&codes.iter().map(|&c| c as u8).collect::<Vec<_>>(), bits),
+        false => quant::pack(&codes.iter().map(|&c| c as i8).collect::<Vec<_>>(), bits),
+    };
+    Some(Ok(part))
+}
+
+/// The group-wise grid for GPTQ's rounding: each group's scale (and minimum) chosen by the
+/// search of [`group_sym`] / [`group_zp`] when its first column is reached.
+#[cfg(feature = "compress")]
+struct GroupGrid {
+    bits: u8,
+    zero: bool,
+    /// Groups per row.
+    groups: usize,
+    scales: Vec<f16>,
+    mins: Vec<f16>,
+}
+
+#[cfg(feature = "compress")]
+impl GroupGrid {
+    /// The value code `c` of group `k` (counted over all rows) decodes to.
+    fn value(&self, k: usize, c: i32) -> f32 {
+        match self.zero {
+            true => c as f32 * self.scales[k].to_f32() + self.mins[k].to_f32(),
+            false => c as f32 * self.scales[k].to_f32(),
+        }
+    }
+}
+
+#[cfg(feature = "compress")]
+impl super::gptq::Grid for GroupGrid {
+    fn begin(&mut self, r: usize, g: usize, current: &[f32]) -> crate::Result<()> {
+        let k = r * self.groups + g;
+        let too_large =
+            || crate::Error::Training(format!("row {r}, group {g}: the scale exceeds the f16 range"));
+        if self.zero {
+            let (s, m, _) =
+                group_zp(current, self.bits, &mut vec![0u8; current.len()]).ok_or_else(too_large)?;
+            (self.scales[k], self.mins[k]) = (s, m);
+        } else {
+            let (s, _) =
+                group_sym(current, self.bits, &mut vec![0i8; current.len()]).ok_or_else(too_large)?;
+            self.scales[k] = s;
+        }
+        Ok(())
+    }
+
+    fn round(&mut self, r: usize, g: usize, x: f32) -> (i32, f32) {
+        let k = r * self.groups + g;
+        let s = self.scales[k].to_f32();
+        let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
+        let code = match self.zero {
+            true => {
+                (((x - self.mins[k].to_f32()) * inv).max(0.0).min(levels(self.bits) as f32) + ROUND) - ROUND
+            }
+            false => {
+                let q = qmax(self.bits) as f32;
+                ((x * inv).max(-q).min(q) + ROUND) - ROUND
+            }
+        } as i32;
+        (code, self.value(k, code))
+    }
+}
+
 /// The squared error only (what measuring a candidate needs; no codes kept).
 pub fn error_of(values: &[f32], group: usize, bits: u8, zero: bool) -> Option<f64> {
     let mut sse = 0f64;
@@ -333,6 +431,54 @@ mod tests {
                 assert_eq!(join(&halves), bytes, "{bits} {zero}");
             }
         }
+    }
+
+    /// GPTQ's codes decode with the reader's decoding to the error it reports, and change the
+    /// layer's outputs less than rounding to nearest where the inputs are correlated.
+    #[cfg(feature = "compress")]
+    #[test]
+    fn gptq_codes_decode_and_lower_the_output_change() {
+        let (rows, d) = (16, 256);
+        let w = bell(rows * d, 5);
+        // Inputs of 4 underlying factors plus a little noise: a strongly correlated H.
+        let (n, factors) = (512, bell(512 * 4, 6));
+        let noise = bell(n * d, 7);
+        let mix = bell(4 * d, 8);
+        let mut h = vec![0f64; d * d];
+        for t in 0..n {
+            let x: Vec<f64> = (0..d)
+                .map(|j| {
+                    (0..4).map(|f| factors[t * 4 + f] as f64 * mix[f * d + j] as f64).sum::<f64>()
+                        + 0.1 * noise[t * d + j] as f64
+                })
+                .collect();
+            for a in 0..d {
+                for b in 0..d {
+                    h[a * d + b] += x[a] * x[b] / n as f64;
+                }
+            }
+        }
+        let m = crate::codec::gptq::Moments::new(d, h, crate::codec::gptq::Layout::OutputRows);
+        for (bits, zero) in [(3u8, true), (4, false), (4, true)] {
+            let part = encode_part_gptq(&w, d, 64, bits, zero, &m).unwrap().unwrap();
+            let back = decode(bits, 64, zero, &join(std::slice::from_ref(&part)), w.len()).unwrap();
+            let sse: f64 = w.iter().zip(&back).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+            assert!((sse - part.sse).abs() <= 1e-4 * sse, "{bits} {zero}: {sse} vs {}", part.sse);
+            let rtn = encode_part(&w, 64, bits, zero).unwrap();
+            let near = decode(bits, 64, zero, &join(&[rtn]), w.len()).unwrap();
+            let change = |q: &[f32]| {
+                let delta: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
+                m.output_change(&delta, d).unwrap()
+            };
+            assert!(
+                change(&back) < 0.7 * change(&near),
+                "{bits} {zero}: {} vs {}",
+                change(&back),
+                change(&near)
+            );
+        }
+        // Moments of another width do not apply.
+        assert!(encode_part_gptq(&w[..rows * 128], 128, 64, 4, false, &m).is_none());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod build;
 pub mod calibrate;
 pub mod choose;
+pub mod decoder;
 pub mod distill;
 pub mod estimate;
 pub mod finetune;

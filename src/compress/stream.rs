@@ -11,6 +11,7 @@
 //! content and its zstd frame) plus a chunk per thread, checked against the budget
 //! ([`crate::format::budget`]) before any work.
 
+use crate::codec::gptq::Moments;
 use crate::codec::group::{self, Part};
 use crate::codec::Codec;
 use crate::compress::choose::{allocate, Allocation, Assessed, Budget, Candidate, Choice, Retarget};
@@ -26,6 +27,7 @@ use crate::linalg::parallel;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The codecs the LLM path measures per weight matrix, more bytes first: int8 in groups of 128
@@ -206,8 +208,8 @@ pub fn compress_on(
 
     // Token-id calibration: the original model's logits, before anything is measured (a model
     // candle cannot run fails here, not after pass 1).
-    let reference = match opts.calibration_inputs.is_empty() {
-        true => None,
+    let (reference, gptq) = match opts.calibration_inputs.is_empty() {
+        true => (None, None),
         false => {
             let tokens = Tokens::read(input, opts)?;
             let params: u64 = src.tensors.iter().map(|v| (v.range.len() / v.dtype.size()) as u64).sum();
@@ -217,9 +219,14 @@ pub fn compress_on(
             )?;
             let original = vec![Codec::Raw; n];
             progress.stage("running the original", 0, 1);
-            Some(tokens.reference(regenerated(&src, &original, &rows, threads)?)?)
+            let (reference, moments) =
+                tokens.reference(regenerated(&src, &original, &rows, threads, None)?)?;
+            let gptq = Gptq::new(&src, moments, threads, progress)?;
+            warnings.push(gptq.summary(&src));
+            (Some(reference), Some(gptq))
         }
     };
+    let gptq = gptq.as_ref();
 
     // Pass 1: every candidate's squared error, chunk by chunk; the sum of squares.
     let cands: Vec<Vec<(Codec, usize)>> = src
@@ -314,7 +321,11 @@ pub fn compress_on(
     // per class: the allocation then estimates the logits' error, which the weights' error alone
     // misjudged by class (see `sensitivities`).
     if let Some(r) = &reference {
-        let scale = sensitivities(&src, r, &rows, &cands, &sse, total_norm, threads, progress)?;
+        let scale = sensitivities(&src, r, &rows, &cands, &sse, total_norm, threads, gptq, progress)?;
+        // The probes' encodings are seldom a try's: keep the cache to what the tries make.
+        if let Some(g) = gptq {
+            g.cache.lock().expect("no encoder panics").clear();
+        }
         for (i, &k) in index.iter().enumerate().filter(|(_, &k)| k != usize::MAX) {
             let s = scale.get(&class_of(&src.tensors[i].name)).copied().unwrap_or(1.0);
             candidates[k].iter_mut().for_each(|c| c.error *= s);
@@ -339,7 +350,7 @@ pub fn compress_on(
             let a = aim(limit, r, progress, |t| {
                 let alloc = allocate(&candidates, fixed, Budget::Error(t));
                 let codecs = codecs_of(&alloc.picks);
-                Ok((regenerated(&src, &codecs, &rows, threads)?, codecs, alloc))
+                Ok((regenerated(&src, &codecs, &rows, threads, gptq)?, codecs, alloc))
             })?;
             if !a.met {
                 warnings.push(format!(
@@ -366,7 +377,7 @@ pub fn compress_on(
             let codecs = codecs_of(&alloc.picks);
             if let Some(r) = &reference {
                 // A byte budget: the logits' error is measured and reported, not aimed at.
-                let assessed = r.assess(regenerated(&src, &codecs, &rows, threads)?)?;
+                let assessed = r.assess(regenerated(&src, &codecs, &rows, threads, gptq)?)?;
                 let met = alloc.feasible;
                 let tries = vec![AllocationTry {
                     with_predictor: false,
@@ -409,11 +420,15 @@ pub fn compress_on(
             Codec::Group { bits, group: named, zero }
                 if group::group_len(named, rows[i] as u64).is_some() =>
             {
-                let g = group::group_len(named, rows[i] as u64).expect("checked") as usize;
-                let (bytes, sse_i) = encode(&src, i, rows[i], (g, bits, zero), threads)?;
-                let section = w.add(SectionKind::Quantized, Encoding::Zstd, &bytes)?;
-                let storage = Storage::Quantized { bits, group: g as u64, zero_point: zero, section };
-                (storage, sse_i, chosen[i].name(), section)
+                let g = group::group_len(named, rows[i] as u64).expect("checked");
+                let done = encoded(&src, i, rows[i], chosen[i], threads, gptq)?;
+                let section = w.add(SectionKind::Quantized, Encoding::Zstd, &done.0)?;
+                let storage = Storage::Quantized { bits, group: g, zero_point: zero, section };
+                let name = match gptq.is_some_and(|g| g.moments.contains_key(&i)) {
+                    true => format!("{} (GPTQ)", chosen[i].name()),
+                    false => chosen[i].name(),
+                };
+                (storage, done.1, name, section)
             }
             _ => {
                 let encoding = match v.dtype.size() {
@@ -534,13 +549,15 @@ fn measure(src: &Source, c: Chunk, cands: &[Vec<(Codec, usize)>], all: bool) -> 
 }
 
 /// Tensor `i` (rows of `row` values) encoded group-wise with `(group, bits, zero)`, chunks of
-/// rows on `threads` threads: the section's content and its squared error.
+/// rows on `threads` threads, rounded by GPTQ with its layer inputs' moments `m` where given:
+/// the section's content and its squared error.
 fn encode(
     src: &Source,
     i: usize,
     row: usize,
     (g, bits, zero): (usize, u8, bool),
     threads: usize,
+    m: Option<&Moments>,
 ) -> Result<(Vec<u8>, f64)> {
     let v = &src.tensors[i];
     let data = src.data(i);
@@ -549,13 +566,108 @@ fn encode(
     let parts = parallel(cs.len(), threads, |j| -> std::result::Result<Part, String> {
         let mut x = Vec::new();
         group::widen(v.dtype, &data[cs[j].start * size..cs[j].end * size], &mut x);
-        group::encode_part(&x, g, bits, zero)
+        match m.and_then(|m| group::encode_part_gptq(&x, row, g, bits, zero, m)) {
+            Some(part) => part,
+            None => group::encode_part(&x, g, bits, zero),
+        }
     });
     let parts: Vec<Part> = parts
         .into_iter()
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| Error::Training(format!("tensor {} cannot be stored as int{bits}: {e}", v.name)))?;
     Ok((group::join(&parts), parts.iter().map(|p| p.sse).sum()))
+}
+
+/// Tensor `i` (rows of `row` values) encoded with the group codec `codec`: by GPTQ where
+/// `gptq` has its layer inputs (and then kept for the next try), else rounded to nearest.
+fn encoded(
+    src: &Source,
+    i: usize,
+    row: usize,
+    codec: Codec,
+    threads: usize,
+    gptq: Option<&Gptq>,
+) -> Result<Arc<Section>> {
+    let Codec::Group { bits, group: named, zero } = codec else {
+        unreachable!("stream candidates are group codecs")
+    };
+    let g = group::group_len(named, row as u64).expect("a candidate's group divides its rows") as usize;
+    let m = gptq.and_then(|q| q.moments.get(&i));
+    let key = (i, bits, named, zero);
+    if let Some(done) = gptq.and_then(|q| q.cache.lock().expect("no encoder panics").get(&key).cloned()) {
+        return Ok(done);
+    }
+    let done = Arc::new(encode(src, i, row, (g, bits, zero), threads, m.map(|m| &**m))?);
+    if let (Some(q), Some(_)) = (gptq, m) {
+        q.cache.lock().expect("no encoder panics").insert(key, done.clone());
+    }
+    Ok(done)
+}
+
+/// GPTQ for the LLM path with token calibration: the input moments of each weight the
+/// original's run tapped ([`crate::compress::decoder::Taps`]), by tensor, and the encodings
+/// made with them so far (a try's allocation repeats most of the last one's, and GPTQ costs
+/// O(rows · d²) a tensor against rounding's O(rows · d)).
+struct Gptq {
+    moments: HashMap<usize, Arc<Moments>>,
+    cache: Mutex<Encodings>,
+}
+
+/// Sections by tensor and group codec (bits, group, zero point).
+type Encodings = HashMap<(usize, u8, u16, bool), Arc<Section>>;
+
+/// A group-wise section's content and its squared error.
+type Section = (Vec<u8>, f64);
+
+impl Gptq {
+    /// The moments of `by_name` for the tensors of `src`, each factored once (in parallel).
+    fn new(
+        src: &Source,
+        by_name: HashMap<String, Arc<Moments>>,
+        threads: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<Gptq> {
+        let moments: HashMap<usize, Arc<Moments>> = src
+            .tensors
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| eligible(v))
+            .filter_map(|(i, v)| by_name.get(&v.name).map(|m| (i, m.clone())))
+            .collect();
+        // One factor per layer input (q, k and v share theirs).
+        let mut distinct: Vec<&Arc<Moments>> = by_name.values().collect();
+        distinct.sort_by_key(|m| Arc::as_ptr(m));
+        distinct.dedup_by_key(|m| Arc::as_ptr(m));
+        let window = 4 * threads.max(1);
+        for first in (0..distinct.len()).step_by(window) {
+            progress.stage("factoring layer inputs", first, distinct.len());
+            let last = (first + window).min(distinct.len());
+            for r in parallel(last - first, threads, |k| distinct[first + k].prepare()) {
+                r?;
+            }
+        }
+        Ok(Gptq { moments, cache: Mutex::new(HashMap::new()) })
+    }
+
+    /// One line on what GPTQ rounds.
+    fn summary(&self, src: &Source) -> String {
+        let mut skipped: Vec<String> = src
+            .tensors
+            .iter()
+            .enumerate()
+            .filter(|(i, v)| eligible(v) && !self.moments.contains_key(i))
+            .map(|(_, v)| class_of(&v.name))
+            .collect();
+        skipped.sort();
+        skipped.dedup();
+        format!(
+            "GPTQ rounds {} matrices on their layer inputs (the fit sequences); rounded to nearest: {} \
+             (inputs wider than {} values or not a linear layer's)",
+            self.moments.len(),
+            if skipped.is_empty() { "none".to_string() } else { skipped.join(", ") },
+            crate::codec::gptq::MAX_DIM
+        )
+    }
 }
 
 /// The model as a file storing tensor `i` with `codecs[i]` gives it back: each float tensor's
@@ -565,6 +677,7 @@ fn regenerated(
     codecs: &[Codec],
     rows: &[usize],
     threads: usize,
+    gptq: Option<&Gptq>,
 ) -> Result<HashMap<String, candle_core::Tensor>> {
     let mut out = HashMap::new();
     for (i, v) in src.tensors.iter().enumerate().filter(|(_, v)| v.dtype.is_float()) {
@@ -573,8 +686,8 @@ fn regenerated(
             Codec::Group { bits, group: named, zero } => {
                 let g =
                     group::group_len(named, rows[i] as u64).expect("a candidate's group divides its rows");
-                let (bytes, _) = encode(src, i, rows[i], (g as usize, bits, zero), threads)?;
-                let x = group::decode(bits, g, zero, &bytes, numel).map_err(|e| {
+                let done = encoded(src, i, rows[i], codecs[i], threads, gptq)?;
+                let x = group::decode(bits, g, zero, &done.0, numel).map_err(|e| {
                     Error::Training(format!("tensor {} does not decode as int{bits}: {e}", v.name))
                 })?;
                 // The runtime gives the values back in the tensor's own type.
@@ -668,6 +781,7 @@ fn sensitivities(
     sse: &[Vec<f64>],
     total_norm: f64,
     threads: usize,
+    gptq: Option<&Gptq>,
     progress: &mut dyn Progress,
 ) -> Result<BTreeMap<String, f64>> {
     const PROBE: Codec = Codec::Group { bits: 6, group: 128, zero: false };
@@ -687,7 +801,7 @@ fn sensitivities(
             sq += sse[i][k];
         }
         let weight = sq.sqrt() / total_norm;
-        let logits = reference.fit_error(regenerated(src, &codecs, rows, threads)?)?;
+        let logits = reference.fit_error(regenerated(src, &codecs, rows, threads, gptq)?)?;
         out.insert(class, if weight > 0.0 { logits / weight } else { 1.0 });
     }
     Ok(out)

@@ -1,27 +1,29 @@
 //! Token-id calibration of a decoder LLM (issue 24, item 4). A safetensors model with a Hugging
-//! Face `config.json` of the Qwen2 layout beside it runs through candle-transformers' `qwen2`
-//! model (CPU, f32) on `--calibration-inputs` token arrays (`.npy` of integers, one sequence per
-//! row). The relative error of the logits at every position against the original model's is
+//! Face `config.json` of the Qwen2 or Llama layout beside it runs through nerp's own forward
+//! pass ([`crate::compress::decoder`], CPU, f32) on `--calibration-inputs` token arrays (`.npy`
+//! of integers, one sequence per row). The original's run on the fit sequences also gives each
+//! linear layer's input moments, for GPTQ's rounding of the group codecs. The relative error of the logits at every position against the original model's is
 //! the output error a budget keeps, checked as for ONNX models: the allocation is aimed on the
 //! fit sequences, and the file's error is the held-back sequences' with its 95% bound
 //! ([`upper_bound`]). Where there is no such config, `--calibration-inputs` on a safetensors
 //! model is refused, not ignored.
 
+use crate::codec::gptq::Moments;
 use crate::compress::calibrate::{held_back, upper_bound, Fidelity};
 use crate::compress::choose::Assessed;
+use crate::compress::decoder::{Config, Decoder, Taps};
 use crate::compress::measure::held_count;
 use crate::compress::CompressOptions;
 use crate::error::{Error, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::qwen2::{Config, Model};
+use candle_core::Tensor;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The config file read beside the model (a fixed name: no path from the model is followed).
 pub const CONFIG: &str = "config.json";
 
-/// Longest context a config may declare: candle builds its rotary tables for all of it.
+/// Longest context a config may declare.
 const MAX_POSITIONS: usize = 1 << 20;
 
 /// The model's config and the token sequences, split into fit and check sequences.
@@ -97,20 +99,28 @@ impl Tokens {
     }
 
     /// Bytes of memory a measurement holds beyond the weights: the reference logits, one
-    /// sequence's logits and the rotary tables.
+    /// sequence's logits, and the layers' input moments ([`Taps::memory`]).
     pub fn memory(&self) -> u64 {
         let vocab = self.config.vocab_size as u64;
         let tokens: u64 = self.fit.iter().chain(&self.check).map(|s| s.len() as u64).sum();
-        let longest = self.fit.iter().chain(&self.check).map(Vec::len).max().unwrap_or(0) as u64;
-        let head = (self.config.hidden_size / self.config.num_attention_heads.max(1)) as u64;
-        let rotary = 2u64.saturating_mul(self.config.max_position_embeddings as u64).saturating_mul(head);
+        let longest = self.longest() as u64;
         let logits = tokens.saturating_add(2u64.saturating_mul(longest)).saturating_mul(vocab);
-        4u64.saturating_mul(logits.saturating_add(rotary))
+        4u64.saturating_mul(logits).saturating_add(Taps::memory(&self.config))
     }
 
-    /// Runs the original `weights` (f32) on every sequence.
-    pub fn reference(self, weights: HashMap<String, Tensor>) -> Result<Reference> {
-        let logits = self.logits(weights, true).map_err(|e| {
+    /// Tokens of the longest sequence.
+    fn longest(&self) -> usize {
+        self.fit.iter().chain(&self.check).map(Vec::len).max().unwrap_or(0)
+    }
+
+    /// Runs the original `weights` (f32) on every sequence: the reference, and the input
+    /// moments of each linear layer on the fit sequences (by weight name; see [`Taps`]).
+    pub fn reference(
+        self,
+        weights: HashMap<String, Tensor>,
+    ) -> Result<(Reference, HashMap<String, Arc<Moments>>)> {
+        let mut taps = Taps::default();
+        let logits = self.logits(weights, true, Some(&mut taps)).map_err(|e| {
             // The config and the weights disagree (a shape, a missing tensor): say so in one line.
             let first = e.to_string().lines().next().unwrap_or_default().to_string();
             Error::Usage {
@@ -127,24 +137,26 @@ impl Tokens {
                 ),
             });
         }
-        Ok(Reference { tokens: self, logits })
+        Ok((Reference { tokens: self, logits }, taps.moments()))
     }
 
-    /// The logits of every fit sequence, then (with `check`) every held-back one, on `weights`.
-    fn logits(&self, weights: HashMap<String, Tensor>, check: bool) -> Result<Vec<Vec<f32>>> {
-        let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
-        let cfg = &self.config;
-        let mut model = Model::new(cfg, vb.clone())?;
-        let name =
-            if vb.contains_tensor("lm_head.weight") { "lm_head.weight" } else { "model.embed_tokens.weight" };
-        let head = vb.get((cfg.vocab_size, cfg.hidden_size), name)?;
+    /// The logits of every fit sequence, then (with `check`) every held-back one, on `weights`;
+    /// the fit sequences' layer inputs added to `taps`.
+    fn logits(
+        &self,
+        weights: HashMap<String, Tensor>,
+        check: bool,
+        mut taps: Option<&mut Taps>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let model = Decoder::new(&self.config, &weights, self.longest())?;
         let mut out = Vec::new();
-        let held: &[Vec<u32>] = if check { &self.check } else { &[] };
-        for seq in self.fit.iter().chain(held) {
-            model.clear_kv_cache();
-            let input = Tensor::new(seq.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
-            let hidden = model.forward(&input, 0, None)?.squeeze(0)?;
-            out.push(hidden.matmul(&head.t()?)?.flatten_all()?.to_vec1::<f32>()?);
+        for seq in &self.fit {
+            out.push(model.logits(seq, taps.as_deref_mut())?);
+        }
+        if check {
+            for seq in &self.check {
+                out.push(model.logits(seq, None)?);
+            }
         }
         Ok(out)
     }
@@ -160,7 +172,7 @@ impl Reference {
     /// the pooled relative logits error on the fit sequences, and on the held-back ones the
     /// error, its 95% bound and the share of positions whose next-token argmax agrees.
     pub(crate) fn assess(&self, weights: HashMap<String, Tensor>) -> Result<Assessed> {
-        let logits = self.tokens.logits(weights, true)?;
+        let logits = self.tokens.logits(weights, true, None)?;
         let vocab = self.tokens.config.vocab_size.max(1);
         let fit = self.tokens.fit.len();
         let (mut diff, mut norm) = (Vec::new(), Vec::new());
@@ -190,7 +202,7 @@ impl Reference {
 
     /// The pooled relative logits error of `weights` on the fit sequences only.
     pub fn fit_error(&self, weights: HashMap<String, Tensor>) -> Result<f64> {
-        let logits = self.tokens.logits(weights, false)?;
+        let logits = self.tokens.logits(weights, false, None)?;
         let (mut d, mut n) = (0f64, 0f64);
         for (a, b) in self.logits.iter().zip(&logits) {
             let (di, ni) = change(a, b);
@@ -224,7 +236,7 @@ fn argmax(v: &[f32]) -> usize {
     best
 }
 
-/// The Qwen2 config beside `model`, checked so that candle cannot fail on it later.
+/// The config beside `model`, checked so that the forward pass cannot fail on it later.
 fn read_config(model: &Path) -> Result<(Config, PathBuf)> {
     let path: PathBuf = model.parent().unwrap_or(Path::new(".")).join(CONFIG);
     let bad = |what: String| Error::Usage {
@@ -236,47 +248,18 @@ fn read_config(model: &Path) -> Result<(Config, PathBuf)> {
         Err(e) => {
             return Err(bad(format!(
                 "cannot be read ({e}): token arrays calibrate a safetensors model that nerp runs, \
-                 a Qwen2 layout with its config.json beside it; without one, leave out \
+                 a Qwen2 or Llama layout with its config.json beside it; without one, leave out \
                  --calibration-inputs (the budget then keeps the weights' error)"
             )))
         }
     };
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-    match value.get("model_type").and_then(|v| v.as_str()) {
-        Some("qwen2") => {}
-        other => {
-            return Err(bad(format!(
-                "model_type {}: token calibration runs Qwen2-layout models (model_type \"qwen2\") only",
-                other.map_or("missing".to_string(), |t| format!("{t:?}"))
-            )))
-        }
+    let c: Config =
+        serde_json::from_value(value).map_err(|e| bad(format!("not a Qwen2 or Llama config: {e}")))?;
+    match c.problem(MAX_POSITIONS) {
+        Some(why) => Err(bad(why)),
+        None => Ok((c, path)),
     }
-    let c: Config = serde_json::from_value(value).map_err(|e| bad(format!("not a Qwen2 config: {e}")))?;
-    let sane = c.vocab_size > 0
-        && c.hidden_size > 0
-        && c.num_attention_heads > 0
-        && c.num_key_value_heads > 0
-        && c.hidden_size.is_multiple_of(c.num_attention_heads)
-        && c.num_attention_heads.is_multiple_of(c.num_key_value_heads)
-        && (c.hidden_size / c.num_attention_heads).is_multiple_of(2)
-        && (1..=MAX_POSITIONS).contains(&c.max_position_embeddings)
-        && c.rms_norm_eps.is_finite()
-        && c.rms_norm_eps > 0.0
-        && c.rope_theta.is_finite()
-        && c.rope_theta > 0.0;
-    if !sane {
-        return Err(bad(format!(
-            "an inconsistent Qwen2 config (hidden {} over {} heads and {} key/value heads, context {}, \
-             rms_norm_eps {}, rope_theta {}; the context at most {MAX_POSITIONS}, the last two positive)",
-            c.hidden_size,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            c.max_position_embeddings,
-            c.rms_norm_eps,
-            c.rope_theta
-        )));
-    }
-    Ok((c, path))
 }
 
 /// The token sequences of `path`: an integer array `[sequences, tokens]` (or one sequence),
