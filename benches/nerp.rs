@@ -223,5 +223,47 @@ fn entropy_coder(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(nerp_benches, entropy_coder, benches);
+/// GPTQ's rounding (`nerp::codec::gptq`) of a 1,216 × 896 matrix (a quarter of Qwen2-0.5B's
+/// `gate_proj`) onto int4 in groups of 128, with input moments from 1,024 correlated inputs
+/// (16 factors plus noise); the factor of `H⁻¹` is computed once, in the warm-up. Throughput in
+/// weights.
+fn gptq_rounding(c: &mut Criterion) {
+    use nerp::codec::gptq::{Layout, Moments};
+    let (rows, d, n) = (1216, 896, 1024);
+    let uniform = |len: usize, seed: u64| -> Vec<f32> {
+        laplace_codes(len, 1000.0, seed).iter().map(|&c| (c as f32 / 1000.0).clamp(-4.0, 4.0)).collect()
+    };
+    let w: Vec<f32> = uniform(rows * d, 2).iter().map(|v| 0.02 * v).collect();
+    let (factors, mix, noise) = (uniform(n * 16, 3), uniform(16 * d, 4), uniform(n * d, 5));
+    let x: Vec<f64> = (0..n * d)
+        .map(|k| {
+            let (t, j) = (k / d, k % d);
+            (0..16).map(|f| (factors[t * 16 + f] * mix[f * d + j]) as f64).sum::<f64>()
+                + 0.1 * noise[k] as f64
+        })
+        .collect();
+    let mut h = vec![0f64; d * d];
+    for t in 0..n {
+        let row = &x[t * d..(t + 1) * d];
+        for a in 0..d {
+            for b in 0..d {
+                h[a * d + b] += row[a] * row[b] / n as f64;
+            }
+        }
+    }
+    let m = Moments::new(d, h, Layout::OutputRows);
+    let mut g = short(c, "gptq", 5);
+    g.throughput(Throughput::Elements(w.len() as u64));
+    g.bench_function("int4_g128_1216x896", |b| {
+        b.iter(|| black_box(m.quantize(black_box(&w), d, 128, 4).expect("fits").expect("rounds")))
+    });
+    g.bench_function("group_int4_zp_g128_1216x896", |b| {
+        b.iter(|| {
+            black_box(nerp::codec::group::encode_part_gptq(black_box(&w), d, 128, 4, true, &m).expect("fits"))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(nerp_benches, entropy_coder, gptq_rounding, benches);
 criterion_main!(nerp_benches);

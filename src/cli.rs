@@ -158,8 +158,8 @@ pub struct CompressArgs {
     /// the layer's outputs (0: measure all, about 5x slower).
     #[arg(long, value_name = "N", default_value_t = CompressOptions::default().measured_candidates)]
     pub measured_candidates: usize,
-    /// Round quantized tensors to the nearest step even with calibration images (default:
-    /// data-aware rounding, GPTQ, weighted by each layer's inputs).
+    /// Round quantized tensors to the nearest step even with calibration images or tokens
+    /// (default: data-aware rounding, GPTQ, weighted by each layer's inputs).
     #[arg(long)]
     pub nearest_rounding: bool,
     /// Do not normalize each filter by its RMS before fitting.

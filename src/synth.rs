@@ -231,12 +231,14 @@ pub fn codec_file(model: &SourceModel, codec: Codec) -> Result<Vec<u8>> {
     Ok(build_file(model, &plans, &values, None, &opts)?.bytes)
 }
 
-/// The tensor names and shapes of a decoder LLM of the Qwen2 family, as the Hugging Face
-/// checkpoints spell them: per layer q/k/v projections with biases, an output projection, a
-/// SwiGLU MLP and two RMSNorm weights; a token embedding tied to the output head (no
-/// `lm_head.weight`) and a final norm.
+/// The tensor names and shapes of a decoder LLM, as the Hugging Face checkpoints spell them:
+/// per layer q/k/v projections (with biases in the Qwen2 family), an output projection, a
+/// SwiGLU MLP and two RMSNorm weights; a token embedding and a final norm; the output head
+/// tied to the embedding (Qwen2: no `lm_head.weight`) or its own `lm_head.weight` (Llama, as
+/// TinyLlama).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LlmLayout {
+    pub family: Family,
     pub layers: usize,
     pub hidden: usize,
     pub intermediate: usize,
@@ -295,6 +297,7 @@ impl LlmValues {
 impl LlmLayout {
     /// Qwen2-0.5B (494 M parameters; 988 MB in f16).
     pub const QWEN2_0_5B: LlmLayout = LlmLayout {
+        family: Family::Qwen2,
         layers: 24,
         hidden: 896,
         intermediate: 4864,
@@ -308,6 +311,7 @@ impl LlmLayout {
 
     /// Qwen2-1.5B (1.54 G parameters; 3.09 GB in f16).
     pub const QWEN2_1_5B: LlmLayout = LlmLayout {
+        family: Family::Qwen2,
         layers: 28,
         hidden: 1536,
         intermediate: 8960,
@@ -319,9 +323,27 @@ impl LlmLayout {
         max_positions: 131_072,
     };
 
+    /// TinyLlama-1.1B (1.10 G parameters; 2.20 GB in f16): the Llama layout without scaled
+    /// rotary embeddings, an untied head.
+    pub const TINYLLAMA_1_1B: LlmLayout = LlmLayout {
+        family: Family::Llama,
+        layers: 22,
+        hidden: 2048,
+        intermediate: 5632,
+        heads: 32,
+        kv_heads: 4,
+        vocab: 32_000,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-5,
+        max_positions: 2048,
+    };
+
     /// The named layouts, as `--layout` spells them.
-    pub const NAMED: [(&'static str, LlmLayout); 2] =
-        [("qwen2-0.5b", Self::QWEN2_0_5B), ("qwen2-1.5b", Self::QWEN2_1_5B)];
+    pub const NAMED: [(&'static str, LlmLayout); 3] = [
+        ("qwen2-0.5b", Self::QWEN2_0_5B),
+        ("qwen2-1.5b", Self::QWEN2_1_5B),
+        ("tinyllama-1.1b", Self::TINYLLAMA_1_1B),
+    ];
 
     /// The layout called `name` (see [`Self::NAMED`]).
     pub fn named(name: &str) -> Option<LlmLayout> {
@@ -334,6 +356,7 @@ impl LlmLayout {
         let heads = (hidden / 32).max(1);
         let kv_heads = if heads.is_multiple_of(2) { 2 } else { 1 };
         LlmLayout {
+            family: Family::Qwen2,
             layers,
             hidden,
             intermediate: 2 * hidden,
@@ -394,6 +417,9 @@ impl LlmLayout {
             LlmTensor::new("model.embed_tokens.weight".into(), vec![self.vocab, h], LlmKind::Weight),
             LlmTensor::new("model.norm.weight".into(), vec![h], LlmKind::Norm),
         ];
+        if self.family == Family::Llama {
+            out.push(LlmTensor::new("lm_head.weight".into(), vec![self.vocab, h], LlmKind::Weight));
+        }
         for i in 0..self.layers {
             let p = |s: &str| format!("model.layers.{i}.{s}");
             let m = self.intermediate;
@@ -401,16 +427,20 @@ impl LlmLayout {
                 LlmTensor::new(p("input_layernorm.weight"), vec![h], LlmKind::Norm),
                 LlmTensor::new(p("post_attention_layernorm.weight"), vec![h], LlmKind::Norm),
                 LlmTensor::new(p("self_attn.q_proj.weight"), vec![h, h], LlmKind::Weight),
-                LlmTensor::new(p("self_attn.q_proj.bias"), vec![h], LlmKind::Bias),
                 LlmTensor::new(p("self_attn.k_proj.weight"), vec![kv, h], LlmKind::Weight),
-                LlmTensor::new(p("self_attn.k_proj.bias"), vec![kv], LlmKind::Bias),
                 LlmTensor::new(p("self_attn.v_proj.weight"), vec![kv, h], LlmKind::Weight),
-                LlmTensor::new(p("self_attn.v_proj.bias"), vec![kv], LlmKind::Bias),
                 LlmTensor::new(p("self_attn.o_proj.weight"), vec![h, h], LlmKind::Weight),
                 LlmTensor::new(p("mlp.gate_proj.weight"), vec![m, h], LlmKind::Weight),
                 LlmTensor::new(p("mlp.up_proj.weight"), vec![m, h], LlmKind::Weight),
                 LlmTensor::new(p("mlp.down_proj.weight"), vec![h, m], LlmKind::Weight),
             ]);
+            if self.family == Family::Qwen2 {
+                out.extend([
+                    LlmTensor::new(p("self_attn.q_proj.bias"), vec![h], LlmKind::Bias),
+                    LlmTensor::new(p("self_attn.k_proj.bias"), vec![kv], LlmKind::Bias),
+                    LlmTensor::new(p("self_attn.v_proj.bias"), vec![kv], LlmKind::Bias),
+                ]);
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
@@ -422,13 +452,34 @@ impl LlmLayout {
     }
 
     /// The `config.json` Hugging Face writes beside the weights: the fields candle-transformers'
-    /// `qwen2::Config` reads, and the architecture's name; `dtype` as `torch_dtype`.
+    /// `qwen2::Config` (or `llama::LlamaConfig`) reads, and the architecture's name; `dtype` as
+    /// `torch_dtype`.
     pub fn config_json(&self, dtype: DType) -> String {
         let torch_dtype = match dtype {
             DType::Bf16 => "bfloat16",
             DType::F32 => "float32",
             _ => "float16",
         };
+        if self.family == Family::Llama {
+            let config = serde_json::json!({
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "vocab_size": self.vocab,
+                "hidden_size": self.hidden,
+                "intermediate_size": self.intermediate,
+                "num_hidden_layers": self.layers,
+                "num_attention_heads": self.heads,
+                "num_key_value_heads": self.kv_heads,
+                "max_position_embeddings": self.max_positions,
+                "tie_word_embeddings": false,
+                "attention_bias": false,
+                "rope_theta": self.rope_theta,
+                "rms_norm_eps": self.rms_norm_eps,
+                "hidden_act": "silu",
+                "torch_dtype": torch_dtype,
+            });
+            return serde_json::to_string_pretty(&config).expect("a JSON value serializes");
+        }
         let config = serde_json::json!({
             "architectures": ["Qwen2ForCausalLM"],
             "model_type": "qwen2",
@@ -450,6 +501,15 @@ impl LlmLayout {
         });
         serde_json::to_string_pretty(&config).expect("a JSON value serializes")
     }
+}
+
+/// The architecture family of an [`LlmLayout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Qwen2: q/k/v biases, the head tied to the embedding.
+    Qwen2,
+    /// Llama: no biases, its own head.
+    Llama,
 }
 
 /// What a generated tensor holds.

@@ -204,6 +204,56 @@ fn own_decoder_matches_candle_transformers_qwen2() {
     assert_eq!(down.d, cfg.intermediate_size);
 }
 
+/// The Llama layout (no biases, its own head): nerp's forward pass gives the last position's
+/// logits candle-transformers' Llama gives (it returns no others), and token calibration
+/// compresses such a model within its logits budget.
+#[test]
+fn own_decoder_runs_the_llama_layout() {
+    use candle_transformers::models::llama;
+    let dir = tempfile::tempdir().unwrap();
+    let layout = LlmLayout { family: nerp::synth::Family::Llama, ..LlmLayout::small(2, 128, 1000) };
+    write_llm(&layout, nerp::format::DType::F16, &LlmValues { seed: 2, ..Default::default() }, dir.path())
+        .unwrap();
+    let text = std::fs::read(dir.path().join("config.json")).unwrap();
+    let config: nerp::compress::decoder::Config = serde_json::from_slice(&text).unwrap();
+    assert!(!config.bias() && config.problem(1 << 20).is_none());
+    let src = dir.path().join("model.safetensors");
+    let weights = qwen::load_f32(&src).unwrap();
+    assert!(weights.contains_key("lm_head.weight"));
+    let seq = qwen::prompt(layout.vocab);
+    let ours = nerp::compress::decoder::Decoder::new(&config, &weights, seq.len())
+        .unwrap()
+        .logits(&seq, None)
+        .unwrap();
+    let last = &ours[(seq.len() - 1) * layout.vocab..];
+    let cfg: llama::LlamaConfig = serde_json::from_slice(&text).unwrap();
+    let cfg = cfg.into_config(false);
+    let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+    let model = llama::Llama::load(vb, &cfg).unwrap();
+    let mut cache = llama::Cache::new(false, DType::F32, &cfg, &Device::Cpu).unwrap();
+    let input = Tensor::new(seq.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let theirs =
+        model.forward(&input, 0, &mut cache).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let diff: f64 = last.iter().zip(&theirs).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let norm: f64 = theirs.iter().map(|&b| (b as f64).powi(2)).sum();
+    assert!((diff / norm).sqrt() < 1e-5, "relative difference {}", (diff / norm).sqrt());
+
+    let tokens = dir.path().join("tokens.npy");
+    nerp::synth::write_tokens(&tokens, 16, 24, layout.vocab, 3).unwrap();
+    let out = dir.path().join("l.nerp");
+    let (ok, stdout, stderr) = compress_calibrated(&src, &out, &tokens, &["--max-error", "0.05", "--json"]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let storage = &report["storage"];
+    assert_eq!(
+        (storage["measure"].as_str(), storage["met"].as_bool()),
+        (Some("output"), Some(true)),
+        "{storage}"
+    );
+    assert!(storage["error_bound"].as_f64().unwrap() <= 0.05, "{storage}");
+    assert!(report["file_bytes"].as_u64().unwrap() < report["source_bytes"].as_u64().unwrap(), "{report}");
+}
+
 /// Token-id calibration (`--calibration-inputs tokens.npy` on a Qwen2-layout safetensors): the
 /// budget keeps the logits' error, and the figures the report prints for the held-back
 /// sequences (the error and its 95% bound) are what candle-transformers measures on the

@@ -168,6 +168,11 @@ impl Reference {
         self.tokens.counts()
     }
 
+    /// Tokens of the fit sequences (what the layers' input moments were summed over).
+    pub fn fit_tokens(&self) -> usize {
+        self.tokens.fit.iter().map(Vec::len).sum()
+    }
+
     /// What `weights` (the model as a file would give it back, f32) do against the original:
     /// the pooled relative logits error on the fit sequences, and on the held-back ones the
     /// error, its 95% bound and the share of positions whose next-token argmax agrees.
