@@ -357,8 +357,9 @@ fn bad_token_calibration_inputs_are_usage_errors() {
     nerp::synth::write_tokens(&npy("tokens.npy"), 8, 4, 1000, 0).unwrap();
     let config = dir.path().join("config.json");
     let original: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-    let edits: [(&str, serde_json::Value, &str); 3] = [
+    let edits: [(&str, serde_json::Value, &str); 4] = [
         ("hidden_size", 256.into(), "the model does not run with these weights"),
+        ("num_hidden_layers", (1u64 << 40).into(), "layers: at most"),
         ("rms_norm_eps", (-1.0).into(), "an inconsistent config"),
         ("model_type", "gpt2".into(), "the Qwen2 and Llama layouts"),
     ];

@@ -48,6 +48,13 @@ fn default_act() -> String {
     "silu".into()
 }
 
+/// Largest dimension a config may declare (far above any published model's; keeps the
+/// products of dimensions far from overflow).
+const MAX_DIM: usize = 1 << 24;
+
+/// Most layers a config may declare.
+const MAX_LAYERS: usize = 1 << 12;
+
 /// The architectures the forward pass runs.
 pub const MODEL_TYPES: [&str; 2] = ["qwen2", "llama"];
 
@@ -75,6 +82,13 @@ impl Config {
             return Some(format!(
                 "model_type {:?}: token calibration runs the Qwen2 and Llama layouts (model_type \"qwen2\" or \"llama\")",
                 self.model_type
+            ));
+        }
+        let dims = [self.vocab_size, self.hidden_size, self.intermediate_size, heads, kv];
+        if dims.iter().any(|&d| d > MAX_DIM) || self.num_hidden_layers > MAX_LAYERS {
+            return Some(format!(
+                "dimensions {dims:?} and {} layers: at most {MAX_DIM} and {MAX_LAYERS}",
+                self.num_hidden_layers
             ));
         }
         let sane = self.vocab_size > 0

@@ -99,13 +99,17 @@ impl Tokens {
     }
 
     /// Bytes of memory a measurement holds beyond the weights: the reference logits, one
-    /// sequence's logits, and the layers' input moments ([`Taps::memory`]).
+    /// sequence's logits, its attention scores (heads × tokens², twice, with the causal mask),
+    /// and the layers' input moments ([`Taps::memory`]).
     pub fn memory(&self) -> u64 {
         let vocab = self.config.vocab_size as u64;
         let tokens: u64 = self.fit.iter().chain(&self.check).map(|s| s.len() as u64).sum();
         let longest = self.longest() as u64;
         let logits = tokens.saturating_add(2u64.saturating_mul(longest)).saturating_mul(vocab);
-        4u64.saturating_mul(logits).saturating_add(Taps::memory(&self.config))
+        let heads = self.config.num_attention_heads as u64;
+        let scores =
+            longest.saturating_mul(longest).saturating_mul(2u64.saturating_mul(heads).saturating_add(1));
+        4u64.saturating_mul(logits.saturating_add(scores)).saturating_add(Taps::memory(&self.config))
     }
 
     /// Tokens of the longest sequence.
