@@ -1,5 +1,5 @@
 //! Writes a safetensors file with the tensor names, shapes and dtype of a decoder LLM (Qwen2
-//! layouts; random weights from a fixed seed, a few outlier input channels per matrix) and its
+//! and Llama layouts; random weights from a fixed seed, a few outlier input channels per matrix) and its
 //! `config.json`, streaming, and `tokens.npy` (random token ids, the calibration inputs of
 //! `nerp compress --calibration-inputs`), and prints its size and the time taken.
 //!
@@ -8,7 +8,7 @@
 //! cargo run --release --example make_llm -- --layout qwen2-0.5b --out /tmp/q4 --layers 4 --seed 1
 //! cargo run --release --example make_llm -- --out /tmp/tiny --layers 2 --hidden 128 --intermediate 256 --heads 4 --kv-heads 2 --vocab 1000
 //! ```
-//! Options: `--layout qwen2-0.5b|qwen2-1.5b` (default qwen2-0.5b), then any of `--layers`,
+//! Options: `--layout qwen2-0.5b|qwen2-1.5b|tinyllama-1.1b` (default qwen2-0.5b), then any of `--layers`,
 //! `--hidden`, `--intermediate`, `--heads`, `--kv-heads`, `--vocab` to change it; `--seed S`
 //! (0); `--dtype f16|bf16|f32` (f16); `--outliers N` outlier input channels per matrix (4; 0:
 //! none) and `--outlier-factor LO,HI` their factors (10,50); `--tokens N,LEN` sequences of
