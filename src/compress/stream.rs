@@ -624,10 +624,11 @@ struct Gptq {
 
 /// Fit tokens GPTQ needs per input value of a layer. The moments are shrunk towards their mean
 /// variance by `d / tokens` ([`crate::compress::decoder::Taps::moments`]), so with fewer than 2
-/// per input GPTQ keeps less than half its data-aware weight, for 1.5x the time of rounding to
-/// nearest. Measured before the shrinkage (docs/results/llm.md): on the 0.5 B layout, 768 tokens
-/// for 896 inputs gave 13.4% held-back logits error where rounding to nearest gave 5.3% at the
-/// same first target, and a file 1.22x larger at the 5% budget.
+/// per input GPTQ keeps less than half its data-aware weight, for 1.2-1.4x the CPU time of
+/// rounding to nearest (0.5 B layout, 40 sequences). Measured before the shrinkage
+/// (docs/results/llm.md): on the 0.5 B layout, 768 tokens for 896 inputs gave 13.4% held-back
+/// logits error where rounding to nearest gave 5.3% at the same first target, and a file 1.22x
+/// larger at the 5% budget.
 const MIN_TOKENS_PER_INPUT: usize = 2;
 
 /// Sections by tensor and group codec (bits, group, zero point).
