@@ -460,29 +460,7 @@ impl LlmLayout {
             DType::F32 => "float32",
             _ => "float16",
         };
-        if self.family == Family::Llama {
-            let config = serde_json::json!({
-                "architectures": ["LlamaForCausalLM"],
-                "model_type": "llama",
-                "vocab_size": self.vocab,
-                "hidden_size": self.hidden,
-                "intermediate_size": self.intermediate,
-                "num_hidden_layers": self.layers,
-                "num_attention_heads": self.heads,
-                "num_key_value_heads": self.kv_heads,
-                "max_position_embeddings": self.max_positions,
-                "tie_word_embeddings": false,
-                "attention_bias": false,
-                "rope_theta": self.rope_theta,
-                "rms_norm_eps": self.rms_norm_eps,
-                "hidden_act": "silu",
-                "torch_dtype": torch_dtype,
-            });
-            return serde_json::to_string_pretty(&config).expect("a JSON value serializes");
-        }
-        let config = serde_json::json!({
-            "architectures": ["Qwen2ForCausalLM"],
-            "model_type": "qwen2",
+        let mut config = serde_json::json!({
             "vocab_size": self.vocab,
             "hidden_size": self.hidden,
             "intermediate_size": self.intermediate,
@@ -490,15 +468,30 @@ impl LlmLayout {
             "num_attention_heads": self.heads,
             "num_key_value_heads": self.kv_heads,
             "max_position_embeddings": self.max_positions,
-            "sliding_window": self.max_positions,
-            "max_window_layers": self.layers,
-            "use_sliding_window": false,
-            "tie_word_embeddings": true,
             "rope_theta": self.rope_theta,
             "rms_norm_eps": self.rms_norm_eps,
             "hidden_act": "silu",
             "torch_dtype": torch_dtype,
         });
+        let family = match self.family {
+            Family::Llama => serde_json::json!({
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "tie_word_embeddings": false,
+                "attention_bias": false,
+            }),
+            Family::Qwen2 => serde_json::json!({
+                "architectures": ["Qwen2ForCausalLM"],
+                "model_type": "qwen2",
+                "sliding_window": self.max_positions,
+                "max_window_layers": self.layers,
+                "use_sliding_window": false,
+                "tie_word_embeddings": true,
+            }),
+        };
+        if let (Some(all), serde_json::Value::Object(own)) = (config.as_object_mut(), family) {
+            all.extend(own);
+        }
         serde_json::to_string_pretty(&config).expect("a JSON value serializes")
     }
 }
