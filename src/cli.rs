@@ -738,6 +738,9 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
         r.final_loss
     );
     }
+    if let Some(p) = r.probe.as_ref().filter(|p| p.pays()) {
+        println!("{}", p.line());
+    }
     println!("storage: {}", r.storage_summary());
     if let Some(s) = &r.storage {
         let pct = |e: f64| format!("{:.2}%", 100.0 * e);

@@ -104,12 +104,23 @@ pub fn compress(
     };
     let no_hessians = moments::Hessians::default();
     let hessians = chooser.as_ref().map_or(&no_hessians, |c| &c.hessians);
+    let mut no_width = false;
     let hidden = match (opts.hidden, opts.target_ratio, max_bytes) {
         (Some(h), _, _) => h,
         (None, Some(r), _) => hidden_for_ratio(represented, r, levels),
         (None, None, Some(max_bytes)) if !plan.layers.is_empty() => {
             let stores = planned(&model, &plan.layers, &plan.values, true, None, opts, hessians)?;
-            hidden_for_size(&model, &plan.layers, &plan.values, &stores, opts, max_bytes)?
+            match hidden_for_size(&model, &plan.layers, &plan.values, &stores, opts, max_bytes)? {
+                Some(h) => h,
+                None => {
+                    warnings.push(format!(
+                        "no predictor fits in --size-ratio's {max_bytes} bytes beside the other tensors' \
+                         planned storage: every tensor goes to the codecs"
+                    ));
+                    no_width = true;
+                    1
+                }
+            }
         }
         _ => DEFAULT_HIDDEN,
     };
@@ -119,19 +130,35 @@ pub fn compress(
         check_training_budget(hidden, opts, blocks as u64, source)?;
     }
     let predictor_bytes = format::predictor::stored_len(opts.predictor_dtype, hidden, levels);
-    let skip = match (&chooser, plan.layers.is_empty()) {
-        (Some(c), false) => match c.budget(opts, max_bytes) {
-            Some(b) => c.codecs_suffice(&model, b, predictor_bytes)?,
-            None => false,
-        },
-        _ => false,
-    };
-    if skip {
+    let mut skip = no_width
+        || match (&chooser, plan.layers.is_empty()) {
+            (Some(c), false) => match c.budget(opts, max_bytes) {
+                Some(b) => c.codecs_suffice(&model, b, predictor_bytes)?,
+                None => false,
+            },
+            _ => false,
+        };
+    if skip && !no_width {
         warnings.push(format!(
             "codecs alone meet the budget in fewer bytes or within {:.0}% output error: no predictor was \
              trained (its {predictor_bytes} bytes would not pay for themselves; --max-error off trains one)",
             100.0 * DEFAULT_MAX_ERROR
         ));
+    }
+    // Before training: whether the predictor can pay for its bytes, from a short training on a
+    // sample. Under a budget a predictor that cannot is not trained, unless a width was asked for.
+    let probe = match plan.layers.is_empty() || skip {
+        true => None,
+        false => {
+            let data = train_data(&plan.layers, &plan.values);
+            serve::probe(&data, opts, hidden, predictor_bytes, represented)?
+        }
+    };
+    if let Some(p) = probe.as_ref().filter(|p| !p.pays()) {
+        if chooser.is_some() && opts.hidden.is_none() && opts.target_ratio.is_none() {
+            warnings.push(format!("{}: no predictor was trained (--hidden trains one)", p.line()));
+            skip = true;
+        }
     }
     let training = match plan.layers.is_empty() || skip {
         true => None,
@@ -256,5 +283,6 @@ pub fn compress(
         warnings,
         storage,
         finetune,
+        probe,
     })
 }

@@ -100,6 +100,9 @@ pub struct CompressReport {
     pub storage: Option<StorageReport>,
     /// Distillation of the chosen file's codes, when it ran.
     pub finetune: Option<crate::compress::finetune::FinetuneReport>,
+    /// What the short training on a sample said before the predictor's training
+    /// ([`crate::compress::serve::probe`]); `None` where none ran.
+    pub probe: Option<crate::compress::serve::Probe>,
 }
 
 impl CompressReport {

@@ -8,13 +8,23 @@
 //! budget: [`super::hidden_for_size`] may only widen it). On the 0.5 B-parameter LLM layout the
 //! default run used to fail this check after 4 min 49 s (width 180 on 55 M blocks: 29.9 GiB
 //! against an 11.8 GiB budget, issue 24).
+//!
+//! Where the memory serves, a [`probe`] then trains a predictor for a short while on a sample of
+//! blocks, before the real training: its error there, whether that error can pay for the
+//! predictor's bytes, and the real training's time from two timed steps. Under a budget, a
+//! predictor that cannot pay is not trained (the codecs get every tensor, with one line saying
+//! why), unless the user asked for a width.
 
 use crate::compress::fit::{check_training_budget, hidden_for_ratio};
 use crate::compress::plan::Grid;
 use crate::compress::select::Decision;
+use crate::compress::train::{self, Rng, TrainConfig, TrainData};
 use crate::compress::{CompressOptions, DEFAULT_HIDDEN};
 use crate::error::Result;
 use crate::ingest::SourceModel;
+use crate::predictor::{self, OUTPUTS};
+use candle_core::Device;
+use std::time::Instant;
 
 /// What the shapes say about training a predictor for `model` (whose tensors' `data` may be
 /// empty: only names, dtypes, shapes and roles are read).
@@ -67,4 +77,182 @@ pub fn codecs_only(opts: &CompressOptions) -> CompressOptions {
     opts.selection.include.clear();
     opts.selection.exclude = vec!["*".into()];
     opts
+}
+
+/// Blocks a probe trains on. A model with no more blocks is not probed: its probe would be the
+/// training itself.
+pub const PROBE_BLOCKS: usize = 4096;
+
+/// Most steps of the probe's training (fewer when `--steps` asks for fewer).
+pub const PROBE_STEPS: usize = 1000;
+
+/// What a short training on a sample of blocks says, before the real training, about whether a
+/// predictor can pay for its bytes ([`probe`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Probe {
+    /// Blocks the predictor would be trained on.
+    pub blocks: usize,
+    /// Blocks the probe trained on (a stratified sample along the training order).
+    pub sampled: usize,
+    /// The probe's width: the same parameters per value as `hidden` on all blocks.
+    pub width: usize,
+    /// The width the real training would use.
+    pub hidden: usize,
+    pub steps: usize,
+    /// The probe's relative weight error on its sampled blocks.
+    pub error: f64,
+    /// The error below which the predictor pays: `2^(−8·predictor_bytes / values)`.
+    pub must_beat: f64,
+    pub predictor_bytes: u64,
+    /// Values of the predicted tensors.
+    pub values: usize,
+    /// The real training's time estimated from two timed steps of width `hidden`
+    /// (reconstruction steps; distillation steps cost more).
+    pub training_seconds: f64,
+    /// The probe's own time.
+    pub seconds: f64,
+}
+
+impl Probe {
+    /// Whether the predictor can pay for its bytes: its error is below [`Probe::must_beat`].
+    pub fn pays(&self) -> bool {
+        self.error < self.must_beat
+    }
+
+    /// One line for the user.
+    pub fn line(&self) -> String {
+        format!(
+            "predictor probe ({:.1} s): a width-{} predictor (the parameters per value of width {}) on {} of {} \
+             blocks leaves {:.1}% weight error after {} steps; to pay for its {} bytes on {} values it must stay \
+             under {:.1}%; training width {} would take about {:.0} s",
+            self.seconds,
+            self.width,
+            self.hidden,
+            self.sampled,
+            self.blocks,
+            100.0 * self.error,
+            self.steps,
+            self.predictor_bytes,
+            self.values,
+            100.0 * self.must_beat,
+            self.hidden,
+            self.training_seconds
+        )
+    }
+}
+
+/// Probes whether a predictor of width `hidden`, stored in `predictor_bytes`, can pay on `data`
+/// (`values` predicted values): `None` for a model of at most [`PROBE_BLOCKS`] blocks.
+///
+/// The rule is rate–distortion's (high-rate, Gaussian): storing values at relative error `e`
+/// costs `log2(1/e)` bits per value, so a prediction at error `e` saves at most `log2(1/e)` bits
+/// per value of its residual, or gives at `predictor_bytes` what codecs give at
+/// `8·predictor_bytes / values` bits per value; either way it pays only below
+/// `2^(−8·predictor_bytes / values)`. The probe trains [`PROBE_STEPS`] steps on
+/// [`PROBE_BLOCKS`] blocks at the same parameters per value as the real predictor, so that it
+/// can memorize as much of its sample as the real one of the model.
+pub(crate) fn probe(
+    data: &TrainData,
+    opts: &CompressOptions,
+    hidden: usize,
+    predictor_bytes: u64,
+    values: usize,
+) -> Result<Option<Probe>> {
+    let start = Instant::now();
+    let n = data.len();
+    if n <= PROBE_BLOCKS {
+        return Ok(None);
+    }
+    let sampled = PROBE_BLOCKS;
+    let mut rng = Rng::new(opts.seed ^ 0x7072_6f62_65);
+    let stride = n as f64 / sampled as f64;
+    let idx = (0..sampled).map(|i| (((i as f64 + rng.uniform()) * stride) as usize).min(n - 1));
+    let mut sample = TrainData { coords: Vec::new(), targets: Vec::new(), masks: Vec::new() };
+    for k in idx {
+        sample.coords.extend_from_slice(&data.coords[3 * k..3 * k + 3]);
+        sample.targets.extend_from_slice(&data.targets[OUTPUTS * k..OUTPUTS * (k + 1)]);
+        sample.masks.extend_from_slice(&data.masks[OUTPUTS * k..OUTPUTS * (k + 1)]);
+    }
+    let levels = opts.embedding.levels as usize;
+    let share = predictor::param_count(hidden, levels) as f64 * sampled as f64 / n as f64;
+    let width = (1..=hidden).rev().find(|&h| predictor::param_count(h, levels) as f64 <= share).unwrap_or(1);
+    let steps = opts.steps.clamp(1, PROBE_STEPS);
+    let config = |width: usize, steps: usize| TrainConfig {
+        steps,
+        batch: opts.batch.min(sampled),
+        warmup: (steps / 50).max(1),
+        quantize: None,
+        ..opts.train_config(width)
+    };
+    let cfg = config(width, steps);
+    let (p, _) = train::train(&cfg, &sample, None, &Device::Cpu, &mut |_: usize, _: f64| {})?;
+    let out =
+        crate::predictor::gemm::predict(width, opts.embedding, &p.to_flat()?, &sample.coords, cfg.batch)?;
+    let (mut err, mut norm) = (0f64, 0f64);
+    for ((o, t), m) in out.iter().zip(&sample.targets).zip(&sample.masks) {
+        let s = *m as f64;
+        err += (s * (o - t) as f64).powi(2);
+        norm += (s * *t as f64).powi(2);
+    }
+    let error = if norm > 0.0 { (err / norm).sqrt() } else { 0.0 };
+    // Two steps of the real width at its batch (a step's cost is linear in the batch).
+    let timed = Instant::now();
+    train::train(&config(hidden, 2), &sample, None, &Device::Cpu, &mut |_: usize, _: f64| {})?;
+    let per_step = timed.elapsed().as_secs_f64() / 2.0 * opts.batch.min(n) as f64 / cfg.batch as f64;
+    Ok(Some(Probe {
+        blocks: n,
+        sampled,
+        width,
+        hidden,
+        steps,
+        error,
+        must_beat: (-8.0 * predictor_bytes as f64 / values.max(1) as f64).exp2(),
+        predictor_bytes,
+        values,
+        training_seconds: per_step * opts.steps as f64,
+        seconds: start.elapsed().as_secs_f64(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` blocks at random coordinates; `smooth`: targets a smooth function of the coordinate
+    /// (what a predictor can learn), else noise (what it cannot).
+    fn data(n: usize, smooth: bool) -> TrainData {
+        let mut rng = Rng::new(5);
+        let coords: Vec<f32> = (0..n * 3).map(|_| rng.uniform() as f32).collect();
+        let targets = coords
+            .chunks(3)
+            .flat_map(|c| (0..OUTPUTS).map(move |j| (3.0 * c[1] + j as f32).sin() * 0.5 + c[2] * 0.3))
+            .map(|v| if smooth { v } else { rng.uniform() as f32 - 0.5 })
+            .collect();
+        TrainData { coords, targets, masks: vec![1.0; n * OUTPUTS] }
+    }
+
+    /// The probe tells a learnable model from noise at the same width and bytes, and leaves a
+    /// model of at most [`PROBE_BLOCKS`] blocks to the training itself.
+    #[test]
+    fn the_probe_pays_on_structure_and_not_on_noise() {
+        let opts = CompressOptions { steps: 300, ..Default::default() };
+        let (hidden, n) = (32, 2 * PROBE_BLOCKS);
+        let bytes = crate::format::predictor::stored_len(
+            opts.predictor_dtype,
+            hidden,
+            opts.embedding.levels as usize,
+        );
+        let probe = |d: &TrainData| probe(d, &opts, hidden, bytes, n * OUTPUTS).unwrap().unwrap();
+        let (smooth, noise) = (probe(&data(n, true)), probe(&data(n, false)));
+        assert_eq!((smooth.sampled, smooth.blocks, smooth.steps), (PROBE_BLOCKS, n, 300));
+        assert!(smooth.width < hidden && smooth.training_seconds > 0.0, "{smooth:?}");
+        assert!(smooth.pays() && smooth.error < 0.5 * noise.error, "{smooth:?}\n{noise:?}");
+        assert!(!noise.pays() && noise.error > 0.8, "{noise:?}");
+        println!("{}\n{}", smooth.line(), noise.line());
+        assert!(probe_none(&opts, hidden, bytes));
+    }
+
+    fn probe_none(opts: &CompressOptions, hidden: usize, bytes: u64) -> bool {
+        probe(&data(PROBE_BLOCKS, true), opts, hidden, bytes, PROBE_BLOCKS * OUTPUTS).unwrap().is_none()
+    }
 }

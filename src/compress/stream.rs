@@ -530,6 +530,7 @@ pub fn compress_on(
         warnings,
         storage,
         finetune: None,
+        probe: None,
     })
 }
 
