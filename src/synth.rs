@@ -410,38 +410,27 @@ impl LlmLayout {
         Ok(())
     }
 
-    /// Every tensor, sorted by name (the order of the data in the written file).
+    /// Every tensor, sorted by name (the order of the data in the written file): the forward
+    /// pass's table ([`crate::compress::decoder::Config::shapes`]) of this layout's own
+    /// `config.json`, and Llama's untied `lm_head.weight`.
     pub fn tensors(&self) -> Vec<LlmTensor> {
-        let (h, kv) = (self.hidden, self.kv_heads * self.head_dim());
-        let mut out = vec![
-            LlmTensor::new("model.embed_tokens.weight".into(), vec![self.vocab, h], LlmKind::Weight),
-            LlmTensor::new("model.norm.weight".into(), vec![h], LlmKind::Norm),
-        ];
+        let config: crate::compress::decoder::Config =
+            serde_json::from_str(&self.config_json(DType::F16)).expect("config_json writes a config");
+        let mut shapes = config.shapes();
         if self.family == Family::Llama {
-            out.push(LlmTensor::new("lm_head.weight".into(), vec![self.vocab, h], LlmKind::Weight));
+            shapes.push(("lm_head.weight".into(), vec![self.vocab, self.hidden]));
         }
-        for i in 0..self.layers {
-            let p = |s: &str| format!("model.layers.{i}.{s}");
-            let m = self.intermediate;
-            out.extend([
-                LlmTensor::new(p("input_layernorm.weight"), vec![h], LlmKind::Norm),
-                LlmTensor::new(p("post_attention_layernorm.weight"), vec![h], LlmKind::Norm),
-                LlmTensor::new(p("self_attn.q_proj.weight"), vec![h, h], LlmKind::Weight),
-                LlmTensor::new(p("self_attn.k_proj.weight"), vec![kv, h], LlmKind::Weight),
-                LlmTensor::new(p("self_attn.v_proj.weight"), vec![kv, h], LlmKind::Weight),
-                LlmTensor::new(p("self_attn.o_proj.weight"), vec![h, h], LlmKind::Weight),
-                LlmTensor::new(p("mlp.gate_proj.weight"), vec![m, h], LlmKind::Weight),
-                LlmTensor::new(p("mlp.up_proj.weight"), vec![m, h], LlmKind::Weight),
-                LlmTensor::new(p("mlp.down_proj.weight"), vec![h, m], LlmKind::Weight),
-            ]);
-            if self.family == Family::Qwen2 {
-                out.extend([
-                    LlmTensor::new(p("self_attn.q_proj.bias"), vec![h], LlmKind::Bias),
-                    LlmTensor::new(p("self_attn.k_proj.bias"), vec![kv], LlmKind::Bias),
-                    LlmTensor::new(p("self_attn.v_proj.bias"), vec![kv], LlmKind::Bias),
-                ]);
-            }
-        }
+        let mut out: Vec<LlmTensor> = shapes
+            .into_iter()
+            .map(|(name, shape)| {
+                let kind = match (shape.len(), name.ends_with(".bias")) {
+                    (1, true) => LlmKind::Bias,
+                    (1, false) => LlmKind::Norm,
+                    _ => LlmKind::Weight,
+                };
+                LlmTensor::new(name, shape, kind)
+            })
+            .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }

@@ -526,11 +526,13 @@ fn layer_moments_collected_through_tract_equal_nerps_own_graph() {
 #[test]
 fn without_calibration_inputs_a_failed_default_check_keeps_the_weights_within_one_percent() {
     // A safetensors source (nothing to run) and a predictor trained for one step: its file
-    // fails the default check, and the codecs chosen instead keep the weights within 1%.
+    // fails the default check, and the codecs chosen instead keep the weights within 1%. The
+    // width is given, so the predictor is trained although its probe shows it cannot pay.
     let dir = tempfile::tempdir().unwrap();
     let src = common::shared_model("resnet20_fashion_mnist.safetensors");
     let out = dir.path().join("d.nerp");
-    let opts = CompressOptions { steps: 1, ..Default::default() };
+    let hidden = Some(nerp::compress::DEFAULT_HIDDEN);
+    let opts = CompressOptions { steps: 1, hidden, ..Default::default() };
     let r = compress(&src, &out, &opts, &mut |_, _| {}).unwrap();
     let s = r.storage.as_ref().expect("the default check chose codecs");
     assert_eq!((s.measure, s.budget.as_str()), ("weights", "error <= 0.01"), "{s:?}");

@@ -126,8 +126,10 @@ impl Config {
         None
     }
 
-    /// Every tensor the forward pass reads, with its shape.
-    fn shapes(&self) -> Vec<(String, Vec<usize>)> {
+    /// Every tensor the forward pass reads, with its shape (an untied `lm_head.weight` is read
+    /// beside them when the file has one): the one table of the Qwen2 and Llama layouts, which
+    /// [`crate::synth::LlmLayout::tensors`] writes.
+    pub fn shapes(&self) -> Vec<(String, Vec<usize>)> {
         let (h, m, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
         let kv = self.kv_heads() * self.head_dim();
         let mut out = vec![
