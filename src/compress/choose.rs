@@ -447,6 +447,11 @@ impl Chooser {
         skeleton + 1024 + 64 * model.tensors.len() as u64
     }
 
+    /// Whether codecs alone can meet `budget` at all.
+    pub(crate) fn codecs_feasible(&self, model: &SourceModel, budget: Budget) -> Result<bool> {
+        Ok(allocate(self.codecs(model)?, Self::base_bytes(model), budget).feasible)
+    }
+
     /// Whether codecs alone already do at least as well as any file with a predictor of
     /// `predictor_bytes` could: under an error budget, their file is smaller than the predictor
     /// alone; under a byte budget, they meet it within the default error. Then no predictor is

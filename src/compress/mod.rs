@@ -113,6 +113,19 @@ pub fn compress(
             match hidden_for_size(&model, &plan.layers, &plan.values, &stores, opts, max_bytes)? {
                 Some(h) => h,
                 None => {
+                    let codecs = match &chooser {
+                        Some(c) => c.codecs_feasible(&model, choose::Budget::Bytes(max_bytes))?,
+                        None => false,
+                    };
+                    if !codecs {
+                        return Err(Error::usage(
+                            "--size-ratio",
+                            format!(
+                                "no file of {max_bytes} bytes is possible: a predictor of width 1 beside the \
+                                 other tensors, and the codecs alone at their smallest, take more; lower the ratio"
+                            ),
+                        ));
+                    }
                     warnings.push(format!(
                         "no predictor fits in --size-ratio's {max_bytes} bytes beside the other tensors' \
                          planned storage: every tensor goes to the codecs"
@@ -146,7 +159,8 @@ pub fn compress(
         ));
     }
     // Before training: whether the predictor can pay for its bytes, from a short training on a
-    // sample. Under a budget a predictor that cannot is not trained, unless a width was asked for.
+    // sample. Under a budget a predictor that cannot is not trained, unless a width or a
+    // distillation schedule (which the probe does not run) was asked for.
     let probe = match plan.layers.is_empty() || skip {
         true => None,
         false => {
@@ -155,7 +169,10 @@ pub fn compress(
         }
     };
     if let Some(p) = probe.as_ref().filter(|p| !p.pays()) {
-        if chooser.is_some() && opts.hidden.is_none() && opts.target_ratio.is_none() {
+        let asked = opts.hidden.is_some()
+            || opts.target_ratio.is_some()
+            || opts.distill.schedule != crate::compress::distill::Schedule::Recon;
+        if chooser.is_some() && !asked {
             warnings.push(format!("{}: no predictor was trained (--hidden trains one)", p.line()));
             skip = true;
         }

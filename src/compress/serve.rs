@@ -164,7 +164,7 @@ pub(crate) fn probe(
         return Ok(None);
     }
     let sampled = PROBE_BLOCKS;
-    let mut rng = Rng::new(opts.seed ^ 0x7072_6f62_65);
+    let mut rng = Rng::new(opts.seed ^ 0x0070_726f_6265);
     let stride = n as f64 / sampled as f64;
     let idx = (0..sampled).map(|i| (((i as f64 + rng.uniform()) * stride) as usize).min(n - 1));
     let mut sample = TrainData { coords: Vec::new(), targets: Vec::new(), masks: Vec::new() };
