@@ -111,6 +111,23 @@ pub fn single_threaded_candle() {
     }
 }
 
+/// Keeps the memory the training loops free in the process (glibc: blocks under 32 MiB come from
+/// the heap, and the heap is not trimmed below 1 GiB), so that each step reuses the last step's
+/// activations instead of unmapping and faulting them in again. Measured on ResNet-20
+/// `--size-ratio 45 --data` (800 fine-tuning steps of 32 images, 2 cores): system time 46 s → 9 s,
+/// fine-tuning 157.7 s → 130.6 s, the same file. Process-wide; called by the loops that run the
+/// network ([`crate::compress::finetune`], [`crate::compress::distill`]), never on the
+/// streaming LLM path, whose peak memory is measured with glibc's defaults.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocation thresholds; it is called with valid
+    // parameters, and its failure (0) leaves the defaults, which are correct, only slower.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 /// Cores available to this process.
 pub fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -127,6 +127,7 @@ pub fn finetune(
 ) -> Result<Option<FinetuneReport>> {
     let (ft, distill, seed) = (&opts.finetune, &opts.distill, opts.seed);
     let start = std::time::Instant::now();
+    crate::linalg::keep_freed_memory();
     let device = Device::Cpu;
     let mut tuned = Vec::new();
     // The two parameter groups: codes (in steps), and row scales and bias offsets (relative).

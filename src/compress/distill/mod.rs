@@ -469,6 +469,7 @@ pub fn fit(
     device: &Device,
     progress: &mut dyn Progress,
 ) -> Result<(Predictor, Vec<f64>, Vec<KdLosses>)> {
+    crate::linalg::keep_freed_memory();
     let mut kd_log = Vec::new();
     let log = &mut kd_log;
     let (p, losses) = match opts.schedule {
