@@ -738,7 +738,9 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
         r.final_loss
     );
     }
-    if let Some(p) = r.probe.as_ref().filter(|p| p.pays()) {
+    // Where the probe did not stop the training (its warning says so), its line is news here.
+    let said = r.warnings.iter().any(|w| w.starts_with("predictor probe"));
+    if let Some(p) = r.probe.as_ref().filter(|_| !said) {
         println!("{}", p.line());
     }
     println!("storage: {}", r.storage_summary());

@@ -26,12 +26,14 @@ pub(crate) struct Training {
     pub qat_steps: usize,
 }
 
-/// Trains a predictor of width `hidden` for `plan` (reconstruction, or a distillation
-/// schedule through the rebuilt network of `input`) on the CPU.
+/// Trains a predictor of width `hidden` for `plan` on its training `data` ([`train_data`])
+/// (reconstruction, or a distillation schedule through the rebuilt network of `input`) on the
+/// CPU.
 pub(crate) fn fit(
     input: &Path,
     model: &SourceModel,
     plan: &Plan,
+    data: &TrainData,
     opts: &CompressOptions,
     hidden: usize,
     progress: &mut dyn Progress,
@@ -39,15 +41,14 @@ pub(crate) fn fit(
     let device = Device::Cpu;
     let cfg = opts.train_config(hidden);
     let qat_steps = distill::qat_steps(&cfg, &opts.distill);
-    let data = train_data(&plan.layers, &plan.values);
     let (p, losses, kd_losses) = match opts.distill.schedule {
         Schedule::Recon => {
-            let (p, losses) = train::train(&cfg, &data, None, &device, progress)?;
+            let (p, losses) = train::train(&cfg, data, None, &device, progress)?;
             (p, losses, Vec::new())
         }
         _ => {
             let mut distiller = distiller(input, model, &plan.layers, opts, &device)?;
-            distill::fit(&cfg, &data, &mut distiller, &opts.distill, &device, progress)?
+            distill::fit(&cfg, data, &mut distiller, &opts.distill, &device, progress)?
         }
     };
     let final_loss = losses.iter().rev().find(|l| l.is_finite()).copied().unwrap_or(f64::NAN);

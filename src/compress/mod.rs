@@ -161,12 +161,13 @@ pub fn compress(
     // Before training: whether the predictor can pay for its bytes, from a short training on a
     // sample. Under a budget a predictor that cannot is not trained, unless a width or a
     // distillation schedule (which the probe does not run) was asked for.
-    let probe = match plan.layers.is_empty() || skip {
+    let data = match plan.layers.is_empty() || skip {
         true => None,
-        false => {
-            let data = train_data(&plan.layers, &plan.values);
-            serve::probe(&data, opts, hidden, predictor_bytes, represented)?
-        }
+        false => Some(train_data(&plan.layers, &plan.values)),
+    };
+    let probe = match &data {
+        Some(d) => serve::probe(d, opts, hidden, predictor_bytes, represented)?,
+        None => None,
     };
     if let Some(p) = probe.as_ref().filter(|p| !p.pays()) {
         let asked = opts.hidden.is_some()
@@ -177,10 +178,11 @@ pub fn compress(
             skip = true;
         }
     }
-    let training = match plan.layers.is_empty() || skip {
-        true => None,
-        false => Some(fit(input, &model, &plan, opts, hidden, progress)?),
+    let training = match (&data, skip) {
+        (Some(d), false) => Some(fit(input, &model, &plan, d, opts, hidden, progress)?),
+        _ => None,
     };
+    drop(data);
     let fitted = training.as_ref().map(|t| &t.fitted);
     let tuning = opts.finetune.steps > 0 && opts.preprocess.is_some() && model.skeleton.is_some();
     let allowed =
