@@ -555,46 +555,37 @@ fn without_calibration_inputs_a_failed_default_check_keeps_the_weights_within_on
     assert!((error - s.estimated_error).abs() <= 1e-3 * s.estimated_error.max(1e-6), "{error} vs {s:?}");
 }
 
+/// `layout`'s generated model compressed at `--size-ratio 8` (300 training steps at most), checked
+/// to be the codecs' alone: no training step ran, no predictor is stored, and the file is within
+/// the 8×. Returns the report.
+fn codecs_only_at_8x(layout: &nerp::synth::LlmLayout) -> nerp::compress::CompressReport {
+    let (dir, src) = common::small_llm(layout, 2);
+    let out = dir.path().join("m.nerp");
+    let opts = CompressOptions { steps: 300, size_ratio: Some(8.0), ..Default::default() };
+    let mut steps = 0usize;
+    let report = compress(&src, &out, &opts, &mut |_: usize, _: f64| steps += 1).unwrap();
+    assert_eq!((steps, report.predictor_params), (0, 0), "training started: {:?}", report.warnings);
+    assert!(nerp::format::NerpFile::open(&out).unwrap().header().predictor.is_none());
+    assert!(report.file_bytes <= report.source_bytes / 8, "{} bytes", report.file_bytes);
+    report
+}
+
 /// Decide before spending (issue 24): under a size budget the codecs alone cannot meet within
 /// 5%, a predictor would be trained; on noise the probe (a short training on a sample of blocks)
 /// shows it cannot pay, and no step of the predictor's training runs.
 #[test]
 fn a_predictor_the_probe_shows_cannot_pay_is_never_trained() {
-    use nerp::synth::{write_llm, LlmLayout, LlmValues};
-    let dir = tempfile::tempdir().unwrap();
-    let layout = LlmLayout::small(2, 256, 256);
-    write_llm(&layout, nerp::format::DType::F16, &LlmValues { seed: 2, ..Default::default() }, dir.path())
-        .unwrap();
-    let src = dir.path().join("model.safetensors");
-    let out = dir.path().join("m.nerp");
-    let opts = CompressOptions { steps: 300, size_ratio: Some(8.0), ..Default::default() };
-    let mut steps = 0usize;
-    let report = compress(&src, &out, &opts, &mut |_: usize, _: f64| steps += 1).unwrap();
+    let report = codecs_only_at_8x(&nerp::synth::LlmLayout::small(2, 256, 256));
     let probe = report.probe.as_ref().unwrap_or_else(|| panic!("not probed: {:?}", report.warnings));
     assert!(!probe.pays() && probe.error > probe.must_beat, "{probe:?}");
     assert!(probe.blocks > probe.sampled && probe.steps == 300, "{probe:?}");
-    assert_eq!(steps, 0, "training started");
-    assert_eq!(report.predictor_params, 0);
     assert!(report.warnings.iter().any(|w| w.starts_with("predictor probe")), "{:?}", report.warnings);
-    assert!(nerp::format::NerpFile::open(&out).unwrap().header().predictor.is_none());
-    assert!(report.file_bytes <= report.source_bytes / 8, "{} bytes", report.file_bytes);
 }
 
 /// A size budget no predictor fits beside the other tensors (here the large embedding stored
 /// by a codec) is met by the codecs alone, with one line saying why (it was a usage error).
 #[test]
 fn a_size_budget_no_predictor_fits_goes_to_the_codecs() {
-    use nerp::synth::{write_llm, LlmLayout, LlmValues};
-    let dir = tempfile::tempdir().unwrap();
-    let layout = LlmLayout::small(2, 128, 1000);
-    write_llm(&layout, nerp::format::DType::F16, &LlmValues { seed: 2, ..Default::default() }, dir.path())
-        .unwrap();
-    let (src, out) = (dir.path().join("model.safetensors"), dir.path().join("m.nerp"));
-    let opts = CompressOptions { steps: 300, size_ratio: Some(8.0), ..Default::default() };
-    let mut steps = 0usize;
-    let report = compress(&src, &out, &opts, &mut |_: usize, _: f64| steps += 1).unwrap();
+    let report = codecs_only_at_8x(&nerp::synth::LlmLayout::small(2, 128, 1000));
     assert!(report.warnings.iter().any(|w| w.starts_with("no predictor fits")), "{:?}", report.warnings);
-    assert_eq!((steps, report.predictor_params), (0, 0));
-    assert!(report.file_bytes <= report.source_bytes / 8, "{} bytes", report.file_bytes);
-    assert!(nerp::format::NerpFile::open(&out).unwrap().header().predictor.is_none());
 }

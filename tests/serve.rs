@@ -6,15 +6,13 @@
 use nerp::compress::serve::{judge, Verdict};
 use nerp::compress::{compress, CompressOptions};
 use nerp::format::{NerpFile, Storage};
-use nerp::synth::{write_llm, LlmLayout, LlmValues};
+use nerp::synth::LlmLayout;
+
+mod common;
 
 #[test]
 fn a_model_the_predictor_cannot_serve_never_starts_training() {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = LlmLayout::small(2, 128, 1000);
-    write_llm(&layout, nerp::format::DType::F16, &LlmValues { seed: 1, ..Default::default() }, dir.path())
-        .unwrap();
-    let src = dir.path().join("model.safetensors");
+    let (dir, src) = common::small_llm(&LlmLayout::small(2, 128, 1000), 1);
     let len = std::fs::metadata(&src).unwrap().len();
     let opts = CompressOptions::default();
     // With the machine's budget a predictor serves it: the verdict is not fixed.

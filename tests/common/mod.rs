@@ -94,3 +94,13 @@ pub fn reference_predict(
     assert_eq!(at, weights.len());
     x.try_into().unwrap()
 }
+
+/// A generated f16 LLM of `layout` (`nerp::synth`, random weights from `seed`) in a fresh
+/// folder: the folder (removed when dropped) and its `model.safetensors`.
+pub fn small_llm(layout: &nerp::synth::LlmLayout, seed: u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let values = nerp::synth::LlmValues { seed, ..Default::default() };
+    nerp::synth::write_llm(layout, nerp::format::DType::F16, &values, dir.path()).unwrap();
+    let src = dir.path().join("model.safetensors");
+    (dir, src)
+}
