@@ -807,7 +807,7 @@ fn print_compress_report(r: &crate::compress::CompressReport) {
             f.changed,
             pct(f.error_before),
             pct(f.error_after),
-            if f.kept { "" } else { " (not kept: over the budget)" },
+            if f.kept { "" } else { " (not kept: the warnings say why)" },
             f.seconds
         );
     }

@@ -30,12 +30,12 @@ pub use options::{
     DEFAULT_CHECK_SHARE, DEFAULT_FALLBACK_WEIGHT_ERROR, DEFAULT_FINETUNE_LR, DEFAULT_FINETUNE_SCALE_LR,
     DEFAULT_FINETUNE_STEPS, DEFAULT_HIDDEN, DEFAULT_LR, DEFAULT_MAX_ERROR, DEFAULT_MAX_WEIGHT_ERROR,
     DEFAULT_MEASURED_CANDIDATES, DEFAULT_MIN_VALUES, DEFAULT_PE_BASE, DEFAULT_PE_LEVELS,
-    DEFAULT_QAT_FRACTION, DEFAULT_STEPS, DEMO_STEPS, MAX_STEPS, MIN_CHECK_INPUTS,
+    DEFAULT_QAT_FRACTION, DEFAULT_STEPS, DEMO_STEPS, FINETUNE_ERROR_GAIN, MAX_STEPS, MIN_CHECK_INPUTS,
 };
 pub use plan::{make_plan, Plan};
 pub use report::{AllocationTry, CompressReport, StorageReport, TensorReport};
 
-use crate::compress::choose::{decide, planned, Assessed, Chooser, Decided, Store};
+use crate::compress::choose::{decide, planned, Assessed, Chooser, Decided, Fitted, Store};
 use crate::compress::fit::{fit, Training};
 use crate::compress::measure::calibration;
 use crate::compress::plan::{with_channel_order, LayerPlan};
@@ -188,76 +188,10 @@ pub fn compress(
     let allowed =
         max_bytes
             .map(|max| if tuning { max.saturating_sub(finetune::reserve(&model, opts, max)) } else { max });
-    let Decided { mut stores, errors, report: mut storage } =
-        decide(&model, &plan, fitted, opts, chooser.as_ref(), allowed, &mut warnings)?;
-    let (chosen, chosen_storage) = (stores.clone(), storage.clone());
-    let mut finetune = match (&opts.preprocess, &model.skeleton) {
-        (Some(pre), Some(skeleton)) if opts.finetune.steps > 0 => {
-            let graph = crate::compress::graph::Graph::from_proto(&crate::runtime::patch_skeleton(
-                skeleton,
-                &crate::compress::permute::as_weights(&model),
-            )?)?;
-            let before = match &chooser {
-                Some(c) => Some(c.file_error(&model, &plan, fitted, opts, &stores)?),
-                None => None,
-            };
-            let held = chooser.as_ref().and_then(|c| c.held_images.clone());
-            let report = finetune::finetune(&model, &graph, &mut stores, opts, pre, held, progress)?;
-            match (report, &chooser) {
-                (Some(mut r), c) => {
-                    let after =
-                        c.as_ref().map(|c| c.file_error(&model, &plan, fitted, opts, &stores)).transpose()?;
-                    r.error_before = before.as_ref().map(Assessed::file_error);
-                    r.error_after = after.as_ref().map(Assessed::file_error);
-                    if let (Some(b), Some(a)) = (&before, &after) {
-                        // The budget is kept on the held-back inputs by the file as written: a
-                        // fine-tuning that breaks it is not kept.
-                        let limit = match opts.error_budget {
-                            ErrorBudget::Check(e) | ErrorBudget::Target(e) => e,
-                            ErrorBudget::Off => f64::INFINITY,
-                        };
-                        if a.held_back.is_some() && a.error() > limit && a.error() > b.error() {
-                            warnings.push(format!(
-                                "fine-tuning raised the error on the held-back inputs to up to {:.2}% (95% bound; over {:.2}%): \
-                                 the file keeps the codes as chosen",
-                                100.0 * a.error(),
-                                100.0 * limit
-                            ));
-                            stores = chosen.clone();
-                            r.kept = false;
-                        } else if let Some(s) = storage.as_mut() {
-                            a.report_into(s);
-                            if max_bytes.is_none() && s.measured_error.is_some() {
-                                s.met = a.error() <= limit;
-                            }
-                        }
-                    }
-                    Some(r)
-                }
-                (None, _) => None,
-            }
-        }
-        _ if opts.finetune.steps > 0 => {
-            warnings.push("fine-tuning needs an ONNX source and --preprocess: skipped".into());
-            None
-        }
-        _ => None,
-    };
-    let with = fitted.map(|f| (&f.predictor, Some(f.predictions.as_slice())));
-    let mut built = build::build(&model, &plan.layers, &plan.values, with, opts, &stores)?;
-    // Fine-tuning may grow the codes' entropy and adds row scales: a file beyond the size budget
-    // keeps the stores as chosen.
-    if let (Some(max), Some(r)) = (max_bytes, finetune.as_mut()) {
-        if r.kept && built.bytes.len() as u64 > max {
-            warnings.push(format!(
-                "the fine-tuned file ({} bytes) exceeds --size-ratio's {max} bytes: the file keeps the codes as chosen",
-                built.bytes.len()
-            ));
-            r.kept = false;
-            storage = chosen_storage;
-            built = build::build(&model, &plan.layers, &plan.values, with, opts, &chosen)?;
-        }
-    }
+    let decided = decide(&model, &plan, fitted, opts, chooser.as_ref(), allowed, &mut warnings)?;
+    let stage = Stage { model: &model, plan: &plan, fitted, opts, chooser: chooser.as_ref(), max_bytes };
+    let (built, Decided { stores, errors, report: storage }, finetune) =
+        stage.finetuned(decided, &mut warnings, progress)?;
     let BuiltFile { bytes, mut tensors, weight_rmse } = built;
     for (t, d) in tensors.iter_mut().zip(&plan.decisions) {
         if let (Decision::Raw(why), "raw") = (d, t.stored.as_str()) {
@@ -304,4 +238,147 @@ pub fn compress(
         finetune,
         probe,
     })
+}
+
+/// What the fine-tuning stage works with.
+struct Stage<'a> {
+    model: &'a ingest::SourceModel,
+    plan: &'a Plan,
+    fitted: Option<&'a Fitted>,
+    opts: &'a CompressOptions,
+    chooser: Option<&'a Chooser>,
+    max_bytes: Option<u64>,
+}
+
+impl Stage<'_> {
+    fn build(&self, stores: &[Store]) -> Result<BuiltFile> {
+        let with = self.fitted.map(|f| (&f.predictor, Some(f.predictions.as_slice())));
+        build::build(self.model, &self.plan.layers, &self.plan.values, with, self.opts, stores)
+    }
+
+    fn assess(&self, stores: &[Store]) -> Result<Option<Assessed>> {
+        self.chooser.map(|c| c.file_error(self.model, self.plan, self.fitted, self.opts, stores)).transpose()
+    }
+
+    /// Fine-tunes the file `decided` describes (with `--data`, `--preprocess` and an ONNX
+    /// source) and builds it; a fine-tuned file that breaks a budget the chosen one kept is not
+    /// kept. Under an error budget alone the fine-tuning is spent on a smaller file: the file is
+    /// allocated again at `E / (1 − FINETUNE_ERROR_GAIN)` and that one is fine-tuned; where it
+    /// misses `E` on the held-back inputs, or is not smaller, the file `decided` describes is
+    /// kept as chosen. ResNet-20 at 5% with data: fine-tuning the chosen file lowered its error
+    /// to 2.86% and added 1,561 bytes, so the budget's slack went unspent (20.70× against the
+    /// data-free 21.33×).
+    fn finetuned(
+        &self,
+        decided: Decided,
+        warnings: &mut Vec<String>,
+        progress: &mut dyn Progress,
+    ) -> Result<(BuiltFile, Decided, Option<finetune::FinetuneReport>)> {
+        let opts = self.opts;
+        let (Some(pre), Some(skeleton), true) =
+            (&opts.preprocess, &self.model.skeleton, opts.finetune.steps > 0)
+        else {
+            if opts.finetune.steps > 0 {
+                warnings.push("fine-tuning needs an ONNX source and --preprocess: skipped".into());
+            }
+            return Ok((self.build(&decided.stores)?, decided, None));
+        };
+        let limit = match opts.error_budget {
+            ErrorBudget::Check(e) | ErrorBudget::Target(e) => e,
+            ErrorBudget::Off => f64::INFINITY,
+        };
+        let loose = match self.chooser {
+            Some(c) if self.max_bytes.is_none() && limit.is_finite() && c.check.is_some() => {
+                let aim = limit / (1.0 - FINETUNE_ERROR_GAIN);
+                let error_budget = match opts.error_budget {
+                    ErrorBudget::Check(_) => ErrorBudget::Check(aim),
+                    _ => ErrorBudget::Target(aim),
+                };
+                let aimed = CompressOptions { error_budget, ..opts.clone() };
+                // Its notes (an aim it could not meet) say nothing of the file kept.
+                let mut notes = Vec::new();
+                Some(decide(self.model, self.plan, self.fitted, &aimed, Some(c), None, &mut notes)?)
+            }
+            _ => None,
+        };
+        let graph = graph::Graph::from_proto(&crate::runtime::patch_skeleton(
+            skeleton,
+            &crate::compress::permute::as_weights(self.model),
+        )?)?;
+        let mut tuned = loose.clone().unwrap_or_else(|| decided.clone());
+        let before = self.assess(&tuned.stores)?;
+        let held = self.chooser.and_then(|c| c.held_images.clone());
+        let Some(mut r) =
+            finetune::finetune(self.model, &graph, &mut tuned.stores, opts, pre, held, progress)?
+        else {
+            return Ok((self.build(&decided.stores)?, decided, None));
+        };
+        let after = self.assess(&tuned.stores)?;
+        r.error_before = before.as_ref().map(Assessed::file_error);
+        r.error_after = after.as_ref().map(Assessed::file_error);
+        let aimed = loose.as_ref().map(|_| limit / (1.0 - FINETUNE_ERROR_GAIN));
+        if let (Some(b), Some(a)) = (&before, &after) {
+            // The budget is kept on the held-back inputs by the file as written.
+            if a.held_back.is_some() && a.error() > limit && (aimed.is_some() || a.error() > b.error()) {
+                let why = format!(
+                    "fine-tuning{} left the error on the held-back inputs at up to {:.2}% (95% bound; over {:.2}%): \
+                     the file keeps the codes {}",
+                    aimed.map_or(String::new(), |e| format!(" the file allocated at {:.2}%", 100.0 * e)),
+                    100.0 * a.error(),
+                    100.0 * limit,
+                    if aimed.is_some() { "the budget chose, not fine-tuned" } else { "as chosen" }
+                );
+                return self.as_chosen(decided, r, why, warnings);
+            }
+            if let Some(s) = tuned.report.as_mut() {
+                a.report_into(s);
+                if self.max_bytes.is_none() && s.measured_error.is_some() {
+                    s.met = a.error() <= limit;
+                }
+            }
+        }
+        let built = self.build(&tuned.stores)?;
+        let bytes = built.bytes.len() as u64;
+        // Fine-tuning may grow the codes' entropy and adds row scales.
+        if let Some(max) = self.max_bytes.filter(|&max| bytes > max) {
+            let why = format!(
+                "the fine-tuned file ({bytes} bytes) exceeds --size-ratio's {max} bytes: the file keeps the codes as chosen"
+            );
+            return self.as_chosen(decided, r, why, warnings);
+        }
+        if let Some(aim) = aimed {
+            let strict = self.build(&decided.stores)?.bytes.len();
+            if bytes >= strict as u64 {
+                let why = format!(
+                    "the fine-tuned file ({bytes} bytes) is not smaller than the one the budget chose without \
+                     fine-tuning ({strict} bytes): that one is kept"
+                );
+                return self.as_chosen(decided, r, why, warnings);
+            }
+            warnings.push(format!(
+                "fine-tuning spent on a smaller file: allocated at {:.2}% output error (counting on fine-tuning to \
+                 remove {:.0}% of it) and fine-tuned, {bytes} bytes against {strict} without fine-tuning",
+                100.0 * aim,
+                100.0 * FINETUNE_ERROR_GAIN,
+            ));
+            // The budget is the user's, whatever the allocation aimed at.
+            if let (Some(s), Some(d)) = (tuned.report.as_mut(), decided.report.as_ref()) {
+                s.budget = d.budget.clone();
+            }
+        }
+        Ok((built, tuned, Some(r)))
+    }
+
+    /// The file `decided` describes, not fine-tuned, and why.
+    fn as_chosen(
+        &self,
+        decided: Decided,
+        mut r: finetune::FinetuneReport,
+        why: String,
+        warnings: &mut Vec<String>,
+    ) -> Result<(BuiltFile, Decided, Option<finetune::FinetuneReport>)> {
+        warnings.push(why);
+        r.kept = false;
+        Ok((self.build(&decided.stores)?, decided, Some(r)))
+    }
 }
