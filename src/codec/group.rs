@@ -65,6 +65,20 @@ fn round_up_f16(s: f32) -> Option<f16> {
     h.is_finite().then_some(h)
 }
 
+/// The code of `v` on the symmetric grid of step `1 / inv` clamped to `±q`, as a float. One
+/// definition for the measuring loops, the encoder and GPTQ's grid; inlined so that the
+/// measuring loops still vectorize.
+#[inline(always)]
+fn code_sym(v: f32, inv: f32, q: f32) -> f32 {
+    ((v * inv).max(-q).min(q) + ROUND) - ROUND
+}
+
+/// The code of `v` on the grid of step `1 / inv` from minimum `m`, clamped to `0..=l`.
+#[inline(always)]
+fn code_zp(v: f32, inv: f32, m: f32, l: f32) -> f32 {
+    (((v - m) * inv).max(0.0).min(l) + ROUND) - ROUND
+}
+
 /// Squared error of `x` quantized symmetrically with step `s` to `±q` (`s > 0`).
 fn sse_sym(x: &[f32], s: f32, q: f32) -> f32 {
     let inv = 1.0 / s;
@@ -72,14 +86,14 @@ fn sse_sym(x: &[f32], s: f32, q: f32) -> f32 {
     let mut chunks = x.chunks_exact(8);
     for c in &mut chunks {
         for k in 0..8 {
-            let r = ((c[k] * inv).max(-q).min(q) + ROUND) - ROUND;
+            let r = code_sym(c[k], inv, q);
             let d = c[k] - r * s;
             acc[k] += d * d;
         }
     }
     let mut sum: f32 = acc.iter().sum();
     for &v in chunks.remainder() {
-        let r = ((v * inv).max(-q).min(q) + ROUND) - ROUND;
+        let r = code_sym(v, inv, q);
         sum += (v - r * s) * (v - r * s);
     }
     sum
@@ -92,14 +106,14 @@ fn sse_zp(x: &[f32], s: f32, m: f32, l: f32) -> f32 {
     let mut chunks = x.chunks_exact(8);
     for c in &mut chunks {
         for k in 0..8 {
-            let r = (((c[k] - m) * inv).max(0.0).min(l) + ROUND) - ROUND;
+            let r = code_zp(c[k], inv, m, l);
             let d = c[k] - (r * s + m);
             acc[k] += d * d;
         }
     }
     let mut sum: f32 = acc.iter().sum();
     for &v in chunks.remainder() {
-        let r = (((v - m) * inv).max(0.0).min(l) + ROUND) - ROUND;
+        let r = code_zp(v, inv, m, l);
         sum += (v - (r * s + m)) * (v - (r * s + m));
     }
     sum
@@ -126,7 +140,7 @@ fn group_sym(x: &[f32], bits: u8, codes: &mut [i8]) -> Option<(f16, f64)> {
     let sf = s.to_f32();
     let inv = if sf == 0.0 { 0.0 } else { 1.0 / sf };
     for (c, &v) in codes.iter_mut().zip(x) {
-        *c = (((v * inv).max(-q).min(q) + ROUND) - ROUND) as i8;
+        *c = code_sym(v, inv, q) as i8;
     }
     Some((s, e as f64))
 }
@@ -160,7 +174,7 @@ fn group_zp(x: &[f32], bits: u8, codes: &mut [u8]) -> Option<(f16, f16, f64)> {
         let (sf, mf) = (s.to_f32(), m.to_f32());
         let inv = if sf == 0.0 { 0.0 } else { 1.0 / sf };
         for (c, &v) in codes.iter_mut().zip(x) {
-            *c = ((((v - mf) * inv).max(0.0).min(l) + ROUND) - ROUND) as u8;
+            *c = code_zp(v, inv, mf, l) as u8;
         }
     };
     fill(&mut *codes, s, m);
@@ -320,13 +334,8 @@ impl super::gptq::Grid for GroupGrid {
         let s = self.scales[k].to_f32();
         let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
         let code = match self.zero {
-            true => {
-                (((x - self.mins[k].to_f32()) * inv).max(0.0).min(levels(self.bits) as f32) + ROUND) - ROUND
-            }
-            false => {
-                let q = qmax(self.bits) as f32;
-                ((x * inv).max(-q).min(q) + ROUND) - ROUND
-            }
+            true => code_zp(x, inv, self.mins[k].to_f32(), levels(self.bits) as f32),
+            false => code_sym(x, inv, qmax(self.bits) as f32),
         } as i32;
         (code, self.value(k, code))
     }
