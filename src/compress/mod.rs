@@ -35,10 +35,10 @@ pub use options::{
 pub use plan::{make_plan, Plan};
 pub use report::{AllocationTry, CompressReport, StorageReport, TensorReport};
 
-use crate::compress::choose::{decide, planned, Assessed, Chooser, Decided, Fitted, Store};
+use crate::compress::choose::{decide, Assessed, Chooser, Decided, Fitted, Store};
 use crate::compress::fit::{fit, Training};
 use crate::compress::measure::calibration;
-use crate::compress::plan::{with_channel_order, LayerPlan};
+use crate::compress::plan::with_channel_order;
 use crate::compress::select::Decision;
 use crate::compress::train::Progress;
 use crate::error::{Error, Result};
@@ -102,85 +102,11 @@ pub fn compress(
         let (split, hessians) = calibration(&model, opts, runnable, &mut warnings)?;
         Some(Chooser::new(&model, split, hessians, opts.measured_candidates))
     };
-    let no_hessians = moments::Hessians::default();
-    let hessians = chooser.as_ref().map_or(&no_hessians, |c| &c.hessians);
-    let mut no_width = false;
-    let hidden = match (opts.hidden, opts.target_ratio, max_bytes) {
-        (Some(h), _, _) => h,
-        (None, Some(r), _) => hidden_for_ratio(represented, r, levels),
-        (None, None, Some(max_bytes)) if !plan.layers.is_empty() => {
-            let stores = planned(&model, &plan.layers, &plan.values, true, None, opts, hessians)?;
-            match hidden_for_size(&model, &plan.layers, &plan.values, &stores, opts, max_bytes)? {
-                Some(h) => h,
-                None => {
-                    let codecs = match &chooser {
-                        Some(c) => c.codecs_feasible(&model, choose::Budget::Bytes(max_bytes))?,
-                        None => false,
-                    };
-                    if !codecs {
-                        return Err(Error::usage(
-                            "--size-ratio",
-                            format!(
-                                "no file of {max_bytes} bytes is possible: a predictor of width 1 beside the \
-                                 other tensors, and the codecs alone at their smallest, take more; lower the ratio"
-                            ),
-                        ));
-                    }
-                    warnings.push(format!(
-                        "no predictor fits in --size-ratio's {max_bytes} bytes beside the other tensors' \
-                         planned storage: every tensor goes to the codecs"
-                    ));
-                    no_width = true;
-                    1
-                }
-            }
-        }
-        _ => DEFAULT_HIDDEN,
-    };
-    if !plan.layers.is_empty() {
-        let blocks: usize = plan.layers.iter().map(LayerPlan::blocks).sum();
-        let source: u64 = model.tensors.iter().map(|t| t.data.len() as u64).sum();
-        check_training_budget(hidden, opts, blocks as u64, source)?;
-    }
-    let predictor_bytes = format::predictor::stored_len(opts.predictor_dtype, hidden, levels);
-    let mut skip = no_width
-        || match (&chooser, plan.layers.is_empty()) {
-            (Some(c), false) => match c.budget(opts, max_bytes) {
-                Some(b) => c.codecs_suffice(&model, b, predictor_bytes)?,
-                None => false,
-            },
-            _ => false,
-        };
-    if skip && !no_width {
-        warnings.push(format!(
-            "codecs alone meet the budget in fewer bytes or within {:.0}% output error: no predictor was \
-             trained (its {predictor_bytes} bytes would not pay for themselves; --max-error off trains one)",
-            100.0 * DEFAULT_MAX_ERROR
-        ));
-    }
-    // Before training: whether the predictor can pay for its bytes, from a short training on a
-    // sample. Under a budget a predictor that cannot is not trained, unless a width or a
-    // distillation schedule (which the probe does not run) was asked for.
-    let data = match plan.layers.is_empty() || skip {
-        true => None,
-        false => Some(train_data(&plan.layers, &plan.values)),
-    };
-    let probe = match &data {
-        Some(d) => serve::probe(d, opts, hidden, predictor_bytes, represented)?,
+    let serve::Served { hidden, predictor_bytes, data, probe } =
+        serve::served(&model, &plan, opts, chooser.as_ref(), max_bytes, &mut warnings)?;
+    let training = match &data {
+        Some(d) => Some(fit(input, &model, &plan, d, opts, hidden, progress)?),
         None => None,
-    };
-    if let Some(p) = probe.as_ref().filter(|p| !p.pays()) {
-        let asked = opts.hidden.is_some()
-            || opts.target_ratio.is_some()
-            || opts.distill.schedule != crate::compress::distill::Schedule::Recon;
-        if chooser.is_some() && !asked {
-            warnings.push(format!("{}: no predictor was trained (--hidden trains one)", p.line()));
-            skip = true;
-        }
-    }
-    let training = match (&data, skip) {
-        (Some(d), false) => Some(fit(input, &model, &plan, d, opts, hidden, progress)?),
-        _ => None,
     };
     drop(data);
     let fitted = training.as_ref().map(|t| &t.fitted);

@@ -15,12 +15,16 @@
 //! predictor that cannot pay is not trained (the codecs get every tensor, with one line saying
 //! why), unless the user asked for a width.
 
-use crate::compress::fit::{check_training_budget, hidden_for_ratio};
-use crate::compress::plan::Grid;
+use crate::compress::choose::{self, planned, Chooser};
+use crate::compress::distill;
+use crate::compress::fit::{check_training_budget, hidden_for_ratio, hidden_for_size, train_data};
+use crate::compress::moments;
+use crate::compress::plan::{Grid, LayerPlan, Plan};
 use crate::compress::select::Decision;
 use crate::compress::train::{self, Rng, TrainConfig, TrainData};
-use crate::compress::{CompressOptions, DEFAULT_HIDDEN};
-use crate::error::Result;
+use crate::compress::{CompressOptions, DEFAULT_HIDDEN, DEFAULT_MAX_ERROR};
+use crate::error::{Error, Result};
+use crate::format;
 use crate::ingest::SourceModel;
 use crate::predictor::{self, OUTPUTS};
 use candle_core::Device;
@@ -240,6 +244,109 @@ pub(crate) fn probe(
         training_seconds: per_step * opts.steps as f64,
         seconds: start.elapsed().as_secs_f64(),
     }))
+}
+
+/// Whether, and at what width, a predictor is trained: decided before any training.
+pub(crate) struct Served {
+    pub hidden: usize,
+    /// The predictor's stored bytes at `hidden`.
+    pub predictor_bytes: u64,
+    /// The training data, where a predictor is to be trained.
+    pub data: Option<TrainData>,
+    pub probe: Option<Probe>,
+}
+
+/// Decides the predictor of `plan` under `opts`: its width (asked for, from `--target-ratio`,
+/// from the size budget, or the default), whether its training fits in memory, whether codecs
+/// alone already meet the budget, and whether its [`probe`] shows it can pay. A size budget
+/// neither a width-1 predictor nor the codecs alone can reach is a usage error.
+pub(crate) fn served(
+    model: &SourceModel,
+    plan: &Plan,
+    opts: &CompressOptions,
+    chooser: Option<&Chooser>,
+    max_bytes: Option<u64>,
+    warnings: &mut Vec<String>,
+) -> Result<Served> {
+    let represented: usize = plan.values.iter().map(Vec::len).sum();
+    let levels = opts.embedding.levels as usize;
+    let no_hessians = moments::Hessians::default();
+    let hessians = chooser.map_or(&no_hessians, |c| &c.hessians);
+    let mut no_width = false;
+    let hidden = match (opts.hidden, opts.target_ratio, max_bytes) {
+        (Some(h), _, _) => h,
+        (None, Some(r), _) => hidden_for_ratio(represented, r, levels),
+        (None, None, Some(max_bytes)) if !plan.layers.is_empty() => {
+            let stores = planned(model, &plan.layers, &plan.values, true, None, opts, hessians)?;
+            match hidden_for_size(model, &plan.layers, &plan.values, &stores, opts, max_bytes)? {
+                Some(h) => h,
+                None => {
+                    let codecs = match chooser {
+                        Some(c) => c.codecs_feasible(model, choose::Budget::Bytes(max_bytes))?,
+                        None => false,
+                    };
+                    if !codecs {
+                        return Err(Error::usage(
+                            "--size-ratio",
+                            format!(
+                                "no file of {max_bytes} bytes is possible: a predictor of width 1 beside the \
+                                 other tensors, and the codecs alone at their smallest, take more; lower the ratio"
+                            ),
+                        ));
+                    }
+                    warnings.push(format!(
+                        "no predictor fits in --size-ratio's {max_bytes} bytes beside the other tensors' \
+                         planned storage: every tensor goes to the codecs"
+                    ));
+                    no_width = true;
+                    1
+                }
+            }
+        }
+        _ => DEFAULT_HIDDEN,
+    };
+    if !plan.layers.is_empty() {
+        let blocks: usize = plan.layers.iter().map(LayerPlan::blocks).sum();
+        let source: u64 = model.tensors.iter().map(|t| t.data.len() as u64).sum();
+        check_training_budget(hidden, opts, blocks as u64, source)?;
+    }
+    let predictor_bytes = format::predictor::stored_len(opts.predictor_dtype, hidden, levels);
+    let mut skip = no_width
+        || match (chooser, plan.layers.is_empty()) {
+            (Some(c), false) => match c.budget(opts, max_bytes) {
+                Some(b) => c.codecs_suffice(model, b, predictor_bytes)?,
+                None => false,
+            },
+            _ => false,
+        };
+    if skip && !no_width {
+        warnings.push(format!(
+            "codecs alone meet the budget in fewer bytes or within {:.0}% output error: no predictor was \
+             trained (its {predictor_bytes} bytes would not pay for themselves; --max-error off trains one)",
+            100.0 * DEFAULT_MAX_ERROR
+        ));
+    }
+    // Before training: whether the predictor can pay for its bytes, from a short training on a
+    // sample. Under a budget a predictor that cannot is not trained, unless a width or a
+    // distillation schedule (which the probe does not run) was asked for.
+    let data = match plan.layers.is_empty() || skip {
+        true => None,
+        false => Some(train_data(&plan.layers, &plan.values)),
+    };
+    let probe = match &data {
+        Some(d) => probe(d, opts, hidden, predictor_bytes, represented)?,
+        None => None,
+    };
+    if let Some(p) = probe.as_ref().filter(|p| !p.pays()) {
+        let asked = opts.hidden.is_some()
+            || opts.target_ratio.is_some()
+            || opts.distill.schedule != distill::Schedule::Recon;
+        if chooser.is_some() && !asked {
+            warnings.push(format!("{}: no predictor was trained (--hidden trains one)", p.line()));
+            skip = true;
+        }
+    }
+    Ok(Served { hidden, predictor_bytes, data: data.filter(|_| !skip), probe })
 }
 
 #[cfg(test)]
