@@ -213,8 +213,11 @@ impl Stage<'_> {
             ErrorBudget::Check(e) | ErrorBudget::Target(e) => e,
             ErrorBudget::Off => f64::INFINITY,
         };
+        // Only where the chosen file meets the budget: one that does not is fine-tuned itself,
+        // which may bring it within.
+        let met = decided.report.as_ref().is_some_and(|r| r.met);
         let loose = match self.chooser {
-            Some(c) if self.max_bytes.is_none() && limit.is_finite() && c.check.is_some() => {
+            Some(c) if met && self.max_bytes.is_none() && limit.is_finite() && c.check.is_some() => {
                 let aim = limit / (1.0 - FINETUNE_ERROR_GAIN);
                 let error_budget = match opts.error_budget {
                     ErrorBudget::Check(_) => ErrorBudget::Check(aim),
