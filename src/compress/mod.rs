@@ -1,7 +1,8 @@
 //! The compressor pipeline, in stages: [`options`] (checked before any work) → ingest →
 //! [`plan`] (what is predicted, orderings, scales) → [`measure`] (calibration inputs, layer
-//! moments) → [`fit`] (the predictor) → [`choose`] (one storage per tensor under the budget) →
-//! [`build`] (the file) → [`report`].
+//! moments) → [`serve`] (whether and how wide a predictor is trained) → [`fit`] (the predictor)
+//! → [`choose`] (one storage per tensor under the budget) → [`finetune`] (with `--data`) →
+//! [`build`] (the file) → [`report`]. Safetensors no predictor serves take [`stream`].
 
 pub mod build;
 pub mod calibrate;
