@@ -13,6 +13,9 @@ mod common;
 #[test]
 fn a_model_the_predictor_cannot_serve_never_starts_training() {
     let (dir, src) = common::small_llm(&LlmLayout::small(2, 128, 1000), 1);
+    // Without its config.json: a decoder checkpoint under the default budget is streamed before
+    // any verdict (`stream::parity_default`, tests/llm.rs).
+    std::fs::remove_file(dir.path().join("config.json")).unwrap();
     let len = std::fs::metadata(&src).unwrap().len();
     let opts = CompressOptions::default();
     // With the machine's budget a predictor serves it: the verdict is not fixed.

@@ -26,7 +26,8 @@ fn memory_stays_bounded_and_the_file_does_not_depend_on_threads() {
     let out = dir.path().join("m.nerp");
     let report = compress(&src, &out, &opts, &mut |_: usize, _: f64| panic!("training started")).unwrap();
     let storage = report.storage.as_ref().unwrap();
-    assert!(storage.met && storage.estimated_error <= 0.01, "{storage:?}");
+    // A decoder checkpoint (its config.json beside it): the int4-parity default (tests/llm.rs).
+    assert!(storage.met, "{storage:?}");
     assert!(report.file_bytes < len, "{} of {len}", report.file_bytes);
     // One thread gives the same bytes as two.
     let one = dir.path().join("one.nerp");

@@ -158,9 +158,11 @@ impl Reference {
         let n = (rows * cols) as u64;
         match self {
             Reference::Int8Rows => n + 2 * rows as u64,
-            Reference::Int4Groups { group, zero_point } => {
-                let groups = (rows * cols.div_ceil(group)) as u64;
-                n.div_ceil(2) + 2 * groups + if zero_point { groups.div_ceil(2) } else { 0 }
+            Reference::Int4Groups { group, zero_point: true } => {
+                nerp::codec::group::nearest_zero_point_bytes(rows as u64, cols as u64, group as u64, 4)
+            }
+            Reference::Int4Groups { group, zero_point: false } => {
+                n.div_ceil(2) + 2 * (rows * cols.div_ceil(group)) as u64
             }
         }
     }
@@ -173,17 +175,7 @@ impl Reference {
             Reference::Int4Groups { group, zero_point } => {
                 for g in row.chunks_mut(group.max(1)) {
                     if zero_point {
-                        let lo = g.iter().copied().fold(f32::INFINITY, f32::min);
-                        let hi = g.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        let s = f16((hi - lo) / 15.0);
-                        if s == 0.0 {
-                            g.iter_mut().for_each(|x| *x = f16(lo));
-                            continue;
-                        }
-                        let zero = (-lo / s).round().clamp(0.0, 15.0);
-                        for x in g.iter_mut() {
-                            *x = (((*x / s).round() + zero).clamp(0.0, 15.0) - zero) * s;
-                        }
+                        nerp::codec::group::round_nearest_zero_point(g, 4);
                     } else {
                         symmetric(g, 7.0, f16);
                     }

@@ -355,6 +355,50 @@ pub fn error_of(values: &[f32], group: usize, bits: u8, zero: bool) -> Option<f6
     Some(sse)
 }
 
+/// Rounds one group `g` in place to nearest on the grid of AWQ's and GPTQ's round-to-nearest
+/// baselines: `2^bits` codes from the group's minimum to its maximum, the scale in f16 and an
+/// integer zero point in `0..2^bits` (stored in `bits` bits). Not a codec of the format: the
+/// reference the default budget of a decoder checkpoint matches ([`crate::compress::stream`]).
+pub fn round_nearest_zero_point(g: &mut [f32], bits: u8) {
+    let top = levels(bits) as f32;
+    let f16 = |x: f32| f16::from_f32(x).to_f32();
+    let lo = g.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = g.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let s = f16((hi - lo) / top);
+    if s == 0.0 || !s.is_finite() {
+        g.iter_mut().for_each(|x| *x = f16(lo));
+        return;
+    }
+    let zero = (-lo / s).round().clamp(0.0, top);
+    for x in g.iter_mut() {
+        *x = (((*x / s).round() + zero).clamp(0.0, top) - zero) * s;
+    }
+}
+
+/// The squared error of [`round_nearest_zero_point`] on `values` (whole rows of `row` values)
+/// in groups of `group` along each row, the last group of a row shorter where `group` does not
+/// divide it.
+pub fn nearest_zero_point_error(values: &[f32], row: usize, group: usize, bits: u8) -> f64 {
+    let mut sse = 0f64;
+    let mut g = Vec::with_capacity(group);
+    for r in values.chunks(row.max(1)) {
+        for x in r.chunks(group.max(1)) {
+            g.clear();
+            g.extend_from_slice(x);
+            round_nearest_zero_point(&mut g, bits);
+            sse += x.iter().zip(&g).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
+        }
+    }
+    sse
+}
+
+/// Bytes [`round_nearest_zero_point`] stores for `rows × cols` values in groups of `group`
+/// along each row: packed `bits`-bit codes, an f16 scale and a `bits`-bit zero point per group.
+pub fn nearest_zero_point_bytes(rows: u64, cols: u64, group: u64, bits: u8) -> u64 {
+    let groups = rows * cols.div_ceil(group.max(1));
+    (rows * cols * bits as u64).div_ceil(8) + 2 * groups + (groups * bits as u64).div_ceil(8)
+}
+
 /// Joins parts (in row order) into the section's decoded content.
 pub fn join(parts: &[Part]) -> Vec<u8> {
     let len: usize = parts.iter().map(|p| p.scales.len() + p.mins.len() + p.codes.len()).sum();

@@ -66,10 +66,15 @@ pub fn compress(
     inputs.extend(opts.distill.teacher.as_deref());
     crate::format::output::check_not_an_input(output, &inputs, "--output")?;
     // A safetensors model no predictor serves is streamed: judged from its header alone. So is
-    // one calibrated with token ids ([`tokens`]): the codecs path, no predictor tried.
+    // one calibrated with token ids ([`tokens`]), and a decoder checkpoint under the default
+    // budget ([`stream::parity_default`]): the codecs path, no predictor tried.
     if stream::Source::is_safetensors(input) && opts.distill.teacher.is_none() {
         if !opts.calibration_inputs.is_empty() {
             let why = "token-id calibration: every tensor goes to the codecs (no predictor is tried)";
+            return stream::compress(input, output, opts, Some(why.into()), progress);
+        }
+        if stream::parity_default(input, opts) {
+            let why = "a decoder checkpoint under the default budget: every tensor goes to the codecs";
             return stream::compress(input, output, opts, Some(why.into()), progress);
         }
         let shapes = stream::Source::open(input)?.shapes();

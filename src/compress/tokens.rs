@@ -245,6 +245,12 @@ fn argmax(v: &[f32]) -> usize {
     best
 }
 
+/// Whether `model` is a decoder checkpoint nerp runs: a Qwen2 or Llama `config.json` beside
+/// it that [`Tokens::read`] would accept.
+pub fn is_decoder_checkpoint(model: &Path) -> bool {
+    read_config(model).is_ok()
+}
+
 /// The config beside `model`, checked so that the forward pass cannot fail on it later.
 fn read_config(model: &Path) -> Result<(Config, PathBuf)> {
     let path: PathBuf = model.parent().unwrap_or(Path::new(".")).join(CONFIG);
