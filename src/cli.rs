@@ -133,7 +133,9 @@ pub struct CompressArgs {
     /// Keep the model's outputs within this relative error (e.g. 0.05) with the smallest file:
     /// a storage per tensor (predicted, raw, f16, int8/6/5/4/3/2) from errors measured on
     /// calibration inputs (weights' errors without them). By default the predictor's file is
-    /// checked against 0.05 and tensors it cannot keep get other codecs; `off` skips the check.
+    /// checked against 0.05 and tensors it cannot keep get other codecs; a decoder checkpoint
+    /// (Qwen2/Llama config.json beside it) gets each matrix within int4 g128 rounded to
+    /// nearest instead; `off` skips the check.
     #[arg(long, value_name = "E|off", value_parser = parse_max_error)]
     pub max_error: Option<crate::compress::ErrorBudget>,
     /// Training images of --data run to measure output errors (with --preprocess).
