@@ -429,4 +429,22 @@ fn a_decoder_checkpoint_defaults_to_int4_rounded_to_nearest_matrix_by_matrix() {
     let s1 = r1.storage.as_ref().unwrap();
     assert!(s1.met && s1.estimated_error <= 0.01, "{s1:?}");
     assert!(report.file_bytes < r1.file_bytes, "{} vs {}", report.file_bytes, r1.file_bytes);
+
+    // A Llama checkpoint too; any budget or predictor flag leaves the default.
+    let llama = tempfile::tempdir().unwrap();
+    let layout = LlmLayout { family: nerp::synth::Family::Llama, ..LlmLayout::small(1, 128, 500) };
+    write_llm(&layout, nerp::format::DType::F16, &values, llama.path()).unwrap();
+    let src = llama.path().join("model.safetensors");
+    assert!(nerp::compress::stream::parity_default(&src, &opts));
+    let budgeted = [
+        nerp::compress::CompressOptions { size_ratio: Some(4.0), ..Default::default() },
+        nerp::compress::CompressOptions {
+            error_budget: nerp::compress::ErrorBudget::Target(0.01),
+            ..Default::default()
+        },
+        nerp::compress::CompressOptions { hidden: Some(8), ..Default::default() },
+    ];
+    for o in budgeted {
+        assert!(!nerp::compress::stream::parity_default(&src, &o), "{o:?}");
+    }
 }
