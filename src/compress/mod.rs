@@ -222,25 +222,24 @@ impl Stage<'_> {
         // Only where the chosen file meets the budget: one that does not is fine-tuned itself,
         // which may bring it within.
         let met = decided.report.as_ref().is_some_and(|r| r.met);
-        let loose = match self.chooser {
+        let (aimed, mut tuned) = match self.chooser {
             Some(c) if met && self.max_bytes.is_none() && limit.is_finite() && c.check.is_some() => {
                 let aim = limit / (1.0 - FINETUNE_ERROR_GAIN);
                 let error_budget = match opts.error_budget {
                     ErrorBudget::Check(_) => ErrorBudget::Check(aim),
                     _ => ErrorBudget::Target(aim),
                 };
-                let aimed = CompressOptions { error_budget, ..opts.clone() };
+                let loose = CompressOptions { error_budget, ..opts.clone() };
                 // Its notes (an aim it could not meet) say nothing of the file kept.
                 let mut notes = Vec::new();
-                Some(decide(self.model, self.plan, self.fitted, &aimed, Some(c), None, &mut notes)?)
+                (Some(aim), decide(self.model, self.plan, self.fitted, &loose, Some(c), None, &mut notes)?)
             }
-            _ => None,
+            _ => (None, decided.clone()),
         };
         let graph = graph::Graph::from_proto(&crate::runtime::patch_skeleton(
             skeleton,
             &crate::compress::permute::as_weights(self.model),
         )?)?;
-        let mut tuned = loose.clone().unwrap_or_else(|| decided.clone());
         let before = self.assess(&tuned.stores)?;
         let held = self.chooser.and_then(|c| c.held_images.clone());
         let Some(mut r) =
@@ -251,7 +250,6 @@ impl Stage<'_> {
         let after = self.assess(&tuned.stores)?;
         r.error_before = before.as_ref().map(Assessed::file_error);
         r.error_after = after.as_ref().map(Assessed::file_error);
-        let aimed = loose.as_ref().map(|_| limit / (1.0 - FINETUNE_ERROR_GAIN));
         if let (Some(b), Some(a)) = (&before, &after) {
             // The budget is kept on the held-back inputs by the file as written.
             if a.held_back.is_some() && a.error() > limit && (aimed.is_some() || a.error() > b.error()) {
@@ -263,7 +261,7 @@ impl Stage<'_> {
                     100.0 * limit,
                     if aimed.is_some() { "the budget chose, not fine-tuned" } else { "as chosen" }
                 );
-                return self.as_chosen(decided, r, why, warnings);
+                return self.as_chosen(self.build(&decided.stores)?, decided, r, why, warnings);
             }
             if let Some(s) = tuned.report.as_mut() {
                 a.report_into(s);
@@ -279,16 +277,17 @@ impl Stage<'_> {
             let why = format!(
                 "the fine-tuned file ({bytes} bytes) exceeds --size-ratio's {max} bytes: the file keeps the codes as chosen"
             );
-            return self.as_chosen(decided, r, why, warnings);
+            return self.as_chosen(self.build(&decided.stores)?, decided, r, why, warnings);
         }
         if let Some(aim) = aimed {
-            let strict = self.build(&decided.stores)?.bytes.len();
+            let chosen = self.build(&decided.stores)?;
+            let strict = chosen.bytes.len();
             if bytes >= strict as u64 {
                 let why = format!(
                     "the fine-tuned file ({bytes} bytes) is not smaller than the one the budget chose without \
                      fine-tuning ({strict} bytes): that one is kept"
                 );
-                return self.as_chosen(decided, r, why, warnings);
+                return self.as_chosen(chosen, decided, r, why, warnings);
             }
             warnings.push(format!(
                 "fine-tuning spent on a smaller file: allocated at {:.2}% output error (counting on fine-tuning to \
@@ -304,9 +303,10 @@ impl Stage<'_> {
         Ok((built, tuned, Some(r)))
     }
 
-    /// The file `decided` describes, not fine-tuned, and why.
+    /// The file `decided` describes (`built`), not fine-tuned, and why.
     fn as_chosen(
         &self,
+        built: BuiltFile,
         decided: Decided,
         mut r: finetune::FinetuneReport,
         why: String,
@@ -314,6 +314,6 @@ impl Stage<'_> {
     ) -> Result<(BuiltFile, Decided, Option<finetune::FinetuneReport>)> {
         warnings.push(why);
         r.kept = false;
-        Ok((self.build(&decided.stores)?, decided, Some(r)))
+        Ok((built, decided, Some(r)))
     }
 }
