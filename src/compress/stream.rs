@@ -254,31 +254,27 @@ pub fn compress_on(
         .filter(|&i| eligible(&src.tensors[i]))
         .flat_map(|i| chunks(i, src.tensors[i].range.len() / src.tensors[i].dtype.size(), rows[i]))
         .collect();
-    // The default budget of a decoder checkpoint without token calibration: each matrix no
-    // farther from the original than int4 rounded to nearest ([`PARITY`]); its total is the budget.
-    let parity = reference.is_none() && parity_default(input, opts);
+    // The default budget of a decoder checkpoint: each matrix no farther from the original than
+    // int4 rounded to nearest ([`PARITY`]), measured in pass 1 and set after it.
+    let parity = parity_default(input, opts);
     let budget = match (opts.size_ratio, opts.error_budget) {
         (Some(r), _) => Some(Budget::Bytes((src.file_bytes() as f64 / r).floor() as u64)),
-        (None, ErrorBudget::Check(_)) if parity => Some(Budget::Error(f64::INFINITY)), // set after pass 1
+        (None, ErrorBudget::Check(_)) if parity => None,
         (None, ErrorBudget::Target(e)) => Some(Budget::Error(e)),
         // With token calibration the logits' error is aimed at ([`aim`]), else the weights'.
         (None, ErrorBudget::Check(e)) if reference.is_none() => {
+            warnings.push(format!(
+                "the default budget keeps the weights within {}% (about 5% of the outputs); --size-ratio 4 \
+                 gives a 4-bit-level file, and for a Qwen2-layout model --calibration-inputs with token ids \
+                 keeps the logits' error instead",
+                100.0 * DEFAULT_FALLBACK_WEIGHT_ERROR
+            ));
             Some(Budget::Error(e.min(DEFAULT_FALLBACK_WEIGHT_ERROR)))
         }
         (None, ErrorBudget::Check(e)) => Some(Budget::Error(e)),
         (None, ErrorBudget::Off) => None,
     };
-    if let (None, ErrorBudget::Check(_), None, false) =
-        (opts.size_ratio, opts.error_budget, &reference, parity)
-    {
-        warnings.push(format!(
-            "the default budget keeps the weights within {}% (about 5% of the outputs); --size-ratio 4 \
-             gives a 4-bit-level file, and for a Qwen2-layout model --calibration-inputs with token ids \
-             keeps the logits' error instead",
-            100.0 * DEFAULT_FALLBACK_WEIGHT_ERROR
-        ));
-    }
-    let measure_all = budget.is_some();
+    let measure_all = budget.is_some() || parity;
     // In windows of chunks, in order, so that progress shows (the sums do not change).
     let window = 8 * threads.max(1);
     let mut measured = Vec::with_capacity(jobs.len());
